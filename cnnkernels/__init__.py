@@ -1,0 +1,15 @@
+"""cnnkernels: Triton, CUDA C++ and C++ kernels for convolutional networks,
+registered as PyTorch custom operators (``torch.ops.cnnk.*``).
+
+    import cnnkernels as ck
+    y = ck.conv2d(x, w, b, stride=1, padding="same", activation="relu")
+    with ck.use(backend="triton"):
+        ...
+    ck.info()
+"""
+
+from cnnkernels._backend import info, use
+from cnnkernels.ops import conv2d
+
+__version__ = "0.1.0"
+__all__ = ["conv2d", "info", "use"]

@@ -1,0 +1,133 @@
+"""Argument normalisation and checks shared by every op.
+
+Every public op calls these before any kernel runs, so bad input raises a
+clear exception naming the argument and the expected value instead of
+reaching a kernel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+# Kernels index with 32-bit integers (Triton's default); every element offset
+# of every tensor must fit.
+INDEX_LIMIT = 2**31 - 1
+
+# Codes must match cnnk::Activation in csrc/include/cnnk/common.h.
+ACTIVATIONS = {"none": 0, "relu": 1, "relu6": 2}
+
+
+def pair(value, name: str, *, minimum: int) -> tuple[int, int]:
+    """An int or a sequence of two ints (as torch accepts), each >= minimum."""
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        values = tuple(value)
+        if len(values) == 1:
+            values = values * 2
+    else:
+        values = (value, value)
+    if len(values) != 2 or not all(_is_int(v) for v in values):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    values = tuple(int(v) for v in values)
+    if any(v < minimum for v in values):
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return values
+
+
+def _is_int(value) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool)) or (
+        isinstance(value, torch.SymInt)
+    )
+
+
+def conv_padding(padding, kernel_size: tuple[int, int], stride: tuple[int, int],
+                 dilation: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) padding from torch's forms: int, pair,
+    "valid" (none) or "same" (output size = input size, stride 1 only; an odd
+    total goes to the bottom/right like torch)."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0, 0, 0)
+        if padding == "same":
+            if stride != (1, 1):
+                raise ValueError(f"padding='same' needs stride 1 (like torch), got stride={stride}")
+            pads = []
+            for k, d in zip(kernel_size, dilation, strict=True):
+                total = d * (k - 1)
+                pads += [total // 2, total - total // 2]
+            return tuple(pads)
+        raise ValueError(f"padding must be 'same', 'valid', an int or a pair of ints, "
+                         f"got {padding!r}")
+    ph, pw = pair(padding, "padding", minimum=0)
+    return (ph, ph, pw, pw)
+
+
+def conv_output_size(size: int, kernel: int, stride: int, pad_lo: int, pad_hi: int,
+                     dilation: int) -> int:
+    """floor((n + p_lo + p_hi - d (f - 1) - 1) / s) + 1: the course notes'
+    (n + 2p - f) / s + 1 with dilation and asymmetric padding."""
+    return (size + pad_lo + pad_hi - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def activation_code(activation) -> int:
+    name = "none" if activation is None else activation
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation must be None, 'relu' or 'relu6', got {activation!r}")
+    return ACTIVATIONS[name]
+
+
+def check_tensor(t, name: str, *, ndim: int | tuple[int, ...]) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    dims = (ndim,) if isinstance(ndim, int) else ndim
+    if t.dim() not in dims:
+        expected = " or ".join(f"{d}-D" for d in dims)
+        raise ValueError(f"{name} must be {expected}, got a {t.dim()}-D tensor of shape "
+                         f"{tuple(t.shape)}")
+
+
+def check_same(reference: torch.Tensor, ref_name: str, tensors: dict) -> None:
+    """Every tensor in ``tensors`` (name -> tensor or None) has the reference's
+    device and dtype."""
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if t.device != reference.device:
+            raise ValueError(f"{name} must be on {ref_name}'s device {reference.device}, "
+                             f"got {t.device}")
+        if t.dtype != reference.dtype:
+            raise TypeError(f"{name} must have {ref_name}'s dtype {reference.dtype}, "
+                            f"got {t.dtype}")
+
+
+def check_dtype(t: torch.Tensor, name: str, backend: str, supported) -> None:
+    if t.dtype not in supported:
+        names = ", ".join(str(d).removeprefix("torch.") for d in supported)
+        raise TypeError(f"backend {backend!r} computes {name} on {t.device.type} in {names}; "
+                        f"got {t.dtype}")
+
+
+def check_index_range(tensors: dict) -> None:
+    """Every element offset of every tensor fits a signed 32-bit index."""
+    for name, t in tensors.items():
+        if t is None or t.numel() == 0:
+            continue
+        extent = sum((size - 1) * abs(stride)
+                     for size, stride in zip(t.shape, t.stride(), strict=True))
+        if extent >= INDEX_LIMIT or t.numel() >= INDEX_LIMIT:
+            raise ValueError(f"{name} of shape {tuple(t.shape)} spans {extent + 1} elements; "
+                             f"cnnkernels kernels index with 32 bits (at most {INDEX_LIMIT}): "
+                             f"split the batch")
+
+
+def is_channels_last(t: torch.Tensor) -> bool:
+    """torch's suggest_memory_format for 4-D tensors: channels_last when the
+    strides are channels_last-like and not also plain contiguous."""
+    return (t.dim() == 4 and not t.is_contiguous()
+            and t.is_contiguous(memory_format=torch.channels_last))
+
+
+def empty_4d(shape, like: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=fmt)

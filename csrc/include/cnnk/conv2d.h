@@ -1,0 +1,99 @@
+// conv2d: the geometry shared by the CPU and CUDA kernels, the index math they
+// both use, and the launchers of both backends.
+//
+// Shapes (torch's): input x (N, C, H, W), weight w (K, C/groups, R, S),
+// output y (N, K, P, Q). Every tensor is passed as a pointer plus its four
+// strides, so NCHW, channels_last and non-contiguous views need no copy.
+#pragma once
+
+#include <cstddef>
+
+#include "cnnk/common.h"
+
+#if defined(CNNK_WITH_CUDA)
+#include <cuda_runtime_api.h>
+#endif
+
+namespace cnnk {
+
+struct Conv2dGeometry {
+  int64_t batch, in_channels, in_h, in_w;     // N, C, H, W
+  int64_t out_channels, kernel_h, kernel_w;   // K, R, S
+  int64_t out_h, out_w;                       // P, Q
+  int64_t stride_h, stride_w;
+  int64_t pad_h, pad_w;                       // top and left padding
+  int64_t dil_h, dil_w;
+  int64_t groups;
+  Activation activation;
+
+  CNNK_HOST_DEVICE int64_t in_per_group() const { return in_channels / groups; }
+  CNNK_HOST_DEVICE int64_t out_per_group() const { return out_channels / groups; }
+  // Length of one output element's reduction: C/groups * R * S.
+  CNNK_HOST_DEVICE int64_t reduction_size() const { return in_per_group() * kernel_h * kernel_w; }
+};
+
+// Input row (or column) read by output index o at filter tap k.
+CNNK_HOST_DEVICE int64_t conv_input_index(int64_t o, int64_t k, int64_t stride, int64_t pad,
+                                          int64_t dil) {
+  return o * stride - pad + k * dil;
+}
+
+// Half-open range [lo, hi) of output indices o whose tap k reads inside
+// [0, in_size): the loops of the direct kernels run over it instead of
+// testing every tap against the padding.
+struct IndexRange {
+  int64_t lo, hi;
+};
+CNNK_HOST_DEVICE IndexRange conv_valid_outputs(int64_t out_size, int64_t in_size, int64_t k,
+                                               int64_t stride, int64_t pad, int64_t dil) {
+  // o * stride - pad + k * dil >= 0  <=>  o >= ceil((pad - k * dil) / stride)
+  int64_t lo = -floor_div(k * dil - pad, stride);
+  // o * stride - pad + k * dil <= in_size - 1
+  int64_t hi = floor_div(in_size - 1 + pad - k * dil, stride) + 1;
+  lo = lo < 0 ? 0 : lo;
+  hi = hi > out_size ? out_size : hi;
+  return {lo, hi < lo ? lo : hi};
+}
+
+// Checks every launcher does before touching memory.
+inline Status check_conv2d_geometry(const Conv2dGeometry& g) {
+  if (g.batch < 0 || g.in_channels <= 0 || g.in_h <= 0 || g.in_w <= 0 || g.out_channels <= 0 ||
+      g.kernel_h <= 0 || g.kernel_w <= 0 || g.out_h <= 0 || g.out_w <= 0 || g.stride_h <= 0 ||
+      g.stride_w <= 0 || g.pad_h < 0 || g.pad_w < 0 || g.dil_h <= 0 || g.dil_w <= 0 ||
+      g.groups <= 0 || g.in_channels % g.groups != 0 || g.out_channels % g.groups != 0)
+    return Status::bad_argument;
+  if (g.activation != Activation::none && g.activation != Activation::relu &&
+      g.activation != Activation::relu6)
+    return Status::bad_argument;
+  return Status::ok;
+}
+
+namespace cpu {
+// y = act(conv(x, w) + bias). bias.data may be null.
+Status conv2d_forward(DType dtype, const Conv2dGeometry& g, Tensor4 x, Tensor4 w, Tensor1 bias,
+                      Tensor4 y);
+// grad_x from grad_y; y (the forward output) is read only when an activation
+// was fused, to mask grad_y with its derivative.
+Status conv2d_grad_input(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y,
+                         Tensor4 w, Tensor4 grad_x);
+// grad_w and (when grad_bias.data is set) grad_bias, in one pass over grad_y.
+Status conv2d_grad_weight(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y,
+                          Tensor4 x, Tensor4 grad_w, Tensor1 grad_bias);
+}  // namespace cpu
+
+#if defined(CNNK_WITH_CUDA)
+namespace cuda {
+// Same contracts as the CPU launchers; work is queued on `stream`.
+Status conv2d_forward(DType dtype, const Conv2dGeometry& g, Tensor4 x, Tensor4 w, Tensor1 bias,
+                      Tensor4 y, cudaStream_t stream);
+Status conv2d_grad_input(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y,
+                         Tensor4 w, Tensor4 grad_x, cudaStream_t stream);
+// Bytes of device scratch conv2d_grad_weight needs for its split reduction.
+size_t conv2d_grad_weight_workspace_bytes(DType dtype, const Conv2dGeometry& g);
+Status conv2d_grad_weight(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y,
+                          Tensor4 x, Tensor4 grad_w, Tensor1 grad_bias, void* workspace,
+                          size_t workspace_bytes, cudaStream_t stream);
+}  // namespace cuda
+#endif
+
+}  // namespace cnnk

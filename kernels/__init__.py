@@ -1,0 +1,46 @@
+"""Triton kernels, one module per op family (imported as
+``cnnkernels.kernels.<family>``).
+
+Each module exposes launchers that take torch tensors (already checked by
+``cnnkernels.ops``) and ``static_check_specs()``: every kernel with every
+launch configuration it can use, for ``benchmarks/static_check.py``.
+"""
+
+import triton
+import triton.language as tl
+
+# The order the static check compiles families in.
+FAMILIES = ("conv2d",)
+
+
+@triton.jit
+def _probe_kernel(ptr):
+    tl.store(ptr, 0)
+
+
+def interpreted() -> bool:
+    """True when these kernels were defined under TRITON_INTERPRET=1, i.e. they
+    run on CPU tensors in Triton's numpy interpreter. Triton decides this when
+    a kernel is defined, so the flag is read off a kernel, not the environment."""
+    return not isinstance(_probe_kernel, triton.runtime.JITFunction)
+
+
+TORCH_TO_TRITON_POINTER = {"float16": "*fp16", "bfloat16": "*bf16", "float32": "*fp32",
+                           "float64": "*fp64"}
+
+
+def compile_spec(name: str, fn, *, pointers: dict, constexprs: dict, num_warps: int,
+                 num_stages: int = 3) -> dict:
+    """One static-check compilation: ``pointers`` maps each pointer argument
+    to its Triton type ("*fp32", ...); every other non-constexpr argument is
+    an i32 scalar."""
+    signature = {}
+    for arg in fn.arg_names:
+        if arg in constexprs:
+            signature[arg] = "constexpr"
+        elif arg in pointers:
+            signature[arg] = pointers[arg]
+        else:
+            signature[arg] = "i32"
+    return {"name": name, "fn": fn, "signature": signature, "constexprs": constexprs,
+            "num_warps": num_warps, "num_stages": num_stages}
