@@ -35,6 +35,12 @@ def pair(value, name: str, *, minimum: int) -> tuple[int, int]:
     return values
 
 
+def positive_int(value, name: str) -> int:
+    if not _is_int(value) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
 def _is_int(value) -> bool:
     return (isinstance(value, int) and not isinstance(value, bool)) or (
         isinstance(value, torch.SymInt)
@@ -122,12 +128,41 @@ def check_index_range(tensors: dict) -> None:
 
 
 def is_channels_last(t: torch.Tensor) -> bool:
-    """torch's suggest_memory_format for 4-D tensors: channels_last when the
-    strides are channels_last-like and not also plain contiguous."""
-    return (t.dim() == 4 and not t.is_contiguous()
-            and t.is_contiguous(memory_format=torch.channels_last))
+    """torch's suggest_memory_format for 4-D tensors (c10's
+    is_channels_last_strides_2d_s4): True when the strides order the
+    dimensions c, w, h, n from fastest to slowest; ambiguous cases are NCHW."""
+    if t.dim() != 4:
+        return False
+    sizes, strides = t.shape, t.stride()
+    if strides[1] == 0:
+        return False
+    smallest = 0
+    for d in (1, 3, 2, 0):
+        if sizes[d] == 0 or strides[d] < smallest:
+            return False
+        if d == 0 and smallest == strides[1]:
+            return False
+        smallest = strides[d] * sizes[d] if sizes[d] > 1 else strides[d]
+    return True
 
 
 def empty_4d(shape, like: torch.Tensor, channels_last: bool) -> torch.Tensor:
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=fmt)
+
+
+# Testing aid: when on, ops fill their outputs with NaN before the kernels
+# run, so an element a kernel forgets to write fails every comparison.
+_poison_outputs = False
+
+
+def set_output_poisoning(enabled: bool) -> None:
+    global _poison_outputs
+    _poison_outputs = bool(enabled)
+
+
+def poison(*tensors) -> None:
+    if _poison_outputs:
+        for t in tensors:
+            if t is not None:
+                t.fill_(float("nan"))

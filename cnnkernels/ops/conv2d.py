@@ -63,8 +63,7 @@ def _geometry(input: Tensor, weight: Tensor, bias: Tensor | None, stride: Sequen
         raise ValueError(f"dilation must be >= 1, got {list(dilation)}")
     if min(padding) < 0:
         raise ValueError(f"padding must be >= 0, got {list(padding)}")
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    _args.positive_int(groups, "groups")
     _args.activation_code(None if activation == "none" else activation)
 
     N, C, H, W = input.shape
@@ -145,8 +144,14 @@ def _launch(kernel: str, backend: str, g: Conv2dGeometry, activation: str, *tens
     _ext.check_status(status, f"cnnk.{name} ({backend})")
 
 
-def _output_like(input: Tensor, shape) -> Tensor:
-    return _args.empty_4d(shape, input, _args.is_channels_last(input))
+def _forward_output(input: Tensor, weight: Tensor, g: Conv2dGeometry) -> Tensor:
+    # torch's rule: channels_last when the input or the weight is.
+    channels_last = _args.is_channels_last(input) or _args.is_channels_last(weight)
+    return _args.empty_4d((g.N, g.K, g.P, g.Q), input, channels_last)
+
+
+def _grad_input_output(input: Tensor) -> Tensor:
+    return _args.empty_4d(input.shape, input, _args.is_channels_last(input))
 
 
 @torch.library.custom_op(OP_NAME, mutates_args=(), device_types=("cpu", "cuda"))
@@ -154,9 +159,10 @@ def _conv2d(input: Tensor, weight: Tensor, bias: Tensor | None, stride: Sequence
             padding: Sequence[int], dilation: Sequence[int], groups: int, activation: str,
             backend: str, algorithm: str) -> Tensor:
     g = _geometry(input, weight, bias, stride, padding, dilation, groups, activation)
-    output = _output_like(input, (g.N, g.K, g.P, g.Q))
+    output = _forward_output(input, weight, g)
     _check_backend(backend, algorithm, {"input": input, "weight": weight, "bias": bias,
                                         "output": output})
+    _args.poison(output)
     if output.numel() > 0:
         _launch("forward", backend, g, activation, input, weight, bias, output)
     return output
@@ -166,7 +172,7 @@ def _conv2d(input: Tensor, weight: Tensor, bias: Tensor | None, stride: Sequence
 def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups, activation, backend,
                  algorithm):
     g = _geometry(input, weight, bias, stride, padding, dilation, groups, activation)
-    return _output_like(input, (g.N, g.K, g.P, g.Q))
+    return _forward_output(input, weight, g)
 
 
 @torch.library.custom_op("cnnk::conv2d_grad_input", mutates_args=(),
@@ -177,9 +183,10 @@ def _conv2d_grad_input(grad_output: Tensor, output: Tensor | None, input: Tensor
                        algorithm: str) -> Tensor:
     g = _check_grad_args(grad_output, output, input, weight, stride, padding, dilation, groups,
                          activation)
-    grad_input = _output_like(input, input.shape)
+    grad_input = _grad_input_output(input)
     _check_backend(backend, algorithm, {"grad_output": grad_output, "output": output,
                                         "weight": weight, "grad_input": grad_input})
+    _args.poison(grad_input)
     if grad_input.numel() > 0:
         _launch("grad_input", backend, g, activation, grad_output, output, weight, grad_input)
     return grad_input
@@ -190,7 +197,7 @@ def _conv2d_grad_input_fake(grad_output, output, input, weight, stride, padding,
                             groups, activation, backend, algorithm):
     _check_grad_args(grad_output, output, input, weight, stride, padding, dilation, groups,
                      activation)
-    return _output_like(input, input.shape)
+    return _grad_input_output(input)
 
 
 @torch.library.custom_op("cnnk::conv2d_grad_weight", mutates_args=(),
@@ -204,6 +211,7 @@ def _conv2d_grad_weight(grad_output: Tensor, output: Tensor | None, input: Tenso
     grad_weight, grad_bias = _grad_weight_outputs(weight)
     _check_backend(backend, algorithm, {"grad_output": grad_output, "output": output,
                                         "input": input, "grad_weight": grad_weight})
+    _args.poison(grad_weight, grad_bias)
     if g.N == 0:
         # No samples: the sums are empty. Zero-filling is all there is to compute.
         grad_weight.zero_()
@@ -286,6 +294,7 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
     unbatched = input.dim() == 3
     if unbatched:
         input = input.unsqueeze(0)
+    groups = _args.positive_int(groups, "groups")
     stride = _args.pair(stride, "stride", minimum=1)
     dilation = _args.pair(dilation, "dilation", minimum=1)
     padding = _args.conv_padding(padding, tuple(weight.shape[2:]), stride, dilation)

@@ -1,0 +1,612 @@
+"""Benchmark driver: times ``cnnkernels.conv2d`` against
+``torch.nn.functional.conv2d`` (plus the same activation) on the conv layers
+of the reference models, and checks every result against a float64 torch
+reference computed on the same device.
+
+    cnnkernels bench                        # every layer, every backend that runs here
+    cnnkernels bench --quick                # a smoke run: small layers, batch 1
+    cnnkernels bench --model resnet --dtype bfloat16 --channels-last --json out.json
+
+Timing: on CUDA ``triton.testing.do_bench`` (median after warm-up, L2
+flushed between runs); on the CPU the median of repeated ``perf_counter``
+runs after one warm-up run. Backward times grad_input + grad_weight (one
+``torch.autograd.grad`` call on a recorded forward graph), not the forward.
+
+A case that raises is an error row; a result whose error exceeds the dtype's
+tolerance is flagged wrong. Either makes the command exit with status 1 once
+every case has run. A dtype the backend does not compute in is listed as
+unsupported and is not a failure. A timing is never a failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import importlib.util
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import cnnkernels
+from cnnkernels import _backend
+
+
+@dataclass(frozen=True)
+class ConvLayer:
+    """One convolution of a reference model: input C x H x W, K filters of
+    R x R, and the activation the model applies right after it (a ReLU that
+    follows a batch norm counts: at inference the norm folds into the
+    convolution's weight and bias)."""
+
+    model: str
+    name: str
+    in_channels: int
+    height: int
+    width: int
+    out_channels: int
+    kernel: int
+    stride: int = 1
+    padding: int = 0
+    groups: int = 1
+    activation: str | None = None
+
+    def output_size(self) -> tuple[int, int]:
+        def size(n: int) -> int:
+            return (n + 2 * self.padding - self.kernel) // self.stride + 1
+
+        return size(self.height), size(self.width)
+
+    def flops(self, batch: int) -> int:
+        """Multiply-adds times two of one forward pass: 2 N K P Q (C/groups) R S."""
+        p, q = self.output_size()
+        return (2 * batch * self.out_channels * p * q * (self.in_channels // self.groups)
+                * self.kernel * self.kernel)
+
+    def describe(self) -> str:
+        """e.g. ``64x56x56->64 3x3 s2 g64``: what the table's shape column shows."""
+        text = (f"{self.in_channels}x{self.height}x{self.width}->{self.out_channels} "
+                f"{self.kernel}x{self.kernel}")
+        if self.stride != 1:
+            text += f" s{self.stride}"
+        if self.groups != 1:
+            text += f" g{self.groups}"
+        return text
+
+
+_L = ConvLayer
+# Every layer gets a bias (a folded batch norm at inference). LeNet-5's tanh
+# and YOLO's leaky ReLU are not fused activations, so those layers have none.
+CONV_LAYERS: tuple[ConvLayer, ...] = (
+    #  model          layer          C    H    W    K  RxS str pad groups act
+    _L("LeNet-5",     "conv1",       1,  32,  32,   6,  5),
+    _L("LeNet-5",     "conv2",       6,  14,  14,  16,  5),
+    _L("AlexNet",     "conv1",       3, 224, 224,  64, 11,  4,  2,   1, "relu"),
+    _L("AlexNet",     "conv2",      64,  27,  27, 192,  5,  1,  2,   1, "relu"),
+    _L("AlexNet",     "conv3",     192,  13,  13, 384,  3,  1,  1,   1, "relu"),
+    _L("AlexNet",     "conv4",     384,  13,  13, 256,  3,  1,  1,   1, "relu"),
+    _L("AlexNet",     "conv5",     256,  13,  13, 256,  3,  1,  1,   1, "relu"),
+    _L("VGG-16",      "conv1_1",     3, 224, 224,  64,  3,  1,  1,   1, "relu"),
+    _L("VGG-16",      "conv1_2",    64, 224, 224,  64,  3,  1,  1,   1, "relu"),
+    _L("VGG-16",      "conv2_2",   128, 112, 112, 128,  3,  1,  1,   1, "relu"),
+    _L("VGG-16",      "conv3_2",   256,  56,  56, 256,  3,  1,  1,   1, "relu"),
+    _L("VGG-16",      "conv4_2",   512,  28,  28, 512,  3,  1,  1,   1, "relu"),
+    _L("VGG-16",      "conv5_2",   512,  14,  14, 512,  3,  1,  1,   1, "relu"),
+    _L("ResNet-50",   "conv1",       3, 224, 224,  64,  7,  2,  3,   1, "relu"),
+    _L("ResNet-50",   "layer1.1x1a",64,  56,  56,  64,  1,  1,  0,   1, "relu"),
+    _L("ResNet-50",   "layer1.3x3", 64,  56,  56,  64,  3,  1,  1,   1, "relu"),
+    _L("ResNet-50",   "layer1.1x1b",64,  56,  56, 256,  1),  # the residual add follows
+    _L("ResNet-50",   "layer2.3x3",128,  56,  56, 128,  3,  2,  1,   1, "relu"),
+    _L("ResNet-50",   "layer3.3x3",256,  14,  14, 256,  3,  1,  1,   1, "relu"),
+    _L("ResNet-50",   "layer4.3x3",512,   7,   7, 512,  3,  1,  1,   1, "relu"),
+    _L("Inception",   "3a.1x1",    192,  28,  28,  64,  1,  1,  0,   1, "relu"),
+    _L("Inception",   "3a.3x3",     96,  28,  28, 128,  3,  1,  1,   1, "relu"),
+    _L("Inception",   "3a.5x5",     16,  28,  28,  32,  5,  1,  2,   1, "relu"),
+    _L("MobileNet",   "dw32",       32, 112, 112,  32,  3,  1,  1,  32, "relu6"),
+    _L("MobileNet",   "dw64.s2",    64, 112, 112,  64,  3,  2,  1,  64, "relu6"),
+    _L("MobileNet",   "dw512",     512,  14,  14, 512,  3,  1,  1, 512, "relu6"),
+    _L("MobileNet",   "pw32-64",    32, 112, 112,  64,  1,  1,  0,   1, "relu6"),
+    _L("MobileNet",   "pw512",     512,  14,  14, 512,  1,  1,  0,   1, "relu6"),
+    _L("YOLO",        "conv1",       3, 416, 416,  32,  3,  1,  1),
+    _L("YOLO",        "conv2.s2",   32, 416, 416,  64,  3,  2,  1),
+    _L("YOLO",        "head",      512,  13,  13, 255,  1),
+    _L("U-Net",       "enc1",       64, 256, 256,  64,  3,  1,  1,   1, "relu"),
+    _L("U-Net",       "enc2",      128, 128, 128, 128,  3,  1,  1,   1, "relu"),
+    _L("FaceNet",     "conv2",      64,  56,  56, 192,  3,  1,  1,   1, "relu"),
+)
+del _L
+
+# --quick: the first layers of each model, spatial size capped, batch 1.
+QUICK_LAYERS_PER_MODEL = 2
+QUICK_MAX_SIZE = 16
+
+# Max |ours - ref| / max |ref| allowed per dtype. Loose on purpose: this flags
+# broken kernels; tests/ holds the tight, reduction-length-scaled tolerances.
+TOLERANCES = {torch.float16: 5e-2, torch.bfloat16: 5e-2, torch.float32: 1e-3,
+              torch.float64: 1e-9}
+
+DTYPE_NAMES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+               "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+               "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+               "float64": torch.float64, "fp64": torch.float64, "double": torch.float64}
+
+DIRECTIONS = ("forward", "backward")
+
+
+@dataclass(frozen=True)
+class Roofline:
+    """Peak DRAM bandwidth (bytes/s) and compute (flop/s) by dtype."""
+
+    bandwidth: float
+    flops: dict
+
+
+# Matched as a substring of torch.cuda.get_device_name(). H100: measured on
+# the lent machines (DESIGN.md); fp32 is the CUDA-core rate (nominal), since
+# the kernels compute fp32 with IEEE FMAs, not TF32 tensor cores. A GPU not
+# listed gets no roofline column rather than a guessed one.
+ROOFLINES = {
+    "H100": Roofline(bandwidth=3.0e12, flops={torch.bfloat16: 790e12, torch.float16: 790e12,
+                                              torch.float32: 67e12}),
+}
+
+
+def roofline_for(device: torch.device) -> Roofline | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((roof for key, roof in ROOFLINES.items() if key in name), None)
+
+
+def select_layers(models: list[str] | None = None, quick: bool = False) -> list[ConvLayer]:
+    """The layers of the models whose name contains one of ``models``
+    (case-insensitive; all when None); with ``quick``, the first
+    QUICK_LAYERS_PER_MODEL of each model with H and W capped at QUICK_MAX_SIZE."""
+    wanted = [m.lower() for m in models] if models else None
+    layers, per_model = [], {}
+    for layer in CONV_LAYERS:
+        if wanted and not any(m in layer.model.lower() for m in wanted):
+            continue
+        if quick:
+            per_model[layer.model] = per_model.get(layer.model, 0) + 1
+            if per_model[layer.model] > QUICK_LAYERS_PER_MODEL:
+                continue
+            layer = replace(layer, height=min(layer.height, QUICK_MAX_SIZE),
+                            width=min(layer.width, QUICK_MAX_SIZE))
+        layers.append(layer)
+    return layers
+
+
+def default_backends(device: torch.device) -> list[str]:
+    """Every concrete backend that can run tensors on ``device``; never the
+    Triton interpreter on the CPU, which is thousands of times slower."""
+    return [b for b in ("cpu", "cuda", "triton")
+            if _backend.backend_problem(b, device) is None
+            and not (b == "triton" and device.type == "cpu")]
+
+
+# ---------------------------------------------------------------------------
+# Timing
+
+
+def _time_cpu(fn, rep_ms: float, min_runs: int = 3, max_runs: int = 100) -> float:
+    """Median wall time of ``fn`` in ms over runs until ``rep_ms`` have passed
+    (at least ``min_runs``, at most ``max_runs``). No warm-up run of its own:
+    every caller has already run ``fn`` once to get the result it checks."""
+    times: list[float] = []
+    deadline = time.perf_counter() + rep_ms / 1e3
+    while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() < deadline):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def make_timer(device: torch.device, quick: bool):
+    """ms = timer(fn), fn already run once: do_bench on CUDA, a perf_counter
+    median on the CPU."""
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        return functools.partial(do_bench, warmup=25, rep=100, return_mode="median")
+    return functools.partial(_time_cpu, rep_ms=30 if quick else 200)
+
+
+# ---------------------------------------------------------------------------
+# One case: a layer, a dtype and a direction, timed for torch and each backend
+
+
+def _make_inputs(layer: ConvLayer, batch: int, dtype: torch.dtype, device: torch.device,
+                 channels_last: bool) -> dict:
+    """Fresh random x, w, b and the output gradient gy. w is scaled by
+    1/sqrt(fan-in) so outputs are O(1) and relu6 clips some of them."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    fan_in = layer.in_channels // layer.groups * layer.kernel ** 2
+    p, q = layer.output_size()
+
+    def randn(*shape, scale=1.0):
+        t = torch.randn(shape, dtype=torch.float64, device=device) * scale
+        return t.to(dtype)
+
+    x = randn(batch, layer.in_channels, layer.height, layer.width)
+    w = randn(layer.out_channels, layer.in_channels // layer.groups, layer.kernel,
+              layer.kernel, scale=fan_in ** -0.5)
+    return {"x": x.contiguous(memory_format=fmt), "w": w.contiguous(memory_format=fmt),
+            "b": randn(layer.out_channels, scale=0.5),
+            "gy": randn(batch, layer.out_channels, p, q).contiguous(memory_format=fmt)}
+
+
+def _torch_conv(layer: ConvLayer, x, w, b):
+    y = F.conv2d(x, w, b, layer.stride, layer.padding, 1, layer.groups)
+    if layer.activation == "relu":
+        return F.relu(y)
+    if layer.activation == "relu6":
+        return F.relu6(y)
+    return y
+
+
+def _ours_conv(layer: ConvLayer, x, w, b):
+    return cnnkernels.conv2d(x, w, b, layer.stride, layer.padding, 1, layer.groups,
+                             activation=layer.activation)
+
+
+def _prepare(conv, layer: ConvLayer, inputs: dict, direction: str):
+    """(fn to time, {name: result}) for one implementation. Backward records
+    the forward graph once; fn then computes grad_input and grad_weight."""
+    x, w, b = inputs["x"], inputs["w"], inputs["b"]
+    if direction == "forward":
+        def forward():
+            return conv(layer, x, w, b)
+
+        return forward, {"output": forward()}
+    x = x.detach().requires_grad_()
+    w = w.detach().requires_grad_()
+    y = conv(layer, x, w, b)
+
+    def backward():
+        return torch.autograd.grad(y, (x, w), inputs["gy"], retain_graph=True)
+
+    grad_input, grad_weight = backward()
+    return backward, {"grad_input": grad_input, "grad_weight": grad_weight}
+
+
+def _reference(layer: ConvLayer, inputs: dict, direction: str) -> dict:
+    """torch's float64 result on the same device."""
+    ref_inputs = {name: t.double() for name, t in inputs.items()}
+    return _prepare(_torch_conv, layer, ref_inputs, direction)[1]
+
+
+def relative_error(result: torch.Tensor, reference: torch.Tensor) -> float:
+    """max |result - reference| / max |reference|; NaN or inf stays non-finite."""
+    diff = (result.double() - reference).abs().max().item()
+    if not math.isfinite(diff):
+        return diff
+    return diff / max(reference.abs().max().item(), torch.finfo(torch.float64).tiny)
+
+
+def _run_case(layer: ConvLayer, dtype: torch.dtype, direction: str, backends: list[str],
+              settings: dict, timer, roofline: Roofline | None) -> list[dict]:
+    """One row per backend for this layer, dtype and direction."""
+    device, batch = settings["device"], settings["batch"]
+    inputs = _make_inputs(layer, batch, dtype, device, settings["channels_last"])
+    reference = _reference(layer, inputs, direction)
+    passes = 1 if direction == "forward" else 2
+    flops = layer.flops(batch) * passes
+    base = {**asdict(layer), "shape": layer.describe(), "batch": batch, "dtype": _dtype_name(dtype),
+            "layout": "channels_last" if settings["channels_last"] else "nchw",
+            "direction": direction, "flops": flops, "tolerance": TOLERANCES[dtype]}
+    try:
+        torch_fn, torch_results = _prepare(_torch_conv, layer, inputs, direction)
+        torch_errors = {k: relative_error(v, reference[k]) for k, v in torch_results.items()}
+        del torch_results
+        torch_ms = timer(torch_fn)
+    except Exception as error:  # e.g. a dtype torch lacks on this device: ours still runs
+        torch_ms, torch_errors = None, {"message": _one_line(error)}
+
+    rows = []
+    for backend in backends:
+        row = {**base, "backend": backend, "ours_ms": None, "torch_ms": torch_ms,
+               "speedup": None, "tflops": None, "roofline_fraction": None, "errors": {},
+               "torch_errors": torch_errors, "status": "ok", "message": ""}
+        supported = _backend.SUPPORTED_DTYPES.get((backend, device.type))
+        if supported is not None and dtype not in supported:
+            row.update(status="unsupported",
+                       message=f"backend {backend!r} does not compute {_dtype_name(dtype)} "
+                               f"on {device.type}")
+            rows.append(row)
+            continue
+        try:
+            with cnnkernels.use(backend=backend):
+                fn, results = _prepare(_ours_conv, layer, inputs, direction)
+                row["errors"] = {k: relative_error(v, reference[k]) for k, v in results.items()}
+                del results
+                ours_ms = timer(fn)
+                del fn
+        except Exception as error:
+            row.update(status="error", message=_one_line(error))
+            rows.append(row)
+            continue
+        row["ours_ms"] = ours_ms
+        row["tflops"] = flops / (ours_ms * 1e-3) / 1e12
+        if torch_ms is not None:
+            row["speedup"] = torch_ms / ours_ms
+        if roofline is not None and dtype in roofline.flops:
+            bound_s = max(flops / roofline.flops[dtype],
+                          _min_bytes(layer, batch, dtype, direction) / roofline.bandwidth)
+            row["roofline_fraction"] = bound_s / (ours_ms * 1e-3)
+        if not all(e <= row["tolerance"] for e in row["errors"].values()):  # NaN fails too
+            row.update(status="wrong", message=f"error above {row['tolerance']:g}")
+        rows.append(row)
+    return rows
+
+
+def _min_bytes(layer: ConvLayer, batch: int, dtype: torch.dtype, direction: str) -> int:
+    """DRAM traffic if every tensor moved exactly once: forward reads x, w, b
+    and writes y; backward reads gy (and y, for the activation's gradient)
+    in each of its two passes, reads w and writes gx, reads x and writes gw."""
+    p, q = layer.output_size()
+    x = batch * layer.in_channels * layer.height * layer.width
+    w = layer.out_channels * (layer.in_channels // layer.groups) * layer.kernel ** 2
+    y = batch * layer.out_channels * p * q
+    if direction == "forward":
+        elements = x + w + layer.out_channels + y
+    else:
+        per_pass_y = y * (2 if layer.activation else 1)
+        elements = 2 * per_pass_y + (w + x) + (x + w)
+    return elements * dtype.itemsize
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _one_line(error: Exception) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}"
+
+
+# ---------------------------------------------------------------------------
+# Output
+
+
+_COLUMNS = (  # (title, width, row -> text)
+    ("model", 10, lambda r: r["model"]),
+    ("layer", 11, lambda r: r["name"]),
+    ("shape", 24, lambda r: r["shape"]),
+    ("act", 5, lambda r: r["activation"] or "-"),
+    ("dir", 4, lambda r: {"forward": "fwd", "backward": "bwd"}[r["direction"]]),
+    ("dtype", 8, lambda r: r["dtype"]),
+    ("backend", 7, lambda r: r["backend"]),
+    ("ours ms", 9, lambda r: _num(r["ours_ms"], ".3f")),
+    ("torch ms", 9, lambda r: _num(r["torch_ms"], ".3f")),
+    ("speedup", 7, lambda r: _num(r["speedup"], ".2f")),
+    ("TFLOP/s", 8, lambda r: _num(r["tflops"], ".3g")),
+    ("roof%", 6, lambda r: _num(None if r["roofline_fraction"] is None
+                                else 100 * r["roofline_fraction"], ".1f")),
+    ("max rel err", 17, lambda r: "/".join(f"{e:.1e}" for e in r["errors"].values()) or "-"),
+    ("status", 0, lambda r: r["status"].upper() if r["status"] == "wrong" else r["status"]),
+)
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _table_line(cells) -> str:
+    return " ".join(f"{c:<{w}}" if w else c
+                    for c, (_, w, _) in zip(cells, _COLUMNS, strict=True)).rstrip()
+
+
+def table_header() -> str:
+    line = _table_line(title for title, _, _ in _COLUMNS)
+    return f"{line}\n{'-' * len(line)}"
+
+
+def table_row(row: dict) -> str:
+    """One fixed-width line; errors are listed after the table, not inline."""
+    return _table_line(format_cell(row) for _, _, format_cell in _COLUMNS)
+
+
+def _git_commit() -> str:
+    """$CNNK_COMMIT if set (machines without the .git folder), else HEAD of
+    the checkout the package lives in, marked +dirty with uncommitted changes."""
+    if os.environ.get("CNNK_COMMIT"):
+        return os.environ["CNNK_COMMIT"]
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty.strip() else "")
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(settings: dict) -> dict:
+    """The header every result carries: where, with what, and on which commit."""
+    device = settings["device"]
+    cuda = device.type == "cuda"
+    triton_version = None
+    if importlib.util.find_spec("triton") is not None:
+        import triton
+
+        triton_version = triton.__version__
+    return {
+        "device": torch.cuda.get_device_name(device) if cuda else _cpu_name(),
+        "device_type": device.type,
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark if cuda else None,
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32 if cuda else None,
+        "python": platform.python_version(),
+        "cnnkernels": cnnkernels.__version__,
+        "commit": _git_commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "dtypes": [_dtype_name(d) for d in settings["dtypes"]],
+        "layout": "channels_last" if settings["channels_last"] else "nchw",
+        "batch": settings["batch"],
+        "directions": settings["directions"],
+        "backends": settings["backends"],
+        "quick": settings["quick"],
+        "timer": ("triton.testing.do_bench(warmup=25, rep=100, return_mode='median')" if cuda
+                  else "perf_counter median after one warm-up run (the checked result)"),
+    }
+
+
+# ---------------------------------------------------------------------------
+# The run
+
+
+def run(layers: list[ConvLayer], settings: dict, out=sys.stdout) -> list[dict]:
+    """Every case of ``layers`` x dtypes x directions, printing the table as
+    rows complete; cases not started within ``settings["budget_s"]`` are
+    skipped (one row each with status "skipped", no backend run)."""
+    device = settings["device"]
+    timer = make_timer(device, settings["quick"])
+    roofline = roofline_for(device)
+    print(table_header(), file=out, flush=True)
+    start = time.perf_counter()
+    rows: list[dict] = []
+    for layer in layers:
+        for dtype in settings["dtypes"]:
+            for direction in settings["directions"]:
+                budget = settings.get("budget_s")
+                if budget is not None and time.perf_counter() - start > budget:
+                    rows.append({**asdict(layer), "dtype": _dtype_name(dtype),
+                                 "direction": direction, "status": "skipped",
+                                 "message": f"time budget of {budget:g} s spent"})
+                    continue
+                case_rows = _run_case(layer, dtype, direction, settings["backends"],
+                                      settings, timer, roofline)
+                for row in case_rows:
+                    print(table_row(row), file=out, flush=True)
+                rows += case_rows
+    return rows
+
+
+def summary(rows: list[dict], elapsed_s: float) -> tuple[str, bool]:
+    """(text to print after the table, whether every case passed)."""
+    counts = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    lines = [f"{len(rows)} rows in {elapsed_s:.1f} s: "
+             + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))]
+    speedups: dict[tuple, list[float]] = {}
+    for row in rows:
+        if row.get("speedup"):
+            key = (row["backend"], row["dtype"], row["direction"])
+            speedups.setdefault(key, []).append(row["speedup"])
+    for (backend, dtype, direction), values in sorted(speedups.items()):
+        lines.append(f"geometric-mean speedup {backend} {dtype} {direction}: "
+                     f"{statistics.geometric_mean(values):.2f}x over {len(values)} layers")
+    for row in rows:
+        if row["status"] in ("error", "wrong"):
+            lines.append(f"{row['status'].upper()} {row['model']} {row['name']} {row['dtype']} "
+                         f"{row['direction']} {row['backend']}: {row['message']}")
+    ok = not any(r["status"] in ("error", "wrong") for r in rows)
+    return "\n".join(lines), ok
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``bench`` subcommand's options."""
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{QUICK_LAYERS_PER_MODEL} layers per model, H and W capped at "
+                             f"{QUICK_MAX_SIZE}, batch 1 (a smoke run: under a minute on a CPU)")
+    parser.add_argument("--model", nargs="+", metavar="NAME",
+                        help="only models whose name contains NAME (case-insensitive)")
+    parser.add_argument("--device", choices=("cuda", "cpu"),
+                        help="default: cuda when available, else cpu")
+    parser.add_argument("--backend", nargs="+", choices=_backend.BACKENDS,
+                        help="default: every backend that runs on the device (the Triton "
+                             "interpreter on the CPU only when named)")
+    parser.add_argument("--dtype", nargs="+", metavar="DTYPE",
+                        help="float32, bfloat16, float16, float64 (or fp32, bf16, ...); "
+                             "default: float32 and bfloat16 on CUDA, float32 on the CPU")
+    parser.add_argument("--batch", type=int, help="default: 32 on CUDA, 1 on the CPU and "
+                                                  "with --quick")
+    parser.add_argument("--direction", nargs="+", choices=DIRECTIONS, default=list(DIRECTIONS))
+    parser.add_argument("--channels-last", action="store_true",
+                        help="inputs, weights and gradients in channels_last memory format")
+    parser.add_argument("--budget", type=float, metavar="SECONDS",
+                        help="start no new case after this many seconds (the rest are "
+                             "listed as skipped)")
+    parser.add_argument("--json", type=Path, metavar="PATH",
+                        help="also write the header and every row as JSON")
+
+
+def _settings_from_args(args: argparse.Namespace) -> dict:
+    device_type = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device_type)
+    if args.dtype:
+        names = [n for item in args.dtype for n in item.split(",") if n]
+        unknown = [n for n in names if n.lower() not in DTYPE_NAMES]
+        if unknown:
+            raise SystemExit(f"unknown dtype {unknown[0]!r}; choose from {sorted(DTYPE_NAMES)}")
+        dtypes = list(dict.fromkeys(DTYPE_NAMES[n.lower()] for n in names))
+    elif device_type == "cuda":
+        dtypes = [torch.float32, torch.bfloat16]
+    else:
+        dtypes = [torch.float32]
+    if args.batch is not None and args.batch < 1:
+        raise SystemExit(f"--batch must be >= 1, got {args.batch}")
+    batch = args.batch or (32 if device_type == "cuda" and not args.quick else 1)
+    backends = args.backend or default_backends(device)
+    if not backends:
+        reasons = "; ".join(f"{b}: {_backend.backend_problem(b, device)}"
+                            for b in ("cpu", "cuda", "triton"))
+        raise SystemExit(f"no cnnkernels backend runs on {device_type} here ({reasons})")
+    return {"device": device, "dtypes": dtypes, "batch": batch, "backends": backends,
+            "directions": list(dict.fromkeys(args.direction)),
+            "channels_last": args.channels_last, "quick": args.quick, "budget_s": args.budget}
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the benchmark the parsed options describe; 1 if a case failed."""
+    settings = _settings_from_args(args)
+    if settings["device"].type == "cuda":
+        torch.backends.cudnn.benchmark = True  # torch at its best: cuDNN picks its algorithm
+    layers = select_layers(args.model, args.quick)
+    if not layers:
+        raise SystemExit(f"no layer matches --model {' '.join(args.model)}; models: "
+                         f"{', '.join(dict.fromkeys(layer.model for layer in CONV_LAYERS))}")
+    torch.manual_seed(0)
+    header = environment(settings)
+    print(f"cnnkernels bench: {header['device']} | torch {header['torch']} | triton "
+          f"{header['triton']} | CUDA {header['cuda']} | commit {header['commit']}\n"
+          f"layout {header['layout']}, batch {header['batch']}, backends "
+          f"{', '.join(header['backends'])}; speedup = torch ms / ours ms; max rel err = "
+          f"max|ours - ref| / max|ref| vs float64 (backward: grad_input/grad_weight)\n",
+          flush=True)
+    start = time.perf_counter()
+    rows = run(layers, settings)
+    text, ok = summary(rows, time.perf_counter() - start)
+    print(f"\n{text}", flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"header": header, "rows": rows}, indent=1) + "\n")
+    return 0 if ok else 1

@@ -1,0 +1,364 @@
+"""cnnkernels.conv2d against torch.nn.functional.conv2d in float64, on every
+backend that runs here: forward, grad_input, grad_weight, grad_bias, fused
+activations, layouts, torch.library.opcheck, gradcheck, torch.compile, and
+every bad-input path."""
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import backend_params, interpreted
+from reference import assert_close, float64_cpu, random_tensor
+
+import cnnkernels as ck
+from cnnkernels import _args
+from cnnkernels.ops.conv2d import Conv2dGeometry
+
+ACTIVATIONS = {None: lambda t: t, "relu": F.relu, "relu6": F.relu6}
+
+
+def dtypes_for(device: str, backend: str):
+    if device == "cpu":
+        return (torch.float64, torch.float32)
+    if backend == "cuda":
+        return (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+    return (torch.float32, torch.float16, torch.bfloat16)
+
+
+def random_case(seed: int, tiny: bool) -> dict:
+    """Random convolution parameters; odd sizes, every padding form, groups
+    up to depthwise, strides and dilations up to 3. Sizes are drawn so the
+    output is never empty."""
+    rng = random.Random(seed)
+    groups = rng.choice((1, 1, 2, 3))
+    in_per_group = rng.choice((1, 2, 3) if tiny else (1, 2, 3, 5, 7))
+    depthwise = rng.random() < 0.2
+    out_per_group = 1 if depthwise else rng.choice((1, 2, 3) if tiny else (1, 2, 4, 5, 9))
+    if depthwise:
+        in_per_group = 1
+        groups = rng.choice((2, 3, 4))
+    R, S = rng.choice((1, 2, 3, 5)), rng.choice((1, 3, 5))
+    stride = (rng.choice((1, 2, 3)), rng.choice((1, 2)))
+    dilation = (rng.choice((1, 2)), rng.choice((1, 1, 3)))
+    padding_kind = rng.choice(("int", "pair", "same", "valid"))
+    if padding_kind == "same":
+        stride = (1, 1)
+        padding = "same"
+    elif padding_kind == "valid":
+        padding = "valid"
+    elif padding_kind == "int":
+        padding = rng.choice((0, 1, 2))
+    else:
+        padding = (rng.choice((0, 1, 2)), rng.choice((0, 1, 3)))
+    extent = (dilation[0] * (R - 1) + 1, dilation[1] * (S - 1) + 1)
+    spatial = (5, 7) if tiny else (7, 13, 31)
+    H = max(extent[0], rng.choice(spatial))
+    W = max(extent[1], rng.choice(spatial))
+    return dict(
+        N=rng.choice((1, 2) if tiny else (1, 2, 3)),
+        C=in_per_group * groups, K=out_per_group * groups, H=H, W=W, R=R, S=S,
+        stride=stride, padding=padding, dilation=dilation, groups=groups,
+        bias=rng.random() < 0.7, activation=rng.choice((None, "relu", "relu6")),
+        layout=rng.choice(("contiguous", "channels_last", "noncontiguous", "weight_channels_last")),
+    )
+
+
+def case_params():
+    params = []
+    for p in backend_params():
+        device, backend = p.values
+        count = 8 if interpreted(device, backend) else 40
+        for seed in range(count):
+            params.append(pytest.param(device, backend, seed, id=f"{p.id}-{seed}", marks=p.marks))
+    return params
+
+
+def make_inputs(case: dict, dtype: torch.dtype, device: str, generator: torch.Generator):
+    """Input, weight, bias in the case's layout (the values are what matter;
+    the layout only changes the strides the kernels see)."""
+    shape_x = (case["N"], case["C"], case["H"], case["W"])
+    shape_w = (case["K"], case["C"] // case["groups"], case["R"], case["S"])
+    x = random_tensor(shape_x, dtype, device, generator=generator)
+    w = random_tensor(shape_w, dtype, device, generator=generator)
+    b = random_tensor((case["K"],), dtype, device, generator=generator) if case["bias"] else None
+    layout = case["layout"]
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    elif layout == "weight_channels_last":
+        w = w.to(memory_format=torch.channels_last)
+    elif layout == "noncontiguous":
+        # Every other column of a wider tensor, and a weight transposed twice.
+        wide = random_tensor((*shape_x[:3], 2 * shape_x[3]), dtype, device, generator=generator)
+        x = wide[..., ::2]
+        w = w.transpose(2, 3).contiguous().transpose(2, 3)
+        if b is not None:
+            b = random_tensor((2 * case["K"],), dtype, device, generator=generator)[::2]
+    return x, w, b
+
+
+def reference(case, x, w, b, grad_y):
+    """float64 CPU forward and gradients through torch's own conv2d."""
+    x64, w64, b64 = (float64_cpu(t) for t in (x, w, b))
+    x64.requires_grad_()
+    w64.requires_grad_()
+    if b64 is not None:
+        b64.requires_grad_()
+    y64 = ACTIVATIONS[case["activation"]](F.conv2d(
+        x64, w64, b64, case["stride"], case["padding"], case["dilation"], case["groups"]))
+    y64.backward(float64_cpu(grad_y))
+    return y64.detach(), x64.grad, w64.grad, None if b64 is None else b64.grad
+
+
+def run_case(device, backend, case, dtype, seed):
+    generator = torch.Generator().manual_seed(seed)
+    x, w, b = make_inputs(case, dtype, device, generator)
+    x.requires_grad_()
+    w.requires_grad_()
+    if b is not None:
+        b.requires_grad_()
+    with ck.use(backend=backend):
+        y = ck.conv2d(x, w, b, case["stride"], case["padding"], case["dilation"], case["groups"],
+                      activation=case["activation"])
+        grad_y = random_tensor(y.shape, dtype, device, generator=generator)
+        y.backward(grad_y)
+    y_ref, gx_ref, gw_ref, gb_ref = reference(case, x, w, b, grad_y)
+
+    reduction = (case["C"] // case["groups"]) * case["R"] * case["S"]
+    assert_close(y, y_ref, dtype, reduction, "output")
+    assert _args.is_channels_last(y) == _args.is_channels_last(
+        F.conv2d(x.detach(), w.detach(), None, case["stride"], case["padding"],
+                 case["dilation"], case["groups"])), "output memory format differs from torch's"
+    # grad_input sums over (K/groups) * R * S taps, grad_weight over N * P * Q.
+    n_pq = y.shape[0] * y.shape[2] * y.shape[3]
+    assert_close(x.grad, gx_ref, dtype, (case["K"] // case["groups"]) * case["R"] * case["S"],
+                 "grad_input")
+    assert_close(w.grad, gw_ref, dtype, n_pq, "grad_weight")
+    if b is not None:
+        assert_close(b.grad, gb_ref, dtype, n_pq, "grad_bias")
+
+
+@pytest.mark.parametrize(("device", "backend", "seed"), case_params())
+def test_random_cases_match_torch(device, backend, seed):
+    case = random_case(seed, tiny=interpreted(device, backend))
+    dtypes = dtypes_for(device, backend)
+    run_case(device, backend, case, dtypes[seed % len(dtypes)], seed)
+
+
+def dtype_params():
+    params = []
+    for p in backend_params():
+        for dtype in dtypes_for(*p.values):
+            name = str(dtype).removeprefix("torch.")
+            params.append(pytest.param(*p.values, dtype, id=f"{p.id}-{name}", marks=p.marks))
+    return params
+
+
+@pytest.mark.parametrize(("device", "backend", "dtype"), dtype_params())
+def test_every_dtype(device, backend, dtype):
+    case = dict(N=2, C=4, K=6, H=7, W=5, R=3, S=3, stride=(1, 2), padding=1, dilation=(1, 1),
+                groups=2, bias=True, activation="relu", layout="channels_last")
+    run_case(device, backend, case, dtype, seed=100)
+
+
+@pytest.mark.parametrize(("device", "backend"), backend_params())
+def test_weight_gradient_split_reduction(device, backend):
+    """A reduction long enough that the GPU launchers split it across
+    programs (Triton: grad_weight_splits > 1) and sum the splits after."""
+    case = dict(N=2, C=3, K=4, H=23, W=21, R=3, S=3, stride=(1, 1), padding=1, dilation=(1, 1),
+                groups=1, bias=True, activation=None, layout="contiguous")
+    if backend == "triton":
+        from cnnkernels.kernels.conv2d import grad_weight_splits
+
+        g = Conv2dGeometry(2, 3, 23, 21, 4, 3, 3, 23, 21, 1, 1, 1, 1, 1, 1, 1)
+        assert grad_weight_splits(g) > 1
+    run_case(device, backend, case, dtypes_for(device, backend)[0], seed=7)
+
+
+@pytest.mark.parametrize(("device", "backend"), backend_params())
+def test_unbatched_input(device, backend):
+    generator = torch.Generator().manual_seed(3)
+    dtype = dtypes_for(device, backend)[0]
+    x = random_tensor((3, 6, 7), dtype, device, generator=generator)
+    w = random_tensor((4, 3, 3, 3), dtype, device, generator=generator)
+    with ck.use(backend=backend):
+        y = ck.conv2d(x, w, padding="same")
+    assert_close(y, F.conv2d(float64_cpu(x), float64_cpu(w), padding="same"), dtype, 27, "output")
+
+
+@pytest.mark.parametrize(("device", "backend"), backend_params())
+def test_empty_batch(device, backend):
+    dtype = dtypes_for(device, backend)[0]
+    x = torch.randn(0, 4, 7, 7, dtype=dtype, device=device, requires_grad=True)
+    w = torch.randn(6, 4, 3, 3, dtype=dtype, device=device, requires_grad=True)
+    b = torch.randn(6, dtype=dtype, device=device, requires_grad=True)
+    with ck.use(backend=backend):
+        y = ck.conv2d(x, w, b, padding=1, activation="relu")
+        assert y.shape == (0, 6, 7, 7)
+        y.sum().backward()
+    assert x.grad.shape == x.shape
+    assert torch.equal(w.grad, torch.zeros_like(w))
+    assert torch.equal(b.grad, torch.zeros_like(b))
+
+
+@pytest.mark.parametrize(("device", "backend"), backend_params())
+def test_backward_is_deterministic(device, backend):
+    generator = torch.Generator().manual_seed(11)
+    dtype = dtypes_for(device, backend)[0]
+    x = random_tensor((2, 4, 13, 11), dtype, device, generator=generator).requires_grad_()
+    w = random_tensor((5, 4, 3, 3), dtype, device, generator=generator).requires_grad_()
+    grads = []
+    with ck.use(backend=backend):
+        for _ in range(2):
+            y = ck.conv2d(x, w, padding=1)
+            (gx, gw) = torch.autograd.grad(y, (x, w), torch.ones_like(y))
+            grads.append((gx, gw))
+    assert torch.equal(grads[0][0], grads[1][0])
+    assert torch.equal(grads[0][1], grads[1][1])
+
+
+@pytest.mark.parametrize(("device", "backend"), backend_params())
+def test_opcheck(device, backend):
+    """Schema, fake (meta) implementation, autograd registration and
+    torch.compile/AOT handling of all three ops."""
+    generator = torch.Generator().manual_seed(5)
+    dtype = dtypes_for(device, backend)[0]
+    x = random_tensor((2, 4, 6, 5), dtype, device, generator=generator).requires_grad_()
+    w = random_tensor((6, 2, 3, 2), dtype, device, generator=generator).requires_grad_()
+    b = random_tensor((6,), dtype, device, generator=generator).requires_grad_()
+    params = ([2, 1], [1, 1, 0, 1], [1, 2], 2, "relu", backend, "direct")
+    torch.library.opcheck(torch.ops.cnnk.conv2d.default, (x, w, b, *params))
+    y = torch.ops.cnnk.conv2d(x.detach(), w.detach(), b.detach(), *params)
+    grad_y = random_tensor(y.shape, dtype, device, generator=generator)
+    for op in (torch.ops.cnnk.conv2d_grad_input.default, torch.ops.cnnk.conv2d_grad_weight.default):
+        torch.library.opcheck(op, (grad_y, y, x.detach(), w.detach(), *params))
+
+
+def test_gradcheck_float64():
+    generator = torch.Generator().manual_seed(9)
+    x = random_tensor((2, 4, 5, 6), torch.float64, "cpu", generator=generator).requires_grad_()
+    w = random_tensor((4, 2, 3, 2), torch.float64, "cpu", generator=generator).requires_grad_()
+    b = random_tensor((4,), torch.float64, "cpu", generator=generator).requires_grad_()
+    with ck.use(backend="cpu"):
+        assert torch.autograd.gradcheck(
+            lambda x, w, b: ck.conv2d(x, w, b, stride=(2, 1), padding=(1, 2), dilation=(1, 2),
+                                      groups=2, activation="relu6"),
+            (x, w, b))
+
+
+def test_torch_compile_fullgraph():
+    torch._dynamo.reset()
+    generator = torch.Generator().manual_seed(13)
+    x = random_tensor((2, 3, 9, 9), torch.float32, "cpu", generator=generator)
+    w1 = random_tensor((8, 3, 3, 3), torch.float32, "cpu", generator=generator).requires_grad_()
+    w2 = random_tensor((4, 8, 1, 1), torch.float32, "cpu", generator=generator).requires_grad_()
+
+    def block(x, w1, w2):
+        h = ck.conv2d(x, w1, padding="same", activation="relu")
+        return ck.conv2d(h, w2, stride=2).sum()
+
+    with ck.use(backend="cpu"):
+        eager = block(x, w1, w2)
+        eager_grads = torch.autograd.grad(eager, (w1, w2))
+        compiled = torch.compile(block, fullgraph=True, backend="aot_eager")(x, w1, w2)
+        compiled_grads = torch.autograd.grad(compiled, (w1, w2))
+    torch.testing.assert_close(compiled, eager)
+    for a, e in zip(compiled_grads, eager_grads, strict=True):
+        torch.testing.assert_close(a, e)
+
+
+def _conv_args(**overrides):
+    generator = torch.Generator().manual_seed(17)
+    args = dict(input=random_tensor((2, 4, 8, 8), torch.float32, "cpu", generator=generator),
+                weight=random_tensor((6, 4, 3, 3), torch.float32, "cpu", generator=generator),
+                bias=None, stride=1, padding=0, dilation=1, groups=1)
+    args.update(overrides)
+    return args
+
+
+_W = torch.randn(6, 4, 3, 3)
+
+BAD_INPUTS = [
+    ("input_rank", dict(input=torch.randn(4, 8)), ValueError, "input must be 3-D or 4-D"),
+    ("weight_rank", dict(weight=torch.randn(6, 4, 3)), ValueError, "weight must be 4-D"),
+    ("input_type", dict(input=[[1.0]]), TypeError, "input must be a torch.Tensor"),
+    ("bias_rank", dict(bias=torch.randn(6, 1)), ValueError, "bias must be 1-D"),
+    ("bias_size", dict(bias=torch.randn(5)), ValueError, "bias must have weight.shape[0] = 6"),
+    ("channels", dict(weight=torch.randn(6, 3, 3, 3)), ValueError, "input has 4 channels"),
+    ("groups_out", dict(weight=torch.randn(5, 2, 3, 3), groups=2), ValueError,
+     "divisible by groups=2"),
+    ("groups_zero", dict(groups=0), ValueError, "groups must be a positive int"),
+    ("groups_float", dict(groups=1.5), ValueError, "groups must be a positive int"),
+    ("stride_zero", dict(stride=0), ValueError, "stride must be >= 1"),
+    ("stride_triple", dict(stride=(1, 1, 1)), TypeError, "stride must be an int or a pair"),
+    ("dilation_zero", dict(dilation=(1, 0)), ValueError, "dilation must be >= 1"),
+    ("padding_negative", dict(padding=-1), ValueError, "padding must be >= 0"),
+    ("padding_string", dict(padding="full"), ValueError, "padding must be 'same', 'valid'"),
+    ("padding_same_strided", dict(padding="same", stride=2), ValueError,
+     "padding='same' needs stride 1"),
+    ("output_too_small", dict(weight=torch.randn(6, 4, 9, 3)), ValueError,
+     "output size (0, 6) is too small"),
+    ("dtype_mismatch", dict(weight=_W.double()), TypeError, "weight must have input's dtype"),
+    ("integer_input", dict(input=torch.ones(2, 4, 8, 8, dtype=torch.int32),
+                           weight=torch.ones(6, 4, 3, 3, dtype=torch.int32)), TypeError,
+     "input must be a floating-point tensor"),
+    ("device_mismatch", dict(weight=_W.to("meta")), ValueError,
+     "weight must be on input's device cpu"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "error", "message"),
+                         [pytest.param(*case[1:], id=case[0]) for case in BAD_INPUTS])
+def test_bad_input_raises_before_any_kernel(overrides, error, message):
+    with pytest.raises(error, match=_escape(message)):
+        ck.conv2d(**_conv_args(**overrides))
+
+
+def test_bad_activation_raises():
+    with pytest.raises(ValueError, match="activation must be None, 'relu' or 'relu6'"):
+        ck.conv2d(**_conv_args(), activation="gelu")
+
+
+def test_unsupported_dtype_on_backend_raises():
+    with ck.use(backend="cpu"), pytest.raises(TypeError, match="backend 'cpu' computes conv2d"):
+        ck.conv2d(**_conv_args(input=torch.randn(2, 4, 8, 8, dtype=torch.float16),
+                               weight=torch.randn(6, 4, 3, 3, dtype=torch.float16)))
+
+
+def test_backend_for_other_device_raises():
+    with ck.use(backend="cuda"), pytest.raises(RuntimeError,
+                                               match="backend 'cuda' runs CUDA tensors"):
+        ck.conv2d(**_conv_args())
+
+
+def test_direct_op_call_is_validated():
+    """torch.ops.cnnk.conv2d checks its arguments too (no kernel sees them)."""
+    x, w = torch.randn(2, 4, 8, 8), torch.randn(6, 4, 3, 3)
+    with pytest.raises(ValueError, match="padding must be >= 0"):
+        torch.ops.cnnk.conv2d(x, w, None, [1, 1], [0, -1, 0, 0], [1, 1], 1, "none", "cpu",
+                              "direct")
+    with pytest.raises(ValueError, match="conv_algorithm must be one of"):
+        torch.ops.cnnk.conv2d(x, w, None, [1, 1], [0, 0, 0, 0], [1, 1], 1, "none", "cpu",
+                              "winograd")
+    with pytest.raises(ValueError, match="backend must be 'cpu', 'cuda' or 'triton'"):
+        torch.ops.cnnk.conv2d(x, w, None, [1, 1], [0, 0, 0, 0], [1, 1], 1, "none", "auto",
+                              "direct")
+    with pytest.raises(ValueError, match="grad_output must have the output's shape"):
+        torch.ops.cnnk.conv2d_grad_input(torch.randn(2, 6, 5, 5), None, x, w, [1, 1],
+                                         [0, 0, 0, 0], [1, 1], 1, "none", "cpu", "direct")
+    with pytest.raises(ValueError, match=r"output \(the forward result\) is needed"):
+        torch.ops.cnnk.conv2d_grad_weight(torch.randn(2, 6, 6, 6), None, x, w, [1, 1],
+                                          [0, 0, 0, 0], [1, 1], 1, "relu", "cpu", "direct")
+
+
+def test_index_overflow_raises():
+    huge = torch.empty((1, 1, 2**16, 2**15 + 1), device="meta")
+    with pytest.raises(ValueError, match="index with 32 bits"):
+        _args.check_index_range({"input": huge})
+    _args.check_index_range({"input": torch.empty((1, 1, 2**15, 2**15), device="meta")})
+
+
+def _escape(message: str) -> str:
+    import re
+
+    return re.escape(message)
