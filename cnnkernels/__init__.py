@@ -6,10 +6,13 @@ registered as PyTorch custom operators (``torch.ops.cnnk.*``).
     with ck.use(backend="triton"):
         ...
     ck.info()
+    model = ck.patch(model)   # every nn.Conv2d now runs on cnnkernels
 """
 
+from cnnkernels import nn
 from cnnkernels._backend import info, use
+from cnnkernels.nn import patch
 from cnnkernels.ops import conv2d
 
 __version__ = "0.1.0"
-__all__ = ["conv2d", "info", "use"]
+__all__ = ["conv2d", "info", "nn", "patch", "use"]

@@ -9,7 +9,7 @@ kernel runs, so calling ``torch.ops.cnnk.conv2d`` directly is safe too.
 """
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -42,7 +42,7 @@ class Conv2dGeometry(NamedTuple):
     groups: int
 
 
-def _geometry(input: Tensor, weight: Tensor, bias: Tensor | None, stride: Sequence[int],
+def _geometry(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int],
               padding: Sequence[int], dilation: Sequence[int], groups: int,
               activation: str) -> Conv2dGeometry:
     """Validate everything that does not depend on the backend; shared by the
@@ -155,7 +155,7 @@ def _grad_input_output(input: Tensor) -> Tensor:
 
 
 @torch.library.custom_op(OP_NAME, mutates_args=(), device_types=("cpu", "cuda"))
-def _conv2d(input: Tensor, weight: Tensor, bias: Tensor | None, stride: Sequence[int],
+def _conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int],
             padding: Sequence[int], dilation: Sequence[int], groups: int, activation: str,
             backend: str, algorithm: str) -> Tensor:
     g = _geometry(input, weight, bias, stride, padding, dilation, groups, activation)
@@ -177,7 +177,7 @@ def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups, activat
 
 @torch.library.custom_op("cnnk::conv2d_grad_input", mutates_args=(),
                          device_types=("cpu", "cuda"))
-def _conv2d_grad_input(grad_output: Tensor, output: Tensor | None, input: Tensor,
+def _conv2d_grad_input(grad_output: Tensor, output: Optional[Tensor], input: Tensor,
                        weight: Tensor, stride: Sequence[int], padding: Sequence[int],
                        dilation: Sequence[int], groups: int, activation: str, backend: str,
                        algorithm: str) -> Tensor:
@@ -202,7 +202,7 @@ def _conv2d_grad_input_fake(grad_output, output, input, weight, stride, padding,
 
 @torch.library.custom_op("cnnk::conv2d_grad_weight", mutates_args=(),
                          device_types=("cpu", "cuda"))
-def _conv2d_grad_weight(grad_output: Tensor, output: Tensor | None, input: Tensor,
+def _conv2d_grad_weight(grad_output: Tensor, output: Optional[Tensor], input: Tensor,
                         weight: Tensor, stride: Sequence[int], padding: Sequence[int],
                         dilation: Sequence[int], groups: int, activation: str, backend: str,
                         algorithm: str) -> tuple[Tensor, Tensor]:
@@ -278,8 +278,8 @@ def _backward(ctx, grad_output):
 _conv2d.register_autograd(_backward, setup_context=_setup_context)
 
 
-def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
-           dilation=1, groups: int = 1, *, activation: str | None = None) -> Tensor:
+def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=1, padding=0,
+           dilation=1, groups: int = 1, *, activation: Optional[str] = None) -> Tensor:
     """``torch.nn.functional.conv2d`` on cnnkernels' kernels.
 
     Same arguments, defaults and result (shape, dtype, memory format) as

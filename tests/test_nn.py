@@ -1,0 +1,51 @@
+"""cnnkernels.nn.Conv2d and cnnkernels.patch as drop-ins for torch.nn.Conv2d."""
+
+import copy
+
+import pytest
+import torch
+from reference import assert_close
+
+import cnnkernels as ck
+
+
+def small_net() -> torch.nn.Module:
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, stride=2, groups=4, bias=False),
+        torch.nn.Conv2d(8, 4, 1, padding_mode="reflect"),
+        torch.nn.Conv2d(4, 4, 3, padding=1, padding_mode="circular"),
+    ).double()
+
+
+def test_patch_matches_torch_forward_and_backward():
+    torch.manual_seed(0)
+    reference_net = small_net()
+    patched = ck.patch(copy.deepcopy(reference_net))
+    assert all(type(m) is not torch.nn.Conv2d for m in patched.modules())
+    assert patched.state_dict().keys() == reference_net.state_dict().keys()
+    x = torch.randn(2, 3, 11, 9, dtype=torch.float64)
+    with ck.use(backend="cpu"):
+        out = patched(x)
+        out.square().sum().backward()
+    expected = reference_net(x)
+    expected.square().sum().backward()
+    assert_close(out, expected, torch.float64, 100, "output")
+    for (name, p), q in zip(patched.named_parameters(), reference_net.parameters(), strict=True):
+        assert_close(p.grad, q.grad, torch.float64, 1000, f"grad of {name}")
+
+
+@pytest.mark.parametrize("activation", ["relu", "relu6"])
+def test_module_fuses_activation(activation):
+    torch.manual_seed(1)
+    conv = ck.nn.Conv2d(4, 6, 3, padding=1, activation=activation).double()
+    x = torch.randn(2, 4, 7, 7, dtype=torch.float64) * 4
+    act = torch.nn.functional.relu if activation == "relu" else torch.nn.functional.relu6
+    expected = act(torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=1))
+    assert_close(conv(x), expected, torch.float64, 36, "output")
+    assert f"activation={activation!r}" in repr(conv)
+
+
+def test_module_rejects_unknown_activation():
+    with pytest.raises(ValueError, match="activation must be None, 'relu' or 'relu6'"):
+        ck.nn.Conv2d(1, 1, 1, activation="tanh")
