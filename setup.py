@@ -57,19 +57,6 @@ class CMakeBuild(build_ext):
         jobs = os.environ.get("CNNK_BUILD_JOBS", str(os.cpu_count() or 1))
         subprocess.run(configure, cwd=build_dir, check=True)
         subprocess.run(["cmake", "--build", ".", "-j", jobs], cwd=build_dir, check=True)
-        self._collect_ptxas_report(build_dir, extdir)
-
-    @staticmethod
-    def _collect_ptxas_report(build_dir: Path, extdir: Path) -> None:
-        """Concatenate the per-object ptxas reports into <package>/_C_ptxas.txt."""
-        target = extdir / "_C_ptxas.txt"
-        reports = sorted(build_dir.rglob("*.ptxas.txt"))
-        if not reports:
-            target.unlink(missing_ok=True)
-            return
-        with open(target, "w") as out:
-            for report in reports:
-                out.write(f"# {report.name}\n{report.read_text()}")
 
 
 setup(
@@ -77,5 +64,4 @@ setup(
     cmdclass={"build_ext": CMakeBuild},
     packages=["cnnkernels", "cnnkernels.ops", "cnnkernels.kernels"],
     package_dir={"cnnkernels": "cnnkernels", "cnnkernels.kernels": "kernels"},
-    package_data={"cnnkernels": ["_C_ptxas.txt"]},
 )

@@ -15,12 +15,21 @@
 
 namespace py = pybind11;
 
+#if defined(CNNK_WITH_CUDA)
+namespace cnnk {
+// Defined in the source CMake generates from the CUDA compiles' ptxas -v output.
+const char* ptxas_report();
+}  // namespace cnnk
+#endif
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "cnnkernels C++/CUDA kernels over raw pointers (no libtorch)";
   py::module_ cpu = m.def_submodule("cpu", "C++ CPU kernels");
 #if defined(CNNK_WITH_CUDA)
   py::module_ cuda = m.def_submodule("cuda", "CUDA kernels");
   cnnk::pyext::register_conv2d(cpu, &cuda);
+  cuda.def("ptxas_report", []() { return std::string(cnnk::ptxas_report()); },
+           "ptxas -v resource report of every CUDA kernel in this build");
   const bool with_cuda = true;
 #else
   cnnk::pyext::register_conv2d(cpu, nullptr);
