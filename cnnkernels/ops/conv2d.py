@@ -145,8 +145,10 @@ def _launch(kernel: str, backend: str, g: Conv2dGeometry, activation: str, *tens
 
 
 def _forward_output(input: Tensor, weight: Tensor, g: Conv2dGeometry) -> Tensor:
-    # torch's rule: channels_last when the input or the weight is.
-    channels_last = _args.is_channels_last(input) or _args.is_channels_last(weight)
+    # torch's rule: channels_last when the input or the weight is, except for
+    # float64 on CUDA, which torch's convolution always returns contiguous.
+    channels_last = ((_args.is_channels_last(input) or _args.is_channels_last(weight))
+                     and not (input.is_cuda and input.dtype == torch.float64))
     return _args.empty_4d((g.N, g.K, g.P, g.Q), input, channels_last)
 
 
