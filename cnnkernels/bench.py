@@ -11,6 +11,9 @@ Timing: on CUDA ``triton.testing.do_bench`` (median after warm-up, L2
 flushed between runs); on the CPU the median of repeated ``perf_counter``
 runs after one warm-up run. Backward times grad_input + grad_weight (one
 ``torch.autograd.grad`` call on a recorded forward graph), not the forward.
+Inputs are random and fresh per case; for the backward of a fused activation
+the output gradient is zeroed within a few ulps of the activation's kinks,
+where the derivative legitimately depends on rounding.
 
 A case that raises is an error row; a result whose error exceeds the dtype's
 tolerance is flagged wrong. Either makes the command exit with status 1 once
@@ -21,6 +24,7 @@ unsupported and is not a failure. A timing is never a failure.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import functools
 import importlib.util
@@ -168,14 +172,19 @@ def roofline_for(device: torch.device) -> Roofline | None:
     return next((roof for key, roof in ROOFLINES.items() if key in name), None)
 
 
+def _model_key(name: str) -> str:
+    return "".join(c for c in name.lower() if c.isalnum())
+
+
 def select_layers(models: list[str] | None = None, quick: bool = False) -> list[ConvLayer]:
-    """The layers of the models whose name contains one of ``models``
-    (case-insensitive; all when None); with ``quick``, the first
-    QUICK_LAYERS_PER_MODEL of each model with H and W capped at QUICK_MAX_SIZE."""
-    wanted = [m.lower() for m in models] if models else None
+    """The layers of the models whose name starts with one of ``models``,
+    ignoring case and punctuation ("vgg", "resnet", "unet"; all when None);
+    with ``quick``, the first QUICK_LAYERS_PER_MODEL of each model with H and W
+    capped at QUICK_MAX_SIZE."""
+    wanted = [_model_key(m) for m in models] if models else None
     layers, per_model = [], {}
     for layer in CONV_LAYERS:
-        if wanted and not any(m in layer.model.lower() for m in wanted):
+        if wanted and not any(_model_key(layer.model).startswith(m) for m in wanted):
             continue
         if quick:
             per_model[layer.model] = per_model.get(layer.model, 0) + 1
@@ -212,21 +221,30 @@ def _time_cpu(fn, rep_ms: float, min_runs: int = 3, max_runs: int = 100) -> floa
     return statistics.median(times)
 
 
+def _timer_settings(device: torch.device, quick: bool) -> dict:
+    """do_bench's warm-up and repetition times (ms) on CUDA, shorter for a
+    --quick smoke run; the repetition time of the perf_counter loop on the CPU."""
+    if device.type == "cuda":
+        return {"warmup": 5, "rep": 20} if quick else {"warmup": 25, "rep": 100}
+    return {"rep_ms": 30 if quick else 200}
+
+
 def make_timer(device: torch.device, quick: bool):
-    """ms = timer(fn), fn already run once: do_bench on CUDA, a perf_counter
-    median on the CPU."""
+    """ms = timer(fn), fn already run once: triton.testing.do_bench (median) on
+    CUDA, a perf_counter median on the CPU."""
     if device.type == "cuda":
         from triton.testing import do_bench
 
-        return functools.partial(do_bench, warmup=25, rep=100, return_mode="median")
-    return functools.partial(_time_cpu, rep_ms=30 if quick else 200)
+        return functools.partial(do_bench, return_mode="median",
+                                 **_timer_settings(device, quick))
+    return functools.partial(_time_cpu, **_timer_settings(device, quick))
 
 
 # ---------------------------------------------------------------------------
 # One case: a layer, a dtype and a direction, timed for torch and each backend
 
 
-def _make_inputs(layer: ConvLayer, batch: int, dtype: torch.dtype, device: torch.device,
+def make_inputs(layer: ConvLayer, batch: int, dtype: torch.dtype, device: torch.device,
                  channels_last: bool) -> dict:
     """Fresh random x, w, b and the output gradient gy. w is scaled by
     1/sqrt(fan-in) so outputs are O(1) and relu6 clips some of them."""
@@ -246,7 +264,8 @@ def _make_inputs(layer: ConvLayer, batch: int, dtype: torch.dtype, device: torch
             "gy": randn(batch, layer.out_channels, p, q).contiguous(memory_format=fmt)}
 
 
-def _torch_conv(layer: ConvLayer, x, w, b):
+def torch_conv(layer: ConvLayer, x, w, b):
+    """The anchor: torch's conv2d followed by torch's activation."""
     y = F.conv2d(x, w, b, layer.stride, layer.padding, 1, layer.groups)
     if layer.activation == "relu":
         return F.relu(y)
@@ -255,12 +274,13 @@ def _torch_conv(layer: ConvLayer, x, w, b):
     return y
 
 
-def _ours_conv(layer: ConvLayer, x, w, b):
+def ours_conv(layer: ConvLayer, x, w, b):
+    """cnnkernels' conv2d with the activation fused, on the current backend."""
     return cnnkernels.conv2d(x, w, b, layer.stride, layer.padding, 1, layer.groups,
                              activation=layer.activation)
 
 
-def _prepare(conv, layer: ConvLayer, inputs: dict, direction: str):
+def prepare(conv, layer: ConvLayer, inputs: dict, direction: str):
     """(fn to time, {name: result}) for one implementation. Backward records
     the forward graph once; fn then computes grad_input and grad_weight."""
     x, w, b = inputs["x"], inputs["w"], inputs["b"]
@@ -280,10 +300,37 @@ def _prepare(conv, layer: ConvLayer, inputs: dict, direction: str):
     return backward, {"grad_input": grad_input, "grad_weight": grad_weight}
 
 
+@contextlib.contextmanager
+def _cudnn_autotuning_off():
+    """With cudnn.benchmark on, cuDNN would try every algorithm on each new
+    float64 reference shape, which costs far more than computing it."""
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
+
+
 def _reference(layer: ConvLayer, inputs: dict, direction: str) -> dict:
     """torch's float64 result on the same device."""
     ref_inputs = {name: t.double() for name, t in inputs.items()}
-    return _prepare(_torch_conv, layer, ref_inputs, direction)[1]
+    return prepare(torch_conv, layer, ref_inputs, direction)[1]
+
+
+def _zero_grad_at_kinks(layer: ConvLayer, inputs: dict) -> None:
+    """Zero gy where the pre-activation lies within 4 ulps (of the dtype) of
+    a kink of the activation (0; and 6 for relu6). There an implementation's
+    rounded output may land on either side and take the other one-sided
+    derivative: legitimately so, but it would read as an O(1) error, e.g.
+    bf16 rounds everything in [5.985, 6) to 6."""
+    x, w, b = (inputs[k].double() for k in ("x", "w", "b"))
+    z = F.conv2d(x, w, b, layer.stride, layer.padding, 1, layer.groups)
+    eps = torch.finfo(inputs["gy"].dtype).eps
+    near = torch.zeros_like(z, dtype=torch.bool)
+    for kink in (0.0, 6.0) if layer.activation == "relu6" else (0.0,):
+        near |= (z - kink).abs() <= 4 * eps * max(1.0, kink)
+    inputs["gy"] = inputs["gy"].masked_fill(near, 0)
 
 
 def relative_error(result: torch.Tensor, reference: torch.Tensor) -> float:
@@ -298,15 +345,18 @@ def _run_case(layer: ConvLayer, dtype: torch.dtype, direction: str, backends: li
               settings: dict, timer, roofline: Roofline | None) -> list[dict]:
     """One row per backend for this layer, dtype and direction."""
     device, batch = settings["device"], settings["batch"]
-    inputs = _make_inputs(layer, batch, dtype, device, settings["channels_last"])
-    reference = _reference(layer, inputs, direction)
+    inputs = make_inputs(layer, batch, dtype, device, settings["channels_last"])
+    with _cudnn_autotuning_off():
+        if direction == "backward" and layer.activation:
+            _zero_grad_at_kinks(layer, inputs)
+        reference = _reference(layer, inputs, direction)
     passes = 1 if direction == "forward" else 2
     flops = layer.flops(batch) * passes
     base = {**asdict(layer), "shape": layer.describe(), "batch": batch, "dtype": _dtype_name(dtype),
             "layout": "channels_last" if settings["channels_last"] else "nchw",
             "direction": direction, "flops": flops, "tolerance": TOLERANCES[dtype]}
     try:
-        torch_fn, torch_results = _prepare(_torch_conv, layer, inputs, direction)
+        torch_fn, torch_results = prepare(torch_conv, layer, inputs, direction)
         torch_errors = {k: relative_error(v, reference[k]) for k, v in torch_results.items()}
         del torch_results
         torch_ms = timer(torch_fn)
@@ -327,7 +377,7 @@ def _run_case(layer: ConvLayer, dtype: torch.dtype, direction: str, backends: li
             continue
         try:
             with cnnkernels.use(backend=backend):
-                fn, results = _prepare(_ours_conv, layer, inputs, direction)
+                fn, results = prepare(ours_conv, layer, inputs, direction)
                 row["errors"] = {k: relative_error(v, reference[k]) for k, v in results.items()}
                 del results
                 ours_ms = timer(fn)
@@ -473,8 +523,9 @@ def environment(settings: dict) -> dict:
         "directions": settings["directions"],
         "backends": settings["backends"],
         "quick": settings["quick"],
-        "timer": ("triton.testing.do_bench(warmup=25, rep=100, return_mode='median')" if cuda
-                  else "perf_counter median after one warm-up run (the checked result)"),
+        "timer": {"function": ("triton.testing.do_bench, median" if cuda else
+                               "perf_counter median after one warm-up run"),
+                  **_timer_settings(device, settings["quick"])},
     }
 
 
@@ -538,7 +589,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"{QUICK_LAYERS_PER_MODEL} layers per model, H and W capped at "
                              f"{QUICK_MAX_SIZE}, batch 1 (a smoke run: under a minute on a CPU)")
     parser.add_argument("--model", nargs="+", metavar="NAME",
-                        help="only models whose name contains NAME (case-insensitive)")
+                        help="only models whose name starts with NAME, ignoring case and "
+                             "punctuation (lenet, vgg, resnet, unet, ...)")
     parser.add_argument("--device", choices=("cuda", "cpu"),
                         help="default: cuda when available, else cpu")
     parser.add_argument("--backend", nargs="+", choices=_backend.BACKENDS,
@@ -596,6 +648,9 @@ def main(args: argparse.Namespace) -> int:
                          f"{', '.join(dict.fromkeys(layer.model for layer in CONV_LAYERS))}")
     torch.manual_seed(0)
     header = environment(settings)
+    if "triton" in settings["backends"] and settings["device"].type == "cpu":
+        print("note: Triton runs CPU tensors in its interpreter, thousands of times slower "
+              "than a GPU: keep such runs to a tiny smoke case (--quick --model lenet)")
     print(f"cnnkernels bench: {header['device']} | torch {header['torch']} | triton "
           f"{header['triton']} | CUDA {header['cuda']} | commit {header['commit']}\n"
           f"layout {header['layout']}, batch {header['batch']}, backends "
