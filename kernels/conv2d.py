@@ -12,8 +12,9 @@ Kernels (all deterministic: no atomics, fixed summation order):
 
 ``_forward_kernel``: a program owns BLOCK_M output pixels (flattened n, p, q)
 x BLOCK_K output channels of one group and accumulates rank-1 updates
-x[m] * w[k] over the filter taps (c, r, s) in registers; bias and the
-activation are applied in the epilogue, so the output is written once.
+x[m] * w[k] over the filter taps (c, r, s) in registers, taps outer (bounds
+mask computed once per tap) and channels inner; bias and the activation are
+applied in the epilogue, so the output is written once.
 Cost 2*N*K*P*Q*(C/groups)*R*S flops; each tap loads BLOCK_M + BLOCK_K values
 for BLOCK_M*BLOCK_K FMAs, so it is bound by load issue and FMA rate, not by
 DRAM (x is re-read R*S*K/BLOCK_K times, mostly from L1/L2).
@@ -31,8 +32,7 @@ is split over SPLITS programs for parallelism; partial sums (and grad_bias,
 summed by the j == 0 programs from the gy' tiles they already hold) go to
 an fp32 workspace that ``_sum_splits_kernel`` reduces in a fixed order.
 
-Limits: R and S are compile-time constants (one compilation per filter
-size); offsets are 32-bit (``cnnkernels._args.check_index_range``);
+Limits: offsets are 32-bit (``cnnkernels._args.check_index_range``);
 accumulation is fp32 (fp64 for fp64 inputs, interpreter only).
 """
 
@@ -70,7 +70,7 @@ def _forward_kernel(
     ws_k, ws_c, ws_r, ws_s,
     bs,
     ys_n, ys_k, ys_p, ys_q,
-    R: tl.constexpr, S: tl.constexpr,
+    R, S,
     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, ACC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -94,16 +94,20 @@ def _forward_kernel(
     x_base = x_ptr + n * xs_n + group * C_g * xs_c
     w_base = w_ptr + k * ws_k
     acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=ACC)
-    for c in range(0, C_g):
-        for r in tl.static_range(R):
-            ih = ih0 + r * dil_h
-            row_ok = m_mask & (ih >= 0) & (ih < H)
-            for s in tl.static_range(S):
-                iw = iw0 + s * dil_w
-                ok = row_ok & (iw >= 0) & (iw < W)
-                xv = tl.load(x_base + c * xs_c + ih * xs_h + iw * xs_w, mask=ok, other=0.0)
-                wv = tl.load(w_base + c * ws_c + r * ws_r + s * ws_s, mask=k_mask, other=0.0)
-                acc += xv.to(ACC)[:, None] * wv.to(ACC)[None, :]
+    # Taps outer, channels inner: the bounds mask and the address of a tap are
+    # computed once and reused for all C/groups channels.
+    for tap in range(0, R * S):
+        r = tap // S
+        s = tap % S
+        ih = ih0 + r * dil_h
+        iw = iw0 + s * dil_w
+        ok = m_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        x_tap = x_base + ih * xs_h + iw * xs_w
+        w_tap = w_base + r * ws_r + s * ws_s
+        for c in range(0, C_g):
+            xv = tl.load(x_tap + c * xs_c, mask=ok, other=0.0)
+            wv = tl.load(w_tap + c * ws_c, mask=k_mask, other=0.0)
+            acc += xv.to(ACC)[:, None] * wv.to(ACC)[None, :]
 
     if HAS_BIAS:
         acc += tl.load(b_ptr + k * bs, mask=k_mask, other=0.0).to(ACC)[None, :]
@@ -122,7 +126,7 @@ def _grad_input_kernel(
     ys_n, ys_k, ys_p, ys_q,
     ws_k, ws_c, ws_r, ws_s,
     gxs_n, gxs_c, gxs_h, gxs_w,
-    R: tl.constexpr, S: tl.constexpr,
+    R, S,
     ACTIVATION: tl.constexpr, ACC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
@@ -141,30 +145,31 @@ def _grad_input_kernel(
     w = hw % W
 
     acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=ACC)
-    for k_local in range(0, K_g):
-        k = group * K_g + k_local
-        for r in tl.static_range(R):
-            # Output row p reads input row h through tap r iff
-            # p * stride_h = h + pad_h - r * dil_h; clamp before dividing so
-            # negative numerators never reach integer division.
-            th = h + pad_h - r * dil_h
-            th_c = tl.where(th >= 0, th, 0)
-            p = th_c // stride_h
-            row_ok = m_mask & (th >= 0) & (th_c - p * stride_h == 0) & (p < P)
-            for s in tl.static_range(S):
-                tw = w + pad_w - s * dil_w
-                tw_c = tl.where(tw >= 0, tw, 0)
-                q = tw_c // stride_w
-                ok = row_ok & (tw >= 0) & (tw_c - q * stride_w == 0) & (q < Q)
-                gy = tl.load(gy_ptr + n * gys_n + k * gys_k + p * gys_p + q * gys_q,
-                             mask=ok, other=0.0).to(ACC)
-                if ACTIVATION != 0:
-                    yv = tl.load(y_ptr + n * ys_n + k * ys_k + p * ys_p + q * ys_q,
-                                 mask=ok, other=0.0).to(ACC)
-                    gy = _masked_grad(gy, yv, ACTIVATION)
-                wv = tl.load(w_ptr + k * ws_k + c_local * ws_c + r * ws_r + s * ws_s,
-                             mask=c_mask, other=0.0).to(ACC)
-                acc += gy[:, None] * wv[None, :]
+    for tap in range(0, R * S):
+        r = tap // S
+        s = tap % S
+        # Output (p, q) reads input (h, w) through tap (r, s) iff
+        # p * stride_h = h + pad_h - r * dil_h (likewise q); clamp before
+        # dividing so negative numerators never reach integer division.
+        th = h + pad_h - r * dil_h
+        tw = w + pad_w - s * dil_w
+        th_c = tl.where(th >= 0, th, 0)
+        tw_c = tl.where(tw >= 0, tw, 0)
+        p = th_c // stride_h
+        q = tw_c // stride_w
+        ok = (m_mask & (th >= 0) & (th_c - p * stride_h == 0) & (p < P)
+              & (tw >= 0) & (tw_c - q * stride_w == 0) & (q < Q))
+        gy_tap = gy_ptr + n * gys_n + p * gys_p + q * gys_q
+        y_tap = y_ptr + n * ys_n + p * ys_p + q * ys_q
+        w_tap = w_ptr + c_local * ws_c + r * ws_r + s * ws_s
+        for k_local in range(0, K_g):
+            k = group * K_g + k_local
+            gy = tl.load(gy_tap + k * gys_k, mask=ok, other=0.0).to(ACC)
+            if ACTIVATION != 0:
+                yv = tl.load(y_tap + k * ys_k, mask=ok, other=0.0).to(ACC)
+                gy = _masked_grad(gy, yv, ACTIVATION)
+            wv = tl.load(w_tap + k * ws_k, mask=c_mask, other=0.0).to(ACC)
+            acc += gy[:, None] * wv[None, :]
 
     c = group * C_g + c_local
     gx_off = (n * gxs_n + h * gxs_h + w * gxs_w)[:, None] + (c * gxs_c)[None, :]
@@ -181,7 +186,7 @@ def _grad_weight_kernel(
     ys_n, ys_k, ys_p, ys_q,
     xs_n, xs_c, xs_h, xs_w,
     m_per_split,
-    R: tl.constexpr, S: tl.constexpr,
+    R, S,
     ACTIVATION: tl.constexpr, ACC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_J: tl.constexpr,
 ):
@@ -302,7 +307,7 @@ def forward(g, activation: int, x, w, bias, y) -> None:
         *x.stride(), *w.stride(),
         bias.stride(0) if bias is not None else 0,
         *y.stride(),
-        R=g.R, S=g.S, HAS_BIAS=bias is not None, ACTIVATION=activation, ACC=_acc_type(x.dtype),
+        g.R, g.S, HAS_BIAS=bias is not None, ACTIVATION=activation, ACC=_acc_type(x.dtype),
         BLOCK_M=_FORWARD_BLOCK_M, BLOCK_K=block_k, num_warps=_NUM_WARPS,
     )
 
@@ -318,7 +323,7 @@ def grad_input(g, activation: int, grad_y, y, w, grad_x) -> None:
         g.N, g.H, g.W, g.P, g.Q, C_g, K_g,
         *_conv_params(g),
         *grad_y.stride(), *y_arg.stride(), *w.stride(), *grad_x.stride(),
-        R=g.R, S=g.S, ACTIVATION=activation, ACC=_acc_type(grad_y.dtype),
+        g.R, g.S, ACTIVATION=activation, ACC=_acc_type(grad_y.dtype),
         BLOCK_M=_GRAD_INPUT_BLOCK_M, BLOCK_C=block_c, num_warps=_NUM_WARPS,
     )
 
@@ -352,7 +357,7 @@ def grad_weight(g, activation: int, grad_y, y, x, grad_w, grad_bias) -> None:
         *_conv_params(g),
         *grad_y.stride(), *y_arg.stride(), *x.stride(),
         m_per_split,
-        R=g.R, S=g.S, ACTIVATION=activation, ACC=_acc_type(x.dtype),
+        g.R, g.S, ACTIVATION=activation, ACC=_acc_type(x.dtype),
         BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_J=block_j, num_warps=_NUM_WARPS,
     )
     _sum_splits(partial_w, grad_w, splits)
@@ -370,41 +375,33 @@ def _sum_splits(partial, out, splits: int) -> None:
 
 
 def static_check_specs():
-    """Every kernel in every launch configuration, for the static GPU check.
-
-    Block sizes and dtypes set a kernel's registers and shared memory; the
-    filter size only changes how far the tap loops unroll, so every block
-    configuration is compiled at R = S = 3 and the largest one also at the
-    extremes of the reference models' filters (1 and 11)."""
+    """Every kernel in every launch configuration (block table entry x dtype),
+    for the static GPU check."""
     specs = []
+    block_m, block_k, block_j = _GRAD_WEIGHT_BLOCKS
     for dtype in ("float32", "float16", "bfloat16"):
         ptr = TORCH_TO_TRITON_POINTER[dtype]
-        sizes_by_block = {block: (3,) for block in _FORWARD_BLOCK_K}
-        sizes_by_block[_FORWARD_BLOCK_K[-1]] = (1, 3, 11)
-        for block, sizes in sizes_by_block.items():
-            for size in sizes:
-                specs.append(compile_spec(
-                    f"conv2d_forward[{dtype},R=S={size},BLOCK_K={block}]", _forward_kernel,
-                    pointers=dict.fromkeys(("x_ptr", "w_ptr", "b_ptr", "y_ptr"), ptr),
-                    constexprs={"R": size, "S": size, "HAS_BIAS": True, "ACTIVATION": 1,
-                                "ACC": tl.float32, "BLOCK_M": _FORWARD_BLOCK_M,
-                                "BLOCK_K": block},
-                    num_warps=_NUM_WARPS))
-                specs.append(compile_spec(
-                    f"conv2d_grad_input[{dtype},R=S={size},BLOCK_C={block}]", _grad_input_kernel,
-                    pointers=dict.fromkeys(("gy_ptr", "y_ptr", "w_ptr", "gx_ptr"), ptr),
-                    constexprs={"R": size, "S": size, "ACTIVATION": 2, "ACC": tl.float32,
-                                "BLOCK_M": _GRAD_INPUT_BLOCK_M, "BLOCK_C": block},
-                    num_warps=_NUM_WARPS))
-        block_m, block_k, block_j = _GRAD_WEIGHT_BLOCKS
-        for size in (1, 3, 11):
+        for block in _FORWARD_BLOCK_K:
             specs.append(compile_spec(
-                f"conv2d_grad_weight[{dtype},R=S={size}]", _grad_weight_kernel,
-                pointers={"gy_ptr": ptr, "y_ptr": ptr, "x_ptr": ptr,
-                          "partial_w_ptr": "*fp32", "partial_b_ptr": "*fp32"},
-                constexprs={"R": size, "S": size, "ACTIVATION": 2, "ACC": tl.float32,
-                            "BLOCK_M": block_m, "BLOCK_K": block_k, "BLOCK_J": block_j},
+                f"conv2d_forward[{dtype},BLOCK_K={block}]", _forward_kernel,
+                pointers=dict.fromkeys(("x_ptr", "w_ptr", "b_ptr", "y_ptr"), ptr),
+                constexprs={"HAS_BIAS": True, "ACTIVATION": 1, "ACC": tl.float32,
+                            "BLOCK_M": _FORWARD_BLOCK_M, "BLOCK_K": block},
                 num_warps=_NUM_WARPS))
+        for block in _GRAD_INPUT_BLOCK_C:
+            specs.append(compile_spec(
+                f"conv2d_grad_input[{dtype},BLOCK_C={block}]", _grad_input_kernel,
+                pointers=dict.fromkeys(("gy_ptr", "y_ptr", "w_ptr", "gx_ptr"), ptr),
+                constexprs={"ACTIVATION": 2, "ACC": tl.float32,
+                            "BLOCK_M": _GRAD_INPUT_BLOCK_M, "BLOCK_C": block},
+                num_warps=_NUM_WARPS))
+        specs.append(compile_spec(
+            f"conv2d_grad_weight[{dtype}]", _grad_weight_kernel,
+            pointers={"gy_ptr": ptr, "y_ptr": ptr, "x_ptr": ptr,
+                      "partial_w_ptr": "*fp32", "partial_b_ptr": "*fp32"},
+            constexprs={"ACTIVATION": 2, "ACC": tl.float32,
+                        "BLOCK_M": block_m, "BLOCK_K": block_k, "BLOCK_J": block_j},
+            num_warps=_NUM_WARPS))
         specs.append(compile_spec(
             f"conv2d_sum_splits[{dtype}]", _sum_splits_kernel,
             pointers={"partial_ptr": "*fp32", "out_ptr": ptr},
