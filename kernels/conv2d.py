@@ -269,9 +269,11 @@ def _sum_splits_kernel(
 # Launch configurations: each launcher picks from these tables by problem
 # size, and static_check_specs() compiles every entry.
 _FORWARD_BLOCK_M = 128
-_FORWARD_BLOCK_K = (1, 2, 4, 8, 16, 32, 64)
+# Channel tiles stop at 32: a 64-wide tile needs all 255 registers and
+# spills on sm_80 and sm_90 (static check), with 4 or 8 warps alike.
+_FORWARD_BLOCK_K = (1, 2, 4, 8, 16, 32)
 _GRAD_INPUT_BLOCK_M = 128
-_GRAD_INPUT_BLOCK_C = (1, 2, 4, 8, 16, 32, 64)
+_GRAD_INPUT_BLOCK_C = (1, 2, 4, 8, 16, 32)
 _GRAD_WEIGHT_BLOCKS = (32, 32, 32)  # BLOCK_M, BLOCK_K, BLOCK_J (tl.dot needs >= 16)
 _SUM_BLOCK = 256
 _NUM_WARPS = 4

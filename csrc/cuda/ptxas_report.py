@@ -18,12 +18,18 @@ import sys
 REPORT_SUFFIX = ".ptxas.txt"
 
 
+def _is_report_line(line: str) -> bool:
+    # The spill figures come on an indented line of their own, without the
+    # "ptxas info" prefix: "    0 bytes stack frame, 0 bytes spill stores, ...".
+    return line.startswith("ptxas info") or "bytes stack frame" in line
+
+
 def compile_and_keep_report(command: list[str]) -> int:
     output = command[command.index("-o") + 1] if "-o" in command else None
     proc = subprocess.run(command, capture_output=True, text=True)
     lines = proc.stderr.splitlines()
-    report = [line for line in lines if line.startswith("ptxas info")]
-    other = [line for line in lines if not line.startswith("ptxas info")]
+    report = [line for line in lines if _is_report_line(line)]
+    other = [line for line in lines if not _is_report_line(line)]
     sys.stdout.write(proc.stdout)
     if other:
         sys.stderr.write("\n".join(other) + "\n")
