@@ -14,7 +14,7 @@ import os
 
 import torch
 
-from cnnkernels import _ext
+from cnnkernels import _args, _ext
 
 BACKENDS = ("auto", "cpu", "cuda", "triton")
 CONV_ALGORITHMS = ("auto", "direct")
@@ -133,6 +133,28 @@ def resolve_backend(device: torch.device, backend: str | None = None) -> str:
         hint = f"; {_ext.BUILD_HINT}" if "cnnkernels._C" in problem else ""
         raise RuntimeError(f"backend {backend!r} cannot run here: {problem}{hint}")
     return backend
+
+
+@torch.compiler.assume_constant_result
+def resolve_for_device_type(device_type: str, backend: str) -> str:
+    """resolve_backend for the public ops: a pure function of its arguments
+    within a process, so torch.compile evaluates it once while tracing and
+    bakes the backend into the graph."""
+    return resolve_backend(torch.device(device_type), backend)
+
+
+def check_runnable(backend: str, op: str, tensors: dict) -> None:
+    """Everything a concrete backend needs of an op's tensors (name -> tensor
+    or None; the first one sets device and dtype): it can run on their
+    device, computes in their dtype, and every offset fits 32-bit indices."""
+    if backend not in BACKENDS or backend == "auto":
+        raise ValueError(f"backend must be 'cpu', 'cuda' or 'triton', got {backend!r}")
+    first = next(iter(tensors.values()))
+    problem = backend_problem(backend, first.device)
+    if problem is not None:
+        raise RuntimeError(f"backend {backend!r} cannot run here: {problem}")
+    _args.check_dtype(first, op, backend, SUPPORTED_DTYPES[(backend, first.device.type)])
+    _args.check_index_range(tensors)
 
 
 def resolve_conv_algorithm(algorithm: str | None = None) -> str:

@@ -91,6 +91,15 @@ def tensor1(t: torch.Tensor | None) -> tuple[int, int]:
     return (t.data_ptr(), t.stride(0))
 
 
-def cuda_stream(t: torch.Tensor) -> int:
-    """Handle of torch's current stream on t's device: kernels run there."""
-    return torch.cuda.current_stream(t.device).cuda_stream
+def run_kernel(backend: str, name: str, like: torch.Tensor, *args) -> None:
+    """Call ``_C.<backend>.<name>(dtype code of like, *args)``, adding the
+    current CUDA stream of like's device for the cuda backend, and raise if
+    the launcher returns a non-zero status."""
+    dtype = DTYPE_CODES[like.dtype]
+    if backend == "cpu":
+        status = getattr(cpu_kernels(), name)(dtype, *args)
+    else:
+        with torch.cuda.device(like.device):
+            stream = torch.cuda.current_stream(like.device).cuda_stream
+            status = getattr(cuda_kernels(), name)(dtype, *args, stream)
+    check_status(status, f"cnnk.{name} ({backend})")

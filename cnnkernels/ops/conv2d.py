@@ -93,20 +93,10 @@ def _geometry(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Seq
 
 
 def _check_backend(backend: str, algorithm: str, tensors: dict) -> None:
-    """What the chosen backend needs: the right device, a dtype it computes
-    in, offsets that fit its 32-bit indices, and an implemented algorithm."""
     if algorithm not in CONV_ALGORITHMS_IMPLEMENTED:
         raise ValueError(f"conv_algorithm must be one of {CONV_ALGORITHMS_IMPLEMENTED}, "
                          f"got {algorithm!r}")
-    first = next(iter(tensors.values()))
-    if backend not in _backend.BACKENDS or backend == "auto":
-        raise ValueError(f"backend must be 'cpu', 'cuda' or 'triton', got {backend!r}")
-    problem = _backend.backend_problem(backend, first.device)
-    if problem is not None:
-        raise RuntimeError(f"backend {backend!r} cannot run here: {problem}")
-    supported = _backend.SUPPORTED_DTYPES[(backend, first.device.type)]
-    _args.check_dtype(first, "conv2d", backend, supported)
-    _args.check_index_range(tensors)
+    _backend.check_runnable(backend, "conv2d", tensors)
 
 
 # Rank of each tensor argument of the C++ launchers (1-D ones are optional biases).
@@ -123,25 +113,16 @@ def _launch(kernel: str, backend: str, g: Conv2dGeometry, activation: str, *tens
 
         getattr(triton_conv2d, kernel)(g, act, *tensors)
         return
-    packed = [_ext.tensor1(t) if rank == 1 else _ext.tensor4(t)
-              for t, rank in zip(tensors, _LAUNCHER_ARG_RANKS[kernel], strict=True)]
-    name = f"conv2d_{kernel}"
-    dtype = _ext.DTYPE_CODES[tensors[0].dtype]
-    if backend == "cpu":
-        status = getattr(_ext.cpu_kernels(), name)(dtype, tuple(g), act, *packed)
-    else:
-        device = tensors[0].device
-        with torch.cuda.device(device):
-            stream = _ext.cuda_stream(tensors[0])
-            if kernel == "grad_weight":
-                cuda = _ext.cuda_kernels()
-                nbytes = cuda.conv2d_grad_weight_workspace_bytes(dtype, tuple(g), act)
-                workspace = torch.empty(nbytes, dtype=torch.uint8, device=device)
-                status = cuda.conv2d_grad_weight(dtype, tuple(g), act, *packed,
-                                                 workspace.data_ptr(), nbytes, stream)
-            else:
-                status = getattr(_ext.cuda_kernels(), name)(dtype, tuple(g), act, *packed, stream)
-    _ext.check_status(status, f"cnnk.{name} ({backend})")
+    args = [tuple(g), act]
+    args += [_ext.tensor1(t) if rank == 1 else _ext.tensor4(t)
+             for t, rank in zip(tensors, _LAUNCHER_ARG_RANKS[kernel], strict=True)]
+    if kernel == "grad_weight" and backend == "cuda":
+        # Scratch for the split reduction, from torch's caching allocator.
+        nbytes = _ext.cuda_kernels().conv2d_grad_weight_workspace_bytes(
+            _ext.DTYPE_CODES[tensors[0].dtype], tuple(g), act)
+        workspace = torch.empty(nbytes, dtype=torch.uint8, device=tensors[0].device)
+        args += [workspace.data_ptr(), nbytes]
+    _ext.run_kernel(backend, f"conv2d_{kernel}", tensors[0], *args)
 
 
 def _forward_output(input: Tensor, weight: Tensor, g: Conv2dGeometry) -> Tensor:
@@ -302,16 +283,8 @@ def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=
     padding = _args.conv_padding(padding, tuple(weight.shape[2:]), stride, dilation)
     act = "none" if activation is None else activation
     _args.activation_code(activation)
-    backend, algorithm = _resolve(input.device.type, _backend.current_backend(),
-                                  _backend.current_conv_algorithm())
+    backend = _backend.resolve_for_device_type(input.device.type, _backend.current_backend())
+    algorithm = _backend.resolve_conv_algorithm()
     output = torch.ops.cnnk.conv2d(input, weight, bias, list(stride), list(padding),
                                    list(dilation), groups, act, backend, algorithm)
     return output.squeeze(0) if unbatched else output
-
-
-@torch.compiler.assume_constant_result
-def _resolve(device_type: str, backend: str, algorithm: str) -> tuple[str, str]:
-    # A pure function of its arguments within a process, so torch.compile
-    # evaluates it once at trace time and bakes the choice into the graph.
-    return (_backend.resolve_backend(torch.device(device_type), backend),
-            _backend.resolve_conv_algorithm(algorithm))

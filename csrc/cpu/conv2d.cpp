@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "cnnk/conv2d.h"
+#include "cnnk/cpu_dispatch.h"
 
 namespace cnnk::cpu {
 namespace {
@@ -181,11 +182,8 @@ Status conv2d_forward(DType dtype, const Conv2dGeometry& g, Tensor4 x, Tensor4 w
   if (Status s = check_conv2d_geometry(g); s != Status::ok) return s;
   if (g.batch == 0) return Status::ok;
   if (!x.data || !w.data || !y.data) return Status::bad_argument;
-  switch (dtype) {
-    case DType::f32: forward<float>(g, x, w, bias, y); return Status::ok;
-    case DType::f64: forward<double>(g, x, w, bias, y); return Status::ok;
-    default: return Status::unsupported_dtype;
-  }
+  return dispatch_float_types(dtype,
+                              [&](auto zero) { forward<decltype(zero)>(g, x, w, bias, y); });
 }
 
 Status conv2d_grad_input(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y,
@@ -194,11 +192,8 @@ Status conv2d_grad_input(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y, T
   if (g.batch == 0) return Status::ok;
   if (!grad_y.data || !w.data || !grad_x.data) return Status::bad_argument;
   if (g.activation != Activation::none && !y.data) return Status::bad_argument;
-  switch (dtype) {
-    case DType::f32: grad_input<float>(g, grad_y, y, w, grad_x); return Status::ok;
-    case DType::f64: grad_input<double>(g, grad_y, y, w, grad_x); return Status::ok;
-    default: return Status::unsupported_dtype;
-  }
+  return dispatch_float_types(
+      dtype, [&](auto zero) { grad_input<decltype(zero)>(g, grad_y, y, w, grad_x); });
 }
 
 Status conv2d_grad_weight(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y,
@@ -206,11 +201,9 @@ Status conv2d_grad_weight(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y, 
   if (Status s = check_conv2d_geometry(g); s != Status::ok) return s;
   if (!grad_w.data || (g.batch > 0 && (!grad_y.data || !x.data))) return Status::bad_argument;
   if (g.batch > 0 && g.activation != Activation::none && !y.data) return Status::bad_argument;
-  switch (dtype) {
-    case DType::f32: grad_weight<float>(g, grad_y, y, x, grad_w, grad_bias); return Status::ok;
-    case DType::f64: grad_weight<double>(g, grad_y, y, x, grad_w, grad_bias); return Status::ok;
-    default: return Status::unsupported_dtype;
-  }
+  return dispatch_float_types(dtype, [&](auto zero) {
+    grad_weight<decltype(zero)>(g, grad_y, y, x, grad_w, grad_bias);
+  });
 }
 
 }  // namespace cnnk::cpu

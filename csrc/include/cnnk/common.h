@@ -67,6 +67,11 @@ struct Tensor1 {
   int64_t stride;
 };
 
+// Half-open index range [lo, hi).
+struct IndexRange {
+  int64_t lo, hi;
+};
+
 CNNK_HOST_DEVICE int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Floor division for a possibly negative numerator and a positive divisor.

@@ -41,9 +41,6 @@ CNNK_HOST_DEVICE int64_t conv_input_index(int64_t o, int64_t k, int64_t stride, 
 // Half-open range [lo, hi) of output indices o whose tap k reads inside
 // [0, in_size): the loops of the direct kernels run over it instead of
 // testing every tap against the padding.
-struct IndexRange {
-  int64_t lo, hi;
-};
 CNNK_HOST_DEVICE IndexRange conv_valid_outputs(int64_t out_size, int64_t in_size, int64_t k,
                                                int64_t stride, int64_t pad, int64_t dil) {
   // o * stride - pad + k * dil >= 0  <=>  o >= ceil((pad - k * dil) / stride)
