@@ -6,13 +6,20 @@ registered as PyTorch custom operators (``torch.ops.cnnk.*``).
     with ck.use(backend="triton"):
         ...
     ck.info()
-    model = ck.patch(model)   # every nn.Conv2d now runs on cnnkernels
+    model = ck.patch(model)   # nn.Conv2d and the nn pooling modules now run on cnnkernels
 """
 
 from cnnkernels import nn
 from cnnkernels._backend import info, use
 from cnnkernels.nn import patch
-from cnnkernels.ops import conv2d
+from cnnkernels.ops import (
+    adaptive_avg_pool2d,
+    adaptive_max_pool2d,
+    avg_pool2d,
+    conv2d,
+    max_pool2d,
+)
 
 __version__ = "0.1.0"
-__all__ = ["conv2d", "info", "nn", "patch", "use"]
+__all__ = ["adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "conv2d", "info",
+           "max_pool2d", "nn", "patch", "use"]

@@ -27,7 +27,7 @@ def pair(value, name: str, *, minimum: int) -> tuple[int, int]:
             values = values * 2
     else:
         values = (value, value)
-    if len(values) != 2 or not all(_is_int(v) for v in values):
+    if len(values) != 2 or not all(is_int(v) for v in values):
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
     values = tuple(int(v) for v in values)
     if any(v < minimum for v in values):
@@ -36,12 +36,12 @@ def pair(value, name: str, *, minimum: int) -> tuple[int, int]:
 
 
 def positive_int(value, name: str) -> int:
-    if not _is_int(value) or value < 1:
+    if not is_int(value) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return int(value)
 
 
-def _is_int(value) -> bool:
+def is_int(value) -> bool:
     return (isinstance(value, int) and not isinstance(value, bool)) or (
         isinstance(value, torch.SymInt)
     )
@@ -74,6 +74,17 @@ def conv_output_size(size: int, kernel: int, stride: int, pad_lo: int, pad_hi: i
     """floor((n + p_lo + p_hi - d (f - 1) - 1) / s) + 1: the course notes'
     (n + 2p - f) / s + 1 with dilation and asymmetric padding."""
     return (size + pad_lo + pad_hi - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def pool_output_size(size: int, kernel: int, stride: int, pad: int, dilation: int,
+                     ceil_mode: bool) -> int:
+    """torch's pooling_output_shape: the conv formula, rounded up in ceil_mode
+    but never starting a window past the input plus the left padding."""
+    out = (size + 2 * pad - dilation * (kernel - 1) - 1 + (stride - 1 if ceil_mode else 0)) \
+        // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
 
 
 def activation_code(activation) -> int:
@@ -146,9 +157,12 @@ def is_channels_last(t: torch.Tensor) -> bool:
     return True
 
 
-def empty_4d(shape, like: torch.Tensor, channels_last: bool) -> torch.Tensor:
+def empty_4d(shape, like: torch.Tensor, channels_last: bool, dtype=None) -> torch.Tensor:
+    """An uninitialised 4-D tensor on like's device, of like's dtype unless
+    ``dtype`` is given, in channels_last or contiguous format."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=fmt)
+    return torch.empty(shape, dtype=like.dtype if dtype is None else dtype, device=like.device,
+                       memory_format=fmt)
 
 
 # Testing aid: when on, ops fill their outputs with NaN before the kernels

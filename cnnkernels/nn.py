@@ -1,14 +1,15 @@
-"""Drop-in modules: ``cnnkernels.nn.Conv2d`` is ``torch.nn.Conv2d`` (same
-constructor, parameters, state dict) computed by cnnkernels' ops, with an
-optional fused ``activation``; ``patch(model)`` switches every
-``torch.nn.Conv2d`` of an existing model to it in place."""
+"""Drop-in modules: ``cnnkernels.nn.Conv2d``, ``MaxPool2d``, ``AvgPool2d``,
+``AdaptiveAvgPool2d`` and ``AdaptiveMaxPool2d`` are the torch.nn modules of
+the same name (same constructor, parameters, state dict) computed by
+cnnkernels' ops; Conv2d takes an optional fused ``activation``.
+``patch(model)`` switches every such torch.nn module of an existing model to
+its cnnkernels twin in place."""
 
 
 import torch
 import torch.nn.functional as F
 
-from cnnkernels import _args
-from cnnkernels.ops.conv2d import conv2d
+from cnnkernels import _args, ops
 
 
 class Conv2d(torch.nn.Conv2d):
@@ -26,20 +27,51 @@ class Conv2d(torch.nn.Conv2d):
             # torch pads reflect/replicate/circular explicitly too.
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             padding = 0
-        return conv2d(input, weight, bias, self.stride, padding, self.dilation, self.groups,
-                      activation=self.activation)
+        return ops.conv2d(input, weight, bias, self.stride, padding, self.dilation, self.groups,
+                          activation=self.activation)
 
     def extra_repr(self) -> str:
         extra = f", activation={self.activation!r}" if self.activation is not None else ""
         return super().extra_repr() + extra
 
 
+class MaxPool2d(torch.nn.MaxPool2d):
+    def forward(self, input):
+        return ops.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
+                              self.ceil_mode, self.return_indices)
+
+
+class AvgPool2d(torch.nn.AvgPool2d):
+    def forward(self, input):
+        return ops.avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                              self.count_include_pad, self.divisor_override)
+
+
+class AdaptiveAvgPool2d(torch.nn.AdaptiveAvgPool2d):
+    def forward(self, input):
+        return ops.adaptive_avg_pool2d(input, self.output_size)
+
+
+class AdaptiveMaxPool2d(torch.nn.AdaptiveMaxPool2d):
+    def forward(self, input):
+        return ops.adaptive_max_pool2d(input, self.output_size, self.return_indices)
+
+
+# torch.nn module -> its cnnkernels twin (a subclass with no state of its own
+# beyond Conv2d's activation, so patch can swap the class in place).
+_TWINS = {torch.nn.Conv2d: Conv2d, torch.nn.MaxPool2d: MaxPool2d,
+          torch.nn.AvgPool2d: AvgPool2d, torch.nn.AdaptiveAvgPool2d: AdaptiveAvgPool2d,
+          torch.nn.AdaptiveMaxPool2d: AdaptiveMaxPool2d}
+
+
 def patch(model: torch.nn.Module) -> torch.nn.Module:
-    """Make every ``torch.nn.Conv2d`` in ``model`` run on cnnkernels, in
-    place: parameters, buffers, hooks and the state dict stay as they are.
-    Returns the model."""
+    """Make every torch.nn Conv2d and 2-D pooling module in ``model`` run on
+    cnnkernels, in place: parameters, buffers, hooks and the state dict stay
+    as they are. Returns the model."""
     for module in model.modules():
-        if type(module) is torch.nn.Conv2d:
-            module.__class__ = Conv2d
-            module.activation = None
+        twin = _TWINS.get(type(module))
+        if twin is not None:
+            module.__class__ = twin
+            if twin is Conv2d:
+                module.activation = None
     return model

@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 
 # The order the static check compiles families in.
-FAMILIES = ("conv2d",)
+FAMILIES = ("conv2d", "pool2d")
 
 
 @triton.jit

@@ -33,5 +33,6 @@ inline int to_int(Status s) { return static_cast<int>(s); }
 
 // One registration function per op family, defined in pyext/<family>.cpp.
 void register_conv2d(pybind11::module_& cpu, pybind11::module_* cuda);
+void register_pool2d(pybind11::module_& cpu, pybind11::module_* cuda);
 
 }  // namespace cnnk::pyext

@@ -28,11 +28,13 @@ PYBIND11_MODULE(_C, m) {
 #if defined(CNNK_WITH_CUDA)
   py::module_ cuda = m.def_submodule("cuda", "CUDA kernels");
   cnnk::pyext::register_conv2d(cpu, &cuda);
+  cnnk::pyext::register_pool2d(cpu, &cuda);
   cuda.def("ptxas_report", []() { return std::string(cnnk::ptxas_report()); },
            "ptxas -v resource report of every CUDA kernel in this build");
   const bool with_cuda = true;
 #else
   cnnk::pyext::register_conv2d(cpu, nullptr);
+  cnnk::pyext::register_pool2d(cpu, nullptr);
   const bool with_cuda = false;
 #endif
   m.def("build_info", [with_cuda]() {

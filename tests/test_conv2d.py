@@ -68,7 +68,7 @@ def case_params():
     params = []
     for p in backend_params():
         device, backend = p.values
-        count = 8 if interpreted(device, backend) else 40
+        count = 12 if interpreted(device, backend) else 40
         for seed in range(count):
             params.append(pytest.param(device, backend, seed, id=f"{p.id}-{seed}", marks=p.marks))
     return params

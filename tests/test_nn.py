@@ -12,9 +12,13 @@ import cnnkernels as ck
 def small_net() -> torch.nn.Module:
     return torch.nn.Sequential(
         torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.MaxPool2d(3, 1, 1),
         torch.nn.Conv2d(8, 8, 3, stride=2, groups=4, bias=False),
+        torch.nn.AvgPool2d(2, ceil_mode=True, count_include_pad=False),
         torch.nn.Conv2d(8, 4, 1, padding_mode="reflect"),
         torch.nn.Conv2d(4, 4, 3, padding=1, padding_mode="circular"),
+        torch.nn.AdaptiveMaxPool2d((3, 2)),
+        torch.nn.AdaptiveAvgPool2d(1),
     ).double()
 
 
@@ -22,9 +26,11 @@ def test_patch_matches_torch_forward_and_backward():
     torch.manual_seed(0)
     reference_net = small_net()
     patched = ck.patch(copy.deepcopy(reference_net))
-    assert all(type(m) is not torch.nn.Conv2d for m in patched.modules())
+    assert all(type(m).__module__ == "cnnkernels.nn" for m in patched.modules()
+               if isinstance(m, torch.nn.Conv2d | torch.nn.MaxPool2d | torch.nn.AvgPool2d |
+                             torch.nn.AdaptiveAvgPool2d | torch.nn.AdaptiveMaxPool2d))
     assert patched.state_dict().keys() == reference_net.state_dict().keys()
-    x = torch.randn(2, 3, 11, 9, dtype=torch.float64)
+    x = torch.randn(2, 3, 15, 13, dtype=torch.float64)
     with ck.use(backend="cpu"):
         out = patched(x)
         out.square().sum().backward()

@@ -1,0 +1,151 @@
+// pool2d: max and average pooling, sliding or adaptive windows. The window
+// geometry and index math shared by the CPU and CUDA kernels, and the
+// launchers of both backends.
+//
+// Shapes (torch's): input x (N, C, H, W), output y (N, C, P, Q); indices
+// (int64, y's shape) hold the argmax as h * W + w within its (n, c) plane,
+// exactly as torch.nn.functional.max_pool2d returns them. Every tensor is a
+// pointer plus its four strides (NCHW, channels_last or any view).
+//
+// Semantics (torch's, CPU and CUDA alike):
+//   max   the first maximum in row-major window order wins a tie; a NaN
+//         wins over numbers and the last NaN wins; a window of -inf only
+//         returns its first element's index.
+//   avg   sliding windows divide by divisor_override if set, else by the
+//         window clipped to the padded input (count_include_pad) or to the
+//         input; adaptive windows divide by their size.
+//   backward  a gather: each input element sums the gradients of the windows
+//         that contain it (max: whose argmax it is), in a fixed order, so the
+//         results are deterministic without atomics.
+#pragma once
+
+#include "cnnk/common.h"
+
+#if defined(CNNK_WITH_CUDA)
+#include <cuda_runtime_api.h>
+#endif
+
+namespace cnnk {
+
+struct Pool2dGeometry {
+  int64_t batch, channels, in_h, in_w;  // N, C, H, W
+  int64_t out_h, out_w;                 // P, Q
+  // Sliding windows (ignored when adaptive): output p covers input rows
+  // p * stride_h - pad_h + i * dil_h for i in [0, kernel_h).
+  int64_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w;
+  // Adaptive windows: output p covers rows [floor(p H / P), ceil((p + 1) H / P)).
+  bool adaptive;
+  // Average pooling only.
+  bool count_include_pad;
+  int64_t divisor_override;  // 0: none
+};
+
+// Inclusive start, exclusive end and step of the input rows (or columns) one
+// output index reads, clipped to [0, in_size).
+struct PoolWindow {
+  int64_t start, end, step;
+};
+
+CNNK_HOST_DEVICE int64_t adaptive_start(int64_t o, int64_t in_size, int64_t out_size) {
+  return (o * in_size) / out_size;
+}
+
+CNNK_HOST_DEVICE int64_t adaptive_end(int64_t o, int64_t in_size, int64_t out_size) {
+  return ((o + 1) * in_size + out_size - 1) / out_size;
+}
+
+CNNK_HOST_DEVICE PoolWindow pool_window(int64_t o, int64_t in_size, int64_t out_size,
+                                        int64_t kernel, int64_t stride, int64_t pad,
+                                        int64_t dil, bool adaptive) {
+  if (adaptive) return {adaptive_start(o, in_size, out_size), adaptive_end(o, in_size, out_size), 1};
+  int64_t start = o * stride - pad;
+  int64_t end = start + (kernel - 1) * dil + 1;
+  // First tap inside the input: skip whole dilation steps.
+  if (start < 0) start += ceil_div(-start, dil) * dil;
+  return {start, end < in_size ? end : in_size, dil};
+}
+
+CNNK_HOST_DEVICE PoolWindow pool_window_rows(const Pool2dGeometry& g, int64_t p) {
+  return pool_window(p, g.in_h, g.out_h, g.kernel_h, g.stride_h, g.pad_h, g.dil_h, g.adaptive);
+}
+
+CNNK_HOST_DEVICE PoolWindow pool_window_cols(const Pool2dGeometry& g, int64_t q) {
+  return pool_window(q, g.in_w, g.out_w, g.kernel_w, g.stride_w, g.pad_w, g.dil_w, g.adaptive);
+}
+
+// Divisor of average pooling for output (p, q) (torch's avg_pool2d rule).
+CNNK_HOST_DEVICE int64_t avg_pool_divisor(const Pool2dGeometry& g, int64_t p, int64_t q) {
+  if (g.divisor_override != 0) return g.divisor_override;
+  const PoolWindow rows = pool_window_rows(g, p), cols = pool_window_cols(g, q);
+  if (g.adaptive || !g.count_include_pad)
+    return (rows.end - rows.start) * (cols.end - cols.start);
+  // The window clipped to the padded input, padding included.
+  const int64_t h0 = p * g.stride_h - g.pad_h, w0 = q * g.stride_w - g.pad_w;
+  const int64_t h1 = h0 + g.kernel_h < g.in_h + g.pad_h ? h0 + g.kernel_h : g.in_h + g.pad_h;
+  const int64_t w1 = w0 + g.kernel_w < g.in_w + g.pad_w ? w0 + g.kernel_w : g.in_w + g.pad_w;
+  return (h1 - h0) * (w1 - w0);
+}
+
+// Half-open range of adaptive output indices whose window contains input
+// index i: floor(i P / I) <= o < ceil((i + 1) P / I).
+CNNK_HOST_DEVICE IndexRange adaptive_covering_outputs(int64_t i, int64_t in_size,
+                                                      int64_t out_size) {
+  return {(i * out_size) / in_size, ((i + 1) * out_size + in_size - 1) / in_size};
+}
+
+// Output index whose sliding window reads input index i at tap t, or -1:
+// o * stride - pad + t * dil == i with o in [0, out_size).
+CNNK_HOST_DEVICE int64_t sliding_covering_output(int64_t i, int64_t t, int64_t out_size,
+                                                 int64_t stride, int64_t pad, int64_t dil) {
+  const int64_t num = i + pad - t * dil;
+  if (num < 0 || num % stride != 0) return -1;
+  const int64_t o = num / stride;
+  return o < out_size ? o : -1;
+}
+
+// Windows do not overlap and every input index is read by at most one tap:
+// the backward kernels take one window per input element, without a loop.
+CNNK_HOST_DEVICE bool pool_windows_disjoint(const Pool2dGeometry& g) {
+  return !g.adaptive && g.stride_h == g.kernel_h && g.stride_w == g.kernel_w && g.dil_h == 1 &&
+         g.dil_w == 1;
+}
+
+inline Status check_pool2d_geometry(const Pool2dGeometry& g) {
+  if (g.batch < 0 || g.channels < 0 || g.in_h <= 0 || g.in_w <= 0 || g.out_h <= 0 ||
+      g.out_w <= 0 || g.divisor_override < 0)
+    return Status::bad_argument;
+  if (!g.adaptive && (g.kernel_h <= 0 || g.kernel_w <= 0 || g.stride_h <= 0 ||
+                      g.stride_w <= 0 || g.pad_h < 0 || g.pad_w < 0 || g.dil_h <= 0 ||
+                      g.dil_w <= 0))
+    return Status::bad_argument;
+  return Status::ok;
+}
+
+namespace cpu {
+// y = max over each window; indices.data may be null (no indices wanted).
+Status max_pool2d_forward(DType dtype, const Pool2dGeometry& g, Tensor4 x, Tensor4 y,
+                          Tensor4 indices);
+// grad_x[n, c, h, w] = sum of grad_y over the windows whose index is h * W + w.
+Status max_pool2d_backward(DType dtype, const Pool2dGeometry& g, Tensor4 grad_y,
+                           Tensor4 indices, Tensor4 grad_x);
+Status avg_pool2d_forward(DType dtype, const Pool2dGeometry& g, Tensor4 x, Tensor4 y);
+// grad_x[n, c, h, w] = sum of grad_y / divisor over the windows containing (h, w).
+Status avg_pool2d_backward(DType dtype, const Pool2dGeometry& g, Tensor4 grad_y,
+                           Tensor4 grad_x);
+}  // namespace cpu
+
+#if defined(CNNK_WITH_CUDA)
+namespace cuda {
+// Same contracts as the CPU launchers; work is queued on `stream`.
+Status max_pool2d_forward(DType dtype, const Pool2dGeometry& g, Tensor4 x, Tensor4 y,
+                          Tensor4 indices, cudaStream_t stream);
+Status max_pool2d_backward(DType dtype, const Pool2dGeometry& g, Tensor4 grad_y,
+                           Tensor4 indices, Tensor4 grad_x, cudaStream_t stream);
+Status avg_pool2d_forward(DType dtype, const Pool2dGeometry& g, Tensor4 x, Tensor4 y,
+                          cudaStream_t stream);
+Status avg_pool2d_backward(DType dtype, const Pool2dGeometry& g, Tensor4 grad_y,
+                           Tensor4 grad_x, cudaStream_t stream);
+}  // namespace cuda
+#endif
+
+}  // namespace cnnk

@@ -1,0 +1,350 @@
+"""max_pool2d, avg_pool2d, adaptive_avg_pool2d and adaptive_max_pool2d
+against torch in float64 on every backend that runs here: outputs, indices
+(exactly, ties and NaN included), gradients, memory formats, opcheck,
+gradcheck, torch.compile and the bad-input paths."""
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import backend_params, interpreted
+from reference import assert_close, float64_cpu, random_tensor
+
+import cnnkernels as ck
+from cnnkernels import _args
+
+KINDS = ("max", "avg", "adaptive_avg", "adaptive_max")
+
+
+def dtypes_for(device: str, backend: str):
+    if device == "cpu":
+        return (torch.float64, torch.float32)
+    if backend == "cuda":
+        return (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+    return (torch.float32, torch.float16, torch.bfloat16)
+
+
+def random_case(seed: int, tiny: bool) -> dict:
+    """Random pooling parameters: odd sizes, windows hanging off the edge
+    (ceil_mode, padding), dilation, every layout, unbatched inputs."""
+    rng = random.Random(seed)
+    kind = KINDS[seed % len(KINDS)]
+    kernel = (rng.randint(1, 4), rng.randint(1, 4))
+    case = dict(
+        kind=kind, N=rng.choice((1, 2) if tiny else (1, 2, 3)),
+        C=rng.choice((1, 3) if tiny else (1, 3, 5, 16)),
+        H=rng.choice((5, 7) if tiny else (5, 7, 13, 31)),
+        W=rng.choice((5, 6) if tiny else (6, 9, 13, 17)),
+        layout=rng.choice(("contiguous", "channels_last", "noncontiguous")),
+        unbatched=rng.random() < 0.15,
+    )
+    if kind.startswith("adaptive"):
+        case["output_size"] = (rng.randint(1, case["H"] + 2),
+                               rng.choice((None, rng.randint(1, case["W"] + 2))))
+        return case
+    case.update(
+        kernel_size=kernel,
+        stride=rng.choice((None, 1, 2, (rng.randint(1, 3), rng.randint(1, 3)))),
+        padding=(rng.randint(0, kernel[0] // 2), rng.randint(0, kernel[1] // 2)),
+        ceil_mode=rng.random() < 0.5,
+    )
+    if kind == "max":
+        case["dilation"] = (rng.choice((1, 2)), rng.choice((1, 2)))
+    else:
+        case["count_include_pad"] = rng.random() < 0.5
+        case["divisor_override"] = rng.choice((None, None, 3))
+    # Windows larger than the input are an error in torch too: keep them fitting.
+    for axis, size in ((0, "H"), (1, "W")):
+        extent = case.get("dilation", (1, 1))[axis] * (kernel[axis] - 1) + 1
+        case[size] = max(case[size], extent)
+    return case
+
+
+def pool(module, case, x, return_indices=False):
+    """Call ``module``'s pooling function (torch.nn.functional or cnnkernels)
+    for the case."""
+    kind = case["kind"]
+    if kind == "adaptive_avg":
+        return module.adaptive_avg_pool2d(x, case["output_size"])
+    if kind == "adaptive_max":
+        return module.adaptive_max_pool2d(x, case["output_size"], return_indices)
+    if kind == "avg":
+        return module.avg_pool2d(x, case["kernel_size"], case["stride"], case["padding"],
+                                 case["ceil_mode"], case["count_include_pad"],
+                                 case["divisor_override"])
+    return module.max_pool2d(x, case["kernel_size"], case["stride"], case["padding"],
+                             case["dilation"], case["ceil_mode"], return_indices)
+
+
+def make_input(case, dtype, device, generator, values=None):
+    shape = (case["N"], case["C"], case["H"], case["W"])
+    if values is not None:
+        x = values(shape).to(device=device, dtype=dtype)
+    else:
+        x = random_tensor(shape, dtype, device, generator=generator)
+    if case["layout"] == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    elif case["layout"] == "noncontiguous":
+        wide = torch.empty((*shape[:3], 2 * shape[3]), dtype=dtype, device=device)
+        wide[..., ::2] = x
+        x = wide[..., ::2]
+    return x[0] if case["unbatched"] else x
+
+
+def window_size(case) -> int:
+    """Largest number of elements one output sums (the reduction length)."""
+    if case["kind"].startswith("adaptive"):
+        sizes = case["output_size"]
+        rows, cols = sizes if isinstance(sizes, tuple) else (sizes, sizes)
+        cols = case["W"] if cols is None else cols
+        return (-(-case["H"] // rows) + 1) * (-(-case["W"] // cols) + 1)
+    kernel = case["kernel_size"]
+    return kernel[0] * kernel[1] if isinstance(kernel, tuple) else kernel * kernel
+
+
+def run_case(device, backend, case, dtype, seed, values=None):
+    generator = torch.Generator().manual_seed(seed)
+    x = make_input(case, dtype, device, generator, values).requires_grad_()
+    is_max = case["kind"].endswith("max")
+    with ck.use(backend=backend):
+        result = pool(ck, case, x, return_indices=is_max)
+        y, indices = result if is_max else (result, None)
+        grad_y = random_tensor(y.shape, dtype, device, generator=generator)
+        y.backward(grad_y)
+
+    x64 = float64_cpu(x).requires_grad_()
+    expected = pool(F, case, x64, return_indices=is_max)
+    y64, indices64 = expected if is_max else (expected, None)
+    y64.backward(float64_cpu(grad_y))
+
+    if is_max:
+        # A max is a copy: exact, NaN where torch has NaN.
+        assert torch.equal(indices.cpu(), indices64), "indices differ from torch's"
+        assert indices.dtype == torch.int64
+        torch.testing.assert_close(float64_cpu(y), y64, rtol=0, atol=0, equal_nan=True)
+    else:
+        assert_close(y, y64.detach(), dtype, window_size(case), "output")
+    assert _args.is_channels_last(y) == _args.is_channels_last(y64), \
+        "output memory format differs from torch's"
+    if y.numel() > 0:
+        assert_close(x.grad, x64.grad, dtype, window_size(case), "grad_input")
+
+
+def case_params():
+    params = []
+    for p in backend_params():
+        device, backend = p.values
+        count = 16 if interpreted(device, backend) else 48
+        for seed in range(count):
+            params.append(pytest.param(device, backend, seed, id=f"{p.id}-{seed}", marks=p.marks))
+    return params
+
+
+@pytest.mark.parametrize(("device", "backend", "seed"), case_params())
+def test_random_cases_match_torch(device, backend, seed):
+    case = random_case(seed, tiny=interpreted(device, backend))
+    dtypes = dtypes_for(device, backend)
+    run_case(device, backend, case, dtypes[(seed // len(KINDS)) % len(dtypes)], seed)
+
+
+def dtype_params():
+    params = []
+    for p in backend_params():
+        for dtype in dtypes_for(*p.values):
+            name = str(dtype).removeprefix("torch.")
+            params.append(pytest.param(*p.values, dtype, id=f"{p.id}-{name}", marks=p.marks))
+    return params
+
+
+@pytest.mark.parametrize(("device", "backend", "dtype"), dtype_params())
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_dtype(device, backend, dtype, kind):
+    case = dict(kind=kind, N=2, C=3, H=7, W=6, layout="channels_last", unbatched=False,
+                kernel_size=(3, 2), stride=(2, 1), padding=(1, 1), ceil_mode=True,
+                dilation=(1, 2), count_include_pad=False, divisor_override=None,
+                output_size=(3, 4))
+    run_case(device, backend, case, dtype, seed=200)
+
+
+@pytest.mark.parametrize(("device", "backend"), backend_params())
+@pytest.mark.parametrize("kind", ["max", "adaptive_max"])
+def test_ties_and_nan_pick_torch_indices(device, backend, kind):
+    """Integer-valued inputs make ties everywhere (the first maximum wins);
+    NaNs propagate (the last NaN wins); all -inf windows return their first
+    element."""
+    def values(shape):
+        generator = torch.Generator().manual_seed(21)
+        v = torch.randint(-2, 3, shape, generator=generator).double()
+        flat = v.view(-1)
+        flat[torch.randperm(flat.numel(), generator=generator)[:4]] = float("nan")
+        v[:, :, :2, :2] = float("-inf")
+        return v
+
+    case = dict(kind=kind, N=2, C=2, H=7, W=7, layout="contiguous", unbatched=False,
+                kernel_size=3, stride=2, padding=1, dilation=1, ceil_mode=True,
+                output_size=(3, 3))
+    run_case(device, backend, case, dtypes_for(device, backend)[0], seed=21, values=values)
+
+
+@pytest.mark.parametrize(("device", "backend"), backend_params())
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_disjoint_windows_fast_path(device, backend, kind):
+    """stride == kernel_size (the common 2x2/2): one window per input element,
+    and elements no window reads (odd sizes) get a zero gradient."""
+    case = dict(kind=kind, N=2, C=3, H=9, W=7, layout="contiguous", unbatched=False,
+                kernel_size=2, stride=2, padding=0, dilation=1, ceil_mode=False,
+                count_include_pad=True, divisor_override=None)
+    run_case(device, backend, case, dtypes_for(device, backend)[0], seed=31)
+
+
+@pytest.mark.parametrize(("device", "backend"), backend_params())
+def test_global_average_pool(device, backend):
+    """The 1x1 adaptive average that ends ResNet, MobileNet and Inception."""
+    case = dict(kind="adaptive_avg", N=2, C=5, H=7, W=7, layout="channels_last",
+                unbatched=False, output_size=1)
+    run_case(device, backend, case, dtypes_for(device, backend)[0], seed=41)
+
+
+@pytest.mark.parametrize(("device", "backend"), backend_params())
+@pytest.mark.parametrize("kind", KINDS)
+def test_empty_batch(device, backend, kind):
+    dtype = dtypes_for(device, backend)[0]
+    x = torch.randn(0, 3, 8, 8, dtype=dtype, device=device, requires_grad=True)
+    case = dict(kind=kind, kernel_size=2, stride=None, padding=0, dilation=1, ceil_mode=False,
+                count_include_pad=True, divisor_override=None, output_size=(3, 3))
+    with ck.use(backend=backend):
+        y = pool(ck, case, x)
+        y.sum().backward()
+    assert y.shape == pool(F, case, x.detach()).shape
+    assert x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize(("device", "backend"), backend_params())
+def test_backward_is_deterministic(device, backend):
+    generator = torch.Generator().manual_seed(51)
+    dtype = dtypes_for(device, backend)[0]
+    x = random_tensor((2, 4, 11, 9), dtype, device, generator=generator).requires_grad_()
+    with ck.use(backend=backend):
+        grads = []
+        for _ in range(2):
+            y = ck.max_pool2d(x, 3, 1, 1) + ck.avg_pool2d(x, 3, 1, 1)
+            grads.append(torch.autograd.grad(y, x, torch.ones_like(y))[0])
+    assert torch.equal(grads[0], grads[1])
+
+
+@pytest.mark.parametrize(("device", "backend"), backend_params())
+def test_opcheck(device, backend):
+    generator = torch.Generator().manual_seed(61)
+    dtype = dtypes_for(device, backend)[0]
+    x = random_tensor((2, 3, 7, 6), dtype, device, generator=generator).requires_grad_()
+    sliding = [4, 3, 3, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0]
+    adaptive = [3, 4, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0]
+    for window in (sliding, adaptive):
+        torch.library.opcheck(torch.ops.cnnk.max_pool2d.default, (x, window, True, backend))
+        torch.library.opcheck(torch.ops.cnnk.avg_pool2d.default, (x, window, backend))
+        y, indices = torch.ops.cnnk.max_pool2d(x.detach(), window, True, backend)
+        grad_y = random_tensor(y.shape, dtype, device, generator=generator)
+        torch.library.opcheck(torch.ops.cnnk.max_pool2d_backward.default,
+                              (grad_y, indices, x.detach(), window, backend))
+        torch.library.opcheck(torch.ops.cnnk.avg_pool2d_backward.default,
+                              (grad_y, x.detach(), window, backend))
+
+
+def test_gradcheck_float64():
+    generator = torch.Generator().manual_seed(71)
+    x = random_tensor((2, 3, 7, 6), torch.float64, "cpu", generator=generator).requires_grad_()
+    with ck.use(backend="cpu"):
+        assert torch.autograd.gradcheck(
+            lambda x: ck.max_pool2d(x, 3, 2, 1, ceil_mode=True), (x,))
+        assert torch.autograd.gradcheck(
+            lambda x: ck.avg_pool2d(x, (3, 2), 1, (1, 0), count_include_pad=False), (x,))
+        assert torch.autograd.gradcheck(lambda x: ck.adaptive_avg_pool2d(x, (4, 5)), (x,))
+        assert torch.autograd.gradcheck(lambda x: ck.adaptive_max_pool2d(x, 3), (x,))
+
+
+def test_torch_compile_fullgraph():
+    torch._dynamo.reset()
+    generator = torch.Generator().manual_seed(81)
+    x = random_tensor((2, 3, 12, 12), torch.float32, "cpu", generator=generator)
+    x.requires_grad_()
+
+    def head(x):
+        h = ck.max_pool2d(x, 3, 2, 1)
+        h = ck.avg_pool2d(h, 2, ceil_mode=True)
+        return ck.adaptive_avg_pool2d(h, 1).sum()
+
+    with ck.use(backend="cpu"):
+        eager = head(x)
+        (eager_grad,) = torch.autograd.grad(eager, x)
+        compiled = torch.compile(head, fullgraph=True)(x)
+        (compiled_grad,) = torch.autograd.grad(compiled, x)
+    torch.testing.assert_close(compiled, eager)
+    torch.testing.assert_close(compiled_grad, eager_grad)
+
+
+def test_no_indices_without_grad_or_return_indices():
+    """Inference does not pay for indices; asking for them or for a gradient
+    does."""
+    x = torch.randn(1, 2, 6, 6)
+    with torch.no_grad():
+        _, indices = torch.ops.cnnk.max_pool2d(x, [3, 3, 2, 2, 2, 2, 0, 0, 1, 1, 0, 0, 0],
+                                               False, "cpu")
+    assert indices.numel() == 0
+    y, i = ck.max_pool2d(x, 2, return_indices=True)
+    assert i.shape == y.shape
+
+
+BAD_INPUTS = [
+    ("rank", lambda: ck.max_pool2d(torch.randn(4, 4), 2), ValueError,
+     "input must be 3-D or 4-D"),
+    ("integer", lambda: ck.avg_pool2d(torch.ones(1, 1, 4, 4, dtype=torch.int64), 2), TypeError,
+     "input must be a floating-point tensor"),
+    ("channels", lambda: ck.max_pool2d(torch.randn(2, 0, 4, 4), 2), ValueError,
+     "non-zero channels, height and width"),
+    ("kernel_zero", lambda: ck.max_pool2d(torch.randn(1, 1, 4, 4), 0), ValueError,
+     "kernel_size must be >= 1"),
+    ("stride_zero", lambda: ck.avg_pool2d(torch.randn(1, 1, 4, 4), 2, 0), ValueError,
+     "stride must be >= 1"),
+    ("dilation_zero", lambda: ck.max_pool2d(torch.randn(1, 1, 4, 4), 2, dilation=0), ValueError,
+     "dilation must be >= 1"),
+    ("padding_over_half", lambda: ck.max_pool2d(torch.randn(1, 1, 8, 8), 3, padding=2),
+     ValueError, "padding must be between 0 and half the kernel size"),
+    ("avg_padding_over_half", lambda: ck.avg_pool2d(torch.randn(1, 1, 8, 8), 2, padding=(0, 2)),
+     ValueError, "padding must be between 0 and half the kernel size"),
+    ("output_too_small", lambda: ck.max_pool2d(torch.randn(1, 1, 2, 2), 3), ValueError,
+     "is too small"),
+    ("divisor_zero", lambda: ck.avg_pool2d(torch.randn(1, 1, 4, 4), 2, divisor_override=0),
+     ValueError, "divisor_override must be a non-zero int"),
+    ("output_size_negative", lambda: ck.adaptive_avg_pool2d(torch.randn(1, 1, 4, 4), (-1, 2)),
+     ValueError, "output_size must hold non-negative ints"),
+    ("output_size_triple", lambda: ck.adaptive_max_pool2d(torch.randn(1, 1, 4, 4), (1, 2, 3)),
+     TypeError, "output_size must be an int, None or a pair"),
+    ("kernel_triple", lambda: ck.avg_pool2d(torch.randn(1, 1, 4, 4), (1, 2, 3)), TypeError,
+     "kernel_size must be an int or a pair"),
+]
+
+
+@pytest.mark.parametrize(("call", "error", "message"),
+                         [pytest.param(*case[1:], id=case[0]) for case in BAD_INPUTS])
+def test_bad_input_raises_before_any_kernel(call, error, message):
+    import re
+
+    with pytest.raises(error, match=re.escape(message)):
+        call()
+
+
+def test_backend_for_other_device_raises():
+    with ck.use(backend="cuda"), pytest.raises(RuntimeError,
+                                               match="backend 'cuda' runs CUDA tensors"):
+        ck.max_pool2d(torch.randn(1, 1, 4, 4), 2)
+
+
+def test_direct_op_call_is_validated():
+    x = torch.randn(1, 2, 6, 6)
+    with pytest.raises(ValueError, match="window takes 13 values"):
+        torch.ops.cnnk.avg_pool2d(x, [3, 3], "cpu")
+    with pytest.raises(ValueError, match="indices must be int64"):
+        torch.ops.cnnk.max_pool2d_backward(torch.randn(1, 2, 3, 3), torch.empty(0, 0, 0, 0,
+                                                                                dtype=torch.int64),
+                                           x, [3, 3, 2, 2, 2, 2, 0, 0, 1, 1, 0, 0, 0], "cpu")
