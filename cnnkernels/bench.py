@@ -1,19 +1,33 @@
-"""Benchmark driver: times ``cnnkernels.conv2d`` against
-``torch.nn.functional.conv2d`` (plus the same activation) on the conv layers
-of the reference models, and checks every result against a float64 torch
-reference computed on the same device.
+"""Benchmark driver: times cnnkernels' ops against torch's on the layers of
+the reference models, and checks every result against a float64 torch
+reference computed on the same device. One table per op family (``--op``):
+
+- conv2d: ``cnnkernels.conv2d`` against ``torch.nn.functional.conv2d`` plus
+  the same activation; TFLOP/s and the fraction of the roofline (the compute
+  or the memory bound, whichever takes longer).
+- pool2d: ``cnnkernels.max_pool2d``, ``avg_pool2d`` and
+  ``adaptive_avg_pool2d`` against torch.nn.functional's. Pooling is memory
+  bound: GB/s and the fraction of the device's copy bandwidth (its roofline).
+  Both directions run as in training: the input requires grad, so max pooling
+  writes the int64 indices its backward reads. Bytes are the minimum DRAM
+  traffic: forward reads x once and writes y (+ the indices, max pooling
+  only); backward reads grad_y (+ the indices) and writes grad_x. Max
+  pooling's indices must equal the float64 reference's exactly (the first
+  maximum wins a tie, as in torch): any difference is a wrong result.
 
     cnnkernels bench                        # every layer, every backend that runs here
     cnnkernels bench --quick                # a smoke run: small layers, batch 1
+    cnnkernels bench --op pool2d --model vgg unet --dtype bfloat16 --channels-last
     cnnkernels bench --model resnet --dtype bfloat16 --channels-last --json out.json
 
 Timing: on CUDA ``triton.testing.do_bench`` (median after warm-up, L2
 flushed between runs); on the CPU the median of repeated ``perf_counter``
-runs after one warm-up run. Backward times grad_input + grad_weight (one
-``torch.autograd.grad`` call on a recorded forward graph), not the forward.
-Inputs are random and fresh per case; for the backward of a fused activation
-the output gradient is zeroed within a few ulps of the activation's kinks,
-where the derivative legitimately depends on rounding.
+runs after one warm-up run. Backward times the autograd backward alone (one
+``torch.autograd.grad`` call on a recorded forward graph: conv grad_input +
+grad_weight, pooling grad_input), not the forward. Inputs are random and
+fresh per case; for the backward of a fused activation the output gradient
+is zeroed within a few ulps of the activation's kinks, where the derivative
+legitimately depends on rounding.
 
 A case that raises is an error row; a result whose error exceeds the dtype's
 tolerance is flagged wrong. Either makes the command exit with status 1 once
@@ -36,6 +50,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -76,6 +91,27 @@ class ConvLayer:
         p, q = self.output_size()
         return (2 * batch * self.out_channels * p * q * (self.in_channels // self.groups)
                 * self.kernel * self.kernel)
+
+    def min_bytes(self, batch: int, dtype: torch.dtype, direction: str) -> int:
+        """DRAM traffic if every tensor moved exactly once: forward reads x, w, b
+        and writes y; backward reads gy (and y, for the activation's gradient)
+        in each of its two passes, reads w and writes gx, reads x and writes gw."""
+        p, q = self.output_size()
+        x = batch * self.in_channels * self.height * self.width
+        w = self.out_channels * (self.in_channels // self.groups) * self.kernel ** 2
+        y = batch * self.out_channels * p * q
+        if direction == "forward":
+            elements = x + w + self.out_channels + y
+        else:
+            per_pass_y = y * (2 if self.activation else 1)
+            elements = 2 * per_pass_y + (w + x) + (x + w)
+        return elements * dtype.itemsize
+
+    def work(self, batch: int, dtype: torch.dtype, direction: str) -> tuple[int, int]:
+        """(flops, minimum bytes) of one direction; backward is two
+        convolutions' worth of flops (grad_input and grad_weight)."""
+        passes = 1 if direction == "forward" else 2
+        return self.flops(batch) * passes, self.min_bytes(batch, dtype, direction)
 
     def describe(self) -> str:
         """e.g. ``64x56x56->64 3x3 s2 g64``: what the table's shape column shows."""
@@ -130,9 +166,109 @@ CONV_LAYERS: tuple[ConvLayer, ...] = (
 )
 del _L
 
+
+@dataclass(frozen=True)
+class PoolLayer:
+    """One pooling layer of a reference model on input C x H x W: ``kind``
+    "max" or "avg" over a sliding R x R window (``kernel``, ``stride``,
+    ``padding``, ``ceil_mode``: torch's arguments), or "global_avg", the
+    adaptive average to 1 x 1 that ends ResNet, Inception and MobileNet
+    (kernel and stride unused)."""
+
+    model: str
+    name: str
+    kind: str
+    channels: int
+    height: int
+    width: int
+    kernel: int = 0
+    stride: int = 0
+    padding: int = 0
+    ceil_mode: bool = False
+
+    def output_size(self) -> tuple[int, int]:
+        """torch's pooling output size: in ceil_mode the last window may hang
+        over the input, but must start inside it or its left padding."""
+        if self.kind == "global_avg":
+            return 1, 1
+
+        def size(n: int) -> int:
+            span = n + 2 * self.padding - self.kernel
+            out = (-(-span // self.stride) if self.ceil_mode else span // self.stride) + 1
+            if self.ceil_mode and (out - 1) * self.stride >= n + self.padding:
+                out -= 1
+            return out
+
+        return size(self.height), size(self.width)
+
+    def min_bytes(self, batch: int, dtype: torch.dtype) -> int:
+        """DRAM traffic if every tensor moved exactly once, the same in both
+        directions: forward reads x and writes y, backward reads gy and
+        writes gx; max pooling adds its int64 indices (written by the
+        forward, which runs with a gradient, and read by the backward).
+        Overlapping windows re-read x from cache, not DRAM."""
+        p, q = self.output_size()
+        x = batch * self.channels * self.height * self.width
+        y = batch * self.channels * p * q
+        indices = y * torch.int64.itemsize if self.kind == "max" else 0
+        return (x + y) * dtype.itemsize + indices
+
+    def work(self, batch: int, dtype: torch.dtype, direction: str) -> tuple[None, int]:
+        """(flops, minimum bytes): no flops, pooling is bound by memory alone."""
+        return None, self.min_bytes(batch, dtype)
+
+    def describe(self) -> str:
+        """e.g. ``480x28x28 max 3x3/2 ceil``, ``2048x7x7 global avg``: the
+        table's shape column."""
+        text = f"{self.channels}x{self.height}x{self.width} "
+        if self.kind == "global_avg":
+            return text + "global avg"
+        text += f"{self.kind} {self.kernel}x{self.kernel}/{self.stride}"
+        if self.padding:
+            text += f" p{self.padding}"
+        if self.ceil_mode:
+            text += " ceil"
+        return text
+
+
+_P = PoolLayer
+# U-Net: the paper's 572x572 tile, whose valid convolutions leave 568 and 280
+# before the first two pools (the conv table's U-Net layers are a padded 256
+# variant). Inception's 3a.pool is the pooling branch inside a block.
+POOL_LAYERS: tuple[PoolLayer, ...] = (
+    #  model          layer          kind           C    H    W  RxS str pad ceil
+    _P("LeNet-5",     "pool1",       "avg",         6,  28,  28,  2,  2),
+    _P("LeNet-5",     "pool2",       "avg",        16,  10,  10,  2,  2),
+    _P("AlexNet",     "pool1",       "max",        64,  55,  55,  3,  2),
+    _P("AlexNet",     "pool2",       "max",       192,  27,  27,  3,  2),
+    _P("AlexNet",     "pool5",       "max",       256,  13,  13,  3,  2),
+    _P("VGG-16",      "pool1",       "max",        64, 224, 224,  2,  2),
+    _P("VGG-16",      "pool2",       "max",       128, 112, 112,  2,  2),
+    _P("VGG-16",      "pool3",       "max",       256,  56,  56,  2,  2),
+    _P("VGG-16",      "pool4",       "max",       512,  28,  28,  2,  2),
+    _P("VGG-16",      "pool5",       "max",       512,  14,  14,  2,  2),
+    _P("ResNet-50",   "maxpool",     "max",        64, 112, 112,  3,  2,  1),
+    _P("ResNet-50",   "avgpool",     "global_avg",2048,  7,   7),
+    _P("Inception",   "3a.pool",     "max",       192,  28,  28,  3,  1,  1),
+    _P("Inception",   "pool3",       "max",       480,  28,  28,  3,  2,  0, True),
+    _P("Inception",   "aux.avgpool", "avg",       512,  14,  14,  5,  3),
+    _P("Inception",   "avgpool",     "global_avg",1024,  7,   7),
+    _P("MobileNet",   "v1.avgpool",  "global_avg",1024,  7,   7),
+    _P("MobileNet",   "v2.avgpool",  "global_avg",1280,  7,   7),
+    _P("YOLO",        "maxpool1",    "max",        32, 416, 416,  2,  2),
+    _P("U-Net",       "pool1",       "max",        64, 568, 568,  2,  2),
+    _P("U-Net",       "pool2",       "max",       128, 280, 280,  2,  2),
+)
+del _P
+
 # --quick: the first layers of each model, spatial size capped, batch 1.
 QUICK_LAYERS_PER_MODEL = 2
 QUICK_MAX_SIZE = 16
+
+# The summary's copy-bandwidth lines cover the memory-bound (flop-free)
+# layers that move at least this many bytes: twice an H100's 50 MB L2, so
+# their traffic streams from DRAM rather than cache.
+LARGE_LAYER_BYTES = 100e6
 
 # Max |ours - ref| / max |ref| allowed per dtype. Loose on purpose: this flags
 # broken kernels; tests/ holds the tight, reduction-length-scaled tolerances.
@@ -176,14 +312,14 @@ def _model_key(name: str) -> str:
     return "".join(c for c in name.lower() if c.isalnum())
 
 
-def select_layers(models: list[str] | None = None, quick: bool = False) -> list[ConvLayer]:
-    """The layers of the models whose name starts with one of ``models``,
-    ignoring case and punctuation ("vgg", "resnet", "unet"; all when None);
-    with ``quick``, the first QUICK_LAYERS_PER_MODEL of each model with H and W
-    capped at QUICK_MAX_SIZE."""
+def select_layers(table: tuple, models: list[str] | None = None, quick: bool = False) -> list:
+    """The layers of ``table`` (CONV_LAYERS, POOL_LAYERS) of the models whose
+    name starts with one of ``models``, ignoring case and punctuation ("vgg",
+    "resnet", "unet"; all when None); with ``quick``, the first
+    QUICK_LAYERS_PER_MODEL of each model with H and W capped at QUICK_MAX_SIZE."""
     wanted = [_model_key(m) for m in models] if models else None
     layers, per_model = [], {}
-    for layer in CONV_LAYERS:
+    for layer in table:
         if wanted and not any(_model_key(layer.model).startswith(m) for m in wanted):
             continue
         if quick:
@@ -312,8 +448,12 @@ def _cudnn_autotuning_off():
         torch.backends.cudnn.benchmark = saved
 
 
-def _reference(layer: ConvLayer, inputs: dict, direction: str) -> dict:
-    """torch's float64 result on the same device."""
+def _conv_reference(layer: ConvLayer, inputs: dict, direction: str) -> dict:
+    """torch's float64 result on the same device. For the backward of a fused
+    activation, gy is first zeroed at the activation's kinks, in ``inputs``,
+    so every implementation then gets the same gy."""
+    if direction == "backward" and layer.activation:
+        _zero_grad_at_kinks(layer, inputs)
     ref_inputs = {name: t.double() for name, t in inputs.items()}
     return prepare(torch_conv, layer, ref_inputs, direction)[1]
 
@@ -333,6 +473,72 @@ def _zero_grad_at_kinks(layer: ConvLayer, inputs: dict) -> None:
     inputs["gy"] = inputs["gy"].masked_fill(near, 0)
 
 
+def make_pool_inputs(layer: PoolLayer, batch: int, dtype: torch.dtype, device: torch.device,
+                     channels_last: bool) -> dict:
+    """Fresh random x and the output gradient gy."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+
+    def randn(*shape):
+        t = torch.randn(shape, dtype=torch.float64, device=device)
+        return t.to(dtype).contiguous(memory_format=fmt)
+
+    return {"x": randn(batch, layer.channels, layer.height, layer.width),
+            "gy": randn(batch, layer.channels, *layer.output_size())}
+
+
+def _pool(functions, layer: PoolLayer, x):
+    """``layer`` computed by ``functions``, torch.nn.functional or cnnkernels
+    (same signatures); max pooling returns (y, indices)."""
+    if layer.kind == "global_avg":
+        return functions.adaptive_avg_pool2d(x, 1)
+    if layer.kind == "avg":
+        return functions.avg_pool2d(x, layer.kernel, layer.stride, layer.padding,
+                                    layer.ceil_mode)
+    return functions.max_pool2d(x, layer.kernel, layer.stride, layer.padding, 1,
+                                layer.ceil_mode, return_indices=True)
+
+
+def torch_pool(layer: PoolLayer, x):
+    """The anchor: torch.nn.functional's pooling."""
+    return _pool(F, layer, x)
+
+
+def ours_pool(layer: PoolLayer, x):
+    """cnnkernels' pooling, on the current backend."""
+    return _pool(cnnkernels, layer, x)
+
+
+def prepare_pool(pool, layer: PoolLayer, inputs: dict, direction: str):
+    """(fn to time, {name: result}) for one implementation. Both directions
+    run as in training, on an x that requires grad: max pooling's forward
+    writes the indices (checked too) that its backward reads. Backward
+    records the forward graph once; fn then computes grad_input."""
+    x = inputs["x"].detach().requires_grad_()
+    if direction == "forward":
+        def forward():
+            return pool(layer, x)
+
+        result = forward()
+        if layer.kind == "max":
+            return forward, {"output": result[0].detach(), "indices": result[1]}
+        return forward, {"output": result.detach()}
+    y = pool(layer, x)
+    if layer.kind == "max":
+        y = y[0]
+
+    def backward():
+        return torch.autograd.grad(y, x, inputs["gy"], retain_graph=True)
+
+    (grad_input,) = backward()
+    return backward, {"grad_input": grad_input}
+
+
+def _pool_reference(layer: PoolLayer, inputs: dict, direction: str) -> dict:
+    """torch's float64 result on the same device."""
+    ref_inputs = {name: t.double() for name, t in inputs.items()}
+    return prepare_pool(torch_pool, layer, ref_inputs, direction)[1]
+
+
 def relative_error(result: torch.Tensor, reference: torch.Tensor) -> float:
     """max |result - reference| / max |reference|; NaN or inf stays non-finite."""
     diff = (result.double() - reference).abs().max().item()
@@ -341,33 +547,64 @@ def relative_error(result: torch.Tensor, reference: torch.Tensor) -> float:
     return diff / max(reference.abs().max().item(), torch.finfo(torch.float64).tiny)
 
 
-def _run_case(layer: ConvLayer, dtype: torch.dtype, direction: str, backends: list[str],
+def compare(results: dict, reference: dict) -> tuple[dict, int | None]:
+    """({name: relative error} of the floating-point results, how many
+    elements of the integer ones (max pooling's indices) differ from the
+    reference's: None without any). A result shaped unlike the reference
+    raises."""
+    errors, mismatches = {}, None
+    for name, result in results.items():
+        expected = reference[name]
+        if result.shape != expected.shape:
+            raise ValueError(f"{name} has shape {tuple(result.shape)}, the reference "
+                             f"{tuple(expected.shape)}")
+        if result.is_floating_point():
+            errors[name] = relative_error(result, expected)
+        else:
+            mismatches = (mismatches or 0) + int((result != expected).sum())
+    return errors, mismatches
+
+
+def _roofline_fraction(flops: int | None, nbytes: int, dtype: torch.dtype,
+                       roofline: Roofline | None, seconds: float) -> float | None:
+    """The time at the roofline over the time taken: the memory bound, or the
+    compute bound where that takes longer (an op with flops). None without a
+    roofline for the device, or with flops but no compute peak for dtype."""
+    if roofline is None or (flops is not None and dtype not in roofline.flops):
+        return None
+    bound_s = nbytes / roofline.bandwidth
+    if flops is not None:
+        bound_s = max(bound_s, flops / roofline.flops[dtype])
+    return bound_s / seconds
+
+
+def _run_case(family: Family, layer, dtype: torch.dtype, direction: str, backends: list[str],
               settings: dict, timer, roofline: Roofline | None) -> list[dict]:
     """One row per backend for this layer, dtype and direction."""
     device, batch = settings["device"], settings["batch"]
-    inputs = make_inputs(layer, batch, dtype, device, settings["channels_last"])
+    inputs = family.make_inputs(layer, batch, dtype, device, settings["channels_last"])
     with _cudnn_autotuning_off():
-        if direction == "backward" and layer.activation:
-            _zero_grad_at_kinks(layer, inputs)
-        reference = _reference(layer, inputs, direction)
-    passes = 1 if direction == "forward" else 2
-    flops = layer.flops(batch) * passes
-    base = {**asdict(layer), "shape": layer.describe(), "batch": batch, "dtype": _dtype_name(dtype),
+        reference = family.reference(layer, inputs, direction)
+    flops, nbytes = layer.work(batch, dtype, direction)
+    base = {"op": family.name, **asdict(layer), "shape": layer.describe(), "batch": batch,
+            "dtype": _dtype_name(dtype),
             "layout": "channels_last" if settings["channels_last"] else "nchw",
-            "direction": direction, "flops": flops, "tolerance": TOLERANCES[dtype]}
+            "direction": direction, "flops": flops, "bytes": nbytes,
+            "tolerance": TOLERANCES[dtype]}
     try:
-        torch_fn, torch_results = prepare(torch_conv, layer, inputs, direction)
-        torch_errors = {k: relative_error(v, reference[k]) for k, v in torch_results.items()}
+        torch_fn, torch_results = family.prepare(family.anchor, layer, inputs, direction)
+        torch_errors, torch_mismatches = compare(torch_results, reference)
         del torch_results
         torch_ms = timer(torch_fn)
     except Exception as error:  # e.g. a dtype torch lacks on this device: ours still runs
-        torch_ms, torch_errors = None, {"message": _one_line(error)}
+        torch_ms, torch_errors, torch_mismatches = None, {"message": _one_line(error)}, None
 
     rows = []
     for backend in backends:
         row = {**base, "backend": backend, "ours_ms": None, "torch_ms": torch_ms,
-               "speedup": None, "tflops": None, "roofline_fraction": None, "errors": {},
-               "torch_errors": torch_errors, "status": "ok", "message": ""}
+               "speedup": None, "tflops": None, "gbps": None, "roofline_fraction": None,
+               "errors": {}, "index_mismatches": None, "torch_errors": torch_errors,
+               "torch_index_mismatches": torch_mismatches, "status": "ok", "message": ""}
         supported = _backend.SUPPORTED_DTYPES.get((backend, device.type))
         if supported is not None and dtype not in supported:
             row.update(status="unsupported",
@@ -377,8 +614,8 @@ def _run_case(layer: ConvLayer, dtype: torch.dtype, direction: str, backends: li
             continue
         try:
             with cnnkernels.use(backend=backend):
-                fn, results = prepare(ours_conv, layer, inputs, direction)
-                row["errors"] = {k: relative_error(v, reference[k]) for k, v in results.items()}
+                fn, results = family.prepare(family.ours, layer, inputs, direction)
+                row["errors"], row["index_mismatches"] = compare(results, reference)
                 del results
                 ours_ms = timer(fn)
                 del fn
@@ -386,34 +623,23 @@ def _run_case(layer: ConvLayer, dtype: torch.dtype, direction: str, backends: li
             row.update(status="error", message=_one_line(error))
             rows.append(row)
             continue
-        row["ours_ms"] = ours_ms
-        row["tflops"] = flops / (ours_ms * 1e-3) / 1e12
+        seconds = ours_ms * 1e-3
+        row.update(ours_ms=ours_ms, gbps=nbytes / seconds / 1e9,
+                   roofline_fraction=_roofline_fraction(flops, nbytes, dtype, roofline, seconds))
+        if flops is not None:
+            row["tflops"] = flops / seconds / 1e12
         if torch_ms is not None:
             row["speedup"] = torch_ms / ours_ms
-        if roofline is not None and dtype in roofline.flops:
-            bound_s = max(flops / roofline.flops[dtype],
-                          _min_bytes(layer, batch, dtype, direction) / roofline.bandwidth)
-            row["roofline_fraction"] = bound_s / (ours_ms * 1e-3)
+        problems = []
         if not all(e <= row["tolerance"] for e in row["errors"].values()):  # NaN fails too
-            row.update(status="wrong", message=f"error above {row['tolerance']:g}")
+            problems.append(f"error above {row['tolerance']:g}")
+        if row["index_mismatches"]:
+            problems.append(f"{row['index_mismatches']} of the indices differ from the "
+                            "reference's")
+        if problems:
+            row.update(status="wrong", message="; ".join(problems))
         rows.append(row)
     return rows
-
-
-def _min_bytes(layer: ConvLayer, batch: int, dtype: torch.dtype, direction: str) -> int:
-    """DRAM traffic if every tensor moved exactly once: forward reads x, w, b
-    and writes y; backward reads gy (and y, for the activation's gradient)
-    in each of its two passes, reads w and writes gx, reads x and writes gw."""
-    p, q = layer.output_size()
-    x = batch * layer.in_channels * layer.height * layer.width
-    w = layer.out_channels * (layer.in_channels // layer.groups) * layer.kernel ** 2
-    y = batch * layer.out_channels * p * q
-    if direction == "forward":
-        elements = x + w + layer.out_channels + y
-    else:
-        per_pass_y = y * (2 if layer.activation else 1)
-        elements = 2 * per_pass_y + (w + x) + (x + w)
-    return elements * dtype.itemsize
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -429,42 +655,73 @@ def _one_line(error: Exception) -> str:
 # Output
 
 
-_COLUMNS = (  # (title, width, row -> text)
+def _num(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _percent(fraction: float | None) -> str:
+    return _num(None if fraction is None else 100 * fraction, ".1f")
+
+
+def _errors(row: dict) -> str:
+    return "/".join(f"{e:.1e}" for e in row["errors"].values()) or "-"
+
+
+def _indices(row: dict) -> str:
+    mismatches = row["index_mismatches"]
+    return "-" if mismatches is None else f"{mismatches} off" if mismatches else "exact"
+
+
+# (title, width, row -> text). Each table: the layer, the case, the timings,
+# then its family's rate and roofline fraction, errors and the status.
+_LAYER_COLUMNS = (
     ("model", 10, lambda r: r["model"]),
     ("layer", 11, lambda r: r["name"]),
     ("shape", 24, lambda r: r["shape"]),
-    ("act", 5, lambda r: r["activation"] or "-"),
+)
+_CASE_COLUMNS = (
     ("dir", 4, lambda r: {"forward": "fwd", "backward": "bwd"}[r["direction"]]),
     ("dtype", 8, lambda r: r["dtype"]),
     ("backend", 7, lambda r: r["backend"]),
     ("ours ms", 9, lambda r: _num(r["ours_ms"], ".3f")),
     ("torch ms", 9, lambda r: _num(r["torch_ms"], ".3f")),
     ("speedup", 7, lambda r: _num(r["speedup"], ".2f")),
+)
+_STATUS_COLUMN = ("status", 0,
+                  lambda r: r["status"].upper() if r["status"] == "wrong" else r["status"])
+CONV_COLUMNS = (
+    *_LAYER_COLUMNS,
+    ("act", 5, lambda r: r["activation"] or "-"),
+    *_CASE_COLUMNS,
     ("TFLOP/s", 8, lambda r: _num(r["tflops"], ".3g")),
-    ("roof%", 6, lambda r: _num(None if r["roofline_fraction"] is None
-                                else 100 * r["roofline_fraction"], ".1f")),
-    ("max rel err", 17, lambda r: "/".join(f"{e:.1e}" for e in r["errors"].values()) or "-"),
-    ("status", 0, lambda r: r["status"].upper() if r["status"] == "wrong" else r["status"]),
+    ("roof%", 6, lambda r: _percent(r["roofline_fraction"])),
+    ("max rel err", 17, _errors),
+    _STATUS_COLUMN,
+)
+POOL_COLUMNS = (  # bw%: pooling's roofline is the copy bandwidth
+    *_LAYER_COLUMNS,
+    *_CASE_COLUMNS,
+    ("GB/s", 8, lambda r: _num(r["gbps"], ".0f" if (r["gbps"] or 0) >= 100 else ".3g")),
+    ("bw%", 6, lambda r: _percent(r["roofline_fraction"])),
+    ("max rel err", 11, _errors),
+    ("indices", 7, _indices),
+    _STATUS_COLUMN,
 )
 
 
-def _num(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def _table_line(cells) -> str:
+def _table_line(cells, columns: tuple) -> str:
     return " ".join(f"{c:<{w}}" if w else c
-                    for c, (_, w, _) in zip(cells, _COLUMNS, strict=True)).rstrip()
+                    for c, (_, w, _) in zip(cells, columns, strict=True)).rstrip()
 
 
-def table_header() -> str:
-    line = _table_line(title for title, _, _ in _COLUMNS)
+def table_header(columns: tuple) -> str:
+    line = _table_line((title for title, _, _ in columns), columns)
     return f"{line}\n{'-' * len(line)}"
 
 
-def table_row(row: dict) -> str:
+def table_row(row: dict, columns: tuple) -> str:
     """One fixed-width line; errors are listed after the table, not inline."""
-    return _table_line(format_cell(row) for _, _, format_cell in _COLUMNS)
+    return _table_line((format_cell(row) for _, _, format_cell in columns), columns)
 
 
 def _git_commit() -> str:
@@ -517,6 +774,7 @@ def environment(settings: dict) -> dict:
         "cnnkernels": cnnkernels.__version__,
         "commit": _git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "ops": settings["ops"],
         "dtypes": [_dtype_name(d) for d in settings["dtypes"]],
         "layout": "channels_last" if settings["channels_last"] else "nchw",
         "batch": settings["batch"],
@@ -530,64 +788,120 @@ def environment(settings: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------
+# Op families
+
+
+@dataclass(frozen=True)
+class Family:
+    """What the driver needs of one op family (one table, ``--op NAME``): its
+    layers, a case's inputs and float64 reference, the anchor (torch's
+    implementation) and ours for ``prepare``, the table's columns and the
+    legend printed above it."""
+
+    name: str
+    layers: tuple
+    make_inputs: Callable[..., dict]  # (layer, batch, dtype, device, channels_last)
+    reference: Callable[..., dict]  # (layer, inputs, direction) -> float64 results
+    anchor: Callable
+    ours: Callable
+    prepare: Callable[..., tuple]  # (implementation, layer, inputs, direction) -> (fn, results)
+    columns: tuple
+    legend: str
+
+
+FAMILIES = {family.name: family for family in (
+    Family("conv2d", CONV_LAYERS, make_inputs, _conv_reference, torch_conv, ours_conv, prepare,
+           CONV_COLUMNS, "conv2d: backward = grad_input + grad_weight (max rel err of each); "
+                         "roof% = time at the roofline (compute or memory bound) / ours ms"),
+    Family("pool2d", POOL_LAYERS, make_pool_inputs, _pool_reference, torch_pool, ours_pool,
+           prepare_pool, POOL_COLUMNS,
+           "pool2d: forward and backward as in training (max pooling writes, then reads, int64 "
+           "indices);\nGB/s = minimum DRAM traffic / ours ms; bw% = fraction of the copy "
+           "bandwidth; indices = max pooling's vs the reference's (any difference is wrong)"),
+)}
+
+
+# ---------------------------------------------------------------------------
 # The run
 
 
-def run(layers: list[ConvLayer], settings: dict, out=sys.stdout) -> list[dict]:
-    """Every case of ``layers`` x dtypes x directions, printing the table as
-    rows complete; cases not started within ``settings["budget_s"]`` are
-    skipped (one row each with status "skipped", no backend run)."""
+def run(tables: list[tuple[Family, list]], settings: dict, out=sys.stdout) -> list[dict]:
+    """Every case of each (family, layers) x dtypes x directions, one table
+    per family, printing rows as they complete; cases not started within
+    ``settings["budget_s"]`` of the start are skipped (one row each with
+    status "skipped", no backend run)."""
     device = settings["device"]
     timer = make_timer(device, settings["quick"])
     roofline = roofline_for(device)
-    print(table_header(), file=out, flush=True)
     start = time.perf_counter()
     rows: list[dict] = []
-    for layer in layers:
-        for dtype in settings["dtypes"]:
-            for direction in settings["directions"]:
-                budget = settings.get("budget_s")
-                if budget is not None and time.perf_counter() - start > budget:
-                    rows.append({**asdict(layer), "dtype": _dtype_name(dtype),
-                                 "direction": direction, "status": "skipped",
-                                 "message": f"time budget of {budget:g} s spent"})
-                    continue
-                case_rows = _run_case(layer, dtype, direction, settings["backends"],
-                                      settings, timer, roofline)
-                for row in case_rows:
-                    print(table_row(row), file=out, flush=True)
-                rows += case_rows
+    for index, (family, layers) in enumerate(tables):
+        if index:
+            print(file=out)
+        print(f"{family.legend}\n{table_header(family.columns)}", file=out, flush=True)
+        for layer in layers:
+            for dtype in settings["dtypes"]:
+                for direction in settings["directions"]:
+                    budget = settings.get("budget_s")
+                    if budget is not None and time.perf_counter() - start > budget:
+                        rows.append({"op": family.name, **asdict(layer),
+                                     "dtype": _dtype_name(dtype), "direction": direction,
+                                     "status": "skipped",
+                                     "message": f"time budget of {budget:g} s spent"})
+                        continue
+                    case_rows = _run_case(family, layer, dtype, direction, settings["backends"],
+                                          settings, timer, roofline)
+                    for row in case_rows:
+                        print(table_row(row, family.columns), file=out, flush=True)
+                    rows += case_rows
     return rows
 
 
 def summary(rows: list[dict], elapsed_s: float) -> tuple[str, bool]:
-    """(text to print after the table, whether every case passed)."""
+    """(text to print after the tables, whether every case passed): status
+    counts, geometric-mean speedups, for memory-bound ops the fraction of the
+    copy bandwidth reached on the layers of at least LARGE_LAYER_BYTES, and
+    the failures."""
     counts = {}
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
     lines = [f"{len(rows)} rows in {elapsed_s:.1f} s: "
              + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))]
     speedups: dict[tuple, list[float]] = {}
+    bandwidth: dict[tuple, list[dict]] = {}
     for row in rows:
+        key = (row["op"], row.get("backend"), row["dtype"], row["direction"])
         if row.get("speedup"):
-            key = (row["backend"], row["dtype"], row["direction"])
             speedups.setdefault(key, []).append(row["speedup"])
-    for (backend, dtype, direction), values in sorted(speedups.items()):
-        lines.append(f"geometric-mean speedup {backend} {dtype} {direction}: "
+        if (row.get("roofline_fraction") is not None and row["flops"] is None
+                and row["bytes"] >= LARGE_LAYER_BYTES):
+            bandwidth.setdefault(key, []).append(row)
+    for (op, backend, dtype, direction), values in sorted(speedups.items()):
+        lines.append(f"geometric-mean speedup {op} {backend} {dtype} {direction}: "
                      f"{statistics.geometric_mean(values):.2f}x over {len(values)} layers")
+    for (op, backend, dtype, direction), large in sorted(bandwidth.items()):
+        fractions = [r["roofline_fraction"] for r in large]
+        lowest = min(large, key=lambda r: r["roofline_fraction"])
+        lines.append(f"copy bandwidth {op} {backend} {dtype} {direction}: median "
+                     f"{statistics.median(fractions):.0%}, lowest {min(fractions):.0%} "
+                     f"({lowest['model']} {lowest['name']}) over the {len(large)} layers "
+                     f"moving >= {LARGE_LAYER_BYTES / 1e6:g} MB")
     for row in rows:
         if row["status"] in ("error", "wrong"):
-            lines.append(f"{row['status'].upper()} {row['model']} {row['name']} {row['dtype']} "
-                         f"{row['direction']} {row['backend']}: {row['message']}")
+            lines.append(f"{row['status'].upper()} {row['op']} {row['model']} {row['name']} "
+                         f"{row['dtype']} {row['direction']} {row['backend']}: {row['message']}")
     ok = not any(r["status"] in ("error", "wrong") for r in rows)
     return "\n".join(lines), ok
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``bench`` subcommand's options."""
+    parser.add_argument("--op", choices=(*FAMILIES, "all"), default="all",
+                        help="the op family to time (default: all, one table each)")
     parser.add_argument("--quick", action="store_true",
-                        help=f"{QUICK_LAYERS_PER_MODEL} layers per model, H and W capped at "
-                             f"{QUICK_MAX_SIZE}, batch 1 (a smoke run: under a minute on a CPU)")
+                        help=f"{QUICK_LAYERS_PER_MODEL} layers per model and op, H and W capped "
+                             f"at {QUICK_MAX_SIZE}, batch 1 (a smoke run: under a minute on a "
+                             f"CPU)")
     parser.add_argument("--model", nargs="+", metavar="NAME",
                         help="only models whose name starts with NAME, ignoring case and "
                              "punctuation (lenet, vgg, resnet, unet, ...)")
@@ -632,7 +946,8 @@ def _settings_from_args(args: argparse.Namespace) -> dict:
         reasons = "; ".join(f"{b}: {_backend.backend_problem(b, device)}"
                             for b in ("cpu", "cuda", "triton"))
         raise SystemExit(f"no cnnkernels backend runs on {device_type} here ({reasons})")
-    return {"device": device, "dtypes": dtypes, "batch": batch, "backends": backends,
+    ops = list(FAMILIES) if args.op == "all" else [args.op]
+    return {"device": device, "ops": ops, "dtypes": dtypes, "batch": batch, "backends": backends,
             "directions": list(dict.fromkeys(args.direction)),
             "channels_last": args.channels_last, "quick": args.quick, "budget_s": args.budget}
 
@@ -642,10 +957,14 @@ def main(args: argparse.Namespace) -> int:
     settings = _settings_from_args(args)
     if settings["device"].type == "cuda":
         torch.backends.cudnn.benchmark = True  # torch at its best: cuDNN picks its algorithm
-    layers = select_layers(args.model, args.quick)
-    if not layers:
-        raise SystemExit(f"no layer matches --model {' '.join(args.model)}; models: "
-                         f"{', '.join(dict.fromkeys(layer.model for layer in CONV_LAYERS))}")
+    families = [FAMILIES[op] for op in settings["ops"]]
+    tables = [(family, select_layers(family.layers, args.model, args.quick))
+              for family in families]
+    tables = [(family, layers) for family, layers in tables if layers]
+    if not tables:
+        models = dict.fromkeys(layer.model for family in families for layer in family.layers)
+        raise SystemExit(f"no {' or '.join(settings['ops'])} layer matches --model "
+                         f"{' '.join(args.model)}; models: {', '.join(models)}")
     torch.manual_seed(0)
     header = environment(settings)
     if "triton" in settings["backends"] and settings["device"].type == "cpu":
@@ -655,10 +974,9 @@ def main(args: argparse.Namespace) -> int:
           f"{header['triton']} | CUDA {header['cuda']} | commit {header['commit']}\n"
           f"layout {header['layout']}, batch {header['batch']}, backends "
           f"{', '.join(header['backends'])}; speedup = torch ms / ours ms; max rel err = "
-          f"max|ours - ref| / max|ref| vs float64 (backward: grad_input/grad_weight)\n",
-          flush=True)
+          f"max|ours - ref| / max|ref| vs float64\n", flush=True)
     start = time.perf_counter()
-    rows = run(layers, settings)
+    rows = run(tables, settings)
     text, ok = summary(rows, time.perf_counter() - start)
     print(f"\n{text}", flush=True)
     if args.json:
