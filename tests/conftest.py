@@ -55,3 +55,34 @@ def interpreted(device: str, backend: str) -> bool:
     """Triton on CPU tensors: every program instance runs in numpy, so cases
     must stay tiny."""
     return backend == "triton" and device == "cpu"
+
+
+def dtypes_for(device: str, backend: str):
+    """The dtypes each backend computes in on each device, first the one
+    single-dtype tests use."""
+    if device == "cpu":
+        return (torch.float64, torch.float32)
+    if backend == "cuda":
+        return (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+    return (torch.float32, torch.float16, torch.bfloat16)
+
+
+def dtype_params():
+    """(device, backend, dtype) for every dtype of every backend."""
+    params = []
+    for p in backend_params():
+        for dtype in dtypes_for(*p.values):
+            name = str(dtype).removeprefix("torch.")
+            params.append(pytest.param(*p.values, dtype, id=f"{p.id}-{name}", marks=p.marks))
+    return params
+
+
+def seeded_params(interpreted_count: int, count: int):
+    """(device, backend, seed) for random sweeps: fewer seeds where Triton is
+    interpreted."""
+    params = []
+    for p in backend_params():
+        n = interpreted_count if interpreted(*p.values) else count
+        params += [pytest.param(*p.values, seed, id=f"{p.id}-{seed}", marks=p.marks)
+                   for seed in range(n)]
+    return params

@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import backend_params, interpreted
+from conftest import backend_params, dtype_params, dtypes_for, interpreted, seeded_params
 from reference import assert_close, float64_cpu, random_tensor, tolerance
 
 import cnnkernels as ck
@@ -16,14 +16,6 @@ from cnnkernels import _args
 from cnnkernels.ops.conv2d import Conv2dGeometry
 
 ACTIVATIONS = {None: lambda t: t, "relu": F.relu, "relu6": F.relu6}
-
-
-def dtypes_for(device: str, backend: str):
-    if device == "cpu":
-        return (torch.float64, torch.float32)
-    if backend == "cuda":
-        return (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-    return (torch.float32, torch.float16, torch.bfloat16)
 
 
 def random_case(seed: int, tiny: bool) -> dict:
@@ -62,16 +54,6 @@ def random_case(seed: int, tiny: bool) -> dict:
         bias=rng.random() < 0.7, activation=rng.choice((None, "relu", "relu6")),
         layout=rng.choice(("contiguous", "channels_last", "noncontiguous", "weight_channels_last")),
     )
-
-
-def case_params():
-    params = []
-    for p in backend_params():
-        device, backend = p.values
-        count = 12 if interpreted(device, backend) else 40
-        for seed in range(count):
-            params.append(pytest.param(device, backend, seed, id=f"{p.id}-{seed}", marks=p.marks))
-    return params
 
 
 def make_inputs(case: dict, dtype: torch.dtype, device: str, generator: torch.Generator):
@@ -150,20 +132,11 @@ def run_case(device, backend, case, dtype, seed):
         assert_close(b.grad, b64.grad, dtype, n_pq, "grad_bias")
 
 
-@pytest.mark.parametrize(("device", "backend", "seed"), case_params())
+@pytest.mark.parametrize(("device", "backend", "seed"), seeded_params(12, 40))
 def test_random_cases_match_torch(device, backend, seed):
     case = random_case(seed, tiny=interpreted(device, backend))
     dtypes = dtypes_for(device, backend)
     run_case(device, backend, case, dtypes[seed % len(dtypes)], seed)
-
-
-def dtype_params():
-    params = []
-    for p in backend_params():
-        for dtype in dtypes_for(*p.values):
-            name = str(dtype).removeprefix("torch.")
-            params.append(pytest.param(*p.values, dtype, id=f"{p.id}-{name}", marks=p.marks))
-    return params
 
 
 @pytest.mark.parametrize(("device", "backend", "dtype"), dtype_params())

@@ -8,21 +8,13 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import backend_params, interpreted
+from conftest import backend_params, dtype_params, dtypes_for, interpreted, seeded_params
 from reference import assert_close, float64_cpu, random_tensor
 
 import cnnkernels as ck
 from cnnkernels import _args
 
 KINDS = ("max", "avg", "adaptive_avg", "adaptive_max")
-
-
-def dtypes_for(device: str, backend: str):
-    if device == "cpu":
-        return (torch.float64, torch.float32)
-    if backend == "cuda":
-        return (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-    return (torch.float32, torch.float16, torch.bfloat16)
 
 
 def random_case(seed: int, tiny: bool) -> dict:
@@ -131,30 +123,11 @@ def run_case(device, backend, case, dtype, seed, values=None):
         assert_close(x.grad, x64.grad, dtype, window_size(case), "grad_input")
 
 
-def case_params():
-    params = []
-    for p in backend_params():
-        device, backend = p.values
-        count = 16 if interpreted(device, backend) else 48
-        for seed in range(count):
-            params.append(pytest.param(device, backend, seed, id=f"{p.id}-{seed}", marks=p.marks))
-    return params
-
-
-@pytest.mark.parametrize(("device", "backend", "seed"), case_params())
+@pytest.mark.parametrize(("device", "backend", "seed"), seeded_params(16, 48))
 def test_random_cases_match_torch(device, backend, seed):
     case = random_case(seed, tiny=interpreted(device, backend))
     dtypes = dtypes_for(device, backend)
     run_case(device, backend, case, dtypes[(seed // len(KINDS)) % len(dtypes)], seed)
-
-
-def dtype_params():
-    params = []
-    for p in backend_params():
-        for dtype in dtypes_for(*p.values):
-            name = str(dtype).removeprefix("torch.")
-            params.append(pytest.param(*p.values, dtype, id=f"{p.id}-{name}", marks=p.marks))
-    return params
 
 
 @pytest.mark.parametrize(("device", "backend", "dtype"), dtype_params())

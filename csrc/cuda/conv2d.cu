@@ -93,6 +93,7 @@
 #include <type_traits>
 
 #include "cnnk/conv2d.h"
+#include "cnnk/cuda_elements.cuh"
 
 namespace cnnk {
 namespace cuda {
@@ -105,43 +106,6 @@ constexpr int64_t kMaxGridY = 65535;           // CUDA's gridDim.y limit
 constexpr int64_t kTargetBlocks = 132 * 8;     // H100: 132 SMs, several blocks each
 constexpr int64_t kMinChunksPerSplit = 16;     // amortizes a split's partial sums
 
-// ---------------------------------------------------------------------------
-// Element access: accumulate in float (double for f64).
-
-template <typename T>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
-template <typename T>
-using acc_t = typename AccOf<T>::type;
-
-__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float to_acc(float v) { return v; }
-__device__ __forceinline__ double to_acc(double v) { return v; }
-
-template <typename T>
-__device__ __forceinline__ T from_acc(acc_t<T> v);
-template <>
-__device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-template <>
-__device__ __forceinline__ float from_acc<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ double from_acc<double>(double v) { return v; }
-
-// Read-only load through the non-coherent cache (inputs never alias outputs).
-template <typename T>
-__device__ __forceinline__ acc_t<T> load(const T* p, int64_t i) {
-  return to_acc(__ldg(p + i));
-}
 
 CNNK_HOST_DEVICE int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 CNNK_HOST_DEVICE int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }

@@ -92,6 +92,7 @@
 #include <numeric>
 #include <type_traits>
 
+#include "cnnk/cuda_elements.cuh"
 #include "cnnk/pool2d.h"
 
 namespace cnnk {
@@ -108,43 +109,6 @@ constexpr int64_t kSizeLimit = int64_t{1} << 30;
 // Strips per launch: the last block's thread indices stay below 2^31.
 constexpr int64_t kMaxStrips = (int64_t{1} << 31) - kThreads;
 
-// ---------------------------------------------------------------------------
-// Element access: accumulate in float (double for f64).
-
-template <typename T>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
-template <typename T>
-using acc_t = typename AccOf<T>::type;
-
-__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float to_acc(float v) { return v; }
-__device__ __forceinline__ double to_acc(double v) { return v; }
-
-template <typename T>
-__device__ __forceinline__ T from_acc(acc_t<T> v);
-template <>
-__device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-template <>
-__device__ __forceinline__ float from_acc<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ double from_acc<double>(double v) { return v; }
-
-// Read-only loads through the non-coherent cache (inputs never alias outputs).
-template <typename T>
-__device__ __forceinline__ acc_t<T> load(const T* p, int64_t i) {
-  return to_acc(__ldg(p + i));
-}
 __device__ __forceinline__ int64_t load_index(const int64_t* p, int64_t i) {
   return __ldg(p + i);
 }
