@@ -302,7 +302,7 @@ def _avg_backward_kernel(
             _window_size(h_start, h_end, h_first, kernel_h, H + pad_h, count_include_pad)
             * _window_size(w_start, w_end, w_first, kernel_w, W + pad_w, count_include_pad))
         divisor = tl.where(divisor_override != 0, divisor_override, divisor)
-        divisor = tl.where(ok, divisor, 1)
+        divisor = tl.maximum(divisor, 1)
         g = tl.load(gy_ptr + (n * gys_n + p_lo * gys_p + q_lo * gys_q)[:, None] + gy_chan,
                     mask=ok[:, None] & c_ok, other=0.0).to(ACC)
         acc += _divide(g, divisor.to(ACC)[:, None])
@@ -326,7 +326,10 @@ def _avg_backward_kernel(
                 divisor = h_size * _window_size(w_start, w_end, w_first, kernel_w, W + pad_w,
                                                 count_include_pad)
                 divisor = tl.where(divisor_override != 0, divisor_override, divisor)
-                divisor = tl.where(ok, divisor, 1)
+                # Masked lanes load g = 0; any positive divisor keeps them 0.
+                # (tl.where(ok, ...) here hits a layout-conversion bug of
+                # Triton 3.6's compiler for the 64x8 and 32x16 tiles.)
+                divisor = tl.maximum(divisor, 1)
                 g = tl.load(gy_ptr + (gy_row + q * gys_q)[:, None] + gy_chan,
                             mask=ok[:, None] & c_ok, other=0.0).to(ACC)
                 acc += _divide(g, divisor.to(ACC)[:, None])
