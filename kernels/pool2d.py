@@ -343,6 +343,10 @@ def _avg_backward_kernel(
 # every entry.
 _TILES = ((512, 1), (128, 4), (64, 8), (32, 16), (16, 32), (8, 64))
 _NUM_WARPS = 4
+# The gathers hold more state per element (window bounds and divisor of each
+# covering window): 8 warps halve the elements per thread, and 4 left the
+# averaging backward spilling on sm_80.
+_BACKWARD_WARPS = 8
 
 
 def _tile(t: torch.Tensor, channels: int, pixels: int) -> tuple[int, int]:
@@ -467,7 +471,7 @@ def max_pool2d_backward(g, grad_y, indices, grad_x) -> None:
         M, g.C, g.H, g.W, g.P, g.Q, *rows, *cols,
         *grad_y.stride(), *indices.stride(), *grad_x.stride(),
         DISJOINT=_disjoint(g), ACC=_acc_type(grad_x.dtype),
-        BLOCK_P=tile[0], BLOCK_C=tile[1], num_warps=_NUM_WARPS,
+        BLOCK_P=tile[0], BLOCK_C=tile[1], num_warps=_BACKWARD_WARPS,
     )
 
 
@@ -486,7 +490,7 @@ def avg_pool2d_backward(g, grad_y, grad_x) -> None:
         kernel_h, kernel_w, cip, divisor_override,
         *grad_y.stride(), *grad_x.stride(),
         DISJOINT=_disjoint(g), ACC=_acc_type(grad_x.dtype),
-        BLOCK_P=tile[0], BLOCK_C=tile[1], num_warps=_NUM_WARPS,
+        BLOCK_P=tile[0], BLOCK_C=tile[1], num_warps=_BACKWARD_WARPS,
     )
 
 
@@ -515,10 +519,10 @@ def static_check_specs():
                     f"pool2d_max_backward[{dtype},{tile},DISJOINT={disjoint}]",
                     _max_backward_kernel,
                     pointers={"gy_ptr": ptr, "idx_ptr": "*i64", "gx_ptr": ptr},
-                    constexprs={"DISJOINT": disjoint, **blocks}, num_warps=_NUM_WARPS))
+                    constexprs={"DISJOINT": disjoint, **blocks}, num_warps=_BACKWARD_WARPS))
                 specs.append(compile_spec(
                     f"pool2d_avg_backward[{dtype},{tile},DISJOINT={disjoint}]",
                     _avg_backward_kernel,
                     pointers={"gy_ptr": ptr, "gx_ptr": ptr},
-                    constexprs={"DISJOINT": disjoint, **blocks}, num_warps=_NUM_WARPS))
+                    constexprs={"DISJOINT": disjoint, **blocks}, num_warps=_BACKWARD_WARPS))
     return specs
