@@ -116,13 +116,16 @@ def _covering(i, scale, lo, hi, div, limit):
 
 
 @triton.jit
-def _pixel_tile(M, C, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """This program's pixels (flattened, < M) and channels; pixel tiles fastest."""
+def _pixel_tile(M, C, ROWS, COLS, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's pixels (flattened (n, row, col) of a ROWS x COLS plane,
+    < M) and channels, pixel tiles fastest: (n, row, col, pixel mask, c,
+    channel mask)."""
     pid = tl.program_id(0)
     p_tiles = tl.cdiv(M, BLOCK_P)
     m = (pid % p_tiles) * BLOCK_P + tl.arange(0, BLOCK_P)
     c = (pid // p_tiles) * BLOCK_C + tl.arange(0, BLOCK_C)
-    return m, m < M, c, c < C
+    plane = m % (ROWS * COLS)
+    return m // (ROWS * COLS), plane // COLS, plane % COLS, m < M, c, c < C
 
 
 @triton.jit
@@ -137,11 +140,7 @@ def _max_forward_kernel(
     WRITE_INDICES: tl.constexpr, ACC: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    m, m_mask, c, c_mask = _pixel_tile(M, C, BLOCK_P, BLOCK_C)
-    n = m // (P * Q)
-    pq = m % (P * Q)
-    p = pq // Q
-    q = pq % Q
+    n, p, q, m_mask, c, c_mask = _pixel_tile(M, C, P, Q, BLOCK_P, BLOCK_C)
     h_start, h_end, h_first = _window(p, h_scale, h_lo, h_hi, h_div, h_step, H)
     w_start, w_end, w_first = _window(q, w_scale, w_lo, w_hi, w_div, w_step, W)
 
@@ -182,11 +181,7 @@ def _avg_forward_kernel(
     ys_n, ys_c, ys_p, ys_q,
     ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    m, m_mask, c, c_mask = _pixel_tile(M, C, BLOCK_P, BLOCK_C)
-    n = m // (P * Q)
-    pq = m % (P * Q)
-    p = pq // Q
-    q = pq % Q
+    n, p, q, m_mask, c, c_mask = _pixel_tile(M, C, P, Q, BLOCK_P, BLOCK_C)
     h_start, h_end, h_first = _window(p, h_scale, h_lo, h_hi, h_div, h_step, H)
     w_start, w_end, w_first = _window(q, w_scale, w_lo, w_hi, w_div, w_step, W)
 
@@ -224,11 +219,8 @@ def _max_backward_kernel(
     DISJOINT: tl.constexpr, ACC: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    m, m_mask, c, c_mask = _pixel_tile(M, C, BLOCK_P, BLOCK_C)
-    n = m // (H * W)
-    hw = m % (H * W)  # = h * W + w, the index this element has in its plane
-    h = hw // W
-    w = hw % W
+    n, h, w, m_mask, c, c_mask = _pixel_tile(M, C, H, W, BLOCK_P, BLOCK_C)
+    hw = h * W + w  # the index this element has in its plane
     p_lo, p_hi = _covering(h, ch_scale, ch_lo, ch_hi, ch_div, P)
     q_lo, q_hi = _covering(w, cw_scale, cw_lo, cw_hi, cw_div, Q)
 
@@ -283,11 +275,7 @@ def _avg_backward_kernel(
     DISJOINT: tl.constexpr, ACC: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    m, m_mask, c, c_mask = _pixel_tile(M, C, BLOCK_P, BLOCK_C)
-    n = m // (H * W)
-    hw = m % (H * W)
-    h = hw // W
-    w = hw % W
+    n, h, w, m_mask, c, c_mask = _pixel_tile(M, C, H, W, BLOCK_P, BLOCK_C)
     p_lo, p_hi = _covering(h, ch_scale, ch_lo, ch_hi, ch_div, P)
     q_lo, q_hi = _covering(w, cw_scale, cw_lo, cw_hi, cw_div, Q)
 

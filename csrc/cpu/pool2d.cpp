@@ -51,35 +51,55 @@ void for_each_covering_window(const Pool2dGeometry& g, int64_t h, int64_t w, Vis
   }
 }
 
-template <typename T>
-void max_forward(const Pool2dGeometry& g, Tensor4 x, Tensor4 y, Tensor4 indices) {
-  const T* xp = static_cast<const T*>(x.data);
-  T* yp = static_cast<T*>(y.data);
-  int64_t* ip = static_cast<int64_t*>(indices.data);
+// Calls body(n, c, p, q, rows, cols) for every output element and its
+// window, one OpenMP task per (n, c) plane.
+template <typename Body>
+void for_each_output_window(const Pool2dGeometry& g, Body body) {
   const int64_t planes = g.batch * g.channels;
 #pragma omp parallel for schedule(static)
   for (int64_t nc = 0; nc < planes; ++nc) {
     const int64_t n = nc / g.channels, c = nc % g.channels;
     for (int64_t p = 0; p < g.out_h; ++p) {
       const PoolWindow rows = pool_window_rows(g, p);
-      for (int64_t q = 0; q < g.out_w; ++q) {
-        const PoolWindow cols = pool_window_cols(g, q);
-        T best = -std::numeric_limits<T>::infinity();
-        int64_t best_index = rows.start * g.in_w + cols.start;
-        for (int64_t h = rows.start; h < rows.end; h += rows.step)
-          for (int64_t w = cols.start; w < cols.end; w += cols.step) {
-            const T v = xp[x.stride.offset(n, c, h, w)];
-            // torch's rule: the first maximum wins; a NaN always takes over.
-            if (v > best || std::isnan(v)) {
-              best = v;
-              best_index = h * g.in_w + w;
-            }
-          }
-        yp[y.stride.offset(n, c, p, q)] = best;
-        if (ip) ip[indices.stride.offset(n, c, p, q)] = best_index;
-      }
+      for (int64_t q = 0; q < g.out_w; ++q) body(n, c, p, q, rows, pool_window_cols(g, q));
     }
   }
+}
+
+// Calls body(n, c, h, w) for every input element, one OpenMP task per (n, c)
+// plane: a task owns its plane of grad_x, so the gathers need no atomics.
+template <typename Body>
+void for_each_input(const Pool2dGeometry& g, Body body) {
+  const int64_t planes = g.batch * g.channels;
+#pragma omp parallel for schedule(static)
+  for (int64_t nc = 0; nc < planes; ++nc) {
+    const int64_t n = nc / g.channels, c = nc % g.channels;
+    for (int64_t h = 0; h < g.in_h; ++h)
+      for (int64_t w = 0; w < g.in_w; ++w) body(n, c, h, w);
+  }
+}
+
+template <typename T>
+void max_forward(const Pool2dGeometry& g, Tensor4 x, Tensor4 y, Tensor4 indices) {
+  const T* xp = static_cast<const T*>(x.data);
+  T* yp = static_cast<T*>(y.data);
+  int64_t* ip = static_cast<int64_t*>(indices.data);
+  for_each_output_window(g, [&](int64_t n, int64_t c, int64_t p, int64_t q,
+                                const PoolWindow& rows, const PoolWindow& cols) {
+    T best = -std::numeric_limits<T>::infinity();
+    int64_t best_index = rows.start * g.in_w + cols.start;
+    for (int64_t h = rows.start; h < rows.end; h += rows.step)
+      for (int64_t w = cols.start; w < cols.end; w += cols.step) {
+        const T v = xp[x.stride.offset(n, c, h, w)];
+        // torch's rule: the first maximum wins; a NaN always takes over.
+        if (v > best || std::isnan(v)) {
+          best = v;
+          best_index = h * g.in_w + w;
+        }
+      }
+    yp[y.stride.offset(n, c, p, q)] = best;
+    if (ip) ip[indices.stride.offset(n, c, p, q)] = best_index;
+  });
 }
 
 template <typename T>
@@ -87,62 +107,42 @@ void max_backward(const Pool2dGeometry& g, Tensor4 grad_y, Tensor4 indices, Tens
   const T* gyp = static_cast<const T*>(grad_y.data);
   const int64_t* ip = static_cast<const int64_t*>(indices.data);
   T* gxp = static_cast<T*>(grad_x.data);
-  const int64_t planes = g.batch * g.channels;
-#pragma omp parallel for schedule(static)
-  for (int64_t nc = 0; nc < planes; ++nc) {
-    const int64_t n = nc / g.channels, c = nc % g.channels;
-    for (int64_t h = 0; h < g.in_h; ++h)
-      for (int64_t w = 0; w < g.in_w; ++w) {
-        const int64_t self = h * g.in_w + w;
-        T sum = T(0);
-        for_each_covering_window(g, h, w, [&](int64_t p, int64_t q) {
-          if (ip[indices.stride.offset(n, c, p, q)] == self)
-            sum += gyp[grad_y.stride.offset(n, c, p, q)];
-        });
-        gxp[grad_x.stride.offset(n, c, h, w)] = sum;
-      }
-  }
+  for_each_input(g, [&](int64_t n, int64_t c, int64_t h, int64_t w) {
+    const int64_t self = h * g.in_w + w;
+    T sum = T(0);
+    for_each_covering_window(g, h, w, [&](int64_t p, int64_t q) {
+      if (ip[indices.stride.offset(n, c, p, q)] == self)
+        sum += gyp[grad_y.stride.offset(n, c, p, q)];
+    });
+    gxp[grad_x.stride.offset(n, c, h, w)] = sum;
+  });
 }
 
 template <typename T>
 void avg_forward(const Pool2dGeometry& g, Tensor4 x, Tensor4 y) {
   const T* xp = static_cast<const T*>(x.data);
   T* yp = static_cast<T*>(y.data);
-  const int64_t planes = g.batch * g.channels;
-#pragma omp parallel for schedule(static)
-  for (int64_t nc = 0; nc < planes; ++nc) {
-    const int64_t n = nc / g.channels, c = nc % g.channels;
-    for (int64_t p = 0; p < g.out_h; ++p) {
-      const PoolWindow rows = pool_window_rows(g, p);
-      for (int64_t q = 0; q < g.out_w; ++q) {
-        const PoolWindow cols = pool_window_cols(g, q);
-        T sum = T(0);
-        for (int64_t h = rows.start; h < rows.end; h += rows.step)
-          for (int64_t w = cols.start; w < cols.end; w += cols.step)
-            sum += xp[x.stride.offset(n, c, h, w)];
-        yp[y.stride.offset(n, c, p, q)] = sum / T(avg_pool_divisor(g, p, q));
-      }
-    }
-  }
+  for_each_output_window(g, [&](int64_t n, int64_t c, int64_t p, int64_t q,
+                                const PoolWindow& rows, const PoolWindow& cols) {
+    T sum = T(0);
+    for (int64_t h = rows.start; h < rows.end; h += rows.step)
+      for (int64_t w = cols.start; w < cols.end; w += cols.step)
+        sum += xp[x.stride.offset(n, c, h, w)];
+    yp[y.stride.offset(n, c, p, q)] = sum / T(avg_pool_divisor(g, p, q));
+  });
 }
 
 template <typename T>
 void avg_backward(const Pool2dGeometry& g, Tensor4 grad_y, Tensor4 grad_x) {
   const T* gyp = static_cast<const T*>(grad_y.data);
   T* gxp = static_cast<T*>(grad_x.data);
-  const int64_t planes = g.batch * g.channels;
-#pragma omp parallel for schedule(static)
-  for (int64_t nc = 0; nc < planes; ++nc) {
-    const int64_t n = nc / g.channels, c = nc % g.channels;
-    for (int64_t h = 0; h < g.in_h; ++h)
-      for (int64_t w = 0; w < g.in_w; ++w) {
-        T sum = T(0);
-        for_each_covering_window(g, h, w, [&](int64_t p, int64_t q) {
-          sum += gyp[grad_y.stride.offset(n, c, p, q)] / T(avg_pool_divisor(g, p, q));
-        });
-        gxp[grad_x.stride.offset(n, c, h, w)] = sum;
-      }
-  }
+  for_each_input(g, [&](int64_t n, int64_t c, int64_t h, int64_t w) {
+    T sum = T(0);
+    for_each_covering_window(g, h, w, [&](int64_t p, int64_t q) {
+      sum += gyp[grad_y.stride.offset(n, c, p, q)] / T(avg_pool_divisor(g, p, q));
+    });
+    gxp[grad_x.stride.offset(n, c, h, w)] = sum;
+  });
 }
 
 }  // namespace
