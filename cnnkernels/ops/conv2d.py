@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from cnnkernels import _args, _backend, _ext
+from cnnkernels.ops._define import Family
 
 OP_NAME = "cnnk::conv2d"
 CONV_ALGORITHMS_IMPLEMENTED = ("direct",)
@@ -288,3 +289,8 @@ def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=
     output = torch.ops.cnnk.conv2d(input, weight, bias, list(stride), list(padding),
                                    list(dilation), groups, act, backend, algorithm)
     return output.squeeze(0) if unbatched else output
+
+
+FAMILY = Family(name="conv2d", public=("conv2d",),
+                triton_modules=("cnnkernels.kernels.conv2d.direct",),
+                bench_module="cnnkernels.bench.conv2d")

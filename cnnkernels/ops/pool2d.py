@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from cnnkernels import _args, _backend, _ext
+from cnnkernels.ops._define import Family
 
 
 class Pool2dGeometry(NamedTuple):
@@ -335,3 +336,9 @@ def adaptive_avg_pool2d(input: Tensor, output_size) -> Tensor:
     batched, unbatched = _batched(input)
     window = _adaptive_window(batched, output_size)
     return _unbatch(torch.ops.cnnk.avg_pool2d(batched, window, _backend_for(batched)), unbatched)
+
+
+FAMILY = Family(name="pool2d",
+                public=("max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d"),
+                triton_modules=("cnnkernels.kernels.pool2d",),
+                bench_module="cnnkernels.bench.pool2d")
