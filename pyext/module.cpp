@@ -1,10 +1,12 @@
-// The extension module cnnkernels._C: submodule `cpu` always, submodule
-// `cuda` when the build found nvcc, and build_info() for cnnkernels.info().
-#include <pybind11/pybind11.h>
-
+// The extension module cnnkernels._C: the codes (Status, DType, Activation),
+// submodule `cpu` always, submodule `cuda` when the build found nvcc, every
+// family's launchers (pyext/<family>.cpp registers itself with
+// CNNK_BINDINGS), struct_fields (the C++ field list of every geometry) and
+// build_info() for cnnkernels.info().
 #include <string>
+#include <vector>
 
-#include "common.h"
+#include "binding.h"
 
 #ifndef CNNK_CUDA_ARCHS
 #define CNNK_CUDA_ARCHS ""
@@ -15,28 +17,52 @@
 
 namespace py = pybind11;
 
-#if defined(CNNK_WITH_CUDA)
 namespace cnnk {
+#if defined(CNNK_WITH_CUDA)
 // Defined in the source CMake generates from the CUDA compiles' ptxas -v output.
 const char* ptxas_report();
-}  // namespace cnnk
 #endif
 
+namespace pyext {
+std::vector<Bindings>& all_bindings() {
+  static std::vector<Bindings> bindings;
+  return bindings;
+}
+}  // namespace pyext
+}  // namespace cnnk
+
 PYBIND11_MODULE(_C, m) {
+  using namespace cnnk;
   m.doc() = "cnnkernels C++/CUDA kernels over raw pointers (no libtorch)";
-  py::module_ cpu = m.def_submodule("cpu", "C++ CPU kernels");
+  py::enum_<Status>(m, "Status")
+      .value("ok", Status::ok)
+      .value("bad_argument", Status::bad_argument)
+      .value("unsupported_dtype", Status::unsupported_dtype)
+      .value("index_overflow", Status::index_overflow)
+      .value("cuda_error", Status::cuda_error);
+  py::enum_<DType>(m, "DType")
+      .value("float16", DType::float16)
+      .value("bfloat16", DType::bfloat16)
+      .value("float32", DType::float32)
+      .value("float64", DType::float64);
+  py::enum_<Activation>(m, "Activation")
+      .value("none", Activation::none)
+      .value("relu", Activation::relu)
+      .value("relu6", Activation::relu6);
+
+  pyext::Modules modules{m.def_submodule("cpu", "C++ CPU kernels"), py::none(), py::dict()};
 #if defined(CNNK_WITH_CUDA)
   py::module_ cuda = m.def_submodule("cuda", "CUDA kernels");
-  cnnk::pyext::register_conv2d(cpu, &cuda);
-  cnnk::pyext::register_pool2d(cpu, &cuda);
-  cuda.def("ptxas_report", []() { return std::string(cnnk::ptxas_report()); },
+  cuda.def("ptxas_report", []() { return std::string(ptxas_report()); },
            "ptxas -v resource report of every CUDA kernel in this build");
+  modules.cuda = cuda;
   const bool with_cuda = true;
 #else
-  cnnk::pyext::register_conv2d(cpu, nullptr);
-  cnnk::pyext::register_pool2d(cpu, nullptr);
   const bool with_cuda = false;
 #endif
+  for (pyext::Bindings bind : pyext::all_bindings()) bind(modules);
+  m.attr("struct_fields") = modules.struct_fields;
+
   m.def("build_info", [with_cuda]() {
     py::dict info;
     info["cuda"] = with_cuda;

@@ -67,13 +67,16 @@
 //   hits but the first. Avg also pays a divisor and an IEEE division per
 //   window, to round as torch does.
 //
+// pool2d_gather_kernel<T, kChannelsLast>: max pooling's double backward,
+//   y = x at the indices; see the kernel.
+//
 // Registers: every kernel is compiled for 4 resident 256-thread blocks (at
 // most 64 registers, at least half occupancy) with no spills; the loops over
 // covering windows and over a column strip's taps are not unrolled, to stay
 // within that (the max gathers with E > 1 use up to all 64).
 //
 // Limits, for every launcher (else Status::index_overflow): C, H, W, P, Q,
-// kernel, stride, padding, dilation and the divisor override at most 2^30;
+// kernel, stride, padding, dilation and |divisor override| at most 2^30;
 // H*W within int; at most 2^31 - 256 strips per image (a strip count is at
 // most the element count, C*P*Q forward, C*H*W backward). Sliding windows,
 // with reach_h = (P-1)*s_h + kernel_h*dil_h (likewise reach_w): reach_h,
@@ -81,18 +84,14 @@
 // within int. Adaptive windows: H*P + H + P (likewise W, Q) within int. N is
 // unbounded: the launcher splits the batch over several launches.
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <initializer_list>
 #include <numeric>
 #include <type_traits>
 
 #include "cnnk/cuda_elements.cuh"
+#include "cnnk/cuda_launch.cuh"
 #include "cnnk/pool2d.h"
 
 namespace cnnk {
@@ -104,7 +103,6 @@ constexpr int kThreads = 256;      // every kernel's block size
 // least half the SM's threads are resident to keep loads in flight.
 constexpr int kMinBlocks = 4;
 constexpr int kStripW = 4;         // outputs per thread along a row (columns-fastest mapping)
-constexpr int64_t kIntMax = 2147483647;
 constexpr int64_t kSizeLimit = int64_t{1} << 30;
 // Strips per launch: the last block's thread indices stay below 2^31.
 constexpr int64_t kMaxStrips = (int64_t{1} << 31) - kThreads;
@@ -174,7 +172,7 @@ struct Geom {
   Dim h, w;
   bool adaptive, count_include_pad;
   bool disjoint;         // pool_windows_disjoint: one covering window per element
-  int divisor_override;  // 0: none
+  int divisor_override;  // 0: none; negative divisors divide too
 };
 
 // Forward: src x, dst y, ind the indices (data null when not wanted).
@@ -528,15 +526,31 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) pool2d_backward_kernel(c
 }
 
 // ---------------------------------------------------------------------------
-// Host side.
+// Gather at max pooling's indices (its double backward): one thread per
+// output element, mapped like the forward's E = 1 strips.
+//   Bound: DRAM bytes ~ indices + y + the gathered x elements = N*C*P*Q*(8 +
+//   2b); the x reads are scattered (one per window), L2 hits when windows
+//   overlap.
 
-bool supported(DType dtype) {
-  return dtype == DType::f16 || dtype == DType::bf16 || dtype == DType::f32 ||
-         dtype == DType::f64;
+template <typename T, bool kChannelsLast>
+__global__ void __launch_bounds__(kThreads, kMinBlocks) pool2d_gather_kernel(const Args a) {
+  const int s = static_cast<int>(blockIdx.x) * kThreads + static_cast<int>(threadIdx.x);
+  if (s >= a.strips) return;
+  const Strip st = locate<kChannelsLast, 1>(s, a);
+  const Strides4 xs = a.src.stride, ys = a.dst.stride, is = a.ind.stride;
+  const int64_t i = load_index(static_cast<const int64_t*>(a.ind.data),
+                               is.offset(st.n, st.c, st.row, st.col));
+  const int W = a.g.w.in;
+  T v = from_acc<T>(static_cast<acc_t<T>>(NAN));  // an index outside the plane
+  if (i >= 0 && i < int64_t{W} * a.g.h.in) {
+    const int h = static_cast<int>(i) / W, w = static_cast<int>(i) - h * W;
+    v = static_cast<const T*>(a.src.data)[xs.offset(st.n, st.c, h, w)];
+  }
+  static_cast<T*>(a.dst.data)[ys.offset(st.n, st.c, st.row, st.col)] = v;
 }
 
-// Whether a product of non-negative factors stays <= limit (no overflow).
-bool product_le(int64_t a, int64_t b, int64_t limit) { return a == 0 || b <= limit / a; }
+// ---------------------------------------------------------------------------
+// Host side.
 
 // The kernels' int coordinates hold for this dimension: window ends, tap
 // offsets and the covering-output numerators stay within int.
@@ -550,19 +564,19 @@ bool dim_fits(int64_t in, int64_t out, int64_t kernel, int64_t stride, int64_t p
 }
 
 bool fits_int(const Pool2dGeometry& g) {
-  for (int64_t v : {g.channels, g.in_h, g.in_w, g.out_h, g.out_w, g.divisor_override})
+  for (int64_t v : {g.C, g.H, g.W, g.P, g.Q, g.divisor_override, -g.divisor_override})
     if (v > kSizeLimit) return false;
-  if (!product_le(g.in_h, g.in_w, kIntMax) ||
-      !dim_fits(g.in_h, g.out_h, g.kernel_h, g.stride_h, g.pad_h, g.dil_h, g.adaptive) ||
-      !dim_fits(g.in_w, g.out_w, g.kernel_w, g.stride_w, g.pad_w, g.dil_w, g.adaptive))
+  if (!product_le({g.H, g.W}, kIntMax) ||
+      !dim_fits(g.H, g.P, g.kernel_h, g.stride_h, g.pad_h, g.dil_h, g.adaptive) ||
+      !dim_fits(g.W, g.Q, g.kernel_w, g.stride_w, g.pad_w, g.dil_w, g.adaptive))
     return false;
   if (g.adaptive) return true;
   // The first element h * W + w of a window that lies past the input (the
   // max's initial index) stays within int too.
-  const int64_t row_reach = (g.out_h - 1) * g.stride_h + g.kernel_h * g.dil_h;
-  const int64_t col_reach = (g.out_w - 1) * g.stride_w + g.kernel_w * g.dil_w;
-  return product_le(g.kernel_h, g.kernel_w, kIntMax) &&
-         product_le(row_reach, g.in_w, kIntMax - col_reach);
+  const int64_t row_reach = (g.P - 1) * g.stride_h + g.kernel_h * g.dil_h;
+  const int64_t col_reach = (g.Q - 1) * g.stride_w + g.kernel_w * g.dil_w;
+  return product_le({g.kernel_h, g.kernel_w}, kIntMax) &&
+         product_le({row_reach, g.W}, kIntMax - col_reach);
 }
 
 Dim to_dim(int64_t in, int64_t out, int64_t kernel, int64_t stride, int64_t pad, int64_t dil,
@@ -590,8 +604,8 @@ Dim to_dim(int64_t in, int64_t out, int64_t kernel, int64_t stride, int64_t pad,
 
 Geom to_geom(const Pool2dGeometry& g) {
   Geom r{};
-  r.h = to_dim(g.in_h, g.out_h, g.kernel_h, g.stride_h, g.pad_h, g.dil_h, g.adaptive);
-  r.w = to_dim(g.in_w, g.out_w, g.kernel_w, g.stride_w, g.pad_w, g.dil_w, g.adaptive);
+  r.h = to_dim(g.H, g.P, g.kernel_h, g.stride_h, g.pad_h, g.dil_h, g.adaptive);
+  r.w = to_dim(g.W, g.Q, g.kernel_w, g.stride_w, g.pad_w, g.dil_w, g.adaptive);
   r.adaptive = g.adaptive;
   r.count_include_pad = g.count_include_pad;
   r.disjoint = pool_windows_disjoint(g);
@@ -619,20 +633,20 @@ Tensor4 from_image(Tensor4 t, int64_t n0) {
 template <typename T>
 Status launch(void (*kernel)(Args), Args a, const Pool2dGeometry& g, int64_t rows,
               int64_t cols, bool channels_last, int e, cudaStream_t stream) {
-  const int64_t along = channels_last ? ceil_div(g.channels, e) : ceil_div(cols, e);
-  const int64_t mid = channels_last ? cols : rows, outer = channels_last ? rows : g.channels;
-  if (!product_le(along, mid, kMaxStrips) || !product_le(along * mid, outer, kMaxStrips))
+  const int64_t along = channels_last ? ceil_div(g.C, e) : ceil_div(cols, e);
+  const int64_t mid = channels_last ? cols : rows, outer = channels_last ? rows : g.C;
+  if (!product_le({along, mid}, kMaxStrips) || !product_le({along * mid, outer}, kMaxStrips))
     return Status::index_overflow;
   const int64_t per_image = along * mid * outer, images = kMaxStrips / per_image;
   a.d0 = fast_div(along), a.d1 = fast_div(mid), a.d2 = fast_div(outer);
   const Tensor4 src = a.src, dst = a.dst, ind = a.ind;
-  for (int64_t n0 = 0; n0 < g.batch; n0 += images) {
-    const int64_t strips = (g.batch - n0 < images ? g.batch - n0 : images) * per_image;
+  for (int64_t n0 = 0; n0 < g.N; n0 += images) {
+    const int64_t strips = (g.N - n0 < images ? g.N - n0 : images) * per_image;
     a.src = from_image<T>(src, n0), a.dst = from_image<T>(dst, n0);
     a.ind = from_image<int64_t>(ind, n0);
     a.strips = static_cast<int>(strips);
     kernel<<<static_cast<unsigned>(ceil_div(strips, kThreads)), kThreads, 0, stream>>>(a);
-    if (cudaGetLastError() != cudaSuccess) return Status::cuda_error;
+    if (const Status s = launched(); s != Status::ok) return s;
   }
   return Status::ok;
 }
@@ -644,16 +658,16 @@ Status forward_impl(const Pool2dGeometry& g, Tensor4 x, Tensor4 y, Tensor4 ind,
   Args a{};
   a.g = to_geom(g), a.src = x, a.dst = y, a.ind = ind;
   if (y.stride.c == 1) {
-    if (g.channels % V == 0 && packs(x, V) && packs(y, V) && (ind.data == nullptr || packs(ind, V)))
-      return launch<T>(pool2d_forward_kernel<T, kMax, true, V>, a, g, g.out_h, g.out_w, true, V,
+    if (g.C % V == 0 && packs(x, V) && packs(y, V) && (ind.data == nullptr || packs(ind, V)))
+      return launch<T>(pool2d_forward_kernel<T, kMax, true, V>, a, g, g.P, g.Q, true, V,
                        stream);
-    return launch<T>(pool2d_forward_kernel<T, kMax, true, 1>, a, g, g.out_h, g.out_w, true, 1,
+    return launch<T>(pool2d_forward_kernel<T, kMax, true, 1>, a, g, g.P, g.Q, true, 1,
                      stream);
   }
-  if (g.out_w >= kStripW)
-    return launch<T>(pool2d_forward_kernel<T, kMax, false, kStripW>, a, g, g.out_h, g.out_w,
+  if (g.Q >= kStripW)
+    return launch<T>(pool2d_forward_kernel<T, kMax, false, kStripW>, a, g, g.P, g.Q,
                      false, kStripW, stream);
-  return launch<T>(pool2d_forward_kernel<T, kMax, false, 1>, a, g, g.out_h, g.out_w, false, 1,
+  return launch<T>(pool2d_forward_kernel<T, kMax, false, 1>, a, g, g.P, g.Q, false, 1,
                    stream);
 }
 
@@ -664,85 +678,78 @@ Status backward_impl(const Pool2dGeometry& g, Tensor4 grad_y, Tensor4 ind, Tenso
   Args a{};
   a.g = to_geom(g), a.src = grad_y, a.dst = grad_x, a.ind = ind;
   if (grad_x.stride.c == 1) {
-    if (g.channels % V == 0 && packs(grad_y, V) && packs(grad_x, V) && (!kMax || packs(ind, V)))
-      return launch<T>(pool2d_backward_kernel<T, kMax, true, V>, a, g, g.in_h, g.in_w, true, V,
+    if (g.C % V == 0 && packs(grad_y, V) && packs(grad_x, V) && (!kMax || packs(ind, V)))
+      return launch<T>(pool2d_backward_kernel<T, kMax, true, V>, a, g, g.H, g.W, true, V,
                        stream);
-    return launch<T>(pool2d_backward_kernel<T, kMax, true, 1>, a, g, g.in_h, g.in_w, true, 1,
+    return launch<T>(pool2d_backward_kernel<T, kMax, true, 1>, a, g, g.H, g.W, true, 1,
                      stream);
   }
-  if (g.in_w >= kStripW)
-    return launch<T>(pool2d_backward_kernel<T, kMax, false, kStripW>, a, g, g.in_h, g.in_w,
+  if (g.W >= kStripW)
+    return launch<T>(pool2d_backward_kernel<T, kMax, false, kStripW>, a, g, g.H, g.W,
                      false, kStripW, stream);
-  return launch<T>(pool2d_backward_kernel<T, kMax, false, 1>, a, g, g.in_h, g.in_w, false, 1,
+  return launch<T>(pool2d_backward_kernel<T, kMax, false, 1>, a, g, g.H, g.W, false, 1,
                    stream);
 }
 
-// Checks shared by the launchers, in conv2d's order; `ok` with `run` false
-// means there is nothing to do.
-Status precheck(DType dtype, const Pool2dGeometry& g, bool have_data, bool* run) {
-  *run = false;
-  const Status st = check_pool2d_geometry(g);
-  if (st != Status::ok) return st;
-  if (!supported(dtype)) return Status::unsupported_dtype;
-  if (g.batch == 0 || g.channels == 0) return Status::ok;
+template <typename T>
+Status gather_impl(const Pool2dGeometry& g, Tensor4 x, Tensor4 ind, Tensor4 y,
+                   cudaStream_t stream) {
+  Args a{};
+  a.g = to_geom(g), a.src = x, a.dst = y, a.ind = ind;
+  if (y.stride.c == 1)
+    return launch<T>(pool2d_gather_kernel<T, true>, a, g, g.P, g.Q, true, 1, stream);
+  return launch<T>(pool2d_gather_kernel<T, false>, a, g, g.P, g.Q, false, 1, stream);
+}
+
+// The launchers' checks, in conv2d's order, then run(TypeTag<T>) with dtype's
+// element type T, unless there is nothing to compute (no element).
+template <typename Run>
+Status checked_launch(DType dtype, const Pool2dGeometry& g, bool have_data, Run run) {
+  if (Status s = check_pool2d_geometry(g); s != Status::ok) return s;
+  if (!supported_dtype(dtype)) return Status::unsupported_dtype;
+  if (g.N == 0 || g.C == 0) return Status::ok;
   if (!have_data) return Status::bad_argument;
   if (!fits_int(g)) return Status::index_overflow;
-  *run = true;
-  return Status::ok;
-}
-
-template <bool kMax>
-Status forward(DType dtype, const Pool2dGeometry& g, Tensor4 x, Tensor4 y, Tensor4 ind,
-               cudaStream_t stream) {
-  bool run = false;
-  const Status st = precheck(dtype, g, x.data != nullptr && y.data != nullptr, &run);
-  if (!run) return st;
-  switch (dtype) {
-    case DType::f16: return forward_impl<__half, kMax>(g, x, y, ind, stream);
-    case DType::bf16: return forward_impl<__nv_bfloat16, kMax>(g, x, y, ind, stream);
-    case DType::f32: return forward_impl<float, kMax>(g, x, y, ind, stream);
-    case DType::f64: return forward_impl<double, kMax>(g, x, y, ind, stream);
-  }
-  return Status::unsupported_dtype;
-}
-
-template <bool kMax>
-Status backward(DType dtype, const Pool2dGeometry& g, Tensor4 grad_y, Tensor4 ind,
-                Tensor4 grad_x, cudaStream_t stream) {
-  bool run = false;
-  const Status st = precheck(
-      dtype, g, grad_y.data != nullptr && grad_x.data != nullptr && (!kMax || ind.data != nullptr),
-      &run);
-  if (!run) return st;
-  switch (dtype) {
-    case DType::f16: return backward_impl<__half, kMax>(g, grad_y, ind, grad_x, stream);
-    case DType::bf16: return backward_impl<__nv_bfloat16, kMax>(g, grad_y, ind, grad_x, stream);
-    case DType::f32: return backward_impl<float, kMax>(g, grad_y, ind, grad_x, stream);
-    case DType::f64: return backward_impl<double, kMax>(g, grad_y, ind, grad_x, stream);
-  }
-  return Status::unsupported_dtype;
+  return dispatch_dtype(dtype, run);
 }
 
 }  // namespace
 
 Status max_pool2d_forward(DType dtype, const Pool2dGeometry& g, Tensor4 x, Tensor4 y,
                           Tensor4 indices, cudaStream_t stream) {
-  return forward<true>(dtype, g, x, y, indices, stream);
+  return checked_launch(dtype, g, x.data && y.data, [&](auto type) {
+    return forward_impl<typename decltype(type)::type, true>(g, x, y, indices, stream);
+  });
 }
 
 Status max_pool2d_backward(DType dtype, const Pool2dGeometry& g, Tensor4 grad_y,
                            Tensor4 indices, Tensor4 grad_x, cudaStream_t stream) {
-  return backward<true>(dtype, g, grad_y, indices, grad_x, stream);
+  return checked_launch(dtype, g, grad_y.data && indices.data && grad_x.data, [&](auto type) {
+    return backward_impl<typename decltype(type)::type, true>(g, grad_y, indices, grad_x,
+                                                              stream);
+  });
 }
 
 Status avg_pool2d_forward(DType dtype, const Pool2dGeometry& g, Tensor4 x, Tensor4 y,
                           cudaStream_t stream) {
-  return forward<false>(dtype, g, x, y, Tensor4{}, stream);
+  return checked_launch(dtype, g, x.data && y.data, [&](auto type) {
+    return forward_impl<typename decltype(type)::type, false>(g, x, y, Tensor4{}, stream);
+  });
 }
 
 Status avg_pool2d_backward(DType dtype, const Pool2dGeometry& g, Tensor4 grad_y,
                            Tensor4 grad_x, cudaStream_t stream) {
-  return backward<false>(dtype, g, grad_y, Tensor4{}, grad_x, stream);
+  return checked_launch(dtype, g, grad_y.data && grad_x.data, [&](auto type) {
+    return backward_impl<typename decltype(type)::type, false>(g, grad_y, Tensor4{}, grad_x,
+                                                               stream);
+  });
+}
+
+Status max_pool2d_gather(DType dtype, const Pool2dGeometry& g, Tensor4 x, Tensor4 indices,
+                         Tensor4 y, cudaStream_t stream) {
+  return checked_launch(dtype, g, x.data && indices.data && y.data, [&](auto type) {
+    return gather_impl<typename decltype(type)::type>(g, x, indices, y, stream);
+  });
 }
 
 }  // namespace cuda

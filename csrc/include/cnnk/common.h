@@ -1,8 +1,14 @@
 // Helpers shared by the C++ (CPU) and CUDA kernels: portability macros, the
-// status codes launchers return, element types and fused activations.
+// codes that cross into Python (status, element type, fused activation), the
+// tensor arguments of every launcher and small index math.
 // No libtorch: everything here is plain C++ that nvcc and g++ both accept.
+//
+// The enums are the one definition of their codes: pyext/ exports them to
+// Python (cnnkernels._C.Status, DType, Activation), which reads them from
+// there (cnnkernels/_ext.py).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #if defined(__CUDACC__)
@@ -13,21 +19,44 @@
 
 namespace cnnk {
 
-// Returned by every launcher; Python turns a non-zero code into an exception
-// (cnnkernels/_ext.py keeps the matching messages).
+// Returned by every launcher; the bindings turn anything but ok into a Python
+// exception carrying status_message().
 enum class Status : int {
   ok = 0,
-  bad_argument = 1,     // sizes or parameters a launcher cannot handle
+  bad_argument = 1,       // sizes or parameters a launcher cannot handle
   unsupported_dtype = 2,
-  index_overflow = 3,   // an offset does not fit the kernel's index type
-  cuda_error = 4,       // a CUDA runtime call or launch failed
-  not_built = 5,        // the backend was not compiled into this build
+  index_overflow = 3,     // an offset does not fit the kernel's index type
+  cuda_error = 4,         // a CUDA runtime call or launch failed
 };
 
-// Element types, numbered as cnnkernels/_ext.py numbers them.
-enum class DType : int { f16 = 0, bf16 = 1, f32 = 2, f64 = 3 };
+inline const char* status_message(Status s) {
+  switch (s) {
+    case Status::ok: return "ok";
+    case Status::bad_argument: return "the kernel rejected its arguments";
+    case Status::unsupported_dtype: return "the kernel does not support this dtype";
+    case Status::index_overflow: return "an index does not fit the kernel's index type";
+    case Status::cuda_error: return "a CUDA call or kernel launch failed";
+  }
+  return "unknown status";
+}
 
-// Activations fused into epilogues, numbered as cnnkernels/_args.py numbers them.
+// Element types, named as torch names its dtypes (torch.float16, ...).
+enum class DType : int { float16 = 0, bfloat16 = 1, float32 = 2, float64 = 3 };
+
+// The accumulator type of an element type: float for float16, bfloat16 and
+// float32 (CPU and CUDA storage types alike), double for double.
+template <typename T>
+struct AccOf {
+  using type = float;
+};
+template <>
+struct AccOf<double> {
+  using type = double;
+};
+template <typename T>
+using acc_t = typename AccOf<T>::type;
+
+// Activations fused into epilogues.
 enum class Activation : int { none = 0, relu = 1, relu6 = 2 };
 
 // Activation applied to an accumulator.
@@ -57,14 +86,31 @@ struct Strides4 {
   }
 };
 
-// A tensor argument of a launcher: data pointer and strides in elements.
-struct Tensor4 {
+// A rank-R tensor argument of a launcher: data pointer (nullptr for an absent
+// optional tensor) and strides in elements. Sizes travel in the geometry.
+// Ranks 1 and 4 name their strides for the kernels' index math.
+template <int R>
+struct TensorN {
+  void* data;
+  int64_t stride[R];
+};
+template <>
+struct TensorN<1> {
+  void* data;
+  int64_t stride;
+};
+template <>
+struct TensorN<4> {
   void* data;
   Strides4 stride;
 };
-struct Tensor1 {
-  void* data;  // nullptr when absent (an optional tensor)
-  int64_t stride;
+using Tensor1 = TensorN<1>;
+using Tensor4 = TensorN<4>;
+
+// Device scratch memory a launcher is lent (from torch's caching allocator).
+struct Workspace {
+  void* data;
+  size_t bytes;
 };
 
 // Half-open index range [lo, hi).

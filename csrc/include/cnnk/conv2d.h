@@ -1,5 +1,7 @@
-// conv2d: the geometry shared by the CPU and CUDA kernels, the index math they
-// both use, and the launchers of both backends.
+// conv2d: the geometry shared by every algorithm and backend, the index math
+// the kernels share, and the launchers of each algorithm (one source file per
+// algorithm and backend: csrc/cpu/conv2d/<algorithm>.cpp,
+// csrc/cuda/conv2d/<algorithm>.cu).
 //
 // Shapes (torch's): input x (N, C, H, W), weight w (K, C/groups, R, S),
 // output y (N, K, P, Q). Every tensor is passed as a pointer plus its four
@@ -16,20 +18,22 @@
 
 namespace cnnk {
 
+// Field for field the Python Conv2dGeometry (cnnkernels/ops/conv2d.py); the
+// bindings fill it by field name.
 struct Conv2dGeometry {
-  int64_t batch, in_channels, in_h, in_w;     // N, C, H, W
-  int64_t out_channels, kernel_h, kernel_w;   // K, R, S
-  int64_t out_h, out_w;                       // P, Q
+  int64_t N, C, H, W;   // input: batch, channels, height, width
+  int64_t K, R, S;      // output channels, filter height and width
+  int64_t P, Q;         // output height and width
   int64_t stride_h, stride_w;
-  int64_t pad_h, pad_w;                       // top and left padding
+  int64_t pad_top, pad_left;  // the bottom and right padding only shape P and Q
   int64_t dil_h, dil_w;
   int64_t groups;
-  Activation activation;
+  Activation activation;  // fused into the epilogue; its derivative into the backward
 
-  CNNK_HOST_DEVICE int64_t in_per_group() const { return in_channels / groups; }
-  CNNK_HOST_DEVICE int64_t out_per_group() const { return out_channels / groups; }
+  CNNK_HOST_DEVICE int64_t C_g() const { return C / groups; }
+  CNNK_HOST_DEVICE int64_t K_g() const { return K / groups; }
   // Length of one output element's reduction: C/groups * R * S.
-  CNNK_HOST_DEVICE int64_t reduction_size() const { return in_per_group() * kernel_h * kernel_w; }
+  CNNK_HOST_DEVICE int64_t reduction_size() const { return C_g() * R * S; }
 };
 
 // Input row (or column) read by output index o at filter tap k.
@@ -54,10 +58,10 @@ CNNK_HOST_DEVICE IndexRange conv_valid_outputs(int64_t out_size, int64_t in_size
 
 // Checks every launcher does before touching memory.
 inline Status check_conv2d_geometry(const Conv2dGeometry& g) {
-  if (g.batch < 0 || g.in_channels <= 0 || g.in_h <= 0 || g.in_w <= 0 || g.out_channels <= 0 ||
-      g.kernel_h <= 0 || g.kernel_w <= 0 || g.out_h <= 0 || g.out_w <= 0 || g.stride_h <= 0 ||
-      g.stride_w <= 0 || g.pad_h < 0 || g.pad_w < 0 || g.dil_h <= 0 || g.dil_w <= 0 ||
-      g.groups <= 0 || g.in_channels % g.groups != 0 || g.out_channels % g.groups != 0)
+  if (g.N < 0 || g.C <= 0 || g.H <= 0 || g.W <= 0 || g.K <= 0 || g.R <= 0 || g.S <= 0 ||
+      g.P <= 0 || g.Q <= 0 || g.stride_h <= 0 || g.stride_w <= 0 || g.pad_top < 0 ||
+      g.pad_left < 0 || g.dil_h <= 0 || g.dil_w <= 0 || g.groups <= 0 || g.C % g.groups != 0 ||
+      g.K % g.groups != 0)
     return Status::bad_argument;
   if (g.activation != Activation::none && g.activation != Activation::relu &&
       g.activation != Activation::relu6)
@@ -66,30 +70,32 @@ inline Status check_conv2d_geometry(const Conv2dGeometry& g) {
 }
 
 namespace cpu {
+// Direct algorithm (csrc/cpu/conv2d/direct.cpp).
 // y = act(conv(x, w) + bias). bias.data may be null.
-Status conv2d_forward(DType dtype, const Conv2dGeometry& g, Tensor4 x, Tensor4 w, Tensor1 bias,
-                      Tensor4 y);
+Status conv2d_direct_forward(DType dtype, const Conv2dGeometry& g, Tensor4 x, Tensor4 w,
+                             Tensor1 bias, Tensor4 y);
 // grad_x from grad_y; y (the forward output) is read only when an activation
 // was fused, to mask grad_y with its derivative.
-Status conv2d_grad_input(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y,
-                         Tensor4 w, Tensor4 grad_x);
+Status conv2d_direct_grad_input(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y,
+                                Tensor4 w, Tensor4 grad_x);
 // grad_w and (when grad_bias.data is set) grad_bias, in one pass over grad_y.
-Status conv2d_grad_weight(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y,
-                          Tensor4 x, Tensor4 grad_w, Tensor1 grad_bias);
+Status conv2d_direct_grad_weight(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y,
+                                 Tensor4 y, Tensor4 x, Tensor4 grad_w, Tensor1 grad_bias);
 }  // namespace cpu
 
 #if defined(CNNK_WITH_CUDA)
 namespace cuda {
-// Same contracts as the CPU launchers; work is queued on `stream`.
-Status conv2d_forward(DType dtype, const Conv2dGeometry& g, Tensor4 x, Tensor4 w, Tensor1 bias,
-                      Tensor4 y, cudaStream_t stream);
-Status conv2d_grad_input(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y,
-                         Tensor4 w, Tensor4 grad_x, cudaStream_t stream);
-// Bytes of device scratch conv2d_grad_weight needs for its split reduction.
-size_t conv2d_grad_weight_workspace_bytes(DType dtype, const Conv2dGeometry& g);
-Status conv2d_grad_weight(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y,
-                          Tensor4 x, Tensor4 grad_w, Tensor1 grad_bias, void* workspace,
-                          size_t workspace_bytes, cudaStream_t stream);
+// Direct algorithm (csrc/cuda/conv2d/direct.cu): the CPU launchers'
+// contracts; work is queued on `stream`.
+Status conv2d_direct_forward(DType dtype, const Conv2dGeometry& g, Tensor4 x, Tensor4 w,
+                             Tensor1 bias, Tensor4 y, cudaStream_t stream);
+Status conv2d_direct_grad_input(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y,
+                                Tensor4 w, Tensor4 grad_x, cudaStream_t stream);
+// Bytes of device scratch conv2d_direct_grad_weight needs for its split reduction.
+size_t conv2d_direct_grad_weight_workspace_bytes(DType dtype, const Conv2dGeometry& g);
+Status conv2d_direct_grad_weight(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y,
+                                 Tensor4 x, Tensor4 grad_w, Tensor1 grad_bias,
+                                 Workspace workspace, cudaStream_t stream);
 }  // namespace cuda
 #endif
 

@@ -27,9 +27,11 @@
 
 namespace cnnk {
 
+// Field for field the Python Pool2dGeometry (cnnkernels/ops/pool2d.py); the
+// bindings fill it by field name.
 struct Pool2dGeometry {
-  int64_t batch, channels, in_h, in_w;  // N, C, H, W
-  int64_t out_h, out_w;                 // P, Q
+  int64_t N, C, H, W;  // input: batch, channels, height, width
+  int64_t P, Q;        // output height and width
   // Sliding windows (ignored when adaptive): output p covers input rows
   // p * stride_h - pad_h + i * dil_h for i in [0, kernel_h).
   int64_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w;
@@ -37,7 +39,7 @@ struct Pool2dGeometry {
   bool adaptive;
   // Average pooling only.
   bool count_include_pad;
-  int64_t divisor_override;  // 0: none
+  int64_t divisor_override;  // 0: none; any other value, negative too, divides every window
 };
 
 // Inclusive start, exclusive end and step of the input rows (or columns) one
@@ -66,11 +68,11 @@ CNNK_HOST_DEVICE PoolWindow pool_window(int64_t o, int64_t in_size, int64_t out_
 }
 
 CNNK_HOST_DEVICE PoolWindow pool_window_rows(const Pool2dGeometry& g, int64_t p) {
-  return pool_window(p, g.in_h, g.out_h, g.kernel_h, g.stride_h, g.pad_h, g.dil_h, g.adaptive);
+  return pool_window(p, g.H, g.P, g.kernel_h, g.stride_h, g.pad_h, g.dil_h, g.adaptive);
 }
 
 CNNK_HOST_DEVICE PoolWindow pool_window_cols(const Pool2dGeometry& g, int64_t q) {
-  return pool_window(q, g.in_w, g.out_w, g.kernel_w, g.stride_w, g.pad_w, g.dil_w, g.adaptive);
+  return pool_window(q, g.W, g.Q, g.kernel_w, g.stride_w, g.pad_w, g.dil_w, g.adaptive);
 }
 
 // Divisor of average pooling for output (p, q) (torch's avg_pool2d rule).
@@ -81,8 +83,8 @@ CNNK_HOST_DEVICE int64_t avg_pool_divisor(const Pool2dGeometry& g, int64_t p, in
     return (rows.end - rows.start) * (cols.end - cols.start);
   // The window clipped to the padded input, padding included.
   const int64_t h0 = p * g.stride_h - g.pad_h, w0 = q * g.stride_w - g.pad_w;
-  const int64_t h1 = h0 + g.kernel_h < g.in_h + g.pad_h ? h0 + g.kernel_h : g.in_h + g.pad_h;
-  const int64_t w1 = w0 + g.kernel_w < g.in_w + g.pad_w ? w0 + g.kernel_w : g.in_w + g.pad_w;
+  const int64_t h1 = h0 + g.kernel_h < g.H + g.pad_h ? h0 + g.kernel_h : g.H + g.pad_h;
+  const int64_t w1 = w0 + g.kernel_w < g.W + g.pad_w ? w0 + g.kernel_w : g.W + g.pad_w;
   return (h1 - h0) * (w1 - w0);
 }
 
@@ -111,8 +113,7 @@ CNNK_HOST_DEVICE bool pool_windows_disjoint(const Pool2dGeometry& g) {
 }
 
 inline Status check_pool2d_geometry(const Pool2dGeometry& g) {
-  if (g.batch < 0 || g.channels < 0 || g.in_h <= 0 || g.in_w <= 0 || g.out_h <= 0 ||
-      g.out_w <= 0 || g.divisor_override < 0)
+  if (g.N < 0 || g.C < 0 || g.H <= 0 || g.W <= 0 || g.P <= 0 || g.Q <= 0)
     return Status::bad_argument;
   if (!g.adaptive && (g.kernel_h <= 0 || g.kernel_w <= 0 || g.stride_h <= 0 ||
                       g.stride_w <= 0 || g.pad_h < 0 || g.pad_w < 0 || g.dil_h <= 0 ||
@@ -132,6 +133,11 @@ Status avg_pool2d_forward(DType dtype, const Pool2dGeometry& g, Tensor4 x, Tenso
 // grad_x[n, c, h, w] = sum of grad_y / divisor over the windows containing (h, w).
 Status avg_pool2d_backward(DType dtype, const Pool2dGeometry& g, Tensor4 grad_y,
                            Tensor4 grad_x);
+// y[n, c, p, q] = x[n, c, h, w] at (h, w) = divmod(indices[n, c, p, q], W): the
+// input's values where max pooling took them (its backward's adjoint, for
+// double backward). An index outside the plane reads as NaN.
+Status max_pool2d_gather(DType dtype, const Pool2dGeometry& g, Tensor4 x, Tensor4 indices,
+                         Tensor4 y);
 }  // namespace cpu
 
 #if defined(CNNK_WITH_CUDA)
@@ -145,6 +151,8 @@ Status avg_pool2d_forward(DType dtype, const Pool2dGeometry& g, Tensor4 x, Tenso
                           cudaStream_t stream);
 Status avg_pool2d_backward(DType dtype, const Pool2dGeometry& g, Tensor4 grad_y,
                            Tensor4 grad_x, cudaStream_t stream);
+Status max_pool2d_gather(DType dtype, const Pool2dGeometry& g, Tensor4 x, Tensor4 indices,
+                         Tensor4 y, cudaStream_t stream);
 }  // namespace cuda
 #endif
 

@@ -82,18 +82,14 @@
 // row/column a tap addresses within int, since pixel, channel and tap
 // indices are int; memory offsets are int64 throughout.
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
 #include <cstddef>
 #include <cstdint>
-#include <initializer_list>
 #include <numeric>
 #include <type_traits>
 
 #include "cnnk/conv2d.h"
 #include "cnnk/cuda_elements.cuh"
+#include "cnnk/cuda_launch.cuh"
 
 namespace cnnk {
 namespace cuda {
@@ -101,8 +97,6 @@ namespace {
 
 constexpr int kThreads = 256;                  // every kernel's block size
 constexpr int kWeightSmemBytes = 8192;         // forward/grad_input weight chunk
-constexpr int64_t kMaxGridX = 2147483647;      // CUDA's gridDim.x limit
-constexpr int64_t kMaxGridY = 65535;           // CUDA's gridDim.y limit
 constexpr int64_t kTargetBlocks = 132 * 8;     // H100: 132 SMs, several blocks each
 constexpr int64_t kMinChunksPerSplit = 16;     // amortizes a split's partial sums
 
@@ -116,10 +110,6 @@ template <typename A, int N>
 struct alignas(N * sizeof(A) >= 16 ? 16 : N * sizeof(A)) Vec {
   A v[N];
 };
-
-// Flattened index bounds every kernel relies on: sizes, pixel, channel and
-// tap indices are int (memory offsets are int64).
-constexpr int64_t kIntMax = 2147483647;
 
 // Shared geometry in int, computed on the host: the kernels read it from the
 // constant bank instead of converting the int64 fields in registers.
@@ -646,52 +636,34 @@ __global__ void __launch_bounds__(kThreads) conv2d_grad_weight_reduce_kernel(con
 // ---------------------------------------------------------------------------
 // Host side.
 
-// Whether a product of non-negative factors stays <= limit (no overflow).
-bool product_le(std::initializer_list<int64_t> factors, int64_t limit) {
-  for (int64_t f : factors)
-    if (f == 0) return true;
-  int64_t p = 1;
-  for (int64_t f : factors) {
-    if (p > limit / f) return false;
-    p *= f;
-  }
-  return true;
-}
-
 // The kernels' int indices hold for these geometries: every size, pixel
 // count and reduction length below 2^30 (room for a chunk or split past
 // the end), and the furthest input row/column a tap addresses within int.
 bool fits_int(const Conv2dGeometry& g) {
   constexpr int64_t kLimit = kIntMax / 2;
-  const int64_t sizes[] = {g.batch,    g.in_channels, g.in_h,  g.in_w,  g.out_channels,
-                           g.kernel_h, g.kernel_w,    g.out_h, g.out_w, g.stride_h,
-                           g.stride_w, g.pad_h,       g.pad_w, g.dil_h, g.dil_w};
+  const int64_t sizes[] = {g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.P, g.Q, g.stride_h, g.stride_w,
+                           g.pad_top, g.pad_left, g.dil_h, g.dil_w};
   for (int64_t v : sizes)
     if (v > kLimit) return false;
-  return product_le({g.out_h, g.out_w}, kLimit) && product_le({g.in_h, g.in_w}, kLimit) &&
-         product_le({g.batch, g.out_h, g.out_w}, kLimit) &&
-         product_le({g.batch, g.in_h, g.in_w}, kLimit) &&
-         product_le({g.in_per_group(), g.kernel_h, g.kernel_w}, kLimit) &&
-         product_le({g.out_per_group(), g.kernel_h, g.kernel_w}, kLimit) &&
-         (g.out_h - 1) * g.stride_h + (g.kernel_h - 1) * g.dil_h + g.in_h + g.pad_h <= kIntMax &&
-         (g.out_w - 1) * g.stride_w + (g.kernel_w - 1) * g.dil_w + g.in_w + g.pad_w <= kIntMax &&
+  return product_le({g.P, g.Q}, kLimit) && product_le({g.H, g.W}, kLimit) &&
+         product_le({g.N, g.P, g.Q}, kLimit) && product_le({g.N, g.H, g.W}, kLimit) &&
+         product_le({g.C_g(), g.R, g.S}, kLimit) && product_le({g.K_g(), g.R, g.S}, kLimit) &&
+         (g.P - 1) * g.stride_h + (g.R - 1) * g.dil_h + g.H + g.pad_top <= kIntMax &&
+         (g.Q - 1) * g.stride_w + (g.S - 1) * g.dil_w + g.W + g.pad_left <= kIntMax &&
          g.stride_h * g.dil_h <= kIntMax && g.stride_w * g.dil_w <= kIntMax;
 }
 
 Geom to_geom(const Conv2dGeometry& g) {
   auto i = [](int64_t v) { return static_cast<int>(v); };
-  return {i(g.batch),    i(g.in_h),     i(g.in_w),     i(g.out_h),
-          i(g.out_w),    i(g.kernel_h), i(g.kernel_w), i(g.kernel_h * g.kernel_w),
-          i(g.stride_h), i(g.stride_w), i(g.pad_h),    i(g.pad_w),
-          i(g.dil_h),    i(g.dil_w),    i(g.in_per_group()), i(g.out_per_group()),
-          g.activation};
+  return {i(g.N),        i(g.H),        i(g.W),       i(g.P),        i(g.Q),
+          i(g.R),        i(g.S),        i(g.R * g.S), i(g.stride_h), i(g.stride_w),
+          i(g.pad_top),  i(g.pad_left), i(g.dil_h),   i(g.dil_w),    i(g.C_g()),
+          i(g.K_g()),    g.activation};
 }
 
-Status launched() {
-  return cudaGetLastError() == cudaSuccess ? Status::ok : Status::cuda_error;
+size_t acc_size(DType dtype) {
+  return dtype == DType::float64 ? sizeof(double) : sizeof(float);
 }
-
-size_t acc_size(DType dtype) { return dtype == DType::f64 ? sizeof(double) : sizeof(float); }
 
 template <typename T, int KT>
 Status forward_launch(const Conv2dGeometry& g, Tensor4 x, Tensor4 w, Tensor1 bias, Tensor4 y,
@@ -712,7 +684,7 @@ Status forward_launch(const Conv2dGeometry& g, Tensor4 x, Tensor4 w, Tensor1 bia
 template <typename T>
 Status forward_impl(const Conv2dGeometry& g, Tensor4 x, Tensor4 w, Tensor1 bias, Tensor4 y,
                     cudaStream_t stream) {
-  const int64_t kg = g.out_per_group();
+  const int64_t kg = g.K_g();
   if (kg >= 5) return forward_launch<T, 8>(g, x, w, bias, y, stream);
   if (kg >= 2) return forward_launch<T, 4>(g, x, w, bias, y, stream);
   return forward_launch<T, 1>(g, x, w, bias, y, stream);
@@ -742,7 +714,7 @@ Status grad_input_launch(const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y, Ten
 template <typename T>
 Status grad_input_impl(const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y, Tensor4 w,
                        Tensor4 grad_x, cudaStream_t stream) {
-  const int64_t cg = g.in_per_group();
+  const int64_t cg = g.C_g();
   if (cg >= 5) return grad_input_launch<T, 8>(g, grad_y, y, w, grad_x, stream);
   if (cg >= 2) return grad_input_launch<T, 4>(g, grad_y, y, w, grad_x, stream);
   return grad_input_launch<T, 1>(g, grad_y, y, w, grad_x, stream);
@@ -760,8 +732,8 @@ template <typename Cfg>
 GwPlan plan_with(GwKind kind, DType dtype, const Conv2dGeometry& g) {
   GwPlan plan{};
   plan.kind = kind;
-  const int64_t m = g.batch * g.out_h * g.out_w;
-  plan.tiles = g.groups * ceil_div(g.out_per_group(), Cfg::BK) *
+  const int64_t m = g.N * g.P * g.Q;
+  plan.tiles = g.groups * ceil_div(g.K_g(), Cfg::BK) *
                ceil_div(g.reduction_size(), Cfg::BJ);
   // Enough blocks to fill the GPU, each split at least kMinChunksPerSplit chunks.
   const int64_t splits = imax(1, imin(imin(ceil_div(kTargetBlocks, plan.tiles),
@@ -771,14 +743,14 @@ GwPlan plan_with(GwKind kind, DType dtype, const Conv2dGeometry& g) {
   plan.splits = m > 0 ? ceil_div(m, plan.mper) : 1;
   plan.workspace_bytes =
       plan.splits > 1
-          ? static_cast<size_t>(plan.splits * g.out_channels * (g.reduction_size() + 1)) *
+          ? static_cast<size_t>(plan.splits * g.K * (g.reduction_size() + 1)) *
                 acc_size(dtype)
           : 0;
   return plan;
 }
 
 GwPlan plan_grad_weight(DType dtype, const Conv2dGeometry& g) {
-  const int64_t kg = g.out_per_group();
+  const int64_t kg = g.K_g();
   if (kg >= 32) return plan_with<GwWide>(GwKind::wide, dtype, g);
   if (kg >= 2) return plan_with<GwNarrow>(GwKind::narrow, dtype, g);
   return plan_with<GwDepthwise>(GwKind::depthwise, dtype, g);
@@ -788,13 +760,13 @@ template <typename T, typename Cfg>
 Status grad_weight_launch(const Conv2dGeometry& g, const GwPlan& plan, Tensor4 grad_y,
                           Tensor4 y, Tensor4 x, Tensor4 grad_w, Tensor1 grad_bias,
                           void* workspace, cudaStream_t stream) {
-  const int64_t reduce_blocks = ceil_div(g.out_channels * (g.reduction_size() + 1), kThreads);
+  const int64_t reduce_blocks = ceil_div(g.K * (g.reduction_size() + 1), kThreads);
   if (plan.tiles > kMaxGridX || reduce_blocks > kMaxGridX) return Status::index_overflow;
   GwArgs a{};
   a.g = to_geom(g), a.gy = grad_y, a.y = y, a.x = x, a.gw = grad_w, a.gb = grad_bias;
   a.partial = plan.splits > 1 ? workspace : nullptr;
   a.PQ = a.g.P * a.g.Q, a.M = a.g.N * a.PQ, a.mper = static_cast<int>(plan.mper);
-  a.K = static_cast<int>(g.out_channels), a.J = a.g.Cg * a.g.RS;
+  a.K = static_cast<int>(g.K), a.J = a.g.Cg * a.g.RS;
   a.ktiles = static_cast<int>(ceil_div(a.g.Kg, Cfg::BK));
   a.jtiles = static_cast<int>(ceil_div(a.J, Cfg::BJ));
   const dim3 grid(static_cast<unsigned>(plan.tiles), static_cast<unsigned>(plan.splits));
@@ -824,84 +796,57 @@ Status grad_weight_impl(const Conv2dGeometry& g, const GwPlan& plan, Tensor4 gra
   return Status::bad_argument;
 }
 
-bool supported(DType dtype) {
-  return dtype == DType::f16 || dtype == DType::bf16 || dtype == DType::f32 ||
-         dtype == DType::f64;
-}
-
 }  // namespace
 
-Status conv2d_forward(DType dtype, const Conv2dGeometry& g, Tensor4 x, Tensor4 w, Tensor1 bias,
-                      Tensor4 y, cudaStream_t stream) {
-  const Status st = check_conv2d_geometry(g);
-  if (st != Status::ok) return st;
-  if (!supported(dtype)) return Status::unsupported_dtype;
-  if (g.batch == 0) return Status::ok;
+Status conv2d_direct_forward(DType dtype, const Conv2dGeometry& g, Tensor4 x, Tensor4 w,
+                             Tensor1 bias, Tensor4 y, cudaStream_t stream) {
+  if (Status s = check_conv2d_geometry(g); s != Status::ok) return s;
+  if (!supported_dtype(dtype)) return Status::unsupported_dtype;
+  if (g.N == 0) return Status::ok;
   if (x.data == nullptr || w.data == nullptr || y.data == nullptr) return Status::bad_argument;
   if (!fits_int(g)) return Status::index_overflow;
-  switch (dtype) {
-    case DType::f16: return forward_impl<__half>(g, x, w, bias, y, stream);
-    case DType::bf16: return forward_impl<__nv_bfloat16>(g, x, w, bias, y, stream);
-    case DType::f32: return forward_impl<float>(g, x, w, bias, y, stream);
-    case DType::f64: return forward_impl<double>(g, x, w, bias, y, stream);
-  }
-  return Status::unsupported_dtype;
+  return dispatch_dtype(dtype, [&](auto type) {
+    return forward_impl<typename decltype(type)::type>(g, x, w, bias, y, stream);
+  });
 }
 
-Status conv2d_grad_input(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y,
-                         Tensor4 w, Tensor4 grad_x, cudaStream_t stream) {
-  const Status st = check_conv2d_geometry(g);
-  if (st != Status::ok) return st;
-  if (!supported(dtype)) return Status::unsupported_dtype;
-  if (g.batch == 0) return Status::ok;
+Status conv2d_direct_grad_input(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y,
+                                Tensor4 w, Tensor4 grad_x, cudaStream_t stream) {
+  if (Status s = check_conv2d_geometry(g); s != Status::ok) return s;
+  if (!supported_dtype(dtype)) return Status::unsupported_dtype;
+  if (g.N == 0) return Status::ok;
   if (grad_y.data == nullptr || w.data == nullptr || grad_x.data == nullptr ||
       (g.activation != Activation::none && y.data == nullptr))
     return Status::bad_argument;
   if (!fits_int(g)) return Status::index_overflow;
-  switch (dtype) {
-    case DType::f16: return grad_input_impl<__half>(g, grad_y, y, w, grad_x, stream);
-    case DType::bf16: return grad_input_impl<__nv_bfloat16>(g, grad_y, y, w, grad_x, stream);
-    case DType::f32: return grad_input_impl<float>(g, grad_y, y, w, grad_x, stream);
-    case DType::f64: return grad_input_impl<double>(g, grad_y, y, w, grad_x, stream);
-  }
-  return Status::unsupported_dtype;
+  return dispatch_dtype(dtype, [&](auto type) {
+    return grad_input_impl<typename decltype(type)::type>(g, grad_y, y, w, grad_x, stream);
+  });
 }
 
-size_t conv2d_grad_weight_workspace_bytes(DType dtype, const Conv2dGeometry& g) {
-  if (check_conv2d_geometry(g) != Status::ok || !supported(dtype) || !fits_int(g)) return 0;
+size_t conv2d_direct_grad_weight_workspace_bytes(DType dtype, const Conv2dGeometry& g) {
+  if (check_conv2d_geometry(g) != Status::ok || !supported_dtype(dtype) || !fits_int(g)) return 0;
   return plan_grad_weight(dtype, g).workspace_bytes;
 }
 
-Status conv2d_grad_weight(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y,
-                          Tensor4 x, Tensor4 grad_w, Tensor1 grad_bias, void* workspace,
-                          size_t workspace_bytes, cudaStream_t stream) {
-  const Status st = check_conv2d_geometry(g);
-  if (st != Status::ok) return st;
-  if (!supported(dtype)) return Status::unsupported_dtype;
+Status conv2d_direct_grad_weight(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y,
+                                 Tensor4 x, Tensor4 grad_w, Tensor1 grad_bias,
+                                 Workspace workspace, cudaStream_t stream) {
+  if (Status s = check_conv2d_geometry(g); s != Status::ok) return s;
+  if (!supported_dtype(dtype)) return Status::unsupported_dtype;
   if (grad_w.data == nullptr) return Status::bad_argument;
-  if (g.batch > 0 && (grad_y.data == nullptr || x.data == nullptr ||
-                      (g.activation != Activation::none && y.data == nullptr)))
+  if (g.N > 0 && (grad_y.data == nullptr || x.data == nullptr ||
+                  (g.activation != Activation::none && y.data == nullptr)))
     return Status::bad_argument;
   if (!fits_int(g)) return Status::index_overflow;
   const GwPlan plan = plan_grad_weight(dtype, g);
   if (plan.workspace_bytes > 0 &&
-      (workspace == nullptr || workspace_bytes < plan.workspace_bytes))
+      (workspace.data == nullptr || workspace.bytes < plan.workspace_bytes))
     return Status::bad_argument;
-  switch (dtype) {
-    case DType::f16:
-      return grad_weight_impl<__half>(g, plan, grad_y, y, x, grad_w, grad_bias, workspace,
-                                      stream);
-    case DType::bf16:
-      return grad_weight_impl<__nv_bfloat16>(g, plan, grad_y, y, x, grad_w, grad_bias,
-                                             workspace, stream);
-    case DType::f32:
-      return grad_weight_impl<float>(g, plan, grad_y, y, x, grad_w, grad_bias, workspace,
-                                     stream);
-    case DType::f64:
-      return grad_weight_impl<double>(g, plan, grad_y, y, x, grad_w, grad_bias, workspace,
-                                      stream);
-  }
-  return Status::unsupported_dtype;
+  return dispatch_dtype(dtype, [&](auto type) {
+    return grad_weight_impl<typename decltype(type)::type>(g, plan, grad_y, y, x, grad_w,
+                                                           grad_bias, workspace.data, stream);
+  });
 }
 
 }  // namespace cuda

@@ -1,0 +1,218 @@
+// conv2d, direct algorithm, C++ CPU kernels (OpenMP).
+//
+// Algorithm: each output element is the sum over its filter window, computed
+// in place with no im2col buffer. The loops run tap by tap: for one filter tap
+// (c, r, s) the weight is a scalar and the valid output rows/columns form a
+// rectangle (conv_valid_outputs), so the innermost loop is a padding-free
+// multiply-add over an output row that the compiler vectorises when the
+// input's w-stride is 1.
+//
+// Parallel work and layout:
+//   forward      one task per (n, k) output plane; accumulates the plane in a
+//                contiguous scratch row-major buffer, then applies bias and the
+//                activation while writing through y's strides.
+//   grad_input   one task per (n, c) input plane; gathers every (k, r, s) that
+//                reads the plane into a scratch buffer. Each task owns its
+//                plane, so no atomics and a fixed summation order.
+//   grad_weight  one task per (k, c) filter slice; sums over n, p, q in a fixed
+//                order (deterministic). The c == 0 task also sums grad_bias[k].
+// The activation's derivative is applied once per (n, k) plane into scratch
+// (gy' = gy * act'(y)) and reused by every tap.
+//
+// Cost: 2 * N * K * P * Q * (C / groups) * R * S flops per pass (forward,
+// grad_input, grad_weight each); compute-bound. Accumulation is in float
+// (double for float64); float16 and bfloat16 elements are converted on load
+// and rounded once on store (cnnk/cpu_types.h), like torch's CPU kernels.
+// Limits: the Python layer checks sizes and strides.
+#include <omp.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "cnnk/conv2d.h"
+#include "cnnk/cpu_types.h"
+
+namespace cnnk::cpu {
+namespace {
+
+// gy' for output plane (n, k) into a contiguous P*Q buffer.
+template <typename T>
+void masked_grad_plane(const Conv2dGeometry& g, const Tensor4& grad_y, const Tensor4& y,
+                       int64_t n, int64_t k, acc_t<T>* out) {
+  const T* gy = static_cast<const T*>(grad_y.data);
+  const T* yv = static_cast<const T*>(y.data);
+  for (int64_t p = 0; p < g.P; ++p)
+    for (int64_t q = 0; q < g.Q; ++q) {
+      acc_t<T> v = to_acc(gy[grad_y.stride.offset(n, k, p, q)]);
+      if (g.activation != Activation::none)
+        v *= activation_grad_mask(to_acc(yv[y.stride.offset(n, k, p, q)]), g.activation);
+      out[p * g.Q + q] = v;
+    }
+}
+
+template <typename T>
+void forward(const Conv2dGeometry& g, Tensor4 x, Tensor4 w, Tensor1 bias, Tensor4 y) {
+  using Acc = acc_t<T>;
+  const T* xp = static_cast<const T*>(x.data);
+  const T* wp = static_cast<const T*>(w.data);
+  const T* bp = static_cast<const T*>(bias.data);
+  T* yp = static_cast<T*>(y.data);
+  const int64_t cg = g.C_g(), kg = g.K_g();
+  const int64_t planes = g.N * g.K;
+#pragma omp parallel
+  {
+    std::vector<Acc> acc(g.P * g.Q);
+#pragma omp for schedule(static)
+    for (int64_t nk = 0; nk < planes; ++nk) {
+      const int64_t n = nk / g.K, k = nk % g.K;
+      const int64_t c0 = (k / kg) * cg;
+      std::fill(acc.begin(), acc.end(), bp ? to_acc(bp[k * bias.stride]) : Acc(0));
+      for (int64_t c = 0; c < cg; ++c)
+        for (int64_t r = 0; r < g.R; ++r) {
+          const IndexRange rows = conv_valid_outputs(g.P, g.H, r, g.stride_h, g.pad_top, g.dil_h);
+          for (int64_t s = 0; s < g.S; ++s) {
+            const IndexRange cols =
+                conv_valid_outputs(g.Q, g.W, s, g.stride_w, g.pad_left, g.dil_w);
+            const Acc wv = to_acc(wp[w.stride.offset(k, c, r, s)]);
+            for (int64_t p = rows.lo; p < rows.hi; ++p) {
+              const int64_t ih = conv_input_index(p, r, g.stride_h, g.pad_top, g.dil_h);
+              const T* xrow = xp + x.stride.offset(n, c0 + c, ih, 0);
+              Acc* arow = acc.data() + p * g.Q;
+              for (int64_t q = cols.lo; q < cols.hi; ++q)
+                arow[q] += wv * to_acc(xrow[conv_input_index(q, s, g.stride_w, g.pad_left,
+                                                             g.dil_w) * x.stride.w]);
+            }
+          }
+        }
+      for (int64_t p = 0; p < g.P; ++p)
+        for (int64_t q = 0; q < g.Q; ++q)
+          yp[y.stride.offset(n, k, p, q)] =
+              from_acc<T>(apply_activation(acc[p * g.Q + q], g.activation));
+    }
+  }
+}
+
+template <typename T>
+void grad_input(const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y, Tensor4 w, Tensor4 grad_x) {
+  using Acc = acc_t<T>;
+  const T* wp = static_cast<const T*>(w.data);
+  T* gxp = static_cast<T*>(grad_x.data);
+  const int64_t cg = g.C_g(), kg = g.K_g();
+  const int64_t planes = g.N * g.C;
+#pragma omp parallel
+  {
+    std::vector<Acc> acc(g.H * g.W);
+    std::vector<Acc> gk(g.P * g.Q);
+#pragma omp for schedule(static)
+    for (int64_t nc = 0; nc < planes; ++nc) {
+      const int64_t n = nc / g.C, c = nc % g.C;
+      const int64_t k0 = (c / cg) * kg, cl = c % cg;
+      std::fill(acc.begin(), acc.end(), Acc(0));
+      for (int64_t k = k0; k < k0 + kg; ++k) {
+        masked_grad_plane<T>(g, grad_y, y, n, k, gk.data());
+        for (int64_t r = 0; r < g.R; ++r) {
+          const IndexRange rows = conv_valid_outputs(g.P, g.H, r, g.stride_h, g.pad_top, g.dil_h);
+          for (int64_t s = 0; s < g.S; ++s) {
+            const IndexRange cols =
+                conv_valid_outputs(g.Q, g.W, s, g.stride_w, g.pad_left, g.dil_w);
+            const Acc wv = to_acc(wp[w.stride.offset(k, cl, r, s)]);
+            for (int64_t p = rows.lo; p < rows.hi; ++p) {
+              Acc* arow = acc.data() + conv_input_index(p, r, g.stride_h, g.pad_top, g.dil_h) * g.W;
+              const Acc* grow = gk.data() + p * g.Q;
+              for (int64_t q = cols.lo; q < cols.hi; ++q)
+                arow[conv_input_index(q, s, g.stride_w, g.pad_left, g.dil_w)] += wv * grow[q];
+            }
+          }
+        }
+      }
+      for (int64_t h = 0; h < g.H; ++h)
+        for (int64_t iw = 0; iw < g.W; ++iw)
+          gxp[grad_x.stride.offset(n, c, h, iw)] = from_acc<T>(acc[h * g.W + iw]);
+    }
+  }
+}
+
+template <typename T>
+void grad_weight(const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y, Tensor4 x, Tensor4 grad_w,
+                 Tensor1 grad_bias) {
+  using Acc = acc_t<T>;
+  const T* xp = static_cast<const T*>(x.data);
+  T* gwp = static_cast<T*>(grad_w.data);
+  T* gbp = static_cast<T*>(grad_bias.data);
+  const int64_t cg = g.C_g(), kg = g.K_g();
+  const int64_t slices = g.K * cg;
+#pragma omp parallel
+  {
+    std::vector<Acc> acc(g.R * g.S);
+    std::vector<Acc> gk(g.P * g.Q);
+#pragma omp for schedule(static)
+    for (int64_t kc = 0; kc < slices; ++kc) {
+      const int64_t k = kc / cg, c = kc % cg;
+      const int64_t cin = (k / kg) * cg + c;
+      const bool owns_bias = gbp != nullptr && c == 0;
+      Acc bias_acc = Acc(0);
+      std::fill(acc.begin(), acc.end(), Acc(0));
+      for (int64_t n = 0; n < g.N; ++n) {
+        masked_grad_plane<T>(g, grad_y, y, n, k, gk.data());
+        if (owns_bias)
+          for (Acc v : gk) bias_acc += v;
+        for (int64_t r = 0; r < g.R; ++r) {
+          const IndexRange rows = conv_valid_outputs(g.P, g.H, r, g.stride_h, g.pad_top, g.dil_h);
+          for (int64_t s = 0; s < g.S; ++s) {
+            const IndexRange cols =
+                conv_valid_outputs(g.Q, g.W, s, g.stride_w, g.pad_left, g.dil_w);
+            Acc sum = Acc(0);
+            for (int64_t p = rows.lo; p < rows.hi; ++p) {
+              const int64_t ih = conv_input_index(p, r, g.stride_h, g.pad_top, g.dil_h);
+              const T* xrow = xp + x.stride.offset(n, cin, ih, 0);
+              const Acc* grow = gk.data() + p * g.Q;
+              for (int64_t q = cols.lo; q < cols.hi; ++q)
+                sum += grow[q] * to_acc(xrow[conv_input_index(q, s, g.stride_w, g.pad_left,
+                                                              g.dil_w) * x.stride.w]);
+            }
+            acc[r * g.S + s] += sum;
+          }
+        }
+      }
+      for (int64_t r = 0; r < g.R; ++r)
+        for (int64_t s = 0; s < g.S; ++s)
+          gwp[grad_w.stride.offset(k, c, r, s)] = from_acc<T>(acc[r * g.S + s]);
+      if (owns_bias) gbp[k * grad_bias.stride] = from_acc<T>(bias_acc);
+    }
+  }
+}
+
+}  // namespace
+
+Status conv2d_direct_forward(DType dtype, const Conv2dGeometry& g, Tensor4 x, Tensor4 w,
+                             Tensor1 bias, Tensor4 y) {
+  if (Status s = check_conv2d_geometry(g); s != Status::ok) return s;
+  if (g.N == 0) return Status::ok;
+  if (!x.data || !w.data || !y.data) return Status::bad_argument;
+  return dispatch_dtype(dtype, [&](auto type) {
+    forward<typename decltype(type)::type>(g, x, w, bias, y);
+  });
+}
+
+Status conv2d_direct_grad_input(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y,
+                                Tensor4 w, Tensor4 grad_x) {
+  if (Status s = check_conv2d_geometry(g); s != Status::ok) return s;
+  if (g.N == 0) return Status::ok;
+  if (!grad_y.data || !w.data || !grad_x.data) return Status::bad_argument;
+  if (g.activation != Activation::none && !y.data) return Status::bad_argument;
+  return dispatch_dtype(dtype, [&](auto type) {
+    grad_input<typename decltype(type)::type>(g, grad_y, y, w, grad_x);
+  });
+}
+
+Status conv2d_direct_grad_weight(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y,
+                                 Tensor4 y, Tensor4 x, Tensor4 grad_w, Tensor1 grad_bias) {
+  if (Status s = check_conv2d_geometry(g); s != Status::ok) return s;
+  if (!grad_w.data || (g.N > 0 && (!grad_y.data || !x.data))) return Status::bad_argument;
+  if (g.N > 0 && g.activation != Activation::none && !y.data) return Status::bad_argument;
+  return dispatch_dtype(dtype, [&](auto type) {
+    grad_weight<typename decltype(type)::type>(g, grad_y, y, x, grad_w, grad_bias);
+  });
+}
+
+}  // namespace cnnk::cpu

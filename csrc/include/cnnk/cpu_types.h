@@ -1,0 +1,111 @@
+// Element types of the C++ CPU kernels and their dtype dispatch.
+//
+// float16 and bfloat16 are storage types here: kernels load an element into
+// the accumulator type (float; double for float64), compute there and round
+// once when they store (from_acc), as torch's CPU kernels do. The
+// conversions are exact from storage to float and round to nearest, ties to
+// even, back; a NaN becomes the canonical quiet NaN of the type (torch's c10
+// conversions do the same), an overflow becomes infinity. They are written
+// in portable C++ (no F16C or AVX-512-BF16 instructions): the CPU kernels are
+// built without -march, and the conversion is not what bounds them.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "cnnk/common.h"
+
+namespace cnnk::cpu {
+
+struct Half {
+  uint16_t bits;
+};
+struct BFloat16 {
+  uint16_t bits;
+};
+
+inline uint32_t float_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+}
+
+inline float bits_float(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+// bfloat16 is the upper half of a float.
+inline float to_float(BFloat16 v) { return bits_float(uint32_t{v.bits} << 16); }
+
+inline BFloat16 to_bfloat16(float f) {
+  const uint32_t u = float_bits(f);
+  if (std::isnan(f)) return {0x7fc0};
+  // Round the 16 dropped bits to nearest, ties to the even kept bit.
+  return {static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16)};
+}
+
+inline float to_float(Half v) {
+  const uint32_t sign = uint32_t{v.bits & 0x8000u} << 16;
+  const uint32_t exponent = (v.bits >> 10) & 0x1fu, mantissa = v.bits & 0x3ffu;
+  if (exponent == 0x1f) return bits_float(sign | 0x7f800000u | (mantissa << 13));  // inf, NaN
+  if (exponent != 0) return bits_float(sign | ((exponent + 112) << 23) | (mantissa << 13));
+  // Zero or subnormal: mantissa * 2^-24, exact in float.
+  return bits_float(sign | float_bits(static_cast<float>(mantissa) * 0x1p-24f));
+}
+
+inline Half to_half(float f) {
+  const uint32_t u = float_bits(f);
+  const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
+  const uint32_t magnitude = u & 0x7fffffffu;
+  if (magnitude > 0x7f800000u) return {static_cast<uint16_t>(sign | 0x7e00u)};  // NaN
+  // 65520 and up round to infinity (65504 is the largest half).
+  if (magnitude >= 0x477ff000u) return {static_cast<uint16_t>(sign | 0x7c00u)};
+  if (magnitude >= 0x38800000u) {  // a normal half (>= 2^-14)
+    // Round the 13 dropped mantissa bits (ties to even), then rebias the
+    // exponent from 127 to 15; a carry out of the mantissa bumps the exponent.
+    const uint32_t rounded = magnitude + 0xfffu + ((magnitude >> 13) & 1u);
+    return {static_cast<uint16_t>(sign | ((rounded - 0x38000000u) >> 13))};
+  }
+  // Subnormal or zero: the value in units of 2^-24 (exact: a power-of-two
+  // scale), rounded to nearest even by the default rounding mode.
+  const float units = std::nearbyint(bits_float(magnitude) * 0x1p24f);
+  return {static_cast<uint16_t>(sign | static_cast<uint16_t>(units))};
+}
+
+inline float to_acc(Half v) { return to_float(v); }
+inline float to_acc(BFloat16 v) { return to_float(v); }
+inline float to_acc(float v) { return v; }
+inline double to_acc(double v) { return v; }
+
+template <typename T>
+T from_acc(acc_t<T> v);
+template <>
+inline Half from_acc<Half>(float v) { return to_half(v); }
+template <>
+inline BFloat16 from_acc<BFloat16>(float v) { return to_bfloat16(v); }
+template <>
+inline float from_acc<float>(float v) { return v; }
+template <>
+inline double from_acc<double>(double v) { return v; }
+
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
+// Calls body(TypeTag<T>{}) with T the element type of dtype.
+template <typename Body>
+Status dispatch_dtype(DType dtype, Body&& body) {
+  switch (dtype) {
+    case DType::float16: body(TypeTag<Half>{}); return Status::ok;
+    case DType::bfloat16: body(TypeTag<BFloat16>{}); return Status::ok;
+    case DType::float32: body(TypeTag<float>{}); return Status::ok;
+    case DType::float64: body(TypeTag<double>{}); return Status::ok;
+  }
+  return Status::unsupported_dtype;
+}
+
+}  // namespace cnnk::cpu
