@@ -1,16 +1,15 @@
-"""Triton kernels, one module per op family (imported as
-``cnnkernels.kernels.<family>``).
+"""Triton kernels, one module per op family (``cnnkernels.kernels.<family>``)
+or, for a family with several algorithms, one per algorithm
+(``cnnkernels.kernels.<family>.<algorithm>``); shared pieces in ``common``.
 
 Each module exposes launchers that take torch tensors (already checked by
 ``cnnkernels.ops``) and ``static_check_specs()``: every kernel with every
-launch configuration it can use, for ``benchmarks/static_check.py``.
+launch configuration it can use, for ``benchmarks/static_check.py`` (which
+finds the modules through the family registry, ``cnnkernels.ops.FAMILIES``).
 """
 
 import triton
 import triton.language as tl
-
-# The order the static check compiles families in.
-FAMILIES = ("conv2d", "pool2d")
 
 
 @triton.jit

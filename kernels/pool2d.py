@@ -5,10 +5,10 @@ Shapes are torch's: input x (N, C, H, W), output y (N, C, P, Q), indices
 (int64, y's shape) = h * W + w of each window's argmax within its (n, c)
 plane. Every tensor is addressed through its four strides, so NCHW,
 channels_last and non-contiguous views run without a copy. The geometry
-``g`` the launchers take is ``cnnkernels.ops.pool2d``'s (fields N, C, H, W,
-P, Q, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-adaptive, count_include_pad, divisor_override); the semantics are those of
-csrc/include/cnnk/pool2d.h, which the C++ and CUDA kernels implement too.
+``g`` the launchers take is ``cnnkernels.ops.pool2d.Pool2dGeometry``; the
+kernels get its sizes by name and the window as the derived scalars below.
+The semantics are those of csrc/include/cnnk/pool2d.h, which the C++ and CUDA
+kernels implement too.
 
 Windows, one formula for both kinds (per dimension; rows shown): output p
 reads rows start + i * step for i in [0, count), kept when 0 <= row < end,
@@ -30,6 +30,10 @@ maximum wins a tie, the last NaN wins). avg sums in fp32 (fp64 for fp64)
 and divides once by the window's divisor (divisor_override, else the window
 clipped to the padded input with count_include_pad, else to the input),
 IEEE-rounded (div_rn) like the C++ kernels, not Triton's approximate fp32 /.
+
+``_gather_kernel``: max pooling's double backward, y = x at the indices
+(loaded as int64, so the x offsets are 64-bit); tiles as the forward's.
+Memory-bound: reads the indices and one x element per output, writes y.
 
 ``_max_backward_kernel`` / ``_avg_backward_kernel``: a gather. A program owns
 a tile of BLOCK_P input pixels (n, h, w) x BLOCK_C channels; each element
@@ -76,6 +80,7 @@ import torch
 import triton
 import triton.language as tl
 from cnnkernels.kernels import TORCH_TO_TRITON_POINTER, compile_spec
+from cnnkernels.kernels.common import acc_type
 
 
 @triton.jit
@@ -131,12 +136,13 @@ def _pixel_tile(M, C, ROWS, COLS, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
 @triton.jit
 def _max_forward_kernel(
     x_ptr, y_ptr, idx_ptr,
-    M, C, H, W, P, Q,
+    M,
     h_scale, h_lo, h_hi, h_div, h_step, h_count,
     w_scale, w_lo, w_hi, w_div, w_step, w_count,
     xs_n, xs_c, xs_h, xs_w,
     ys_n, ys_c, ys_p, ys_q,
     is_n, is_c, is_p, is_q,
+    C, H, W, P, Q,
     WRITE_INDICES: tl.constexpr, ACC: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
@@ -173,12 +179,13 @@ def _max_forward_kernel(
 @triton.jit
 def _avg_forward_kernel(
     x_ptr, y_ptr,
-    M, C, H, W, P, Q,
+    M,
     h_scale, h_lo, h_hi, h_div, h_step, h_count,
     w_scale, w_lo, w_hi, w_div, w_step, w_count,
     kernel_h, kernel_w, pad_h, pad_w, count_include_pad, divisor_override,
     xs_n, xs_c, xs_h, xs_w,
     ys_n, ys_c, ys_p, ys_q,
+    C, H, W, P, Q,
     ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     n, p, q, m_mask, c, c_mask = _pixel_tile(M, C, P, Q, BLOCK_P, BLOCK_C)
@@ -200,8 +207,8 @@ def _avg_forward_kernel(
 
     divisor = (_window_size(h_start, h_end, h_first, kernel_h, H + pad_h, count_include_pad)
                * _window_size(w_start, w_end, w_first, kernel_w, W + pad_w, count_include_pad))
-    divisor = tl.where(divisor_override != 0, divisor_override, divisor)
     divisor = tl.where(m_mask, divisor, 1)
+    divisor = tl.where(divisor_override != 0, divisor_override, divisor)
     out = _divide(acc, divisor.to(ACC)[:, None])
     y_off = (n * ys_n + p * ys_p + q * ys_q)[:, None] + (c * ys_c)[None, :]
     tl.store(y_ptr + y_off, out.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & c_ok)
@@ -210,12 +217,13 @@ def _avg_forward_kernel(
 @triton.jit
 def _max_backward_kernel(
     gy_ptr, idx_ptr, gx_ptr,
-    M, C, H, W, P, Q,
+    M,
     ch_scale, ch_lo, ch_hi, ch_div, ch_dir, ch_count, stride_h, pad_h, dil_h,
     cw_scale, cw_lo, cw_hi, cw_div, cw_dir, cw_count, stride_w, pad_w, dil_w,
     gys_n, gys_c, gys_p, gys_q,
     is_n, is_c, is_p, is_q,
     gxs_n, gxs_c, gxs_h, gxs_w,
+    C, H, W, P, Q,
     DISJOINT: tl.constexpr, ACC: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
@@ -264,7 +272,7 @@ def _max_backward_kernel(
 @triton.jit
 def _avg_backward_kernel(
     gy_ptr, gx_ptr,
-    M, C, H, W, P, Q,
+    M,
     ch_scale, ch_lo, ch_hi, ch_div, ch_dir, ch_count, stride_h, pad_h, dil_h,
     cw_scale, cw_lo, cw_hi, cw_div, cw_dir, cw_count, stride_w, pad_w, dil_w,
     h_scale, h_lo, h_hi, h_div, h_step,
@@ -272,6 +280,7 @@ def _avg_backward_kernel(
     kernel_h, kernel_w, count_include_pad, divisor_override,
     gys_n, gys_c, gys_p, gys_q,
     gxs_n, gxs_c, gxs_h, gxs_w,
+    C, H, W, P, Q,
     DISJOINT: tl.constexpr, ACC: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
@@ -289,8 +298,10 @@ def _avg_backward_kernel(
         divisor = (
             _window_size(h_start, h_end, h_first, kernel_h, H + pad_h, count_include_pad)
             * _window_size(w_start, w_end, w_first, kernel_w, W + pad_w, count_include_pad))
-        divisor = tl.where(divisor_override != 0, divisor_override, divisor)
+        # Masked lanes (no window) have size <= 0: any non-zero divisor keeps
+        # their g = 0 at 0.
         divisor = tl.maximum(divisor, 1)
+        divisor = tl.where(divisor_override != 0, divisor_override, divisor)
         g = tl.load(gy_ptr + (n * gys_n + p_lo * gys_p + q_lo * gys_q)[:, None] + gy_chan,
                     mask=ok[:, None] & c_ok, other=0.0).to(ACC)
         acc += _divide(g, divisor.to(ACC)[:, None])
@@ -313,17 +324,38 @@ def _avg_backward_kernel(
                 w_start, w_end, w_first = _window(q, w_scale, w_lo, w_hi, w_div, w_step, W)
                 divisor = h_size * _window_size(w_start, w_end, w_first, kernel_w, W + pad_w,
                                                 count_include_pad)
-                divisor = tl.where(divisor_override != 0, divisor_override, divisor)
-                # Masked lanes load g = 0; any positive divisor keeps them 0.
+                # Masked lanes load g = 0; any non-zero divisor keeps them 0.
                 # (tl.where(ok, ...) here hits a layout-conversion bug of
                 # Triton 3.6's compiler for the 64x8 and 32x16 tiles.)
                 divisor = tl.maximum(divisor, 1)
+                divisor = tl.where(divisor_override != 0, divisor_override, divisor)
                 g = tl.load(gy_ptr + (gy_row + q * gys_q)[:, None] + gy_chan,
                             mask=ok[:, None] & c_ok, other=0.0).to(ACC)
                 acc += _divide(g, divisor.to(ACC)[:, None])
 
     gx_off = (n * gxs_n + h * gxs_h + w * gxs_w)[:, None] + (c * gxs_c)[None, :]
     tl.store(gx_ptr + gx_off, acc.to(gx_ptr.dtype.element_ty), mask=m_mask[:, None] & c_ok)
+
+
+@triton.jit
+def _gather_kernel(
+    x_ptr, idx_ptr, y_ptr,
+    M,
+    xs_n, xs_c, xs_h, xs_w,
+    is_n, is_c, is_p, is_q,
+    ys_n, ys_c, ys_p, ys_q,
+    C, H, W, P, Q,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    n, p, q, m_mask, c, c_mask = _pixel_tile(M, C, P, Q, BLOCK_P, BLOCK_C)
+    mask = m_mask[:, None] & c_mask[None, :]
+    idx = tl.load(idx_ptr + (n * is_n + p * is_p + q * is_q)[:, None] + (c * is_c)[None, :],
+                  mask=mask, other=0)
+    inside = (idx >= 0) & (idx < H * W)
+    x_off = (n * xs_n)[:, None] + (c * xs_c)[None, :] + (idx // W) * xs_h + (idx % W) * xs_w
+    v = tl.load(x_ptr + x_off, mask=mask & inside, other=float("nan"))
+    y_off = (n * ys_n + p * ys_p + q * ys_q)[:, None] + (c * ys_c)[None, :]
+    tl.store(y_ptr + y_off, v, mask=mask)
 
 
 # Launch configurations (BLOCK_P, BLOCK_C): 512 elements, 4 warps each. The
@@ -399,46 +431,38 @@ def _avg_params(g) -> tuple[int, int, int, int, int, int]:
     return (g.kernel_h, g.kernel_w, g.pad_h, g.pad_w, cip, int(g.divisor_override))
 
 
-def _acc_type(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
 def _grid(pixels: int, channels: int, tile: tuple[int, int]) -> tuple[int]:
     return (triton.cdiv(pixels, tile[0]) * triton.cdiv(channels, tile[1]),)
+
+
+def _launch(kernel, g, tiled, pixels: int, pointers: tuple, scalars: tuple, num_warps: int,
+            **constexprs) -> None:
+    """Launch ``kernel`` over ``pixels`` x channels of its output, tiled for
+    the layout of ``tiled`` (the big tensor), with the geometry's sizes by
+    name after its ``scalars``."""
+    tile = _tile(tiled, g.C, pixels)
+    kernel[_grid(pixels, g.C, tile)](
+        *pointers, pixels, *scalars, C=g.C, H=g.H, W=g.W, P=g.P, Q=g.Q,
+        BLOCK_P=tile[0], BLOCK_C=tile[1], num_warps=num_warps, **constexprs)
 
 
 def max_pool2d_forward(g, x, y, indices) -> None:
     """y = max over each window; indices (int64, y's shape) = h * W + w of the
     argmax, written only when ``indices`` is not None."""
-    M = g.N * g.P * g.Q
-    if M == 0 or g.C == 0:
-        return
-    tile = _tile(x, g.C, M)
     rows, cols = _geometry_params(g)
-    idx = indices if indices is not None else y
-    _max_forward_kernel[_grid(M, g.C, tile)](
-        x, y, idx,
-        M, g.C, g.H, g.W, g.P, g.Q, *rows, *cols,
-        *x.stride(), *y.stride(),
-        *(indices.stride() if indices is not None else (0, 0, 0, 0)),
-        WRITE_INDICES=indices is not None, ACC=_acc_type(x.dtype),
-        BLOCK_P=tile[0], BLOCK_C=tile[1], num_warps=_NUM_WARPS,
-    )
+    idx_strides = indices.stride() if indices is not None else (0, 0, 0, 0)
+    _launch(_max_forward_kernel, g, x, g.N * g.P * g.Q,
+            (x, y, indices if indices is not None else y),
+            (*rows, *cols, *x.stride(), *y.stride(), *idx_strides), _NUM_WARPS,
+            WRITE_INDICES=indices is not None, ACC=acc_type(x.dtype))
 
 
 def avg_pool2d_forward(g, x, y) -> None:
     """y = sum over each window / its divisor."""
-    M = g.N * g.P * g.Q
-    if M == 0 or g.C == 0:
-        return
-    tile = _tile(x, g.C, M)
     rows, cols = _geometry_params(g)
-    _avg_forward_kernel[_grid(M, g.C, tile)](
-        x, y,
-        M, g.C, g.H, g.W, g.P, g.Q, *rows, *cols, *_avg_params(g),
-        *x.stride(), *y.stride(),
-        ACC=_acc_type(x.dtype), BLOCK_P=tile[0], BLOCK_C=tile[1], num_warps=_NUM_WARPS,
-    )
+    _launch(_avg_forward_kernel, g, x, g.N * g.P * g.Q, (x, y),
+            (*rows, *cols, *_avg_params(g), *x.stride(), *y.stride()), _NUM_WARPS,
+            ACC=acc_type(x.dtype))
 
 
 def _covering_all(g):
@@ -449,37 +473,28 @@ def _covering_all(g):
 
 def max_pool2d_backward(g, grad_y, indices, grad_x) -> None:
     """grad_x[n, c, h, w] = sum of grad_y over the windows whose index is h * W + w."""
-    M = g.N * g.H * g.W
-    if M == 0 or g.C == 0:
-        return
-    tile = _tile(grad_x, g.C, M)
     rows, cols = _covering_all(g)
-    _max_backward_kernel[_grid(M, g.C, tile)](
-        grad_y, indices, grad_x,
-        M, g.C, g.H, g.W, g.P, g.Q, *rows, *cols,
-        *grad_y.stride(), *indices.stride(), *grad_x.stride(),
-        DISJOINT=_disjoint(g), ACC=_acc_type(grad_x.dtype),
-        BLOCK_P=tile[0], BLOCK_C=tile[1], num_warps=_BACKWARD_WARPS,
-    )
+    _launch(_max_backward_kernel, g, grad_x, g.N * g.H * g.W, (grad_y, indices, grad_x),
+            (*rows, *cols, *grad_y.stride(), *indices.stride(), *grad_x.stride()),
+            _BACKWARD_WARPS, DISJOINT=_disjoint(g), ACC=acc_type(grad_x.dtype))
 
 
 def avg_pool2d_backward(g, grad_y, grad_x) -> None:
     """grad_x[n, c, h, w] = sum of grad_y / divisor over the windows containing (h, w)."""
-    M = g.N * g.H * g.W
-    if M == 0 or g.C == 0:
-        return
-    tile = _tile(grad_x, g.C, M)
     cover_rows, cover_cols = _covering_all(g)
     rows, cols = _geometry_params(g)
     kernel_h, kernel_w, _, _, cip, divisor_override = _avg_params(g)
-    _avg_backward_kernel[_grid(M, g.C, tile)](
-        grad_y, grad_x,
-        M, g.C, g.H, g.W, g.P, g.Q, *cover_rows, *cover_cols, *rows[:5], *cols[:5],
-        kernel_h, kernel_w, cip, divisor_override,
-        *grad_y.stride(), *grad_x.stride(),
-        DISJOINT=_disjoint(g), ACC=_acc_type(grad_x.dtype),
-        BLOCK_P=tile[0], BLOCK_C=tile[1], num_warps=_BACKWARD_WARPS,
-    )
+    _launch(_avg_backward_kernel, g, grad_x, g.N * g.H * g.W, (grad_y, grad_x),
+            (*cover_rows, *cover_cols, *rows[:5], *cols[:5], kernel_h, kernel_w, cip,
+             divisor_override, *grad_y.stride(), *grad_x.stride()),
+            _BACKWARD_WARPS, DISJOINT=_disjoint(g), ACC=acc_type(grad_x.dtype))
+
+
+def max_pool2d_gather(g, x, indices, y) -> None:
+    """y[n, c, p, q] = x[n, c, h, w] at h * W + w = indices[n, c, p, q] (NaN
+    for an index outside the plane)."""
+    _launch(_gather_kernel, g, y, g.N * g.P * g.Q, (x, indices, y),
+            (*x.stride(), *indices.stride(), *y.stride()), _NUM_WARPS)
 
 
 def static_check_specs():
@@ -513,4 +528,8 @@ def static_check_specs():
                     _avg_backward_kernel,
                     pointers={"gy_ptr": ptr, "gx_ptr": ptr},
                     constexprs={"DISJOINT": disjoint, **blocks}, num_warps=_BACKWARD_WARPS))
+            specs.append(compile_spec(
+                f"pool2d_max_gather[{dtype},{tile}]", _gather_kernel,
+                pointers={"x_ptr": ptr, "idx_ptr": "*i64", "y_ptr": ptr},
+                constexprs={"BLOCK_P": block_p, "BLOCK_C": block_c}, num_warps=_NUM_WARPS))
     return specs

@@ -1,12 +1,13 @@
-"""conv2d, direct algorithm: Triton kernels and their launchers.
+"""conv2d, direct algorithm: Triton kernels and their launchers
+(``conv2d_direct_*``, named and called like the C++/CUDA launchers).
 
 Shapes are torch's: input x (N, C, H, W), weight w (K, C/groups, R, S),
 output y (N, K, P, Q). Every tensor is addressed through its four strides,
 so NCHW, channels_last and non-contiguous views run without a copy. The
-geometry ``g`` the launchers take is ``cnnkernels.ops.conv2d.Conv2dGeometry``
-(fields N, C, H, W, K, R, S, P, Q, stride_h, stride_w, pad_top, pad_left,
-dil_h, dil_w, groups); padding may be asymmetric, so P and Q are given and
-anything outside the input reads as zero.
+launchers take the geometry ``g`` (``cnnkernels.ops.conv2d.Conv2dGeometry``)
+and pass its fields to the kernels by name (``geometry_args``); padding may
+be asymmetric, so P and Q are given and anything outside the input reads as
+zero.
 
 Kernels (all deterministic: no atomics, fixed summation order):
 
@@ -30,7 +31,7 @@ flattened m = (n, p, q) range in BLOCK_M chunks with a dot product of the
 gy' tile and the gathered x tile (fp32 FMA, no tensor cores). The m range
 is split over SPLITS programs for parallelism; partial sums (and grad_bias,
 summed by the j == 0 programs from the gy' tiles they already hold) go to
-an fp32 workspace that ``_sum_splits_kernel`` reduces in a fixed order.
+an fp32 workspace that ``common.sum_splits`` reduces in a fixed order.
 
 Limits: offsets are 32-bit (``cnnkernels._args.check_index_range``);
 accumulation is fp32 (fp64 for fp64 inputs, interpreter only).
@@ -40,46 +41,35 @@ import torch
 import triton
 import triton.language as tl
 from cnnkernels.kernels import TORCH_TO_TRITON_POINTER, compile_spec
+from cnnkernels.kernels.common import (
+    acc_dtype,
+    acc_type,
+    apply_activation,
+    channel_block,
+    channel_tile,
+    geometry_args,
+    masked_grad,
+    sum_splits,
+    sum_splits_specs,
+)
 
-
-@triton.jit
-def _apply_activation(v, ACTIVATION: tl.constexpr):
-    if ACTIVATION == 1:
-        v = tl.maximum(v, 0.0)
-    elif ACTIVATION == 2:
-        v = tl.minimum(tl.maximum(v, 0.0), 6.0)
-    return v
-
-
-@triton.jit
-def _masked_grad(gy, y, ACTIVATION: tl.constexpr):
-    """gy * act'(y): torch's convention, zero gradient at the kinks."""
-    if ACTIVATION == 1:
-        gy = tl.where(y > 0, gy, 0.0)
-    elif ACTIVATION == 2:
-        gy = tl.where((y > 0) & (y < 6), gy, 0.0)
-    return gy
+from cnnkernels._ext import Activation
 
 
 @triton.jit
 def _forward_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr,
-    N, H, W, P, Q, C_g, K_g,
-    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     xs_n, xs_c, xs_h, xs_w,
     ws_k, ws_c, ws_r, ws_s,
     bs,
     ys_n, ys_k, ys_p, ys_q,
-    R, S,
+    N, H, W, P, Q, R, S, C_g, K_g,
+    stride_h, stride_w, pad_top, pad_left, dil_h, dil_w,
     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, ACC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    k_tiles = tl.cdiv(K_g, BLOCK_K)
-    group = pid_k // k_tiles
-    k_local = (pid_k % k_tiles) * BLOCK_K + tl.arange(0, BLOCK_K)
-    k_mask = k_local < K_g
+    group, k_local, k_mask = channel_tile(tl.program_id(1), K_g, BLOCK_K)
     k = group * K_g + k_local
 
     m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -88,8 +78,8 @@ def _forward_kernel(
     pq = m % (P * Q)
     p = pq // Q
     q = pq % Q
-    ih0 = p * stride_h - pad_h
-    iw0 = q * stride_w - pad_w
+    ih0 = p * stride_h - pad_top
+    iw0 = q * stride_w - pad_left
 
     x_base = x_ptr + n * xs_n + group * C_g * xs_c
     w_base = w_ptr + k * ws_k
@@ -111,7 +101,7 @@ def _forward_kernel(
 
     if HAS_BIAS:
         acc += tl.load(b_ptr + k * bs, mask=k_mask, other=0.0).to(ACC)[None, :]
-    acc = _apply_activation(acc, ACTIVATION)
+    acc = apply_activation(acc, ACTIVATION)
     y_off = (n * ys_n + p * ys_p + q * ys_q)[:, None] + (k * ys_k)[None, :]
     tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty),
              mask=m_mask[:, None] & k_mask[None, :])
@@ -120,22 +110,17 @@ def _forward_kernel(
 @triton.jit
 def _grad_input_kernel(
     gy_ptr, y_ptr, w_ptr, gx_ptr,
-    N, H, W, P, Q, C_g, K_g,
-    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     gys_n, gys_k, gys_p, gys_q,
     ys_n, ys_k, ys_p, ys_q,
     ws_k, ws_c, ws_r, ws_s,
     gxs_n, gxs_c, gxs_h, gxs_w,
-    R, S,
+    N, H, W, P, Q, R, S, C_g, K_g,
+    stride_h, stride_w, pad_top, pad_left, dil_h, dil_w,
     ACTIVATION: tl.constexpr, ACC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    c_tiles = tl.cdiv(C_g, BLOCK_C)
-    group = pid_c // c_tiles
-    c_local = (pid_c % c_tiles) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = c_local < C_g
+    group, c_local, c_mask = channel_tile(tl.program_id(1), C_g, BLOCK_C)
 
     m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_mask = m < N * H * W
@@ -149,10 +134,10 @@ def _grad_input_kernel(
         r = tap // S
         s = tap % S
         # Output (p, q) reads input (h, w) through tap (r, s) iff
-        # p * stride_h = h + pad_h - r * dil_h (likewise q); clamp before
+        # p * stride_h = h + pad_top - r * dil_h (likewise q); clamp before
         # dividing so negative numerators never reach integer division.
-        th = h + pad_h - r * dil_h
-        tw = w + pad_w - s * dil_w
+        th = h + pad_top - r * dil_h
+        tw = w + pad_left - s * dil_w
         th_c = tl.where(th >= 0, th, 0)
         tw_c = tl.where(tw >= 0, tw, 0)
         p = th_c // stride_h
@@ -167,7 +152,7 @@ def _grad_input_kernel(
             gy = tl.load(gy_tap + k * gys_k, mask=ok, other=0.0).to(ACC)
             if ACTIVATION != 0:
                 yv = tl.load(y_tap + k * ys_k, mask=ok, other=0.0).to(ACC)
-                gy = _masked_grad(gy, yv, ACTIVATION)
+                gy = masked_grad(gy, yv, ACTIVATION)
             wv = tl.load(w_tap + k * ws_k, mask=c_mask, other=0.0).to(ACC)
             acc += gy[:, None] * wv[None, :]
 
@@ -180,24 +165,19 @@ def _grad_input_kernel(
 @triton.jit
 def _grad_weight_kernel(
     gy_ptr, y_ptr, x_ptr, partial_w_ptr, partial_b_ptr,
-    N, H, W, P, Q, C_g, K_g, K,
-    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     gys_n, gys_k, gys_p, gys_q,
     ys_n, ys_k, ys_p, ys_q,
     xs_n, xs_c, xs_h, xs_w,
     m_per_split,
-    R, S,
+    N, H, W, P, Q, R, S, C_g, K_g, K,
+    stride_h, stride_w, pad_top, pad_left, dil_h, dil_w,
     ACTIVATION: tl.constexpr, ACC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_J: tl.constexpr,
 ):
-    pid_k = tl.program_id(0)
+    group, k_local, k_mask = channel_tile(tl.program_id(0), K_g, BLOCK_K)
+    k = group * K_g + k_local
     pid_j = tl.program_id(1)
     split = tl.program_id(2)
-    k_tiles = tl.cdiv(K_g, BLOCK_K)
-    group = pid_k // k_tiles
-    k_local = (pid_k % k_tiles) * BLOCK_K + tl.arange(0, BLOCK_K)
-    k_mask = k_local < K_g
-    k = group * K_g + k_local
 
     J = C_g * R * S
     j = pid_j * BLOCK_J + tl.arange(0, BLOCK_J)
@@ -226,10 +206,10 @@ def _grad_weight_kernel(
         if ACTIVATION != 0:
             y_off = (n * ys_n + p * ys_p + q * ys_q)[:, None] + (k * ys_k)[None, :]
             yv = tl.load(y_ptr + y_off, mask=gy_mask, other=0.0).to(ACC)
-            gy = _masked_grad(gy, yv, ACTIVATION)
+            gy = masked_grad(gy, yv, ACTIVATION)
 
-        ih = (p * stride_h - pad_h)[:, None] + (r * dil_h)[None, :]
-        iw = (q * stride_w - pad_w)[:, None] + (s * dil_w)[None, :]
+        ih = (p * stride_h - pad_top)[:, None] + (r * dil_h)[None, :]
+        iw = (q * stride_w - pad_left)[:, None] + (s * dil_w)[None, :]
         x_mask = (m_mask[:, None] & j_mask[None, :] & (ih >= 0) & (ih < H)
                   & (iw >= 0) & (iw < W))
         x_off = (n * xs_n)[:, None] + x_chan[None, :] + ih * xs_h + iw * xs_w
@@ -244,28 +224,6 @@ def _grad_weight_kernel(
         tl.store(partial_b_ptr + split * K + k, bias_acc, mask=k_mask)
 
 
-@triton.jit
-def _sum_splits_kernel(
-    partial_ptr, out_ptr,
-    E, SPLITS, D1, D2, D3,
-    os0, os1, os2, os3,
-    BLOCK: tl.constexpr,
-):
-    """out[e] = sum over splits of partial[split, e], in split order; e is the
-    flat index of a (D0, D1, D2, D3) tensor written through its strides."""
-    e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = e < E
-    total = tl.load(partial_ptr + e, mask=mask, other=0.0)
-    for split in range(1, SPLITS):
-        total += tl.load(partial_ptr + split * E + e, mask=mask, other=0.0)
-    i3 = e % D3
-    i2 = (e // D3) % D2
-    i1 = (e // (D3 * D2)) % D1
-    i0 = e // (D3 * D2 * D1)
-    tl.store(out_ptr + i0 * os0 + i1 * os1 + i2 * os2 + i3 * os3,
-             total.to(out_ptr.dtype.element_ty), mask=mask)
-
-
 # Launch configurations: each launcher picks from these tables by problem
 # size, and static_check_specs() compiles every entry.
 _FORWARD_BLOCK_M = 128
@@ -275,57 +233,34 @@ _FORWARD_BLOCK_K = (1, 2, 4, 8, 16, 32)
 _GRAD_INPUT_BLOCK_M = 128
 _GRAD_INPUT_BLOCK_C = (1, 2, 4, 8, 16, 32)
 _GRAD_WEIGHT_BLOCKS = (32, 32, 32)  # BLOCK_M, BLOCK_K, BLOCK_J (tl.dot needs >= 16)
-_SUM_BLOCK = 256
 _NUM_WARPS = 4
 # Enough programs in the weight-gradient reduction to fill a large GPU.
 _GRAD_WEIGHT_TARGET_PROGRAMS = 512
 _GRAD_WEIGHT_MIN_CHUNKS_PER_SPLIT = 8
 
 
-def _channel_block(channels: int, choices: tuple[int, ...]) -> int:
-    """Smallest listed power of two covering ``channels`` (capped at the largest)."""
-    for block in choices:
-        if block >= channels:
-            return block
-    return choices[-1]
-
-
-def _conv_params(g) -> tuple[int, ...]:
-    return (g.stride_h, g.stride_w, g.pad_top, g.pad_left, g.dil_h, g.dil_w)
-
-
-def _acc_type(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def forward(g, activation: int, x, w, bias, y) -> None:
-    C_g, K_g = g.C // g.groups, g.K // g.groups
-    block_k = _channel_block(K_g, _FORWARD_BLOCK_K)
-    grid = (triton.cdiv(g.N * g.P * g.Q, _FORWARD_BLOCK_M), g.groups * triton.cdiv(K_g, block_k))
+def conv2d_direct_forward(g, x, w, bias, y) -> None:
+    block_k = channel_block(g.K_g, _FORWARD_BLOCK_K)
+    grid = (triton.cdiv(g.N * g.P * g.Q, _FORWARD_BLOCK_M), g.groups * triton.cdiv(g.K_g, block_k))
     _forward_kernel[grid](
         x, w, bias if bias is not None else w, y,
-        g.N, g.H, g.W, g.P, g.Q, C_g, K_g,
-        *_conv_params(g),
-        *x.stride(), *w.stride(),
-        bias.stride(0) if bias is not None else 0,
-        *y.stride(),
-        g.R, g.S, HAS_BIAS=bias is not None, ACTIVATION=activation, ACC=_acc_type(x.dtype),
+        *x.stride(), *w.stride(), bias.stride(0) if bias is not None else 0, *y.stride(),
+        **geometry_args(_forward_kernel, g),
+        HAS_BIAS=bias is not None, ACTIVATION=int(g.activation), ACC=acc_type(x.dtype),
         BLOCK_M=_FORWARD_BLOCK_M, BLOCK_K=block_k, num_warps=_NUM_WARPS,
     )
 
 
-def grad_input(g, activation: int, grad_y, y, w, grad_x) -> None:
-    C_g, K_g = g.C // g.groups, g.K // g.groups
-    block_c = _channel_block(C_g, _GRAD_INPUT_BLOCK_C)
+def conv2d_direct_grad_input(g, grad_y, y, w, grad_x) -> None:
+    block_c = channel_block(g.C_g, _GRAD_INPUT_BLOCK_C)
     y_arg = y if y is not None else grad_y
     grid = (triton.cdiv(g.N * g.H * g.W, _GRAD_INPUT_BLOCK_M),
-            g.groups * triton.cdiv(C_g, block_c))
+            g.groups * triton.cdiv(g.C_g, block_c))
     _grad_input_kernel[grid](
         grad_y, y_arg, w, grad_x,
-        g.N, g.H, g.W, g.P, g.Q, C_g, K_g,
-        *_conv_params(g),
         *grad_y.stride(), *y_arg.stride(), *w.stride(), *grad_x.stride(),
-        g.R, g.S, ACTIVATION=activation, ACC=_acc_type(grad_y.dtype),
+        **geometry_args(_grad_input_kernel, g),
+        ACTIVATION=int(g.activation), ACC=acc_type(grad_y.dtype),
         BLOCK_M=_GRAD_INPUT_BLOCK_M, BLOCK_C=block_c, num_warps=_NUM_WARPS,
     )
 
@@ -333,47 +268,32 @@ def grad_input(g, activation: int, grad_y, y, w, grad_x) -> None:
 def grad_weight_splits(g) -> int:
     """How many programs share one tile's m = (n, p, q) reduction."""
     block_m, block_k, block_j = _GRAD_WEIGHT_BLOCKS
-    tiles = (g.groups * triton.cdiv(g.K // g.groups, block_k)
-             * triton.cdiv(g.C // g.groups * g.R * g.S, block_j))
+    tiles = g.groups * triton.cdiv(g.K_g, block_k) * triton.cdiv(g.C_g * g.R * g.S, block_j)
     chunks = triton.cdiv(g.N * g.P * g.Q, block_m)
     by_work = max(1, chunks // _GRAD_WEIGHT_MIN_CHUNKS_PER_SPLIT)
     by_occupancy = max(1, triton.cdiv(_GRAD_WEIGHT_TARGET_PROGRAMS, tiles))
     return min(by_work, by_occupancy)
 
 
-def grad_weight(g, activation: int, grad_y, y, x, grad_w, grad_bias) -> None:
-    C_g, K_g = g.C // g.groups, g.K // g.groups
+def conv2d_direct_grad_weight(g, grad_y, y, x, grad_w, grad_bias) -> None:
     block_m, block_k, block_j = _GRAD_WEIGHT_BLOCKS
-    J = C_g * g.R * g.S
+    J = g.C_g * g.R * g.S
     splits = grad_weight_splits(g)
     # Each split covers whole BLOCK_M chunks so chunk boundaries never move.
     m_per_split = triton.cdiv(triton.cdiv(g.N * g.P * g.Q, splits), block_m) * block_m
-    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    partial_w = torch.empty((splits, g.K, J), dtype=acc_dtype, device=x.device)
-    partial_b = torch.empty((splits, g.K), dtype=acc_dtype, device=x.device)
+    partial_w = torch.empty((splits, g.K, J), dtype=acc_dtype(x.dtype), device=x.device)
+    partial_b = torch.empty((splits, g.K), dtype=acc_dtype(x.dtype), device=x.device)
     y_arg = y if y is not None else grad_y
-    grid = (g.groups * triton.cdiv(K_g, block_k), triton.cdiv(J, block_j), splits)
+    grid = (g.groups * triton.cdiv(g.K_g, block_k), triton.cdiv(J, block_j), splits)
     _grad_weight_kernel[grid](
         grad_y, y_arg, x, partial_w, partial_b,
-        g.N, g.H, g.W, g.P, g.Q, C_g, K_g, g.K,
-        *_conv_params(g),
-        *grad_y.stride(), *y_arg.stride(), *x.stride(),
-        m_per_split,
-        g.R, g.S, ACTIVATION=activation, ACC=_acc_type(x.dtype),
+        *grad_y.stride(), *y_arg.stride(), *x.stride(), m_per_split,
+        **geometry_args(_grad_weight_kernel, g),
+        ACTIVATION=int(g.activation), ACC=acc_type(x.dtype),
         BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_J=block_j, num_warps=_NUM_WARPS,
     )
-    _sum_splits(partial_w, grad_w, splits)
-    if grad_bias is not None:
-        _sum_splits(partial_b, grad_bias.view(g.K, 1, 1, 1), splits)
-
-
-def _sum_splits(partial, out, splits: int) -> None:
-    shape = tuple(out.shape)
-    E = out.numel()
-    _sum_splits_kernel[(triton.cdiv(E, _SUM_BLOCK),)](
-        partial, out, E, splits, shape[1], shape[2], shape[3], *out.stride(),
-        BLOCK=_SUM_BLOCK, num_warps=_NUM_WARPS,
-    )
+    sum_splits(partial_w, grad_w, splits)
+    sum_splits(partial_b, grad_bias, splits)
 
 
 def static_check_specs():
@@ -387,25 +307,22 @@ def static_check_specs():
             specs.append(compile_spec(
                 f"conv2d_forward[{dtype},BLOCK_K={block}]", _forward_kernel,
                 pointers=dict.fromkeys(("x_ptr", "w_ptr", "b_ptr", "y_ptr"), ptr),
-                constexprs={"HAS_BIAS": True, "ACTIVATION": 1, "ACC": tl.float32,
-                            "BLOCK_M": _FORWARD_BLOCK_M, "BLOCK_K": block},
+                constexprs={"HAS_BIAS": True, "ACTIVATION": int(Activation.relu6),
+                            "ACC": tl.float32, "BLOCK_M": _FORWARD_BLOCK_M, "BLOCK_K": block},
                 num_warps=_NUM_WARPS))
         for block in _GRAD_INPUT_BLOCK_C:
             specs.append(compile_spec(
                 f"conv2d_grad_input[{dtype},BLOCK_C={block}]", _grad_input_kernel,
                 pointers=dict.fromkeys(("gy_ptr", "y_ptr", "w_ptr", "gx_ptr"), ptr),
-                constexprs={"ACTIVATION": 2, "ACC": tl.float32,
+                constexprs={"ACTIVATION": int(Activation.relu6), "ACC": tl.float32,
                             "BLOCK_M": _GRAD_INPUT_BLOCK_M, "BLOCK_C": block},
                 num_warps=_NUM_WARPS))
         specs.append(compile_spec(
             f"conv2d_grad_weight[{dtype}]", _grad_weight_kernel,
             pointers={"gy_ptr": ptr, "y_ptr": ptr, "x_ptr": ptr,
                       "partial_w_ptr": "*fp32", "partial_b_ptr": "*fp32"},
-            constexprs={"ACTIVATION": 2, "ACC": tl.float32,
+            constexprs={"ACTIVATION": int(Activation.relu6), "ACC": tl.float32,
                         "BLOCK_M": block_m, "BLOCK_K": block_k, "BLOCK_J": block_j},
             num_warps=_NUM_WARPS))
-        specs.append(compile_spec(
-            f"conv2d_sum_splits[{dtype}]", _sum_splits_kernel,
-            pointers={"partial_ptr": "*fp32", "out_ptr": ptr},
-            constexprs={"BLOCK": _SUM_BLOCK}, num_warps=_NUM_WARPS))
+        specs += sum_splits_specs("conv2d", dtype)
     return specs

@@ -1,0 +1,1 @@
+"""conv2d's Triton kernels, one module per algorithm (``direct``)."""
