@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
@@ -62,6 +62,8 @@ class CMakeBuild(build_ext):
 setup(
     ext_modules=[CMakeExtension("cnnkernels._C")],
     cmdclass={"build_ext": CMakeBuild},
-    packages=["cnnkernels", "cnnkernels.ops", "cnnkernels.kernels"],
+    # kernels/ (the Triton kernels) installs as cnnkernels.kernels.
+    packages=["cnnkernels", *(f"cnnkernels.{p}" for p in find_packages("cnnkernels")),
+              "cnnkernels.kernels", *(f"cnnkernels.kernels.{p}" for p in find_packages("kernels"))],
     package_dir={"cnnkernels": "cnnkernels", "cnnkernels.kernels": "kernels"},
 )

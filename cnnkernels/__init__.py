@@ -7,6 +7,10 @@ registered as PyTorch custom operators (``torch.ops.cnnk.*``).
         ...
     ck.info()
     model = ck.patch(model)   # nn.Conv2d and the nn pooling modules now run on cnnkernels
+
+The design: docs/design.md. Importing the package defines the operators but
+imports neither Triton nor torch's compiler stack; the Triton kernels load
+when a Triton kernel first runs.
 """
 
 from cnnkernels import nn

@@ -11,12 +11,11 @@ from collections.abc import Sequence
 
 import torch
 
+from cnnkernels._ext import Activation
+
 # Kernels index with 32-bit integers (Triton's default); every element offset
 # of every tensor must fit.
 INDEX_LIMIT = 2**31 - 1
-
-# Codes must match cnnk::Activation in csrc/include/cnnk/common.h.
-ACTIVATIONS = {"none": 0, "relu": 1, "relu6": 2}
 
 
 def pair(value, name: str, *, minimum: int) -> tuple[int, int]:
@@ -87,11 +86,15 @@ def pool_output_size(size: int, kernel: int, stride: int, pad: int, dilation: in
     return out
 
 
-def activation_code(activation) -> int:
-    name = "none" if activation is None else activation
-    if name not in ACTIVATIONS:
-        raise ValueError(f"activation must be None, 'relu' or 'relu6', got {activation!r}")
-    return ACTIVATIONS[name]
+def activation(name) -> Activation:
+    """The fused activation a public ``activation=`` argument (None or its
+    name) asks for; the ops take its name, "none" for None."""
+    key = "none" if name is None else name
+    if not isinstance(key, str) or key not in Activation.__members__:
+        names = [repr(a) for a in Activation.__members__ if a != "none"]
+        raise ValueError(f"activation must be None, {', '.join(names[:-1])} or {names[-1]}, "
+                         f"got {name!r}")
+    return Activation[key]
 
 
 def check_tensor(t, name: str, *, ndim: int | tuple[int, ...]) -> None:
@@ -165,8 +168,9 @@ def empty_4d(shape, like: torch.Tensor, channels_last: bool, dtype=None) -> torc
                        memory_format=fmt)
 
 
-# Testing aid: when on, ops fill their outputs with NaN before the kernels
-# run, so an element a kernel forgets to write fails every comparison.
+# Testing aid: when on, ops fill their outputs with NaN (integer outputs with
+# their most negative value) before the kernels run, so an element a kernel
+# forgets to write fails every comparison.
 _poison_outputs = False
 
 
@@ -179,4 +183,4 @@ def poison(*tensors) -> None:
     if _poison_outputs:
         for t in tensors:
             if t is not None:
-                t.fill_(float("nan"))
+                t.fill_(float("nan") if t.is_floating_point() else torch.iinfo(t.dtype).min)

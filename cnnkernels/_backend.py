@@ -2,13 +2,19 @@
 
 ``use(backend=..., conv_algorithm=...)`` sets the choice globally when called
 as a statement and only for the ``with`` block when used as a context manager.
-The initial backend comes from ``CNNK_BACKEND`` (default ``auto``).
-``resolve_backend`` turns the choice into the backend that runs a tensor, or
-raises an error that says why the requested one cannot.
+The initial backend comes from ``CNNK_BACKEND`` (default ``auto``). The public
+functions pass the current choice into their op; the op resolves ``auto`` for
+its tensors' device (``runnable``), or raises an error that says why the
+requested backend cannot run, before any kernel runs.
+
+Algorithms are a family's own business: the family module lists them and
+routes ``auto`` (cnnkernels/ops/conv2d.py); this module only keeps the
+current choice per family.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -17,25 +23,24 @@ import torch
 from cnnkernels import _args, _ext
 
 BACKENDS = ("auto", "cpu", "cuda", "triton")
-CONV_ALGORITHMS = ("auto", "direct")
 
 # The dtypes each concrete backend computes in, by tensor device type.
 SUPPORTED_DTYPES = {
-    ("cpu", "cpu"): (torch.float32, torch.float64),
+    ("cpu", "cpu"): (torch.float16, torch.bfloat16, torch.float32, torch.float64),
     ("cuda", "cuda"): (torch.float16, torch.bfloat16, torch.float32, torch.float64),
     ("triton", "cuda"): (torch.float16, torch.bfloat16, torch.float32),
     ("triton", "cpu"): (torch.float32, torch.float64),
 }
 
 
-def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
     return value
 
 
 _settings = {
-    "backend": _check_choice("CNNK_BACKEND", os.environ.get("CNNK_BACKEND", "auto"), BACKENDS),
+    "backend": check_choice("CNNK_BACKEND", os.environ.get("CNNK_BACKEND", "auto"), BACKENDS),
     "conv_algorithm": "auto",
 }
 
@@ -49,12 +54,14 @@ class use:
     """
 
     def __init__(self, backend: str | None = None, conv_algorithm: str | None = None):
+        from cnnkernels.ops.conv2d import ALGORITHMS as conv_algorithms
+
         new = dict(_settings)
         if backend is not None:
-            new["backend"] = _check_choice("backend", backend, BACKENDS)
+            new["backend"] = check_choice("backend", backend, BACKENDS)
         if conv_algorithm is not None:
-            new["conv_algorithm"] = _check_choice("conv_algorithm", conv_algorithm,
-                                                  CONV_ALGORITHMS)
+            new["conv_algorithm"] = check_choice("conv_algorithm", conv_algorithm,
+                                                 ("auto", *conv_algorithms))
         self._previous = dict(_settings)
         _settings.update(new)
 
@@ -77,6 +84,7 @@ def current_conv_algorithm() -> str:
     return _settings["conv_algorithm"]
 
 
+@functools.cache
 def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
@@ -118,8 +126,10 @@ def backend_problem(backend: str, device: torch.device) -> str | None:
 
 
 def resolve_backend(device: torch.device, backend: str | None = None) -> str:
-    """The concrete backend that runs tensors on ``device``."""
-    backend = current_backend() if backend is None else _check_choice("backend", backend, BACKENDS)
+    """The concrete backend that runs tensors on ``device``: ``backend`` (the
+    current choice when None), with ``auto`` the C++/CUDA kernels where they
+    are built, else Triton."""
+    backend = current_backend() if backend is None else check_choice("backend", backend, BACKENDS)
     if backend == "auto":
         preferred = {"cpu": ("cpu", "triton"), "cuda": ("cuda", "triton")}.get(device.type, ())
         for candidate in preferred:
@@ -135,32 +145,16 @@ def resolve_backend(device: torch.device, backend: str | None = None) -> str:
     return backend
 
 
-@torch.compiler.assume_constant_result
-def resolve_for_device_type(device_type: str, backend: str) -> str:
-    """resolve_backend for the public ops: a pure function of its arguments
-    within a process, so torch.compile evaluates it once while tracing and
-    bakes the backend into the graph."""
-    return resolve_backend(torch.device(device_type), backend)
-
-
-def check_runnable(backend: str, op: str, tensors: dict) -> None:
-    """Everything a concrete backend needs of an op's tensors (name -> tensor
-    or None; the first one sets device and dtype): it can run on their
-    device, computes in their dtype, and every offset fits 32-bit indices."""
-    if backend not in BACKENDS or backend == "auto":
-        raise ValueError(f"backend must be 'cpu', 'cuda' or 'triton', got {backend!r}")
+def runnable(backend: str, op: str, tensors: dict) -> str:
+    """The concrete backend that runs ``op`` on ``tensors`` (name -> tensor or
+    None; the first one sets device and dtype), after checking everything it
+    needs of them: it can run on their device, computes in their dtype, and
+    every offset fits 32-bit indices."""
     first = next(iter(tensors.values()))
-    problem = backend_problem(backend, first.device)
-    if problem is not None:
-        raise RuntimeError(f"backend {backend!r} cannot run here: {problem}")
+    backend = resolve_backend(first.device, backend)
     _args.check_dtype(first, op, backend, SUPPORTED_DTYPES[(backend, first.device.type)])
     _args.check_index_range(tensors)
-
-
-def resolve_conv_algorithm(algorithm: str | None = None) -> str:
-    algorithm = current_conv_algorithm() if algorithm is None else algorithm
-    algorithm = _check_choice("conv_algorithm", algorithm, CONV_ALGORITHMS)
-    return "direct" if algorithm == "auto" else algorithm
+    return backend
 
 
 def info() -> dict:

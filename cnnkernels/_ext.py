@@ -1,9 +1,28 @@
 """Access to the compiled extension ``cnnkernels._C`` and the conventions of
-its calls: dtype codes, tensors passed as (data_ptr, strides), status codes
-turned into exceptions. The package works without ``_C`` (Triton backend);
-asking for a C++ backend then raises an error that says how to build it."""
+its calls.
+
+The codes that cross the boundary are defined once, in C++
+(csrc/include/cnnk/common.h), and exported by ``_C``: ``Status`` (a launcher
+that fails raises a RuntimeError with its message, pyext/binding.h),
+``DType`` (named like torch's dtypes) and ``Activation``. ``Activation`` is
+also needed without ``_C`` (the Triton kernels read it), so it is an IntEnum
+built from ``_C``'s members, or from the same numbers when ``_C`` is not
+built (tests/test_structure.py checks them against ``_C``).
+
+``native(backend, like)`` gives the launchers of ``_C.cpu`` or ``_C.cuda``
+with the calling convention applied: ``native("cuda", x).name(geometry,
+*tensors)`` calls ``_C.cuda.name(dtype of x, geometry, *tensors, stream)``;
+``launchers(backend, like, triton)`` gives them or the family's Triton
+module, whose launchers have the same names and arguments.
+The package works without ``_C`` (Triton backend); asking for a C++ backend
+then raises an error that says how to build it.
+"""
 
 from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from types import ModuleType
 
 import torch
 
@@ -20,17 +39,15 @@ BUILD_HINT = (
     "on a machine without network; CNNK_WITH_CUDA=1 makes a missing nvcc an error)"
 )
 
-# Must match cnnk::DType in csrc/include/cnnk/common.h.
-DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
+# cnnk::Activation's codes, for a build without _C.
+ACTIVATION_CODES = {"none": 0, "relu": 1, "relu6": 2}
 
-# Must match cnnk::Status in csrc/include/cnnk/common.h.
-_STATUS_MESSAGES = {
-    1: "the kernel rejected its arguments",
-    2: "the kernel does not support this dtype",
-    3: "an index does not fit the kernel's index type",
-    4: "a CUDA call or kernel launch failed",
-    5: "the backend was not compiled into this build",
-}
+Activation = enum.IntEnum(
+    "Activation",
+    ACTIVATION_CODES if _C is None
+    else {name: int(member) for name, member in _C.Activation.__members__.items()},
+    module=__name__,
+)
 
 
 def cpu_kernels():
@@ -70,36 +87,41 @@ def build_info() -> dict:
     return {"built": True, **_C.build_info()}
 
 
-def check_status(status: int, op: str) -> None:
-    """Raise if a launcher returned a non-zero cnnk::Status."""
-    if status != 0:
-        message = _STATUS_MESSAGES.get(status, f"unknown status {status}")
-        raise RuntimeError(f"{op}: {message} (status {status})")
+def dtype_code(dtype: torch.dtype):
+    """The ``_C.DType`` member of a torch dtype (same name)."""
+    return getattr(_C.DType, str(dtype).removeprefix("torch."))
 
 
-def tensor4(t: torch.Tensor | None) -> tuple[int, tuple[int, int, int, int]]:
-    """A 4-D tensor argument; None becomes a null pointer."""
-    if t is None:
-        return (0, (0, 0, 0, 0))
-    return (t.data_ptr(), tuple(t.stride()))
+class _Launchers:
+    """The launchers of one ``_C`` submodule, called with the dtype of the
+    tensor they were made for and, on CUDA, on its device and current stream."""
+
+    def __init__(self, backend: str, like: torch.Tensor):
+        self._backend = backend
+        self._device = like.device
+        self._module = cpu_kernels() if backend == "cpu" else cuda_kernels()
+        self._dtype = dtype_code(like.dtype)
+
+    def __getattr__(self, name: str):
+        launcher = getattr(self._module, name)
+        if self._backend == "cpu":
+            return lambda *args: launcher(self._dtype, *args)
+
+        def on_stream(*args):
+            with torch.cuda.device(self._device):
+                launcher(self._dtype, *args, torch.cuda.current_stream(self._device).cuda_stream)
+
+        return on_stream
 
 
-def tensor1(t: torch.Tensor | None) -> tuple[int, int]:
-    """A 1-D tensor argument; None becomes a null pointer."""
-    if t is None:
-        return (0, 0)
-    return (t.data_ptr(), t.stride(0))
+def native(backend: str, like: torch.Tensor) -> _Launchers:
+    """The C++ ("cpu") or CUDA ("cuda") launchers for tensors like ``like``."""
+    return _Launchers(backend, like)
 
 
-def run_kernel(backend: str, name: str, like: torch.Tensor, *args) -> None:
-    """Call ``_C.<backend>.<name>(dtype code of like, *args)``, adding the
-    current CUDA stream of like's device for the cuda backend, and raise if
-    the launcher returns a non-zero status."""
-    dtype = DTYPE_CODES[like.dtype]
-    if backend == "cpu":
-        status = getattr(cpu_kernels(), name)(dtype, *args)
-    else:
-        with torch.cuda.device(like.device):
-            stream = torch.cuda.current_stream(like.device).cuda_stream
-            status = getattr(cuda_kernels(), name)(dtype, *args, stream)
-    check_status(status, f"cnnk.{name} ({backend})")
+def launchers(backend: str, like: torch.Tensor, triton: Callable[[], ModuleType]):
+    """A family's launchers on ``backend``, called alike on every backend
+    (same names, same arguments): the Triton module that ``triton()`` imports
+    (on first use, so that importing cnnkernels does not import Triton) or
+    ``native(backend, like)``."""
+    return triton() if backend == "triton" else native(backend, like)

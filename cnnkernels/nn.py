@@ -1,70 +1,71 @@
 """Drop-in modules: ``cnnkernels.nn.Conv2d``, ``MaxPool2d``, ``AvgPool2d``,
 ``AdaptiveAvgPool2d`` and ``AdaptiveMaxPool2d`` are the torch.nn modules of
-the same name (same constructor, parameters, state dict) computed by
-cnnkernels' ops; Conv2d takes an optional fused ``activation``.
+the same name (subclasses: same constructor, parameters, state dict)
+computed by cnnkernels' ops; Conv2d takes an optional fused ``activation``.
 ``patch(model)`` switches every such torch.nn module of an existing model to
 its cnnkernels twin in place."""
 
+import torch as _torch
+from torch.nn import functional as _F
 
-import torch
-import torch.nn.functional as F
+from cnnkernels import _args
+from cnnkernels import ops as _ops
 
-from cnnkernels import _args, ops
+__all__ = ["AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "AvgPool2d", "Conv2d", "MaxPool2d", "patch"]
 
 
-class Conv2d(torch.nn.Conv2d):
+class Conv2d(_torch.nn.Conv2d):
     """``torch.nn.Conv2d`` on cnnkernels' kernels. ``activation`` (None,
     "relu", "relu6") is applied in the convolution's epilogue."""
 
     def __init__(self, *args, activation: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        _args.activation_code(activation)
+        _args.activation(activation)
         self.activation = activation
 
     def _conv_forward(self, input, weight, bias):
         padding = self.padding
         if self.padding_mode != "zeros":
             # torch pads reflect/replicate/circular explicitly too.
-            input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            input = _F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             padding = 0
-        return ops.conv2d(input, weight, bias, self.stride, padding, self.dilation, self.groups,
-                          activation=self.activation)
+        return _ops.conv2d(input, weight, bias, self.stride, padding, self.dilation, self.groups,
+                           activation=self.activation)
 
     def extra_repr(self) -> str:
         extra = f", activation={self.activation!r}" if self.activation is not None else ""
         return super().extra_repr() + extra
 
 
-class MaxPool2d(torch.nn.MaxPool2d):
+class MaxPool2d(_torch.nn.MaxPool2d):
     def forward(self, input):
-        return ops.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
-                              self.ceil_mode, self.return_indices)
+        return _ops.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
+                               self.ceil_mode, self.return_indices)
 
 
-class AvgPool2d(torch.nn.AvgPool2d):
+class AvgPool2d(_torch.nn.AvgPool2d):
     def forward(self, input):
-        return ops.avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
-                              self.count_include_pad, self.divisor_override)
+        return _ops.avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                               self.count_include_pad, self.divisor_override)
 
 
-class AdaptiveAvgPool2d(torch.nn.AdaptiveAvgPool2d):
+class AdaptiveAvgPool2d(_torch.nn.AdaptiveAvgPool2d):
     def forward(self, input):
-        return ops.adaptive_avg_pool2d(input, self.output_size)
+        return _ops.adaptive_avg_pool2d(input, self.output_size)
 
 
-class AdaptiveMaxPool2d(torch.nn.AdaptiveMaxPool2d):
+class AdaptiveMaxPool2d(_torch.nn.AdaptiveMaxPool2d):
     def forward(self, input):
-        return ops.adaptive_max_pool2d(input, self.output_size, self.return_indices)
+        return _ops.adaptive_max_pool2d(input, self.output_size, self.return_indices)
 
 
 # torch.nn module -> its cnnkernels twin (a subclass with no state of its own
 # beyond Conv2d's activation, so patch can swap the class in place).
-_TWINS = {torch.nn.Conv2d: Conv2d, torch.nn.MaxPool2d: MaxPool2d,
-          torch.nn.AvgPool2d: AvgPool2d, torch.nn.AdaptiveAvgPool2d: AdaptiveAvgPool2d,
-          torch.nn.AdaptiveMaxPool2d: AdaptiveMaxPool2d}
+_TWINS = {twin.__mro__[1]: twin
+          for twin in (Conv2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, AdaptiveMaxPool2d)}
 
 
-def patch(model: torch.nn.Module) -> torch.nn.Module:
+def patch(model: _torch.nn.Module) -> _torch.nn.Module:
     """Make every torch.nn Conv2d and 2-D pooling module in ``model`` run on
     cnnkernels, in place: parameters, buffers, hooks and the state dict stay
     as they are. Returns the model."""

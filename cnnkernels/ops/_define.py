@@ -1,5 +1,29 @@
 """One way to define an op family and its operators.
 
+An operator is one *plan* function, decorated with ``define_op``:
+
+    @define_op("cnnk::avg_pool2d", returns=Tensor)
+    def avg_pool2d_op(input: Tensor, ..., backend: str) -> Launch:
+        g = geometry(...)                       # validates; raises before any kernel
+        output = allocate(...)                  # uninitialised
+        return Launch(output, {"input": input, "output": output},
+                      lambda backend: kernels(backend, g, input, output))
+
+The plan validates its arguments, allocates the outputs (shape, dtype and
+memory format) and says which kernels would run; it never touches data.
+``define_op`` makes a ``torch.library.custom_op`` of it whose real
+implementation is plan -> check the backend can run the tensors (device,
+dtype, 32-bit offsets; ``auto`` resolved for their device) -> poison the
+outputs (tests only) -> launch, unless every output is empty; and whose fake
+(meta) implementation is the plan's outputs. Real and fake thus validate
+alike and agree on every output. Every op has a ``backend: str`` argument
+("auto" or a concrete backend). With ``autocast=True`` the op also takes part
+in CPU and CUDA autocast as torch's lower-precision ops do (``conv2d``):
+floating-point tensors other than float64 are cast to the autocast dtype
+first. Ops without it run in their inputs' dtype under autocast, like
+torch's pooling. The autograd formulas are registered on the returned op
+(``op.register_autograd``) by the family module.
+
 ``Family`` is a family's entry in the registry (``cnnkernels.ops.FAMILIES``):
 what the package's tools need to find the rest of its column without
 importing it (the static check imports the Triton modules, the benchmark
@@ -8,7 +32,13 @@ driver the bench module, only when they run).
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
+
+import torch
+
+from cnnkernels import _args, _backend
 
 
 @dataclass(frozen=True)
@@ -22,3 +52,80 @@ class Family:
     public: tuple[str, ...]
     triton_modules: tuple[str, ...]
     bench_module: str
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What a plan returns: the allocated outputs (one tensor or a tuple, as
+    the op returns them); every tensor the kernels read or write, by name
+    (None for an absent optional one; the first sets the device and dtype the
+    backend must handle); ``run(backend)``, which launches the kernels on the
+    concrete backend; and ``empty_sum``: the outputs are sums over an empty
+    range (no sample, no window), so they are zeroed instead."""
+
+    outputs: torch.Tensor | tuple[torch.Tensor, ...]
+    tensors: dict
+    run: Callable[[str], None]
+    empty_sum: bool = False
+
+
+def define_op(qualname: str, *, returns, autocast: bool = False):
+    """Decorator: the custom op ``qualname`` ("cnnk::name") from a plan
+    function, whose annotated parameters are the op's schema and which
+    returns a ``Launch``; ``returns`` is the op's return annotation."""
+
+    def decorate(plan: Callable[..., Launch]):
+        signature = inspect.signature(plan, eval_str=True)
+        name = qualname.split("::")[1]
+
+        def implementation(*args):
+            launch = plan(*args)
+            backend = _backend.runnable(args[-1], name, launch.tensors)
+            outputs = launch.outputs if isinstance(launch.outputs, tuple) else (launch.outputs,)
+            _args.poison(*outputs)
+            if any(t.numel() for t in outputs):
+                if launch.empty_sum:
+                    for t in outputs:
+                        t.zero_()
+                else:
+                    launch.run(backend)
+            return launch.outputs
+
+        if list(signature.parameters)[-1] != "backend":
+            raise TypeError(f"{qualname}: the last parameter of an op must be `backend: str`")
+        implementation.__signature__ = signature.replace(return_annotation=returns)
+        implementation.__name__ = plan.__name__
+        implementation.__doc__ = plan.__doc__
+        op = torch.library.custom_op(qualname, implementation, mutates_args=(),
+                                     device_types=("cpu", "cuda"))
+        op.register_fake(lambda *args: plan(*args).outputs)
+        if autocast:
+            _register_autocast(op, name)
+        return op
+
+    return decorate
+
+
+# Autocast kernels of every op defined with autocast=True.
+_AUTOCAST = torch.library.Library("cnnk", "FRAGMENT")
+
+
+def _register_autocast(op, name: str) -> None:
+    """Under autocast, cast floating-point tensors (not float64) on the
+    autocast device to its current dtype and run the op with autocast off:
+    torch's rule for its lower-precision ops, with the dtype read when the op
+    runs (``torch.library.register_autocast`` fixes one dtype)."""
+    for device_type, key in (("cpu", "AutocastCPU"), ("cuda", "AutocastCUDA")):
+        def autocast_kernel(_keyset, *args, device_type=device_type):
+            dtype = torch.get_autocast_dtype(device_type)
+            with torch.autocast(device_type, enabled=False):
+                return op(*(_cast(a, device_type, dtype) for a in args))
+
+        _AUTOCAST.impl(name, autocast_kernel, key, with_keyset=True)
+
+
+def _cast(value, device_type: str, dtype: torch.dtype):
+    if (isinstance(value, torch.Tensor) and value.is_floating_point()
+            and value.dtype != torch.float64 and value.device.type == device_type):
+        return value.to(dtype)
+    return value

@@ -1,29 +1,48 @@
-"""conv2d as PyTorch custom operators: ``cnnk::conv2d`` and its two backward
-ops, each with a fake (meta) implementation, the autograd formula, and the
-dispatch to the cpu (C++), cuda (CUDA C++) and triton backends.
+"""conv2d: 2-D convolution (``torch.nn.functional.conv2d``) with a fused
+activation.
 
-The public ``conv2d`` normalises torch's argument forms (int or pair,
-"same"/"valid" padding, 3-D unbatched input), picks the backend and the
-algorithm, and calls the op; the op validates every tensor before any
-kernel runs, so calling ``torch.ops.cnnk.conv2d`` directly is safe too.
+Operators (``torch.ops.cnnk.*``), each a plan (cnnkernels/ops/_define.py):
+``conv2d`` (forward, with autocast), ``conv2d_grad_input`` and
+``conv2d_grad_weight`` (which also gives grad_bias). All three have autograd
+formulas built from the three themselves, so second and higher derivatives
+run on our kernels too: grad_input and grad_weight are linear in grad_output
+and bilinear with the weight and the input; the fused activation's
+derivative is a 0/1 mask of the forward output (torch's convention at the
+kinks), applied with ``torch.where``.
+
+Algorithms: ``ALGORITHMS`` lists those implemented; ``route`` picks one for
+``auto``; each has one module per backend (kernels/conv2d/<algorithm>.py,
+csrc/cpu/conv2d/<algorithm>.cpp, csrc/cuda/conv2d/<algorithm>.cu, launchers
+``conv2d_<algorithm>_*``) and one launcher class here.
 """
 
 from collections.abc import Sequence
-from typing import NamedTuple, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import Tensor
 
 from cnnkernels import _args, _backend, _ext
-from cnnkernels.ops._define import Family
+from cnnkernels._ext import Activation
+from cnnkernels.ops._define import Family, Launch, define_op
 
-OP_NAME = "cnnk::conv2d"
-CONV_ALGORITHMS_IMPLEMENTED = ("direct",)
+__all__ = ["conv2d"]
+
+FAMILY = Family(name="conv2d", public=("conv2d",),
+                triton_modules=("cnnkernels.kernels.conv2d.direct",),
+                bench_module="cnnkernels.bench.conv2d")
+
+ALGORITHMS = ("direct",)
 
 
-class Conv2dGeometry(NamedTuple):
-    """Sizes and parameters in the order the kernels take them (see
-    csrc/include/cnnk/conv2d.h and kernels/conv2d.py)."""
+@dataclass(frozen=True)
+class Conv2dGeometry:
+    """Sizes and parameters of one convolution, field for field
+    ``cnnk::Conv2dGeometry`` (csrc/include/cnnk/conv2d.h): every backend's
+    launchers take it by field name. Input (N, C, H, W), weight
+    (K, C/groups, R, S), output (N, K, P, Q); ``pad_top``/``pad_left`` are the
+    top and left padding (the bottom and right ones only shape P and Q)."""
 
     N: int
     C: int
@@ -41,13 +60,27 @@ class Conv2dGeometry(NamedTuple):
     dil_h: int
     dil_w: int
     groups: int
+    activation: Activation
+
+    @property
+    def C_g(self) -> int:
+        return self.C // self.groups
+
+    @property
+    def K_g(self) -> int:
+        return self.K // self.groups
+
+
+def route(g: Conv2dGeometry, backend: str) -> str:
+    """The algorithm ``auto`` runs for ``g`` on ``backend``. The rule: direct,
+    the only algorithm so far, for every geometry and backend."""
+    return "direct"
 
 
 def _geometry(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int],
               padding: Sequence[int], dilation: Sequence[int], groups: int,
-              activation: str) -> Conv2dGeometry:
-    """Validate everything that does not depend on the backend; shared by the
-    real and the fake implementations so both reject the same inputs."""
+              activation: str, algorithm: str) -> Conv2dGeometry:
+    """Validate everything that does not depend on the backend."""
     _args.check_tensor(input, "input", ndim=4)
     _args.check_tensor(weight, "weight", ndim=4)
     if bias is not None:
@@ -65,7 +98,7 @@ def _geometry(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Seq
     if min(padding) < 0:
         raise ValueError(f"padding must be >= 0, got {list(padding)}")
     _args.positive_int(groups, "groups")
-    _args.activation_code(None if activation == "none" else activation)
+    _backend.check_choice("conv_algorithm", algorithm, ("auto", *ALGORITHMS))
 
     N, C, H, W = input.shape
     K, C_g, R, S = weight.shape
@@ -90,40 +123,47 @@ def _geometry(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Seq
             f"output size ({P}, {Q}) is too small: input ({H}, {W}) with padding "
             f"{list(padding)} is smaller than the dilated kernel "
             f"({dh * (R - 1) + 1}, {dw * (S - 1) + 1})")
-    return Conv2dGeometry(N, C, H, W, K, R, S, P, Q, sh, sw, pt, pl, dh, dw, groups)
+    act = _args.activation(None if activation == "none" else activation)
+    return Conv2dGeometry(N, C, H, W, K, R, S, P, Q, sh, sw, pt, pl, dh, dw, groups, act)
 
 
-def _check_backend(backend: str, algorithm: str, tensors: dict) -> None:
-    if algorithm not in CONV_ALGORITHMS_IMPLEMENTED:
-        raise ValueError(f"conv_algorithm must be one of {CONV_ALGORITHMS_IMPLEMENTED}, "
-                         f"got {algorithm!r}")
-    _backend.check_runnable(backend, "conv2d", tensors)
+def _triton_direct():
+    from cnnkernels.kernels.conv2d import direct
+
+    return direct
 
 
-# Rank of each tensor argument of the C++ launchers (1-D ones are optional biases).
-_LAUNCHER_ARG_RANKS = {"forward": (4, 4, 1, 4), "grad_input": (4, 4, 4, 4),
-                       "grad_weight": (4, 4, 4, 4, 1)}
+class _Direct:
+    """The direct algorithm's kernels on each backend (launchers
+    ``conv2d_direct_*``): kernels/conv2d/direct.py (Triton),
+    csrc/cpu/conv2d/direct.cpp and csrc/cuda/conv2d/direct.cu (through _C)."""
+
+    @staticmethod
+    def forward(backend: str, g: Conv2dGeometry, x, w, bias, y) -> None:
+        _ext.launchers(backend, x, _triton_direct).conv2d_direct_forward(g, x, w, bias, y)
+
+    @staticmethod
+    def grad_input(backend: str, g: Conv2dGeometry, grad_y, y, w, grad_x) -> None:
+        _ext.launchers(backend, grad_y, _triton_direct).conv2d_direct_grad_input(
+            g, grad_y, y, w, grad_x)
+
+    @staticmethod
+    def grad_weight(backend: str, g: Conv2dGeometry, grad_y, y, x, grad_w, grad_bias) -> None:
+        workspace = ()
+        if backend == "cuda":
+            # Scratch for the split reduction, from torch's caching allocator.
+            nbytes = _ext.cuda_kernels().conv2d_direct_grad_weight_workspace_bytes(
+                _ext.dtype_code(x.dtype), g)
+            workspace = (torch.empty(nbytes, dtype=torch.uint8, device=x.device),)
+        _ext.launchers(backend, x, _triton_direct).conv2d_direct_grad_weight(
+            g, grad_y, y, x, grad_w, grad_bias, *workspace)
 
 
-def _launch(kernel: str, backend: str, g: Conv2dGeometry, activation: str, *tensors) -> None:
-    """Run one of the three kernels on the given backend; ``tensors`` are in
-    the launcher's order, None for an absent optional tensor."""
-    act = _args.ACTIVATIONS[activation]
-    if backend == "triton":
-        from cnnkernels.kernels import conv2d as triton_conv2d
+_ALGORITHM_KERNELS = {"direct": _Direct}
 
-        getattr(triton_conv2d, kernel)(g, act, *tensors)
-        return
-    args = [tuple(g), act]
-    args += [_ext.tensor1(t) if rank == 1 else _ext.tensor4(t)
-             for t, rank in zip(tensors, _LAUNCHER_ARG_RANKS[kernel], strict=True)]
-    if kernel == "grad_weight" and backend == "cuda":
-        # Scratch for the split reduction, from torch's caching allocator.
-        nbytes = _ext.cuda_kernels().conv2d_grad_weight_workspace_bytes(
-            _ext.DTYPE_CODES[tensors[0].dtype], tuple(g), act)
-        workspace = torch.empty(nbytes, dtype=torch.uint8, device=tensors[0].device)
-        args += [workspace.data_ptr(), nbytes]
-    _ext.run_kernel(backend, f"conv2d_{kernel}", tensors[0], *args)
+
+def _kernels(g: Conv2dGeometry, algorithm: str, backend: str):
+    return _ALGORITHM_KERNELS[route(g, backend) if algorithm == "auto" else algorithm]
 
 
 def _forward_output(input: Tensor, weight: Tensor, g: Conv2dGeometry) -> Tensor:
@@ -134,95 +174,19 @@ def _forward_output(input: Tensor, weight: Tensor, g: Conv2dGeometry) -> Tensor:
     return _args.empty_4d((g.N, g.K, g.P, g.Q), input, channels_last)
 
 
-def _grad_input_output(input: Tensor) -> Tensor:
-    return _args.empty_4d(input.shape, input, _args.is_channels_last(input))
-
-
-@torch.library.custom_op(OP_NAME, mutates_args=(), device_types=("cpu", "cuda"))
-def _conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int],
-            padding: Sequence[int], dilation: Sequence[int], groups: int, activation: str,
-            backend: str, algorithm: str) -> Tensor:
-    g = _geometry(input, weight, bias, stride, padding, dilation, groups, activation)
+@define_op("cnnk::conv2d", returns=Tensor, autocast=True)
+def conv2d_op(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int],
+              padding: Sequence[int], dilation: Sequence[int], groups: int, activation: str,
+              algorithm: str, backend: str) -> Launch:
+    g = _geometry(input, weight, bias, stride, padding, dilation, groups, activation, algorithm)
     output = _forward_output(input, weight, g)
-    _check_backend(backend, algorithm, {"input": input, "weight": weight, "bias": bias,
-                                        "output": output})
-    _args.poison(output)
-    if output.numel() > 0:
-        _launch("forward", backend, g, activation, input, weight, bias, output)
-    return output
+    return Launch(output, {"input": input, "weight": weight, "bias": bias, "output": output},
+                  lambda b: _kernels(g, algorithm, b).forward(b, g, input, weight, bias, output))
 
 
-@_conv2d.register_fake
-def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups, activation, backend,
-                 algorithm):
-    g = _geometry(input, weight, bias, stride, padding, dilation, groups, activation)
-    return _forward_output(input, weight, g)
-
-
-@torch.library.custom_op("cnnk::conv2d_grad_input", mutates_args=(),
-                         device_types=("cpu", "cuda"))
-def _conv2d_grad_input(grad_output: Tensor, output: Optional[Tensor], input: Tensor,
-                       weight: Tensor, stride: Sequence[int], padding: Sequence[int],
-                       dilation: Sequence[int], groups: int, activation: str, backend: str,
-                       algorithm: str) -> Tensor:
-    g = _check_grad_args(grad_output, output, input, weight, stride, padding, dilation, groups,
-                         activation)
-    grad_input = _grad_input_output(input)
-    _check_backend(backend, algorithm, {"grad_output": grad_output, "output": output,
-                                        "weight": weight, "grad_input": grad_input})
-    _args.poison(grad_input)
-    if grad_input.numel() > 0:
-        _launch("grad_input", backend, g, activation, grad_output, output, weight, grad_input)
-    return grad_input
-
-
-@_conv2d_grad_input.register_fake
-def _conv2d_grad_input_fake(grad_output, output, input, weight, stride, padding, dilation,
-                            groups, activation, backend, algorithm):
-    _check_grad_args(grad_output, output, input, weight, stride, padding, dilation, groups,
-                     activation)
-    return _grad_input_output(input)
-
-
-@torch.library.custom_op("cnnk::conv2d_grad_weight", mutates_args=(),
-                         device_types=("cpu", "cuda"))
-def _conv2d_grad_weight(grad_output: Tensor, output: Optional[Tensor], input: Tensor,
-                        weight: Tensor, stride: Sequence[int], padding: Sequence[int],
-                        dilation: Sequence[int], groups: int, activation: str, backend: str,
-                        algorithm: str) -> tuple[Tensor, Tensor]:
-    g = _check_grad_args(grad_output, output, input, weight, stride, padding, dilation, groups,
-                         activation)
-    grad_weight, grad_bias = _grad_weight_outputs(weight)
-    _check_backend(backend, algorithm, {"grad_output": grad_output, "output": output,
-                                        "input": input, "grad_weight": grad_weight})
-    _args.poison(grad_weight, grad_bias)
-    if g.N == 0:
-        # No samples: the sums are empty. Zero-filling is all there is to compute.
-        grad_weight.zero_()
-        grad_bias.zero_()
-    else:
-        _launch("grad_weight", backend, g, activation, grad_output, output, input, grad_weight,
-                grad_bias)
-    return grad_weight, grad_bias
-
-
-@_conv2d_grad_weight.register_fake
-def _conv2d_grad_weight_fake(grad_output, output, input, weight, stride, padding, dilation,
-                             groups, activation, backend, algorithm):
-    _check_grad_args(grad_output, output, input, weight, stride, padding, dilation, groups,
-                     activation)
-    return _grad_weight_outputs(weight)
-
-
-def _grad_weight_outputs(weight: Tensor) -> tuple[Tensor, Tensor]:
-    grad_weight = _args.empty_4d(weight.shape, weight, _args.is_channels_last(weight))
-    grad_bias = torch.empty(weight.shape[0], dtype=weight.dtype, device=weight.device)
-    return grad_weight, grad_bias
-
-
-def _check_grad_args(grad_output, output, input, weight, stride, padding, dilation, groups,
-                     activation) -> Conv2dGeometry:
-    g = _geometry(input, weight, None, stride, padding, dilation, groups, activation)
+def _grad_geometry(grad_output, output, input, weight, stride, padding, dilation, groups,
+                   activation, algorithm) -> Conv2dGeometry:
+    g = _geometry(input, weight, None, stride, padding, dilation, groups, activation, algorithm)
     _args.check_tensor(grad_output, "grad_output", ndim=4)
     _args.check_same(input, "input", {"grad_output": grad_output, "output": output})
     expected = (g.N, g.K, g.P, g.Q)
@@ -238,28 +202,116 @@ def _check_grad_args(grad_output, output, input, weight, stride, padding, dilati
     return g
 
 
-def _setup_context(ctx, inputs, output) -> None:
-    input, weight, bias, stride, padding, dilation, groups, activation, backend, algorithm = inputs
+@define_op("cnnk::conv2d_grad_input", returns=Tensor)
+def conv2d_grad_input_op(grad_output: Tensor, output: Optional[Tensor], input: Tensor,
+                         weight: Tensor, stride: Sequence[int], padding: Sequence[int],
+                         dilation: Sequence[int], groups: int, activation: str, algorithm: str,
+                         backend: str) -> Launch:
+    """grad_output (masked by the activation's derivative at ``output``)
+    back through the convolution; ``input`` gives only the shape and format."""
+    g = _grad_geometry(grad_output, output, input, weight, stride, padding, dilation, groups,
+                       activation, algorithm)
+    grad_input = _args.empty_4d(input.shape, input, _args.is_channels_last(input))
+    return Launch(grad_input, {"grad_output": grad_output, "output": output, "weight": weight,
+                               "grad_input": grad_input},
+                  lambda b: _kernels(g, algorithm, b).grad_input(b, g, grad_output, output,
+                                                                  weight, grad_input))
+
+
+@define_op("cnnk::conv2d_grad_weight", returns=tuple[Tensor, Tensor])
+def conv2d_grad_weight_op(grad_output: Tensor, output: Optional[Tensor], input: Tensor,
+                          weight: Tensor, stride: Sequence[int], padding: Sequence[int],
+                          dilation: Sequence[int], groups: int, activation: str, algorithm: str,
+                          backend: str) -> Launch:
+    """(grad_weight, grad_bias) from grad_output (masked as in grad_input)
+    and the input; ``weight`` gives only the shape and format."""
+    g = _grad_geometry(grad_output, output, input, weight, stride, padding, dilation, groups,
+                       activation, algorithm)
+    grad_weight = _args.empty_4d(weight.shape, weight, _args.is_channels_last(weight))
+    grad_bias = torch.empty(weight.shape[0], dtype=weight.dtype, device=weight.device)
+    return Launch((grad_weight, grad_bias),
+                  {"grad_output": grad_output, "output": output, "input": input,
+                   "grad_weight": grad_weight},
+                  lambda b: _kernels(g, algorithm, b).grad_weight(b, g, grad_output, output,
+                                                                   input, grad_weight, grad_bias),
+                  empty_sum=g.N == 0)
+
+
+def _mask(grad: Tensor, output: Optional[Tensor], activation: str) -> Tensor:
+    """grad * act'(output): 0 where the fused activation is flat."""
+    if activation == "relu":
+        return torch.where(output > 0, grad, 0)
+    if activation == "relu6":
+        return torch.where((output > 0) & (output < 6), grad, 0)
+    return grad
+
+
+def _conv2d_setup(ctx, inputs, output) -> None:
+    input, weight, bias, stride, padding, dilation, groups, activation, algorithm, backend = inputs
     ctx.save_for_backward(input, weight, output if activation != "none" else None)
-    ctx.params = (stride, padding, dilation, groups, activation, backend, algorithm)
+    ctx.params = (stride, padding, dilation, groups, activation, algorithm, backend)
     ctx.has_bias = bias is not None
 
 
-def _backward(ctx, grad_output):
+def _conv2d_backward(ctx, grad_output):
     input, weight, output = ctx.saved_tensors
     grad_input = grad_weight = grad_bias = None
     if ctx.needs_input_grad[0]:
-        grad_input = torch.ops.cnnk.conv2d_grad_input(grad_output, output, input, weight,
-                                                      *ctx.params)
+        grad_input = conv2d_grad_input_op(grad_output, output, input, weight, *ctx.params)
     if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-        grad_weight, grad_bias = torch.ops.cnnk.conv2d_grad_weight(grad_output, output, input,
-                                                                   weight, *ctx.params)
+        grad_weight, grad_bias = conv2d_grad_weight_op(grad_output, output, input, weight,
+                                                       *ctx.params)
         if not ctx.has_bias:
             grad_bias = None
-    return grad_input, grad_weight, grad_bias, None, None, None, None, None, None, None
+    return grad_input, grad_weight, grad_bias, *([None] * 7)
 
 
-_conv2d.register_autograd(_backward, setup_context=_setup_context)
+conv2d_op.register_autograd(_conv2d_backward, setup_context=_conv2d_setup)
+
+
+def _grad_setup(ctx, inputs, output) -> None:
+    grad_output, output, input, weight, *params = inputs
+    ctx.save_for_backward(grad_output, output, input, weight)
+    ctx.params = params
+
+
+def _grad_input_backward(ctx, grad_grad_input):
+    """grad_input is linear in grad_output (its adjoint is the forward
+    convolution) and in the weight (its adjoint is grad_weight)."""
+    grad_output, output, _, weight = ctx.saved_tensors
+    stride, padding, dilation, groups, activation, algorithm, backend = ctx.params
+    grad_grad_output = grad_weight = None
+    if ctx.needs_input_grad[0]:
+        forward = conv2d_op(grad_grad_input, weight, None, stride, padding, dilation, groups,
+                            "none", algorithm, backend)
+        grad_grad_output = _mask(forward, output, activation)
+    if ctx.needs_input_grad[3]:
+        grad_weight, _ = conv2d_grad_weight_op(grad_output, output, grad_grad_input, weight,
+                                               *ctx.params)
+    return grad_grad_output, None, None, grad_weight, *([None] * 7)
+
+
+conv2d_grad_input_op.register_autograd(_grad_input_backward, setup_context=_grad_setup)
+
+
+def _grad_weight_backward(ctx, grad_grad_weight, grad_grad_bias):
+    """grad_weight is linear in grad_output (its adjoint is the forward
+    convolution of the input, grad_bias's the broadcast) and in the input
+    (its adjoint is grad_input)."""
+    grad_output, output, input, _ = ctx.saved_tensors
+    stride, padding, dilation, groups, activation, algorithm, backend = ctx.params
+    grad_grad_output = grad_input = None
+    if ctx.needs_input_grad[0]:
+        forward = conv2d_op(input, grad_grad_weight, grad_grad_bias, stride, padding, dilation,
+                            groups, "none", algorithm, backend)
+        grad_grad_output = _mask(forward, output, activation)
+    if ctx.needs_input_grad[2]:
+        grad_input = conv2d_grad_input_op(grad_output, output, input, grad_grad_weight,
+                                          *ctx.params)
+    return grad_grad_output, None, grad_input, None, *([None] * 7)
+
+
+conv2d_grad_weight_op.register_autograd(_grad_weight_backward, setup_context=_grad_setup)
 
 
 def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=1, padding=0,
@@ -268,10 +320,11 @@ def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=
 
     Same arguments, defaults and result (shape, dtype, memory format) as
     torch: stride/padding/dilation take an int or a pair, padding also
-    "same" or "valid"; input may be 3-D (unbatched). ``activation`` (None,
-    "relu" or "relu6") is applied in the kernel's epilogue, and its gradient
-    in the backward kernels. Backend and algorithm come from
-    ``cnnkernels.use`` / ``CNNK_BACKEND``.
+    "same" or "valid"; input may be 3-D (unbatched); under autocast it runs
+    in the autocast dtype. ``activation`` (None, "relu" or "relu6") is
+    applied in the kernel's epilogue, and its gradient in the backward
+    kernels. Backend and algorithm come from ``cnnkernels.use`` /
+    ``CNNK_BACKEND``.
     """
     _args.check_tensor(input, "input", ndim=(3, 4))
     _args.check_tensor(weight, "weight", ndim=4)
@@ -282,15 +335,7 @@ def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=
     stride = _args.pair(stride, "stride", minimum=1)
     dilation = _args.pair(dilation, "dilation", minimum=1)
     padding = _args.conv_padding(padding, tuple(weight.shape[2:]), stride, dilation)
-    act = "none" if activation is None else activation
-    _args.activation_code(activation)
-    backend = _backend.resolve_for_device_type(input.device.type, _backend.current_backend())
-    algorithm = _backend.resolve_conv_algorithm()
-    output = torch.ops.cnnk.conv2d(input, weight, bias, list(stride), list(padding),
-                                   list(dilation), groups, act, backend, algorithm)
+    act = _args.activation(activation).name
+    output = conv2d_op(input, weight, bias, list(stride), list(padding), list(dilation), groups,
+                       act, _backend.current_conv_algorithm(), _backend.current_backend())
     return output.squeeze(0) if unbatched else output
-
-
-FAMILY = Family(name="conv2d", public=("conv2d",),
-                triton_modules=("cnnkernels.kernels.conv2d.direct",),
-                bench_module="cnnkernels.bench.conv2d")

@@ -1,29 +1,49 @@
-"""2-D pooling as PyTorch custom operators: ``cnnk::max_pool2d`` and
-``cnnk::avg_pool2d`` with their backward ops, each with a fake (meta)
-implementation and the autograd formula, dispatched to the cpu (C++), cuda
-(CUDA C++) and triton backends.
+"""pool2d: max and average pooling over sliding or adaptive windows.
 
-Four public functions share the two ops: ``max_pool2d`` and
-``adaptive_max_pool2d``, ``avg_pool2d`` and ``adaptive_avg_pool2d``, with
-torch's arguments and results (indices included). They turn their arguments
-into one window description (output size, kernel, stride, padding,
-dilation, adaptive, count_include_pad, divisor_override) that the kernels of
-every backend read the same way (csrc/include/cnnk/pool2d.h). Backward is a
-gather in every backend: deterministic, no atomics.
+Operators (``torch.ops.cnnk.*``), each a plan (cnnkernels/ops/_define.py),
+split as aten splits them: ``max_pool2d`` and ``adaptive_max_pool2d``
+(output and int64 indices), ``avg_pool2d`` and ``adaptive_avg_pool2d``, each
+with its ``*_backward`` op, and ``max_pool2d_gather`` (the input's values at
+the indices). The window crosses the op boundary as named arguments
+(kernel_size, stride, padding, dilation, ceil_mode, ...; or output_size) and
+becomes one ``Pool2dGeometry`` that the kernels of every backend read the
+same way (csrc/include/cnnk/pool2d.h). The launchers have the same names and
+arguments on every backend: kernels/pool2d.py (Triton), csrc/cpu/pool2d.cpp
+and csrc/cuda/pool2d.cu (through _C). Backward is a gather on every backend:
+deterministic, no atomics.
+
+Autograd: every backward op is linear in grad_output, so its own backward is
+its adjoint: the average forward over the same windows for average pooling,
+``max_pool2d_gather`` at the indices for max pooling (the double backward).
+A third derivative of max pooling raises.
 """
 
 from collections.abc import Sequence
-from typing import NamedTuple, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import Tensor
 
 from cnnkernels import _args, _backend, _ext
-from cnnkernels.ops._define import Family
+from cnnkernels.ops._define import Family, Launch, define_op
+
+__all__ = ["adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "max_pool2d"]
+
+FAMILY = Family(name="pool2d",
+                public=("max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d"),
+                triton_modules=("cnnkernels.kernels.pool2d",),
+                bench_module="cnnkernels.bench.pool2d")
 
 
-class Pool2dGeometry(NamedTuple):
-    """Sizes and window parameters in the order the kernels take them."""
+@dataclass(frozen=True)
+class Pool2dGeometry:
+    """Sizes and window of one pooling, field for field ``cnnk::Pool2dGeometry``
+    (csrc/include/cnnk/pool2d.h): every backend's launchers take it by field
+    name. Input (N, C, H, W), output (N, C, P, Q). Sliding windows: output p
+    reads rows p * stride_h - pad_h + i * dil_h, i < kernel_h. Adaptive
+    windows (``adaptive``; the sliding fields are then unused, 1 or 0): rows
+    [floor(p H / P), ceil((p + 1) H / P)). ``divisor_override``: 0 for none."""
 
     N: int
     C: int
@@ -31,219 +51,323 @@ class Pool2dGeometry(NamedTuple):
     W: int
     P: int
     Q: int
-    kernel_h: int
-    kernel_w: int
-    stride_h: int
-    stride_w: int
-    pad_h: int
-    pad_w: int
-    dil_h: int
-    dil_w: int
-    adaptive: bool
-    count_include_pad: bool
-    divisor_override: int
+    kernel_h: int = 1
+    kernel_w: int = 1
+    stride_h: int = 1
+    stride_w: int = 1
+    pad_h: int = 0
+    pad_w: int = 0
+    dil_h: int = 1
+    dil_w: int = 1
+    adaptive: bool = False
+    count_include_pad: bool = True
+    divisor_override: int = 0
 
 
-# The window description an op receives: every Pool2dGeometry field after W.
-WINDOW_FIELDS = Pool2dGeometry._fields[4:]
-
-
-def _geometry(input: Tensor, window: Sequence[int], op: str) -> Pool2dGeometry:
-    """Validate the input and the window; shared by the real and the fake
-    implementations."""
+def _input_sizes(input: Tensor, op: str) -> tuple[int, int, int, int]:
     _args.check_tensor(input, "input", ndim=4)
     if not input.dtype.is_floating_point:
         raise TypeError(f"input must be a floating-point tensor, got {input.dtype}")
-    if len(window) != len(WINDOW_FIELDS):
-        raise ValueError(f"{op}: window takes {len(WINDOW_FIELDS)} values "
-                         f"({', '.join(WINDOW_FIELDS)}), got {list(window)}")
     N, C, H, W = input.shape
     if C == 0 or H == 0 or W == 0:
         raise ValueError(f"{op}: input must have non-zero channels, height and width, got shape "
                          f"{tuple(input.shape)}")
-    g = Pool2dGeometry(N, C, H, W, *(int(v) for v in window[:10]), bool(window[10]),
-                       bool(window[11]), int(window[12]))
-    if g.P < 0 or g.Q < 0:
-        raise ValueError(f"{op}: output size must be >= 0, got ({g.P}, {g.Q})")
-    if g.divisor_override < 0:
-        raise ValueError(f"{op}: divisor_override must be positive, got {g.divisor_override}")
-    if not g.adaptive:
-        _check_sliding_window(g, op)
-    return g
+    return N, C, H, W
 
 
-def _check_sliding_window(g: Pool2dGeometry, op: str) -> None:
-    if min(g.kernel_h, g.kernel_w) < 1:
-        raise ValueError(f"{op}: kernel_size must be >= 1, got ({g.kernel_h}, {g.kernel_w})")
-    if min(g.stride_h, g.stride_w) < 1:
-        raise ValueError(f"{op}: stride must be >= 1, got ({g.stride_h}, {g.stride_w})")
-    if min(g.dil_h, g.dil_w) < 1:
-        raise ValueError(f"{op}: dilation must be >= 1, got ({g.dil_h}, {g.dil_w})")
-    if g.pad_h < 0 or g.pad_w < 0 or 2 * g.pad_h > g.kernel_h or 2 * g.pad_w > g.kernel_w:
+def _two(values: Sequence[int], name: str, op: str, minimum: int) -> tuple[int, int]:
+    if len(values) != 2:
+        raise ValueError(f"{op}: {name} takes 2 values, got {list(values)}")
+    if min(values) < minimum:
+        raise ValueError(f"{op}: {name} must be >= {minimum}, got {tuple(values)}")
+    return int(values[0]), int(values[1])
+
+
+def sliding_geometry(input: Tensor, kernel_size: Sequence[int], stride: Sequence[int],
+                     padding: Sequence[int], dilation: Sequence[int], ceil_mode: bool,
+                     count_include_pad: bool, divisor_override: Optional[int],
+                     op: str) -> Pool2dGeometry:
+    """The geometry of a sliding-window pooling, validated like torch's."""
+    N, C, H, W = _input_sizes(input, op)
+    kh, kw = _two(kernel_size, "kernel_size", op, 1)
+    sh, sw = _two(stride, "stride", op, 1)
+    ph, pw = _two(padding, "padding", op, 0)
+    dh, dw = _two(dilation, "dilation", op, 1)
+    if 2 * ph > kh or 2 * pw > kw:
         raise ValueError(f"{op}: padding must be between 0 and half the kernel size (like "
-                         f"torch), got padding ({g.pad_h}, {g.pad_w}) for kernel_size "
-                         f"({g.kernel_h}, {g.kernel_w})")
-    if g.P < 1 or g.Q < 1:
-        raise ValueError(f"{op}: output size ({g.P}, {g.Q}) is too small for input size "
-                         f"({g.H}, {g.W}), kernel_size ({g.kernel_h}, {g.kernel_w}), padding "
-                         f"({g.pad_h}, {g.pad_w}) and dilation ({g.dil_h}, {g.dil_w})")
+                         f"torch), got padding ({ph}, {pw}) for kernel_size ({kh}, {kw})")
+    if divisor_override == 0:
+        raise ValueError(f"{op}: divisor_override must be a non-zero int or None, got 0")
+    P = _args.pool_output_size(H, kh, sh, ph, dh, bool(ceil_mode))
+    Q = _args.pool_output_size(W, kw, sw, pw, dw, bool(ceil_mode))
+    if P < 1 or Q < 1:
+        raise ValueError(f"{op}: output size ({P}, {Q}) is too small for input size "
+                         f"({H}, {W}), kernel_size ({kh}, {kw}), padding ({ph}, {pw}) and "
+                         f"dilation ({dh}, {dw})")
+    return Pool2dGeometry(N, C, H, W, P, Q, kh, kw, sh, sw, ph, pw, dh, dw,
+                          count_include_pad=bool(count_include_pad),
+                          divisor_override=int(divisor_override or 0))
 
 
-def _empty_like_input(input: Tensor, shape, dtype=None) -> Tensor:
+def adaptive_geometry(input: Tensor, output_size: Sequence[int], op: str) -> Pool2dGeometry:
+    N, C, H, W = _input_sizes(input, op)
+    P, Q = _two(output_size, "output_size", op, 0)
+    return Pool2dGeometry(N, C, H, W, P, Q, adaptive=True)
+
+
+def _sizes_geometry(input: Tensor, output_shape, op: str) -> Pool2dGeometry:
+    """Sizes only, for the gather (it reads no window)."""
+    N, C, H, W = _input_sizes(input, op)
+    return Pool2dGeometry(N, C, H, W, *output_shape[2:])
+
+
+def _triton():
+    from cnnkernels.kernels import pool2d
+
+    return pool2d
+
+
+def _like_input(input: Tensor, shape, dtype=None) -> Tensor:
     return _args.empty_4d(shape, input, _args.is_channels_last(input), dtype)
 
 
-def _launch(backend: str, name: str, g: Pool2dGeometry, *tensors) -> None:
-    """Run a pool2d kernel on the backend; ``tensors`` in the launcher's
-    order, None for absent indices."""
-    if backend == "triton":
-        from cnnkernels.kernels import pool2d as triton_pool2d
-
-        getattr(triton_pool2d, name)(g, *tensors)
-        return
-    _ext.run_kernel(backend, name, tensors[0], tuple(int(v) for v in g),
-                    *(_ext.tensor4(t) for t in tensors))
-
-
-@torch.library.custom_op("cnnk::max_pool2d", mutates_args=(), device_types=("cpu", "cuda"))
-def _max_pool2d(input: Tensor, window: Sequence[int], compute_indices: bool,
-                backend: str) -> tuple[Tensor, Tensor]:
-    g = _geometry(input, window, "max_pool2d")
-    output, indices = _max_pool2d_outputs(input, g, compute_indices)
-    _backend.check_runnable(backend, "max_pool2d", {"input": input, "output": output})
-    _args.poison(output)
-    if output.numel() > 0:
-        _launch(backend, "max_pool2d_forward", g, input, output,
-                indices if compute_indices else None)
-    return output, indices
-
-
-@_max_pool2d.register_fake
-def _max_pool2d_fake(input, window, compute_indices, backend):
-    return _max_pool2d_outputs(input, _geometry(input, window, "max_pool2d"), compute_indices)
-
-
-def _max_pool2d_outputs(input: Tensor, g: Pool2dGeometry, compute_indices: bool):
-    output = _empty_like_input(input, (g.N, g.C, g.P, g.Q))
+def _max_launch(g: Pool2dGeometry, input: Tensor, compute_indices: bool) -> Launch:
+    output = _like_input(input, (g.N, g.C, g.P, g.Q))
     # Without indices (inference, no return_indices) the op returns an empty
     # int64 tensor instead of writing 8 bytes per output.
-    shape = (g.N, g.C, g.P, g.Q) if compute_indices else (0, 0, 0, 0)
-    indices = _empty_like_input(input, shape, torch.int64)
-    return output, indices
+    indices = _like_input(input, (g.N, g.C, g.P, g.Q) if compute_indices else (0, 0, 0, 0),
+                          torch.int64)
+    return Launch((output, indices), {"input": input, "output": output},
+                  lambda b: _ext.launchers(b, input, _triton).max_pool2d_forward(
+                      g, input, output, indices if compute_indices else None))
 
 
-@torch.library.custom_op("cnnk::max_pool2d_backward", mutates_args=(),
-                         device_types=("cpu", "cuda"))
-def _max_pool2d_backward(grad_output: Tensor, indices: Tensor, input: Tensor,
-                         window: Sequence[int], backend: str) -> Tensor:
-    g = _check_grad_args(grad_output, indices, input, window, "max_pool2d_backward")
-    grad_input = _empty_like_input(input, input.shape)
-    _backend.check_runnable(backend, "max_pool2d", {"grad_output": grad_output,
-                                                    "indices": indices, "grad_input": grad_input})
-    _args.poison(grad_input)
-    if grad_input.numel() > 0:
-        if grad_output.numel() == 0:
-            grad_input.zero_()  # no window, no gradient
-        else:
-            _launch(backend, "max_pool2d_backward", g, grad_output, indices, grad_input)
-    return grad_input
-
-
-@_max_pool2d_backward.register_fake
-def _max_pool2d_backward_fake(grad_output, indices, input, window, backend):
-    _check_grad_args(grad_output, indices, input, window, "max_pool2d_backward")
-    return _empty_like_input(input, input.shape)
-
-
-@torch.library.custom_op("cnnk::avg_pool2d", mutates_args=(), device_types=("cpu", "cuda"))
-def _avg_pool2d(input: Tensor, window: Sequence[int], backend: str) -> Tensor:
-    g = _geometry(input, window, "avg_pool2d")
-    output = _empty_like_input(input, (g.N, g.C, g.P, g.Q))
-    _backend.check_runnable(backend, "avg_pool2d", {"input": input, "output": output})
-    _args.poison(output)
-    if output.numel() > 0:
-        _launch(backend, "avg_pool2d_forward", g, input, output)
-    return output
-
-
-@_avg_pool2d.register_fake
-def _avg_pool2d_fake(input, window, backend):
-    g = _geometry(input, window, "avg_pool2d")
-    return _empty_like_input(input, (g.N, g.C, g.P, g.Q))
-
-
-@torch.library.custom_op("cnnk::avg_pool2d_backward", mutates_args=(),
-                         device_types=("cpu", "cuda"))
-def _avg_pool2d_backward(grad_output: Tensor, input: Tensor, window: Sequence[int],
-                         backend: str) -> Tensor:
-    g = _check_grad_args(grad_output, None, input, window, "avg_pool2d_backward")
-    grad_input = _empty_like_input(input, input.shape)
-    _backend.check_runnable(backend, "avg_pool2d", {"grad_output": grad_output,
-                                                    "grad_input": grad_input})
-    _args.poison(grad_input)
-    if grad_input.numel() > 0:
-        if grad_output.numel() == 0:
-            grad_input.zero_()  # no window, no gradient
-        else:
-            _launch(backend, "avg_pool2d_backward", g, grad_output, grad_input)
-    return grad_input
-
-
-@_avg_pool2d_backward.register_fake
-def _avg_pool2d_backward_fake(grad_output, input, window, backend):
-    _check_grad_args(grad_output, None, input, window, "avg_pool2d_backward")
-    return _empty_like_input(input, input.shape)
-
-
-def _check_grad_args(grad_output, indices, input, window, op) -> Pool2dGeometry:
-    g = _geometry(input, window, op)
+def _check_grad_output(grad_output: Tensor, input: Tensor, g: Pool2dGeometry, op: str) -> None:
     _args.check_tensor(grad_output, "grad_output", ndim=4)
     _args.check_same(input, "input", {"grad_output": grad_output})
     expected = (g.N, g.C, g.P, g.Q)
     if tuple(grad_output.shape) != expected:
         raise ValueError(f"{op}: grad_output must have the output's shape {expected}, got "
                          f"{tuple(grad_output.shape)}")
-    if indices is not None:
-        if indices.dtype != torch.int64 or tuple(indices.shape) != expected:
-            raise ValueError(f"{op}: indices must be int64 of shape {expected} (the forward "
-                             f"ran without indices?), got {indices.dtype} of shape "
-                             f"{tuple(indices.shape)}")
-        if indices.device != input.device:
-            raise ValueError(f"{op}: indices must be on {input.device}, got {indices.device}")
-    return g
 
 
-def _max_setup_context(ctx, inputs, output) -> None:
-    input, window, _, backend = inputs
-    ctx.save_for_backward(input, output[1])
-    ctx.window, ctx.backend = window, backend
+def _check_indices(indices: Tensor, input: Tensor, shape, op: str) -> None:
+    if indices.dtype != torch.int64 or tuple(indices.shape) != tuple(shape):
+        raise ValueError(f"{op}: indices must be int64 of shape {tuple(shape)} (the forward "
+                         f"ran without indices?), got {indices.dtype} of shape "
+                         f"{tuple(indices.shape)}")
+    if indices.device != input.device:
+        raise ValueError(f"{op}: indices must be on {input.device}, got {indices.device}")
+
+
+def _max_backward_launch(g: Pool2dGeometry, grad_output: Tensor, indices: Tensor,
+                         input: Tensor, op: str) -> Launch:
+    _check_grad_output(grad_output, input, g, op)
+    _check_indices(indices, input, grad_output.shape, op)
+    grad_input = _like_input(input, input.shape)
+    return Launch(grad_input, {"grad_output": grad_output, "indices": indices,
+                               "grad_input": grad_input},
+                  lambda b: _ext.launchers(b, input, _triton).max_pool2d_backward(
+                      g, grad_output, indices, grad_input),
+                  empty_sum=grad_output.numel() == 0)
+
+
+def _avg_launch(g: Pool2dGeometry, input: Tensor) -> Launch:
+    output = _like_input(input, (g.N, g.C, g.P, g.Q))
+    return Launch(output, {"input": input, "output": output},
+                  lambda b: _ext.launchers(b, input, _triton).avg_pool2d_forward(g, input, output))
+
+
+def _avg_backward_launch(g: Pool2dGeometry, grad_output: Tensor, input: Tensor,
+                         op: str) -> Launch:
+    _check_grad_output(grad_output, input, g, op)
+    grad_input = _like_input(input, input.shape)
+    return Launch(grad_input, {"grad_output": grad_output, "grad_input": grad_input},
+                  lambda b: _ext.launchers(b, input, _triton).avg_pool2d_backward(
+                      g, grad_output, grad_input),
+                  empty_sum=grad_output.numel() == 0)
+
+
+@define_op("cnnk::max_pool2d", returns=tuple[Tensor, Tensor])
+def max_pool2d_op(input: Tensor, kernel_size: Sequence[int], stride: Sequence[int],
+                  padding: Sequence[int], dilation: Sequence[int], ceil_mode: bool,
+                  compute_indices: bool, backend: str) -> Launch:
+    """(output, indices); indices is empty unless ``compute_indices``."""
+    g = sliding_geometry(input, kernel_size, stride, padding, dilation, ceil_mode, True, None,
+                         "max_pool2d")
+    return _max_launch(g, input, compute_indices)
+
+
+@define_op("cnnk::max_pool2d_backward", returns=Tensor)
+def max_pool2d_backward_op(grad_output: Tensor, indices: Tensor, input: Tensor,
+                           kernel_size: Sequence[int], stride: Sequence[int],
+                           padding: Sequence[int], dilation: Sequence[int], ceil_mode: bool,
+                           backend: str) -> Launch:
+    g = sliding_geometry(input, kernel_size, stride, padding, dilation, ceil_mode, True, None,
+                         "max_pool2d_backward")
+    return _max_backward_launch(g, grad_output, indices, input, "max_pool2d_backward")
+
+
+@define_op("cnnk::adaptive_max_pool2d", returns=tuple[Tensor, Tensor])
+def adaptive_max_pool2d_op(input: Tensor, output_size: Sequence[int], compute_indices: bool,
+                           backend: str) -> Launch:
+    return _max_launch(adaptive_geometry(input, output_size, "adaptive_max_pool2d"), input,
+                       compute_indices)
+
+
+@define_op("cnnk::adaptive_max_pool2d_backward", returns=Tensor)
+def adaptive_max_pool2d_backward_op(grad_output: Tensor, indices: Tensor, input: Tensor,
+                                    backend: str) -> Launch:
+    op = "adaptive_max_pool2d_backward"
+    _args.check_tensor(grad_output, "grad_output", ndim=4)
+    g = adaptive_geometry(input, grad_output.shape[2:], op)
+    return _max_backward_launch(g, grad_output, indices, input, op)
+
+
+@define_op("cnnk::avg_pool2d", returns=Tensor)
+def avg_pool2d_op(input: Tensor, kernel_size: Sequence[int], stride: Sequence[int],
+                  padding: Sequence[int], ceil_mode: bool, count_include_pad: bool,
+                  divisor_override: Optional[int], backend: str) -> Launch:
+    g = sliding_geometry(input, kernel_size, stride, padding, (1, 1), ceil_mode,
+                         count_include_pad, divisor_override, "avg_pool2d")
+    return _avg_launch(g, input)
+
+
+@define_op("cnnk::avg_pool2d_backward", returns=Tensor)
+def avg_pool2d_backward_op(grad_output: Tensor, input: Tensor, kernel_size: Sequence[int],
+                           stride: Sequence[int], padding: Sequence[int], ceil_mode: bool,
+                           count_include_pad: bool, divisor_override: Optional[int],
+                           backend: str) -> Launch:
+    op = "avg_pool2d_backward"
+    g = sliding_geometry(input, kernel_size, stride, padding, (1, 1), ceil_mode,
+                         count_include_pad, divisor_override, op)
+    return _avg_backward_launch(g, grad_output, input, op)
+
+
+@define_op("cnnk::adaptive_avg_pool2d", returns=Tensor)
+def adaptive_avg_pool2d_op(input: Tensor, output_size: Sequence[int], backend: str) -> Launch:
+    return _avg_launch(adaptive_geometry(input, output_size, "adaptive_avg_pool2d"), input)
+
+
+@define_op("cnnk::adaptive_avg_pool2d_backward", returns=Tensor)
+def adaptive_avg_pool2d_backward_op(grad_output: Tensor, input: Tensor,
+                                    backend: str) -> Launch:
+    op = "adaptive_avg_pool2d_backward"
+    _args.check_tensor(grad_output, "grad_output", ndim=4)
+    g = adaptive_geometry(input, grad_output.shape[2:], op)
+    return _avg_backward_launch(g, grad_output, input, op)
+
+
+@define_op("cnnk::max_pool2d_gather", returns=Tensor)
+def max_pool2d_gather_op(input: Tensor, indices: Tensor, backend: str) -> Launch:
+    """output[n, c, p, q] = input[n, c, h, w] at h * W + w = indices[n, c, p, q]
+    (NaN for an index outside the plane, which max pooling never gives)."""
+    op = "max_pool2d_gather"
+    _args.check_tensor(indices, "indices", ndim=4)
+    g = _sizes_geometry(input, indices.shape, op)
+    _check_indices(indices, input, (g.N, g.C, g.P, g.Q), op)
+    output = _like_input(indices, indices.shape, input.dtype)
+    return Launch(output, {"input": input, "indices": indices, "output": output},
+                  lambda b: _ext.launchers(b, input, _triton).max_pool2d_gather(
+                      g, input, indices, output))
+
+
+# Autograd. The forward ops save the input and the window arguments (every
+# argument between the input and the trailing flags); the backward ops save
+# what their adjoint needs.
+
+def _max_setup(ctx, inputs, output) -> None:
+    ctx.save_for_backward(inputs[0], output[1])
+    ctx.window, ctx.backend = inputs[1:-2], inputs[-1]
     ctx.mark_non_differentiable(output[1])
 
 
 def _max_backward(ctx, grad_output, _grad_indices):
     input, indices = ctx.saved_tensors
-    grad = torch.ops.cnnk.max_pool2d_backward(grad_output, indices, input, ctx.window,
-                                              ctx.backend)
-    return grad, None, None, None
+    grad = max_pool2d_backward_op(grad_output, indices, input, *ctx.window, ctx.backend)
+    return grad, *([None] * 7)
 
 
-_max_pool2d.register_autograd(_max_backward, setup_context=_max_setup_context)
+def _adaptive_max_backward(ctx, grad_output, _grad_indices):
+    input, indices = ctx.saved_tensors
+    return adaptive_max_pool2d_backward_op(grad_output, indices, input, ctx.backend), None, None, \
+        None
 
 
-def _avg_setup_context(ctx, inputs, output) -> None:
-    input, window, backend = inputs
-    ctx.save_for_backward(input)
-    ctx.window, ctx.backend = window, backend
+max_pool2d_op.register_autograd(_max_backward, setup_context=_max_setup)
+adaptive_max_pool2d_op.register_autograd(_adaptive_max_backward, setup_context=_max_setup)
+
+
+def _max_backward_setup(ctx, inputs, output) -> None:
+    ctx.save_for_backward(inputs[1])  # indices
+    ctx.arguments, ctx.backend = len(inputs), inputs[-1]
+
+
+def _max_double_backward(ctx, grad_grad_input):
+    """The max backward scatters grad_output to the indices; its adjoint
+    gathers from them."""
+    (indices,) = ctx.saved_tensors
+    return max_pool2d_gather_op(grad_grad_input, indices, ctx.backend), \
+        *([None] * (ctx.arguments - 1))
+
+
+max_pool2d_backward_op.register_autograd(_max_double_backward, setup_context=_max_backward_setup)
+adaptive_max_pool2d_backward_op.register_autograd(_max_double_backward,
+                                                  setup_context=_max_backward_setup)
+
+
+def _gather_backward(ctx, _grad_output):
+    raise NotImplementedError("cnnkernels differentiates max pooling twice, not three times "
+                              "(max_pool2d_gather has no derivative)")
+
+
+max_pool2d_gather_op.register_autograd(_gather_backward)
+
+
+def _avg_setup(ctx, inputs, output) -> None:
+    ctx.save_for_backward(inputs[0])
+    ctx.window, ctx.backend = inputs[1:-1], inputs[-1]
 
 
 def _avg_backward(ctx, grad_output):
     (input,) = ctx.saved_tensors
-    return (torch.ops.cnnk.avg_pool2d_backward(grad_output, input, ctx.window, ctx.backend),
-            None, None)
+    return avg_pool2d_backward_op(grad_output, input, *ctx.window, ctx.backend), *([None] * 7)
 
 
-_avg_pool2d.register_autograd(_avg_backward, setup_context=_avg_setup_context)
+def _adaptive_avg_backward(ctx, grad_output):
+    (input,) = ctx.saved_tensors
+    return adaptive_avg_pool2d_backward_op(grad_output, input, ctx.backend), None, None
 
+
+avg_pool2d_op.register_autograd(_avg_backward, setup_context=_avg_setup)
+adaptive_avg_pool2d_op.register_autograd(_adaptive_avg_backward, setup_context=_avg_setup)
+
+
+def _avg_backward_setup(ctx, inputs, output) -> None:
+    ctx.window, ctx.backend, ctx.arguments = inputs[2:-1], inputs[-1], len(inputs)
+
+
+def _avg_double_backward(ctx, grad_grad_input):
+    """The average backward spreads grad_output over each window / its
+    divisor; its adjoint is the average forward over the same windows."""
+    if ctx.window:
+        grad = avg_pool2d_op(grad_grad_input, *ctx.window, ctx.backend)
+    else:
+        grad = adaptive_avg_pool2d_op(grad_grad_input, ctx.output_size, ctx.backend)
+    return grad, *([None] * (ctx.arguments - 1))
+
+
+def _adaptive_avg_backward_setup(ctx, inputs, output) -> None:
+    _avg_backward_setup(ctx, inputs, output)
+    ctx.output_size = list(inputs[0].shape[2:])
+
+
+avg_pool2d_backward_op.register_autograd(_avg_double_backward, setup_context=_avg_backward_setup)
+adaptive_avg_pool2d_backward_op.register_autograd(_avg_double_backward,
+                                                  setup_context=_adaptive_avg_backward_setup)
+
+
+# The public functions: torch's signatures and argument forms.
 
 def _batched(input: Tensor) -> tuple[Tensor, bool]:
     """torch's pooling takes (C, H, W) too: run it as a batch of one."""
@@ -251,25 +375,20 @@ def _batched(input: Tensor) -> tuple[Tensor, bool]:
     return (input.unsqueeze(0), True) if input.dim() == 3 else (input, False)
 
 
-def _sliding_window(input: Tensor, kernel_size, stride, padding, dilation, ceil_mode,
-                    count_include_pad=True, divisor_override=None) -> list[int]:
+def _unbatch(t: Tensor, unbatched: bool) -> Tensor:
+    return t.squeeze(0) if unbatched else t
+
+
+def _window(kernel_size, stride, padding, dilation) -> tuple[list[int], ...]:
+    """torch's int-or-pair window arguments as pairs; stride defaults to the kernel."""
     kernel = _args.pair(kernel_size, "kernel_size", minimum=1)
     stride = kernel if stride is None or stride == [] or stride == () else \
         _args.pair(stride, "stride", minimum=1)
-    padding = _args.pair(padding, "padding", minimum=0)
-    dilation = _args.pair(dilation, "dilation", minimum=1)
-    if divisor_override is not None and (not _args.is_int(divisor_override)
-                                         or divisor_override == 0):
-        raise ValueError(f"divisor_override must be a non-zero int or None, got "
-                         f"{divisor_override!r}")
-    out = [_args.pool_output_size(size, k, s, p, d, bool(ceil_mode))
-           for size, k, s, p, d in zip(input.shape[-2:], kernel, stride, padding, dilation,
-                                       strict=True)]
-    return [*out, *kernel, *stride, *padding, *dilation, 0, int(bool(count_include_pad)),
-            int(divisor_override or 0)]
+    return (list(kernel), list(stride), list(_args.pair(padding, "padding", minimum=0)),
+            list(_args.pair(dilation, "dilation", minimum=1)))
 
 
-def _adaptive_window(input: Tensor, output_size) -> list[int]:
+def _output_size(input: Tensor, output_size) -> list[int]:
     sizes = output_size if isinstance(output_size, Sequence) else (output_size, output_size)
     if len(sizes) != 2:
         raise TypeError(f"output_size must be an int, None or a pair, got {output_size!r}")
@@ -281,25 +400,18 @@ def _adaptive_window(input: Tensor, output_size) -> list[int]:
             raise ValueError(f"output_size must hold non-negative ints or None, got "
                              f"{output_size!r}")
         out.append(int(size))
-    return [*out, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0]
+    return out
 
 
-def _backend_for(input: Tensor) -> str:
-    return _backend.resolve_for_device_type(input.device.type, _backend.current_backend())
-
-
-def _unbatch(t: Tensor, unbatched: bool) -> Tensor:
-    return t.squeeze(0) if unbatched else t
-
-
-def _max_pool(input: Tensor, window: list[int], return_indices: bool):
-    input, unbatched = _batched(input)
-    compute_indices = bool(return_indices) or (torch.is_grad_enabled() and input.requires_grad)
-    output, indices = torch.ops.cnnk.max_pool2d(input, window, compute_indices,
-                                                _backend_for(input))
+def _max_result(result, unbatched: bool, return_indices: bool):
+    output, indices = result
     if return_indices:
         return _unbatch(output, unbatched), _unbatch(indices, unbatched)
     return _unbatch(output, unbatched)
+
+
+def _needs_indices(input: Tensor, return_indices: bool) -> bool:
+    return bool(return_indices) or (torch.is_grad_enabled() and input.requires_grad)
 
 
 def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
@@ -307,38 +419,42 @@ def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
     """``torch.nn.functional.max_pool2d`` on cnnkernels' kernels: same
     arguments and results, indices included (first maximum wins a tie, NaN
     propagates)."""
-    _args.check_tensor(input, "input", ndim=(3, 4))
-    window = _sliding_window(input, kernel_size, stride, padding, dilation, ceil_mode)
-    return _max_pool(input, window, return_indices)
+    input, unbatched = _batched(input)
+    kernel, stride, padding, dilation = _window(kernel_size, stride, padding, dilation)
+    result = max_pool2d_op(input, kernel, stride, padding, dilation, bool(ceil_mode),
+                           _needs_indices(input, return_indices), _backend.current_backend())
+    return _max_result(result, unbatched, return_indices)
 
 
 def adaptive_max_pool2d(input: Tensor, output_size, return_indices: bool = False):
     """``torch.nn.functional.adaptive_max_pool2d`` on cnnkernels' kernels."""
-    _args.check_tensor(input, "input", ndim=(3, 4))
-    return _max_pool(input, _adaptive_window(input, output_size), return_indices)
+    input, unbatched = _batched(input)
+    result = adaptive_max_pool2d_op(input, _output_size(input, output_size),
+                                    _needs_indices(input, return_indices),
+                                    _backend.current_backend())
+    return _max_result(result, unbatched, return_indices)
 
 
 def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
                count_include_pad: bool = True, divisor_override: Optional[int] = None) -> Tensor:
-    """``torch.nn.functional.avg_pool2d`` on cnnkernels' kernels."""
-    _args.check_tensor(input, "input", ndim=(3, 4))
-    window = _sliding_window(input, kernel_size, stride, padding, 1, ceil_mode,
-                             count_include_pad, divisor_override)
-    batched, unbatched = _batched(input)
-    return _unbatch(torch.ops.cnnk.avg_pool2d(batched, window, _backend_for(batched)), unbatched)
+    """``torch.nn.functional.avg_pool2d`` on cnnkernels' kernels (any
+    non-zero ``divisor_override``, negative too, like torch)."""
+    input, unbatched = _batched(input)
+    kernel, stride, padding, _ = _window(kernel_size, stride, padding, 1)
+    if divisor_override is not None and (not _args.is_int(divisor_override)
+                                         or divisor_override == 0):
+        raise ValueError(f"divisor_override must be a non-zero int or None, got "
+                         f"{divisor_override!r}")
+    output = avg_pool2d_op(input, kernel, stride, padding, bool(ceil_mode),
+                           bool(count_include_pad), divisor_override, _backend.current_backend())
+    return _unbatch(output, unbatched)
 
 
 def adaptive_avg_pool2d(input: Tensor, output_size) -> Tensor:
     """``torch.nn.functional.adaptive_avg_pool2d`` on cnnkernels' kernels
     (output_size 1 is the global average pool of ResNet, MobileNet and
     Inception)."""
-    _args.check_tensor(input, "input", ndim=(3, 4))
-    batched, unbatched = _batched(input)
-    window = _adaptive_window(batched, output_size)
-    return _unbatch(torch.ops.cnnk.avg_pool2d(batched, window, _backend_for(batched)), unbatched)
-
-
-FAMILY = Family(name="pool2d",
-                public=("max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d"),
-                triton_modules=("cnnkernels.kernels.pool2d",),
-                bench_module="cnnkernels.bench.pool2d")
+    input, unbatched = _batched(input)
+    output = adaptive_avg_pool2d_op(input, _output_size(input, output_size),
+                                    _backend.current_backend())
+    return _unbatch(output, unbatched)
