@@ -1,61 +1,84 @@
 """What the pytest-benchmark suites (benchmarks/bench_<family>.py) share:
 the device, batch and dtype they run at, the cases (torch and every backend
-that runs here), and the timed call.
+that runs here), the timed call, and ``family_benchmark``, which makes a
+suite's test from the family's bench module (``cnnkernels.bench.<family>``).
 
 On CUDA the layers run at full size, batch 8, bfloat16, and the timed
 function synchronizes so the time covers the kernels, not just their launch.
-On the CPU they are shrunk (H, W <= 16, batch 1, float32) so a suite runs in
-seconds; with TRITON_INTERPRET=1 the Triton backend adds one tiny smoke case.
+On the CPU they are shrunk as ``cnnkernels bench --quick`` shrinks them (H,
+W <= 16), batch 1, float32, so a suite runs in seconds; with
+TRITON_INTERPRET=1 the Triton backend adds one tiny smoke case. Timings
+only: correctness is tests/ and ``cnnkernels bench`` (which also covers every
+model's layers). Not collected by the default test run (pyproject.toml:
+testpaths = ["tests"]).
 """
 
 from dataclasses import replace
+from types import ModuleType
 
 import pytest
 import torch
 
 import cnnkernels
-from cnnkernels import _backend, bench
+from cnnkernels import _backend
+from cnnkernels.bench import driver
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 CUDA = DEVICE.type == "cuda"
 BATCH = 8 if CUDA else 1
 DTYPE = torch.bfloat16 if CUDA else torch.float32
 ROUNDS = 50 if CUDA else 5
-CPU_MAX_SIZE = 16
 
 
-def select(layers, wanted: set) -> list:
-    """The (model, name) layers in ``wanted``, shrunk on the CPU."""
-    return [layer if CUDA else replace(layer, height=min(layer.height, CPU_MAX_SIZE),
-                                       width=min(layer.width, CPU_MAX_SIZE))
-            for layer in layers if (layer.model, layer.name) in wanted]
+def select(cases, wanted: set) -> list:
+    """The (group, name) cases in ``wanted``, shrunk on the CPU."""
+    return [case if CUDA else case.quick()
+            for case in cases if (case.group, case.name) in wanted]
 
 
-def cases(layers, interpreter_smoke_layer):
-    """(impl, layer) params: torch and every backend that runs here, plus the
-    Triton interpreter on one tiny layer (it is thousands of times slower)."""
-    impls = ["torch", *bench.default_backends(DEVICE)]
-    for layer in layers:
+def params(cases, interpreter_smoke_case):
+    """(impl, case) params: torch and every backend that runs here, plus the
+    Triton interpreter on one tiny case (it is thousands of times slower)."""
+    impls = ["torch", *driver.default_backends(DEVICE)]
+    for case in cases:
         for impl in impls:
-            yield pytest.param(impl, layer, id=f"{layer.model}-{layer.name}-{impl}")
+            yield pytest.param(impl, case, id=f"{case.group}-{case.name}-{impl}")
     if not CUDA and _backend.backend_problem("triton", DEVICE) is None:
-        yield pytest.param("triton", replace(interpreter_smoke_layer, height=8, width=8),
+        yield pytest.param("triton", replace(interpreter_smoke_case, height=8, width=8),
                            id="interpreter-smoke-triton")
 
 
-def run(benchmark, impl: str, layer, direction: str, prepare, torch_impl, ours_impl, inputs,
-        **extra_info) -> None:
-    """Time ``prepare``'s function for torch or a cnnkernels backend."""
+def run(benchmark, family: ModuleType, impl: str, case, direction: str) -> None:
+    """Time ``family.prepare``'s function for torch or a cnnkernels backend,
+    recording the case's flops (its bytes for a memory-bound op)."""
+    inputs = family.make_inputs(case, BATCH, DTYPE, DEVICE, channels_last=False)
+    flops, nbytes = case.work(BATCH, DTYPE, direction)
+    work = {"bytes": nbytes} if flops is None else {"flops": flops}
     interpreted = impl == "triton" and not CUDA
     with cnnkernels.use(backend=None if impl == "torch" else impl):
-        fn, _ = prepare(torch_impl if impl == "torch" else ours_impl, layer, inputs, direction)
+        fn, _ = family.prepare(family.torch_impl if impl == "torch" else family.ours_impl, case,
+                               inputs, direction)
 
         def timed():
             fn()
             if CUDA:
                 torch.cuda.synchronize()
 
-        benchmark.group = f"{layer.model} {layer.name} {layer.describe()} {direction}"
-        benchmark.extra_info.update(impl=impl, dtype=str(DTYPE), batch=BATCH, **extra_info)
+        benchmark.group = f"{case.group} {case.name} {case.describe()} {direction}"
+        benchmark.extra_info.update(impl=impl, dtype=str(DTYPE), batch=BATCH, **work)
         benchmark.pedantic(timed, rounds=1 if interpreted else ROUNDS,
                            warmup_rounds=0 if interpreted else 1)
+
+
+def family_benchmark(family: ModuleType, wanted: set):
+    """The test of a family's suite: the (group, name) cases in ``wanted``
+    (the interpreter's smoke case: the family's first), each implementation,
+    forward and backward."""
+
+    @pytest.mark.parametrize("direction", driver.DIRECTIONS)
+    @pytest.mark.parametrize(("impl", "case"),
+                             params(select(family.CASES, wanted), family.CASES[0]))
+    def test(benchmark, impl, case, direction):
+        run(benchmark, family, impl, case, direction)
+
+    return test

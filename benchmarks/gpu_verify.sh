@@ -1,16 +1,14 @@
 #!/usr/bin/env bash
 # The one command to run on a GPU machine (no network needed): builds the CUDA
-# kernels, runs the test suite with CUDA tensors, benchmarks conv2d and
-# pool2d on the reference models' layers and writes one results file plus its
-# JSON:
+# kernels, runs the test suite with CUDA tensors, benchmarks every op family
+# on the reference models' layers and writes one results file plus its JSON:
 #     ${OUT:-benchmarks/results}/gpu_verify_<gpu-slug>_<YYYYmmdd>.md / .json
 # Every step runs even when an earlier one failed; the failures are listed in
 # the results file and the exit status is 1 if there were any. About 8
-# minutes on an H100 (build ~0.5, tests ~3, benchmarks at most ~5). conv2d:
-# every model's layers in bfloat16 NCHW (forward and backward), float32 NCHW
-# forward, and bfloat16 channels_last for the models where that layout
-# matters most (MobileNet, ResNet-50). pool2d: every model's pooling layers
-# in bfloat16, NCHW and channels_last, forward and backward. Each
+# minutes on an H100 (build ~0.5, tests ~3, benchmarks at most ~5). The
+# benchmark configurations, and any targets a family states for them, come
+# from the families' bench modules (VERIFY_CONFIGS and VERIFY_TARGETS in
+# cnnkernels/bench/<family>.py, listed by cnnkernels.bench.verify). Each
 # configuration stops starting new layers after its time budget (--budget)
 # and reports how many cases it skipped.
 #
@@ -137,18 +135,19 @@ bench() {
     fenced "$logs/bench_$label.log"
   } >>"$md"
 }
-bench conv2d-bfloat16-nchw --op conv2d --dtype bfloat16 --budget 135
-bench conv2d-float32-nchw-forward --op conv2d --dtype float32 --direction forward --budget 35
-bench conv2d-bfloat16-channels_last --op conv2d --dtype bfloat16 --channels-last \
-  --model mobilenet resnet --budget 45
-{
-  echo "pool2d targets: bw% (the fraction of the copy bandwidth) >= 85 on the large layers (the"
-  echo "summary's \"copy bandwidth\" lines), speedup >= 1.0 forward and >= 1.3 backward (its"
-  echo "\"geometric-mean speedup\" lines). Records, not pass/fail criteria."
-  echo
-} >>"$md"
-bench pool2d-bfloat16-nchw --op pool2d --dtype bfloat16 --budget 35
-bench pool2d-bfloat16-channels_last --op pool2d --dtype bfloat16 --channels-last --budget 35
+# The configurations, family by family: "targets TEXT" (a family's targets,
+# for the results file) and "bench LABEL ARGS..." lines.
+plan=$("$python" -c 'from cnnkernels.bench.verify import print_plan; print_plan()') ||
+  failures+=("benchmark configurations (exit $?)")
+while read -r -u 3 kind line; do
+  case $kind in
+    targets) printf '%s\n\n' "$line" >>"$md" ;;
+    bench)
+      read -r -a config <<<"$line"
+      bench "${config[@]}"
+      ;;
+  esac
+done 3<<<"$plan"
 
 {
   echo "## Result"

@@ -4,9 +4,10 @@ CI has no GPU, yet a kernel that spills registers to local memory or asks for mo
 memory than the architecture allows is a performance bug (spills) or a launch failure (shared
 memory) that only shows on the GPU. This script finds both on any machine:
 
-* Triton: every spec of ``cnnkernels.kernels.<family>.static_check_specs()`` for every family in
-  ``cnnkernels.kernels.FAMILIES`` (each kernel in each launch configuration its launchers use) is
-  compiled for sm_80 and sm_90 with ``triton.compile`` and a ``GPUTarget``, in a process pool.
+* Triton: every spec of ``static_check_specs()`` of every Triton module of every family in the
+  registry ``cnnkernels.ops.FAMILIES`` (each kernel in each launch configuration its launchers
+  use) is compiled for sm_80 and sm_90 with ``triton.compile`` and a ``GPUTarget``, in a process
+  pool.
   Registers, spill stores/loads and the stack frame come from the ``ptxas -v`` log of Triton's
   own ptxas run (``TRITON_DUMP_PTXAS_LOG``): the same ptxas binary and options that produced the
   cubin, and the only tool output that gives spills in bytes (``cuobjdump --dump-resource-usage``
@@ -56,7 +57,8 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from cnnkernels import _ext, kernels
+from cnnkernels import _ext
+from cnnkernels.ops import FAMILIES
 
 MAX_REGISTERS = 255
 # Largest shared memory one block can use after opting in (cudaFuncSetAttribute), by compute
@@ -139,14 +141,18 @@ def parse_ptxas_log(text: str) -> list[Row]:
     return rows
 
 
+# Every family's Triton modules, in registry order.
+TRITON_MODULES = tuple(module for family in FAMILIES for module in family.triton_modules)
+
+
 @functools.cache
-def family_specs(family: str) -> list[dict]:
-    return importlib.import_module(f"cnnkernels.kernels.{family}").static_check_specs()
+def module_specs(module: str) -> list[dict]:
+    return importlib.import_module(module).static_check_specs()
 
 
-def compile_triton_spec(family: str, index: int, arch: int) -> list[Row]:
+def compile_triton_spec(module: str, index: int, arch: int) -> list[Row]:
     """Compile one spec for one architecture (in a worker process)."""
-    spec = family_specs(family)[index]
+    spec = module_specs(module)[index]
     start = time.perf_counter()
     log = io.StringIO()  # Triton prints the ptxas log (and, when ptxas fails, the PTX) here
     try:
@@ -185,14 +191,14 @@ def _size_hint(spec: dict) -> int:
 
 def check_triton(archs: list[int], name_filter: str, jobs: int) -> list[Row]:
     tasks = [
-        (family, index, arch)
-        for family in kernels.FAMILIES
-        for index, spec in enumerate(family_specs(family))
+        (module, index, arch)
+        for module in TRITON_MODULES
+        for index, spec in enumerate(module_specs(module))
         if name_filter in spec["name"]
         for arch in archs
     ]
     # Longest compilations first, so that none of them starts last and runs alone.
-    tasks.sort(key=lambda task: -_size_hint(family_specs(task[0])[task[1]]))
+    tasks.sort(key=lambda task: -_size_hint(module_specs(task[0])[task[1]]))
     print(f"Triton: compiling {len(tasks)} kernels (sm_{', sm_'.join(map(str, archs))}) "
           f"with {jobs} processes", flush=True)
     results: dict[tuple[str, int, int], list[Row]] = {}
@@ -206,13 +212,13 @@ def check_triton(archs: list[int], name_filter: str, jobs: int) -> list[Row]:
             try:
                 results[task] = future.result()
             except Exception as error:  # the worker process died (e.g. a crash in LLVM)
-                name = family_specs(task[0])[task[1]]["name"]
+                name = module_specs(task[0])[task[1]]["name"]
                 results[task] = [Row(name, f"sm_{task[2]}", error=repr(error))]
             if len(results) >= next_report * len(tasks):
                 print(f"  {len(results)}/{len(tasks)} compiled "
                       f"({time.perf_counter() - start:.0f} s)", flush=True)
                 next_report = len(results) / len(tasks) + 0.1
-    ordered = sorted(results, key=lambda task: (kernels.FAMILIES.index(task[0]),
+    ordered = sorted(results, key=lambda task: (TRITON_MODULES.index(task[0]),
                                                 task[1], task[2]))
     rows = [row for task in ordered for row in results[task]]
     timed = [row for row in rows if row.compile_seconds is not None]

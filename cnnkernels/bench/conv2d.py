@@ -1,0 +1,120 @@
+"""conv2d's benchmark (the driver's family contract, see driver.py):
+``cnnkernels.conv2d`` with the activation fused against torch's conv2d
+followed by the same activation, on the reference models' convolutions."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+import cnnkernels
+from cnnkernels.bench import report
+from cnnkernels.bench.layers import CONV_LAYERS, LAYER_COLUMNS, ConvLayer
+from cnnkernels.bench.verify import VerifyConfig
+
+CASES = CONV_LAYERS
+
+LEGEND = ("conv2d: backward = grad_input + grad_weight (max rel err of each); "
+          "roof% = time at the roofline (compute or memory bound) / ours ms")
+COLUMNS = (
+    *LAYER_COLUMNS,
+    ("act", 5, lambda r: r["activation"] or "-"),
+    *report.CASE_COLUMNS,
+    ("TFLOP/s", 8, lambda r: report.number(r["tflops"], ".3g")),
+    ("roof%", 6, lambda r: report.percent(r["roofline_fraction"])),
+    ("max rel err", 17, report.errors),
+    report.STATUS_COLUMN,
+)
+
+# Every model's layers in bfloat16 NCHW, float32 NCHW forward, and bfloat16
+# channels_last for the models where that layout matters most.
+VERIFY_CONFIGS = (
+    VerifyConfig("conv2d-bfloat16-nchw", ("--dtype", "bfloat16"), 135),
+    VerifyConfig("conv2d-float32-nchw-forward",
+                 ("--dtype", "float32", "--direction", "forward"), 35),
+    VerifyConfig("conv2d-bfloat16-channels_last",
+                 ("--dtype", "bfloat16", "--channels-last", "--model", "mobilenet", "resnet"),
+                 45),
+)
+VERIFY_TARGETS = None  # none stated yet
+
+
+def make_inputs(case: ConvLayer, batch: int, dtype: torch.dtype, device: torch.device,
+                channels_last: bool) -> dict:
+    """Fresh random x, w, b and the output gradient gy. w is scaled by
+    1/sqrt(fan-in) so outputs are O(1) and relu6 clips some of them."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    fan_in = case.in_channels // case.groups * case.kernel ** 2
+    p, q = case.output_size()
+
+    def randn(*shape, scale=1.0):
+        t = torch.randn(shape, dtype=torch.float64, device=device) * scale
+        return t.to(dtype)
+
+    x = randn(batch, case.in_channels, case.height, case.width)
+    w = randn(case.out_channels, case.in_channels // case.groups, case.kernel, case.kernel,
+              scale=fan_in ** -0.5)
+    return {"x": x.contiguous(memory_format=fmt), "w": w.contiguous(memory_format=fmt),
+            "b": randn(case.out_channels, scale=0.5),
+            "gy": randn(batch, case.out_channels, p, q).contiguous(memory_format=fmt)}
+
+
+def torch_impl(case: ConvLayer, x, w, b):
+    """The anchor: torch's conv2d followed by torch's activation."""
+    y = F.conv2d(x, w, b, case.stride, case.padding, 1, case.groups)
+    if case.activation == "relu":
+        return F.relu(y)
+    if case.activation == "relu6":
+        return F.relu6(y)
+    return y
+
+
+def ours_impl(case: ConvLayer, x, w, b):
+    """cnnkernels' conv2d with the activation fused, on the current backend."""
+    return cnnkernels.conv2d(x, w, b, case.stride, case.padding, 1, case.groups,
+                             activation=case.activation)
+
+
+def prepare(impl, case: ConvLayer, inputs: dict, direction: str):
+    """(fn to time, {name: result}) for one implementation. Backward records
+    the forward graph once; fn then computes grad_input and grad_weight."""
+    x, w, b = inputs["x"], inputs["w"], inputs["b"]
+    if direction == "forward":
+        def forward():
+            return impl(case, x, w, b)
+
+        return forward, {"output": forward()}
+    x = x.detach().requires_grad_()
+    w = w.detach().requires_grad_()
+    y = impl(case, x, w, b)
+
+    def backward():
+        return torch.autograd.grad(y, (x, w), inputs["gy"], retain_graph=True)
+
+    grad_input, grad_weight = backward()
+    return backward, {"grad_input": grad_input, "grad_weight": grad_weight}
+
+
+def reference(case: ConvLayer, inputs: dict, direction: str) -> dict:
+    """torch's float64 result on the same device. For the backward of a fused
+    activation, gy is first zeroed at the activation's kinks, in ``inputs``,
+    so every implementation then gets the same gy."""
+    if direction == "backward" and case.activation:
+        _zero_grad_at_kinks(case, inputs)
+    ref_inputs = {name: t.double() for name, t in inputs.items()}
+    return prepare(torch_impl, case, ref_inputs, direction)[1]
+
+
+def _zero_grad_at_kinks(case: ConvLayer, inputs: dict) -> None:
+    """Zero gy where the pre-activation lies within 4 ulps (of the dtype) of
+    a kink of the activation (0; and 6 for relu6). There an implementation's
+    rounded output may land on either side and take the other one-sided
+    derivative: legitimately so, but it would read as an O(1) error, e.g.
+    bf16 rounds everything in [5.985, 6) to 6."""
+    x, w, b = (inputs[k].double() for k in ("x", "w", "b"))
+    z = F.conv2d(x, w, b, case.stride, case.padding, 1, case.groups)
+    eps = torch.finfo(inputs["gy"].dtype).eps
+    near = torch.zeros_like(z, dtype=torch.bool)
+    for kink in (0.0, 6.0) if case.activation == "relu6" else (0.0,):
+        near |= (z - kink).abs() <= 4 * eps * max(1.0, kink)
+    inputs["gy"] = inputs["gy"].masked_fill(near, 0)

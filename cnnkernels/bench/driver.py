@@ -1,0 +1,457 @@
+"""The benchmark driver: the settings a run takes from the command line, the
+cases it selects, the timer, the comparison against the float64 reference,
+the run loop (one table per op family, one row per backend of each case) and
+the summary.
+
+The driver finds the op families in the registry (``cnnkernels.ops.FAMILIES``)
+and imports a family's bench module (``Family.bench_module``) only when the
+family runs. A family's bench module exports, under these names:
+
+- ``CASES``: the family's cases, in table order;
+- ``make_inputs(case, batch, dtype, device, channels_last)``: {name: tensor},
+  fresh random inputs of one case;
+- ``reference(case, inputs, direction)``: {name: float64 tensor}, torch's
+  results for the same inputs (it may adjust ``inputs`` first, for every
+  implementation alike);
+- ``torch_impl`` and ``ours_impl``: the anchor (torch's implementation) and
+  cnnkernels', each ``(case, *tensors)``;
+- ``prepare(impl, case, inputs, direction)``: (function to time, {name:
+  result}) for one implementation; the result names match the reference's;
+- ``COLUMNS`` and ``LEGEND``: its table's columns (see report.py) and the
+  text printed above the table;
+- ``VERIFY_CONFIGS`` and ``VERIFY_TARGETS``: the configurations gpu_verify.sh
+  runs for the family and the targets its results file states (see verify.py).
+
+A case is whatever the family times; the driver uses only this protocol of it
+(layers.Layer implements it for the reference models' layers):
+
+- it is a dataclass, whose fields are the case's part of each JSON row (a
+  layer's: model, name, its sizes);
+- ``group`` and ``name`` (str): what ``--model`` selects by (the group's name
+  starts with one of the names given, ignoring case and punctuation) and what
+  the summary names the case by; for a layer, its model and its name;
+- ``describe()``: the shape column (and the JSON row's ``shape``);
+- ``work(batch, dtype, direction)``: (flops or None for a memory-bound op,
+  minimum DRAM bytes), for the rates and the roofline fraction;
+- ``quick()``: the case as a --quick smoke run times it (a layer: H and W
+  capped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import importlib
+import math
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from types import ModuleType
+from typing import Any, NamedTuple
+
+import torch
+
+import cnnkernels
+from cnnkernels import _backend
+from cnnkernels.bench import report
+from cnnkernels.ops import FAMILIES
+
+# --quick: the first cases of each group (a model's first layers), batch 1.
+QUICK_CASES_PER_GROUP = 2
+
+# The summary's copy-bandwidth lines cover the memory-bound (flop-free)
+# cases that move at least this many bytes: twice an H100's 50 MB L2, so
+# their traffic streams from DRAM rather than cache.
+LARGE_CASE_BYTES = 100e6
+
+# Max |ours - ref| / max |ref| allowed per dtype. Loose on purpose: this flags
+# broken kernels; tests/ holds the tight, reduction-length-scaled tolerances.
+TOLERANCES = {torch.float16: 5e-2, torch.bfloat16: 5e-2, torch.float32: 1e-3,
+              torch.float64: 1e-9}
+
+DTYPE_NAMES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+               "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+               "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+               "float64": torch.float64, "fp64": torch.float64, "double": torch.float64}
+
+DIRECTIONS = ("forward", "backward")
+
+
+@dataclass(frozen=True)
+class Roofline:
+    """Peak DRAM bandwidth (bytes/s) and compute (flop/s) by dtype."""
+
+    bandwidth: float
+    flops: dict
+
+
+# Matched as a substring of torch.cuda.get_device_name(). H100: measured on
+# the lent machines (DESIGN.md); fp32 is the CUDA-core rate (nominal), since
+# the kernels compute fp32 with IEEE FMAs, not TF32 tensor cores. A GPU not
+# listed gets no roofline column rather than a guessed one.
+ROOFLINES = {
+    "H100": Roofline(bandwidth=3.0e12, flops={torch.bfloat16: 790e12, torch.float16: 790e12,
+                                              torch.float32: 67e12}),
+}
+
+
+def roofline_for(device: torch.device) -> Roofline | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((roof for key, roof in ROOFLINES.items() if key in name), None)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+# ---------------------------------------------------------------------------
+# Settings and cases
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One run's parameters, from the command line and the device's defaults."""
+
+    device: torch.device
+    ops: list[str]
+    dtypes: list[torch.dtype]
+    batch: int
+    backends: list[str]
+    directions: list[str]
+    channels_last: bool
+    quick: bool
+    budget_s: float | None
+
+
+def default_backends(device: torch.device) -> list[str]:
+    """Every concrete backend that can run tensors on ``device``; never the
+    Triton interpreter on the CPU, which is thousands of times slower."""
+    return [b for b in ("cpu", "cuda", "triton")
+            if _backend.backend_problem(b, device) is None
+            and not (b == "triton" and device.type == "cpu")]
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    device_type = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device_type)
+    if args.dtype:
+        names = [n for item in args.dtype for n in item.split(",") if n]
+        unknown = [n for n in names if n.lower() not in DTYPE_NAMES]
+        if unknown:
+            raise SystemExit(f"unknown dtype {unknown[0]!r}; choose from {sorted(DTYPE_NAMES)}")
+        dtypes = list(dict.fromkeys(DTYPE_NAMES[n.lower()] for n in names))
+    elif device_type == "cuda":
+        dtypes = [torch.float32, torch.bfloat16]
+    else:
+        dtypes = [torch.float32]
+    if args.batch is not None and args.batch < 1:
+        raise SystemExit(f"--batch must be >= 1, got {args.batch}")
+    batch = args.batch or (32 if device_type == "cuda" and not args.quick else 1)
+    backends = args.backend or default_backends(device)
+    if not backends:
+        reasons = "; ".join(f"{b}: {_backend.backend_problem(b, device)}"
+                            for b in ("cpu", "cuda", "triton"))
+        raise SystemExit(f"no cnnkernels backend runs on {device_type} here ({reasons})")
+    ops = [family.name for family in FAMILIES] if args.op == "all" else [args.op]
+    return Settings(device=device, ops=ops, dtypes=dtypes, batch=batch, backends=backends,
+                    directions=list(dict.fromkeys(args.direction)),
+                    channels_last=args.channels_last, quick=args.quick, budget_s=args.budget)
+
+
+def _group_key(name: str) -> str:
+    return "".join(c for c in name.lower() if c.isalnum())
+
+
+def select_cases(cases: tuple, groups: list[str] | None = None, quick: bool = False) -> list:
+    """The ``cases`` whose group starts with one of ``groups``, ignoring case
+    and punctuation ("vgg", "resnet", "unet"; all when None); with ``quick``,
+    the first QUICK_CASES_PER_GROUP of each group, each as ``case.quick()``."""
+    wanted = [_group_key(g) for g in groups] if groups else None
+    selected, per_group = [], {}
+    for case in cases:
+        if wanted and not any(_group_key(case.group).startswith(g) for g in wanted):
+            continue
+        if quick:
+            per_group[case.group] = per_group.get(case.group, 0) + 1
+            if per_group[case.group] > QUICK_CASES_PER_GROUP:
+                continue
+            case = case.quick()
+        selected.append(case)
+    return selected
+
+
+@dataclass(frozen=True)
+class Table:
+    """One family's table: its name (the rows' ``op``), its bench module and
+    the cases selected from it."""
+
+    op: str
+    family: ModuleType
+    cases: list
+
+
+def select_tables(ops: list[str], groups: list[str] | None, quick: bool) -> list[Table]:
+    """The tables of the families named ``ops`` that keep a case after
+    select_cases; none raises SystemExit naming the groups there are."""
+    modules = {family.name: family.bench_module for family in FAMILIES}
+    families = [(op, importlib.import_module(modules[op])) for op in ops]
+    tables = [Table(op, family, select_cases(family.CASES, groups, quick))
+              for op, family in families]
+    tables = [table for table in tables if table.cases]
+    if not tables:
+        names = dict.fromkeys(case.group for _, family in families for case in family.CASES)
+        raise SystemExit(f"no {' or '.join(ops)} layer matches --model "
+                         f"{' '.join(groups)}; models: {', '.join(names)}")
+    return tables
+
+
+# ---------------------------------------------------------------------------
+# Timing
+
+
+def _time_cpu(fn, rep_ms: float, min_runs: int = 3, max_runs: int = 100) -> float:
+    """Median wall time of ``fn`` in ms over runs until ``rep_ms`` have passed
+    (at least ``min_runs``, at most ``max_runs``). No warm-up run of its own:
+    every caller has already run ``fn`` once to get the result it checks."""
+    times: list[float] = []
+    deadline = time.perf_counter() + rep_ms / 1e3
+    while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() < deadline):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def _timer_settings(device: torch.device, quick: bool) -> dict:
+    """do_bench's warm-up and repetition times (ms) on CUDA, shorter for a
+    --quick smoke run; the repetition time of the perf_counter loop on the CPU."""
+    if device.type == "cuda":
+        return {"warmup": 5, "rep": 20} if quick else {"warmup": 25, "rep": 100}
+    return {"rep_ms": 30 if quick else 200}
+
+
+def timer_description(device: torch.device, quick: bool) -> dict:
+    """What make_timer times with, for the results' header."""
+    function = ("triton.testing.do_bench, median" if device.type == "cuda" else
+                "perf_counter median after one warm-up run")
+    return {"function": function, **_timer_settings(device, quick)}
+
+
+def make_timer(device: torch.device, quick: bool):
+    """ms = timer(fn), fn already run once: triton.testing.do_bench (median) on
+    CUDA, a perf_counter median on the CPU."""
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        return functools.partial(do_bench, return_mode="median",
+                                 **_timer_settings(device, quick))
+    return functools.partial(_time_cpu, **_timer_settings(device, quick))
+
+
+# ---------------------------------------------------------------------------
+# One case: a dtype and a direction, timed for torch and each backend
+
+
+@contextlib.contextmanager
+def _cudnn_autotuning_off():
+    """With cudnn.benchmark on, cuDNN would try every algorithm on each new
+    float64 reference shape, which costs far more than computing it."""
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
+
+
+def relative_error(result: torch.Tensor, reference: torch.Tensor) -> float:
+    """max |result - reference| / max |reference|; NaN or inf stays non-finite."""
+    diff = (result.double() - reference).abs().max().item()
+    if not math.isfinite(diff):
+        return diff
+    return diff / max(reference.abs().max().item(), torch.finfo(torch.float64).tiny)
+
+
+def compare(results: dict, reference: dict) -> tuple[dict, int | None]:
+    """({name: relative error} of the floating-point results, how many
+    elements of the integer ones (max pooling's indices) differ from the
+    reference's: None without any). A result shaped unlike the reference
+    raises."""
+    errors, mismatches = {}, None
+    for name, result in results.items():
+        expected = reference[name]
+        if result.shape != expected.shape:
+            raise ValueError(f"{name} has shape {tuple(result.shape)}, the reference "
+                             f"{tuple(expected.shape)}")
+        if result.is_floating_point():
+            errors[name] = relative_error(result, expected)
+        else:
+            mismatches = (mismatches or 0) + int((result != expected).sum())
+    return errors, mismatches
+
+
+def _roofline_fraction(flops: int | None, nbytes: int, dtype: torch.dtype,
+                       roofline: Roofline | None, seconds: float) -> float | None:
+    """The time at the roofline over the time taken: the memory bound, or the
+    compute bound where that takes longer (an op with flops). None without a
+    roofline for the device, or with flops but no compute peak for dtype."""
+    if roofline is None or (flops is not None and dtype not in roofline.flops):
+        return None
+    bound_s = nbytes / roofline.bandwidth
+    if flops is not None:
+        bound_s = max(bound_s, flops / roofline.flops[dtype])
+    return bound_s / seconds
+
+
+def _one_line(error: Exception) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}"
+
+
+def case_rows(table: Table, case, dtype: torch.dtype, direction: str, settings: Settings,
+              timer, roofline: Roofline | None) -> list[dict]:
+    """One row per backend for this case, dtype and direction."""
+    family, device, batch = table.family, settings.device, settings.batch
+    inputs = family.make_inputs(case, batch, dtype, device, settings.channels_last)
+    with _cudnn_autotuning_off():
+        reference = family.reference(case, inputs, direction)
+    flops, nbytes = case.work(batch, dtype, direction)
+    base = {"op": table.op, **asdict(case), "shape": case.describe(), "batch": batch,
+            "dtype": dtype_name(dtype),
+            "layout": "channels_last" if settings.channels_last else "nchw",
+            "direction": direction, "flops": flops, "bytes": nbytes,
+            "tolerance": TOLERANCES[dtype]}
+    try:
+        torch_fn, torch_results = family.prepare(family.torch_impl, case, inputs, direction)
+        torch_errors, torch_mismatches = compare(torch_results, reference)
+        del torch_results
+        torch_ms = timer(torch_fn)
+    except Exception as error:  # e.g. a dtype torch lacks on this device: ours still runs
+        torch_ms, torch_errors, torch_mismatches = None, {"message": _one_line(error)}, None
+
+    rows = []
+    for backend in settings.backends:
+        row = {**base, "backend": backend, "ours_ms": None, "torch_ms": torch_ms,
+               "speedup": None, "tflops": None, "gbps": None, "roofline_fraction": None,
+               "errors": {}, "index_mismatches": None, "torch_errors": torch_errors,
+               "torch_index_mismatches": torch_mismatches, "status": "ok", "message": ""}
+        supported = _backend.SUPPORTED_DTYPES.get((backend, device.type))
+        if supported is not None and dtype not in supported:
+            row.update(status="unsupported",
+                       message=f"backend {backend!r} does not compute {dtype_name(dtype)} "
+                               f"on {device.type}")
+            rows.append(row)
+            continue
+        try:
+            with cnnkernels.use(backend=backend):
+                fn, results = family.prepare(family.ours_impl, case, inputs, direction)
+                row["errors"], row["index_mismatches"] = compare(results, reference)
+                del results
+                ours_ms = timer(fn)
+                del fn
+        except Exception as error:
+            row.update(status="error", message=_one_line(error))
+            rows.append(row)
+            continue
+        seconds = ours_ms * 1e-3
+        row.update(ours_ms=ours_ms, gbps=nbytes / seconds / 1e9,
+                   roofline_fraction=_roofline_fraction(flops, nbytes, dtype, roofline, seconds))
+        if flops is not None:
+            row["tflops"] = flops / seconds / 1e12
+        if torch_ms is not None:
+            row["speedup"] = torch_ms / ours_ms
+        problems = []
+        if not all(e <= row["tolerance"] for e in row["errors"].values()):  # NaN fails too
+            problems.append(f"error above {row['tolerance']:g}")
+        if row["index_mismatches"]:
+            problems.append(f"{row['index_mismatches']} of the indices differ from the "
+                            "reference's")
+        if problems:
+            row.update(status="wrong", message="; ".join(problems))
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------
+# The run
+
+
+class Result(NamedTuple):
+    """One row (a JSON row) and the case it belongs to."""
+
+    case: Any
+    row: dict
+
+
+def run(tables: list[Table], settings: Settings, out=sys.stdout) -> list[Result]:
+    """Every case of each table x dtypes x directions, one table per family,
+    printing rows as they complete; cases not started within
+    ``settings.budget_s`` of the start are skipped (one row each with status
+    "skipped", no backend run)."""
+    timer = make_timer(settings.device, settings.quick)
+    roofline = roofline_for(settings.device)
+    start = time.perf_counter()
+    results: list[Result] = []
+    for index, table in enumerate(tables):
+        if index:
+            print(file=out)
+        print(f"{table.family.LEGEND}\n{report.table_header(table.family.COLUMNS)}", file=out,
+              flush=True)
+        for case in table.cases:
+            for dtype in settings.dtypes:
+                for direction in settings.directions:
+                    budget = settings.budget_s
+                    if budget is not None and time.perf_counter() - start > budget:
+                        results.append(Result(case, {
+                            "op": table.op, **asdict(case), "dtype": dtype_name(dtype),
+                            "direction": direction, "status": "skipped",
+                            "message": f"time budget of {budget:g} s spent"}))
+                        continue
+                    for row in case_rows(table, case, dtype, direction, settings, timer,
+                                         roofline):
+                        print(report.table_row(row, table.family.COLUMNS), file=out,
+                              flush=True)
+                        results.append(Result(case, row))
+    return results
+
+
+def summary(results: list[Result], elapsed_s: float) -> tuple[str, bool]:
+    """(text to print after the tables, whether every case passed): status
+    counts, geometric-mean speedups, for memory-bound ops the fraction of the
+    copy bandwidth reached on the cases of at least LARGE_CASE_BYTES, and
+    the failures."""
+    counts = {}
+    for _, row in results:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    lines = [f"{len(results)} rows in {elapsed_s:.1f} s: "
+             + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))]
+    speedups: dict[tuple, list[float]] = {}
+    bandwidth: dict[tuple, list[Result]] = {}
+    for result in results:
+        row = result.row
+        key = (row["op"], row.get("backend"), row["dtype"], row["direction"])
+        if row.get("speedup"):
+            speedups.setdefault(key, []).append(row["speedup"])
+        if (row.get("roofline_fraction") is not None and row["flops"] is None
+                and row["bytes"] >= LARGE_CASE_BYTES):
+            bandwidth.setdefault(key, []).append(result)
+    for (op, backend, dtype, direction), values in sorted(speedups.items()):
+        lines.append(f"geometric-mean speedup {op} {backend} {dtype} {direction}: "
+                     f"{statistics.geometric_mean(values):.2f}x over {len(values)} layers")
+    for (op, backend, dtype, direction), large in sorted(bandwidth.items()):
+        fractions = [r.row["roofline_fraction"] for r in large]
+        lowest = min(large, key=lambda r: r.row["roofline_fraction"]).case
+        lines.append(f"copy bandwidth {op} {backend} {dtype} {direction}: median "
+                     f"{statistics.median(fractions):.0%}, lowest {min(fractions):.0%} "
+                     f"({lowest.group} {lowest.name}) over the {len(large)} layers "
+                     f"moving >= {LARGE_CASE_BYTES / 1e6:g} MB")
+    for case, row in results:
+        if row["status"] in ("error", "wrong"):
+            lines.append(f"{row['status'].upper()} {row['op']} {case.group} {case.name} "
+                         f"{row['dtype']} {row['direction']} {row['backend']}: {row['message']}")
+    ok = not any(row["status"] in ("error", "wrong") for _, row in results)
+    return "\n".join(lines), ok

@@ -1,0 +1,233 @@
+"""The layers of the reference models that the conv2d and pool2d benchmarks
+run (the cases of those families), and the table columns that name them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+# --quick caps a layer's H and W at this size.
+QUICK_MAX_SIZE = 16
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A layer of a reference model: a benchmark case grouped under its model
+    (the driver's case protocol). Every layer has ``height`` and ``width``."""
+
+    model: str
+    name: str
+
+    @property
+    def group(self) -> str:
+        return self.model
+
+    def quick(self) -> Layer:
+        """The layer with H and W capped at QUICK_MAX_SIZE, for a --quick smoke run."""
+        return replace(self, height=min(self.height, QUICK_MAX_SIZE),
+                       width=min(self.width, QUICK_MAX_SIZE))
+
+
+@dataclass(frozen=True)
+class ConvLayer(Layer):
+    """One convolution of a reference model: input C x H x W, K filters of
+    R x R, and the activation the model applies right after it (a ReLU that
+    follows a batch norm counts: at inference the norm folds into the
+    convolution's weight and bias)."""
+
+    in_channels: int
+    height: int
+    width: int
+    out_channels: int
+    kernel: int
+    stride: int = 1
+    padding: int = 0
+    groups: int = 1
+    activation: str | None = None
+
+    def output_size(self) -> tuple[int, int]:
+        def size(n: int) -> int:
+            return (n + 2 * self.padding - self.kernel) // self.stride + 1
+
+        return size(self.height), size(self.width)
+
+    def flops(self, batch: int) -> int:
+        """Multiply-adds times two of one forward pass: 2 N K P Q (C/groups) R S."""
+        p, q = self.output_size()
+        return (2 * batch * self.out_channels * p * q * (self.in_channels // self.groups)
+                * self.kernel * self.kernel)
+
+    def min_bytes(self, batch: int, dtype: torch.dtype, direction: str) -> int:
+        """DRAM traffic if every tensor moved exactly once: forward reads x, w, b
+        and writes y; backward reads gy (and y, for the activation's gradient)
+        in each of its two passes, reads w and writes gx, reads x and writes gw."""
+        p, q = self.output_size()
+        x = batch * self.in_channels * self.height * self.width
+        w = self.out_channels * (self.in_channels // self.groups) * self.kernel ** 2
+        y = batch * self.out_channels * p * q
+        if direction == "forward":
+            elements = x + w + self.out_channels + y
+        else:
+            per_pass_y = y * (2 if self.activation else 1)
+            elements = 2 * per_pass_y + (w + x) + (x + w)
+        return elements * dtype.itemsize
+
+    def work(self, batch: int, dtype: torch.dtype, direction: str) -> tuple[int, int]:
+        """(flops, minimum bytes) of one direction; backward is two
+        convolutions' worth of flops (grad_input and grad_weight)."""
+        passes = 1 if direction == "forward" else 2
+        return self.flops(batch) * passes, self.min_bytes(batch, dtype, direction)
+
+    def describe(self) -> str:
+        """e.g. ``64x56x56->64 3x3 s2 g64``: what the table's shape column shows."""
+        text = (f"{self.in_channels}x{self.height}x{self.width}->{self.out_channels} "
+                f"{self.kernel}x{self.kernel}")
+        if self.stride != 1:
+            text += f" s{self.stride}"
+        if self.groups != 1:
+            text += f" g{self.groups}"
+        return text
+
+
+_L = ConvLayer
+# Every layer gets a bias (a folded batch norm at inference). LeNet-5's tanh
+# and YOLO's leaky ReLU are not fused activations, so those layers have none.
+CONV_LAYERS: tuple[ConvLayer, ...] = (
+    #  model          layer          C    H    W    K  RxS str pad groups act
+    _L("LeNet-5",     "conv1",       1,  32,  32,   6,  5),
+    _L("LeNet-5",     "conv2",       6,  14,  14,  16,  5),
+    _L("AlexNet",     "conv1",       3, 224, 224,  64, 11,  4,  2,   1, "relu"),
+    _L("AlexNet",     "conv2",      64,  27,  27, 192,  5,  1,  2,   1, "relu"),
+    _L("AlexNet",     "conv3",     192,  13,  13, 384,  3,  1,  1,   1, "relu"),
+    _L("AlexNet",     "conv4",     384,  13,  13, 256,  3,  1,  1,   1, "relu"),
+    _L("AlexNet",     "conv5",     256,  13,  13, 256,  3,  1,  1,   1, "relu"),
+    _L("VGG-16",      "conv1_1",     3, 224, 224,  64,  3,  1,  1,   1, "relu"),
+    _L("VGG-16",      "conv1_2",    64, 224, 224,  64,  3,  1,  1,   1, "relu"),
+    _L("VGG-16",      "conv2_2",   128, 112, 112, 128,  3,  1,  1,   1, "relu"),
+    _L("VGG-16",      "conv3_2",   256,  56,  56, 256,  3,  1,  1,   1, "relu"),
+    _L("VGG-16",      "conv4_2",   512,  28,  28, 512,  3,  1,  1,   1, "relu"),
+    _L("VGG-16",      "conv5_2",   512,  14,  14, 512,  3,  1,  1,   1, "relu"),
+    _L("ResNet-50",   "conv1",       3, 224, 224,  64,  7,  2,  3,   1, "relu"),
+    _L("ResNet-50",   "layer1.1x1a",64,  56,  56,  64,  1,  1,  0,   1, "relu"),
+    _L("ResNet-50",   "layer1.3x3", 64,  56,  56,  64,  3,  1,  1,   1, "relu"),
+    _L("ResNet-50",   "layer1.1x1b",64,  56,  56, 256,  1),  # the residual add follows
+    _L("ResNet-50",   "layer2.3x3",128,  56,  56, 128,  3,  2,  1,   1, "relu"),
+    _L("ResNet-50",   "layer3.3x3",256,  14,  14, 256,  3,  1,  1,   1, "relu"),
+    _L("ResNet-50",   "layer4.3x3",512,   7,   7, 512,  3,  1,  1,   1, "relu"),
+    _L("Inception",   "3a.1x1",    192,  28,  28,  64,  1,  1,  0,   1, "relu"),
+    _L("Inception",   "3a.3x3",     96,  28,  28, 128,  3,  1,  1,   1, "relu"),
+    _L("Inception",   "3a.5x5",     16,  28,  28,  32,  5,  1,  2,   1, "relu"),
+    _L("MobileNet",   "dw32",       32, 112, 112,  32,  3,  1,  1,  32, "relu6"),
+    _L("MobileNet",   "dw64.s2",    64, 112, 112,  64,  3,  2,  1,  64, "relu6"),
+    _L("MobileNet",   "dw512",     512,  14,  14, 512,  3,  1,  1, 512, "relu6"),
+    _L("MobileNet",   "pw32-64",    32, 112, 112,  64,  1,  1,  0,   1, "relu6"),
+    _L("MobileNet",   "pw512",     512,  14,  14, 512,  1,  1,  0,   1, "relu6"),
+    _L("YOLO",        "conv1",       3, 416, 416,  32,  3,  1,  1),
+    _L("YOLO",        "conv2.s2",   32, 416, 416,  64,  3,  2,  1),
+    _L("YOLO",        "head",      512,  13,  13, 255,  1),
+    _L("U-Net",       "enc1",       64, 256, 256,  64,  3,  1,  1,   1, "relu"),
+    _L("U-Net",       "enc2",      128, 128, 128, 128,  3,  1,  1,   1, "relu"),
+    _L("FaceNet",     "conv2",      64,  56,  56, 192,  3,  1,  1,   1, "relu"),
+)
+del _L
+
+
+@dataclass(frozen=True)
+class PoolLayer(Layer):
+    """One pooling layer of a reference model on input C x H x W: ``kind``
+    "max" or "avg" over a sliding R x R window (``kernel``, ``stride``,
+    ``padding``, ``ceil_mode``: torch's arguments), or "global_avg", the
+    adaptive average to 1 x 1 that ends ResNet, Inception and MobileNet
+    (kernel and stride unused)."""
+
+    kind: str
+    channels: int
+    height: int
+    width: int
+    kernel: int = 0
+    stride: int = 0
+    padding: int = 0
+    ceil_mode: bool = False
+
+    def output_size(self) -> tuple[int, int]:
+        """torch's pooling output size: in ceil_mode the last window may hang
+        over the input, but must start inside it or its left padding."""
+        if self.kind == "global_avg":
+            return 1, 1
+
+        def size(n: int) -> int:
+            span = n + 2 * self.padding - self.kernel
+            out = (-(-span // self.stride) if self.ceil_mode else span // self.stride) + 1
+            if self.ceil_mode and (out - 1) * self.stride >= n + self.padding:
+                out -= 1
+            return out
+
+        return size(self.height), size(self.width)
+
+    def min_bytes(self, batch: int, dtype: torch.dtype) -> int:
+        """DRAM traffic if every tensor moved exactly once, the same in both
+        directions: forward reads x and writes y, backward reads gy and
+        writes gx; max pooling adds its int64 indices (written by the
+        forward, which runs with a gradient, and read by the backward).
+        Overlapping windows re-read x from cache, not DRAM."""
+        p, q = self.output_size()
+        x = batch * self.channels * self.height * self.width
+        y = batch * self.channels * p * q
+        indices = y * torch.int64.itemsize if self.kind == "max" else 0
+        return (x + y) * dtype.itemsize + indices
+
+    def work(self, batch: int, dtype: torch.dtype, direction: str) -> tuple[None, int]:
+        """(flops, minimum bytes): no flops, pooling is bound by memory alone."""
+        return None, self.min_bytes(batch, dtype)
+
+    def describe(self) -> str:
+        """e.g. ``480x28x28 max 3x3/2 ceil``, ``2048x7x7 global avg``: the
+        table's shape column."""
+        text = f"{self.channels}x{self.height}x{self.width} "
+        if self.kind == "global_avg":
+            return text + "global avg"
+        text += f"{self.kind} {self.kernel}x{self.kernel}/{self.stride}"
+        if self.padding:
+            text += f" p{self.padding}"
+        if self.ceil_mode:
+            text += " ceil"
+        return text
+
+
+_P = PoolLayer
+# U-Net: the paper's 572x572 tile, whose valid convolutions leave 568 and 280
+# before the first two pools (the conv table's U-Net layers are a padded 256
+# variant). Inception's 3a.pool is the pooling branch inside a block.
+POOL_LAYERS: tuple[PoolLayer, ...] = (
+    #  model          layer          kind           C    H    W  RxS str pad ceil
+    _P("LeNet-5",     "pool1",       "avg",         6,  28,  28,  2,  2),
+    _P("LeNet-5",     "pool2",       "avg",        16,  10,  10,  2,  2),
+    _P("AlexNet",     "pool1",       "max",        64,  55,  55,  3,  2),
+    _P("AlexNet",     "pool2",       "max",       192,  27,  27,  3,  2),
+    _P("AlexNet",     "pool5",       "max",       256,  13,  13,  3,  2),
+    _P("VGG-16",      "pool1",       "max",        64, 224, 224,  2,  2),
+    _P("VGG-16",      "pool2",       "max",       128, 112, 112,  2,  2),
+    _P("VGG-16",      "pool3",       "max",       256,  56,  56,  2,  2),
+    _P("VGG-16",      "pool4",       "max",       512,  28,  28,  2,  2),
+    _P("VGG-16",      "pool5",       "max",       512,  14,  14,  2,  2),
+    _P("ResNet-50",   "maxpool",     "max",        64, 112, 112,  3,  2,  1),
+    _P("ResNet-50",   "avgpool",     "global_avg",2048,  7,   7),
+    _P("Inception",   "3a.pool",     "max",       192,  28,  28,  3,  1,  1),
+    _P("Inception",   "pool3",       "max",       480,  28,  28,  3,  2,  0, True),
+    _P("Inception",   "aux.avgpool", "avg",       512,  14,  14,  5,  3),
+    _P("Inception",   "avgpool",     "global_avg",1024,  7,   7),
+    _P("MobileNet",   "v1.avgpool",  "global_avg",1024,  7,   7),
+    _P("MobileNet",   "v2.avgpool",  "global_avg",1280,  7,   7),
+    _P("YOLO",        "maxpool1",    "max",        32, 416, 416,  2,  2),
+    _P("U-Net",       "pool1",       "max",        64, 568, 568,  2,  2),
+    _P("U-Net",       "pool2",       "max",       128, 280, 280,  2,  2),
+)
+del _P
+
+# (title, width, row -> text): the columns that name a layer in a table.
+LAYER_COLUMNS = (
+    ("model", 10, lambda r: r["model"]),
+    ("layer", 11, lambda r: r["name"]),
+    ("shape", 24, lambda r: r["shape"]),
+)
