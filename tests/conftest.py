@@ -58,13 +58,12 @@ def interpreted(device: str, backend: str) -> bool:
 
 
 def dtypes_for(device: str, backend: str):
-    """The dtypes each backend computes in on each device, first the one
-    single-dtype tests use."""
-    if device == "cpu":
-        return (torch.float64, torch.float32)
-    if backend == "cuda":
-        return (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-    return (torch.float32, torch.float16, torch.bfloat16)
+    """The dtypes the backend computes in on the device (its declaration,
+    ``_backend.SUPPORTED_DTYPES``), first the one single-dtype tests use:
+    float64 on the CPU (the reference's precision), float32 on CUDA."""
+    first = torch.float64 if device == "cpu" else torch.float32
+    supported = _backend.SUPPORTED_DTYPES[(backend, device)]
+    return (first, *(dtype for dtype in supported if dtype != first))
 
 
 def dtype_params():

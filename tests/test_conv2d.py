@@ -1,19 +1,29 @@
 """cnnkernels.conv2d against torch.nn.functional.conv2d in float64, on every
 backend that runs here: forward, grad_input, grad_weight, grad_bias, fused
-activations, layouts, torch.library.opcheck, gradcheck, torch.compile, and
-every bad-input path."""
+activations, layouts, double backward, autocast. The tests every family gets
+come from tests/harness.py; this module adds conv2d's own: the split
+weight-gradient reduction, unbatched input, the op-level validation, the
+algorithm router."""
 
 import random
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import backend_params, dtype_params, dtypes_for, interpreted, seeded_params
+from conftest import backend_params, dtypes_for
+from harness import FamilySpec, Sample, common_tests
 from reference import assert_close, float64_cpu, random_tensor, tolerance
 
 import cnnkernels as ck
 from cnnkernels import _args
-from cnnkernels.ops.conv2d import Conv2dGeometry
+from cnnkernels._ext import Activation
+from cnnkernels.ops.conv2d import (
+    Conv2dGeometry,
+    conv2d_grad_input_op,
+    conv2d_grad_weight_op,
+    conv2d_op,
+    route,
+)
 
 ACTIVATIONS = {None: lambda t: t, "relu": F.relu, "relu6": F.relu6}
 
@@ -132,124 +142,40 @@ def run_case(device, backend, case, dtype, seed):
         assert_close(b.grad, b64.grad, dtype, n_pq, "grad_bias")
 
 
-@pytest.mark.parametrize(("device", "backend", "seed"), seeded_params(12, 40))
-def test_random_cases_match_torch(device, backend, seed):
-    case = random_case(seed, tiny=interpreted(device, backend))
-    dtypes = dtypes_for(device, backend)
-    run_case(device, backend, case, dtypes[seed % len(dtypes)], seed)
 
 
-@pytest.mark.parametrize(("device", "backend", "dtype"), dtype_params())
-def test_every_dtype(device, backend, dtype):
-    case = dict(N=2, C=4, K=6, H=7, W=5, R=3, S=3, stride=(1, 2), padding=1, dilation=(1, 1),
-                groups=2, bias=True, activation="relu", layout="channels_last")
-    run_case(device, backend, case, dtype, seed=100)
+def _samples():
+    """A grouped, strided, dilated, asymmetrically padded convolution with a
+    fused relu6 and bias; a plain one without bias."""
+    def fused_inputs(dtype, device, generator, batch):
+        return (random_tensor((batch, 4, 5, 4), dtype, device, generator=generator),
+                random_tensor((4, 2, 3, 2), dtype, device, generator=generator),
+                random_tensor((4,), dtype, device, generator=generator))
+
+    def plain_inputs(dtype, device, generator, batch):
+        return (random_tensor((batch, 3, 4, 4), dtype, device, generator=generator),
+                random_tensor((2, 3, 2, 2), dtype, device, generator=generator))
+
+    params = dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2)
+    return (
+        Sample("fused", lambda x, w, b: ck.conv2d(x, w, b, **params, activation="relu6"),
+               lambda x, w, b: F.relu6(F.conv2d(x, w, b, **params)), fused_inputs, 12),
+        Sample("plain", lambda x, w: ck.conv2d(x, w, padding=1),
+               lambda x, w: F.conv2d(x, w, padding=1), plain_inputs, 12),
+    )
 
 
-@pytest.mark.parametrize(("device", "backend"), backend_params())
-def test_weight_gradient_split_reduction(device, backend):
-    """A reduction long enough that the GPU launchers split it across
-    programs (Triton: grad_weight_splits > 1) and sum the splits after."""
-    case = dict(N=2, C=3, K=4, H=23, W=21, R=3, S=3, stride=(1, 1), padding=1, dilation=(1, 1),
-                groups=1, bias=True, activation=None, layout="contiguous")
-    if backend == "triton":
-        from cnnkernels.kernels.conv2d import grad_weight_splits
-
-        g = Conv2dGeometry(2, 3, 23, 21, 4, 3, 3, 23, 21, 1, 1, 1, 1, 1, 1, 1)
-        assert grad_weight_splits(g) > 1
-    run_case(device, backend, case, dtypes_for(device, backend)[0], seed=7)
-
-
-@pytest.mark.parametrize(("device", "backend"), backend_params())
-def test_unbatched_input(device, backend):
-    generator = torch.Generator().manual_seed(3)
-    dtype = dtypes_for(device, backend)[0]
-    x = random_tensor((3, 6, 7), dtype, device, generator=generator)
-    w = random_tensor((4, 3, 3, 3), dtype, device, generator=generator)
-    with ck.use(backend=backend):
-        y = ck.conv2d(x, w, padding="same")
-    assert_close(y, F.conv2d(float64_cpu(x), float64_cpu(w), padding="same"), dtype, 27, "output")
-
-
-@pytest.mark.parametrize(("device", "backend"), backend_params())
-def test_empty_batch(device, backend):
-    dtype = dtypes_for(device, backend)[0]
-    x = torch.randn(0, 4, 7, 7, dtype=dtype, device=device, requires_grad=True)
-    w = torch.randn(6, 4, 3, 3, dtype=dtype, device=device, requires_grad=True)
-    b = torch.randn(6, dtype=dtype, device=device, requires_grad=True)
-    with ck.use(backend=backend):
-        y = ck.conv2d(x, w, b, padding=1, activation="relu")
-        assert y.shape == (0, 6, 7, 7)
-        y.sum().backward()
-    assert x.grad.shape == x.shape
-    assert torch.equal(w.grad, torch.zeros_like(w))
-    assert torch.equal(b.grad, torch.zeros_like(b))
-
-
-@pytest.mark.parametrize(("device", "backend"), backend_params())
-def test_backward_is_deterministic(device, backend):
-    generator = torch.Generator().manual_seed(11)
-    dtype = dtypes_for(device, backend)[0]
-    x = random_tensor((2, 4, 13, 11), dtype, device, generator=generator).requires_grad_()
-    w = random_tensor((5, 4, 3, 3), dtype, device, generator=generator).requires_grad_()
-    grads = []
-    with ck.use(backend=backend):
-        for _ in range(2):
-            y = ck.conv2d(x, w, padding=1)
-            (gx, gw) = torch.autograd.grad(y, (x, w), torch.ones_like(y))
-            grads.append((gx, gw))
-    assert torch.equal(grads[0][0], grads[1][0])
-    assert torch.equal(grads[0][1], grads[1][1])
-
-
-@pytest.mark.parametrize(("device", "backend"), backend_params())
-def test_opcheck(device, backend):
-    """Schema, fake (meta) implementation, autograd registration and
-    torch.compile/AOT handling of all three ops."""
+def _op_calls(device, backend, dtype):
     generator = torch.Generator().manual_seed(5)
-    dtype = dtypes_for(device, backend)[0]
     x = random_tensor((2, 4, 6, 5), dtype, device, generator=generator).requires_grad_()
     w = random_tensor((6, 2, 3, 2), dtype, device, generator=generator).requires_grad_()
     b = random_tensor((6,), dtype, device, generator=generator).requires_grad_()
-    params = ([2, 1], [1, 1, 0, 1], [1, 2], 2, "relu", backend, "direct")
-    torch.library.opcheck(torch.ops.cnnk.conv2d.default, (x, w, b, *params))
-    y = torch.ops.cnnk.conv2d(x.detach(), w.detach(), b.detach(), *params)
+    params = ([2, 1], [1, 1, 0, 1], [1, 2], 2, "relu", "auto", backend)
+    y = conv2d_op(x.detach(), w.detach(), b.detach(), *params)
     grad_y = random_tensor(y.shape, dtype, device, generator=generator)
-    for op in (torch.ops.cnnk.conv2d_grad_input.default, torch.ops.cnnk.conv2d_grad_weight.default):
-        torch.library.opcheck(op, (grad_y, y, x.detach(), w.detach(), *params))
-
-
-def test_gradcheck_float64():
-    generator = torch.Generator().manual_seed(9)
-    x = random_tensor((2, 4, 5, 6), torch.float64, "cpu", generator=generator).requires_grad_()
-    w = random_tensor((4, 2, 3, 2), torch.float64, "cpu", generator=generator).requires_grad_()
-    b = random_tensor((4,), torch.float64, "cpu", generator=generator).requires_grad_()
-    with ck.use(backend="cpu"):
-        assert torch.autograd.gradcheck(
-            lambda x, w, b: ck.conv2d(x, w, b, stride=(2, 1), padding=(1, 2), dilation=(1, 2),
-                                      groups=2, activation="relu6"),
-            (x, w, b))
-
-
-def test_torch_compile_fullgraph():
-    torch._dynamo.reset()
-    generator = torch.Generator().manual_seed(13)
-    x = random_tensor((2, 3, 9, 9), torch.float32, "cpu", generator=generator)
-    w1 = random_tensor((8, 3, 3, 3), torch.float32, "cpu", generator=generator).requires_grad_()
-    w2 = random_tensor((4, 8, 1, 1), torch.float32, "cpu", generator=generator).requires_grad_()
-
-    def block(x, w1, w2):
-        h = ck.conv2d(x, w1, padding="same", activation="relu")
-        return ck.conv2d(h, w2, stride=2).sum()
-
-    with ck.use(backend="cpu"):
-        eager = block(x, w1, w2)
-        eager_grads = torch.autograd.grad(eager, (w1, w2))
-        compiled = torch.compile(block, fullgraph=True)(x, w1, w2)
-        compiled_grads = torch.autograd.grad(compiled, (w1, w2))
-    torch.testing.assert_close(compiled, eager)
-    for a, e in zip(compiled_grads, eager_grads, strict=True):
-        torch.testing.assert_close(a, e)
+    return [(conv2d_op, (x, w, b, *params)),
+            *((op, (grad_y, y, x.detach(), w.detach(), *params))
+              for op in (conv2d_grad_input_op, conv2d_grad_weight_op))]
 
 
 def _conv_args(**overrides):
@@ -263,7 +189,8 @@ def _conv_args(**overrides):
 
 _W = torch.randn(6, 4, 3, 3)
 
-BAD_INPUTS = [
+BAD_INPUTS = tuple((name, lambda overrides=overrides: ck.conv2d(**_conv_args(**overrides)),
+                    error, message) for name, overrides, error, message in (
     ("input_rank", dict(input=torch.randn(4, 8)), ValueError, "input must be 3-D or 4-D"),
     ("weight_rank", dict(weight=torch.randn(6, 4, 3)), ValueError, "weight must be 4-D"),
     ("input_type", dict(input=[[1.0]]), TypeError, "input must be a torch.Tensor"),
@@ -289,23 +216,57 @@ BAD_INPUTS = [
      "input must be a floating-point tensor"),
     ("device_mismatch", dict(weight=_W.to("meta")), ValueError,
      "weight must be on input's device cpu"),
-]
+    ("activation", dict(activation="gelu"), ValueError,
+     "activation must be None, 'relu' or 'relu6', got 'gelu'"),
+))
+
+SPEC = FamilySpec(
+    random_case=random_case, run_case=run_case,
+    dtype_cases=(dict(N=2, C=4, K=6, H=7, W=5, R=3, S=3, stride=(1, 2), padding=1,
+                      dilation=(1, 1), groups=2, bias=True, activation="relu",
+                      layout="channels_last"),),
+    samples=_samples(), op_calls=_op_calls, bad_inputs=BAD_INPUTS)
+
+globals().update(common_tests(SPEC))
 
 
-@pytest.mark.parametrize(("overrides", "error", "message"),
-                         [pytest.param(*case[1:], id=case[0]) for case in BAD_INPUTS])
-def test_bad_input_raises_before_any_kernel(overrides, error, message):
-    with pytest.raises(error, match=_escape(message)):
-        ck.conv2d(**_conv_args(**overrides))
+@pytest.mark.parametrize(("device", "backend"), backend_params())
+def test_weight_gradient_split_reduction(device, backend):
+    """A reduction long enough that the GPU launchers split it across
+    programs (Triton: grad_weight_splits > 1) and sum the splits after."""
+    case = dict(N=2, C=3, K=4, H=23, W=21, R=3, S=3, stride=(1, 1), padding=1, dilation=(1, 1),
+                groups=1, bias=True, activation=None, layout="contiguous")
+    if backend == "triton":
+        from cnnkernels.kernels.conv2d.direct import grad_weight_splits
+
+        g = Conv2dGeometry(N=2, C=3, H=23, W=21, K=4, R=3, S=3, P=23, Q=21, stride_h=1,
+                           stride_w=1, pad_top=1, pad_left=1, dil_h=1, dil_w=1, groups=1,
+                           activation=Activation.none)
+        assert grad_weight_splits(g) > 1
+    run_case(device, backend, case, dtypes_for(device, backend)[0], seed=7)
 
 
-def test_bad_activation_raises():
-    with pytest.raises(ValueError, match="activation must be None, 'relu' or 'relu6'"):
-        ck.conv2d(**_conv_args(), activation="gelu")
+@pytest.mark.parametrize(("device", "backend"), backend_params())
+def test_unbatched_input(device, backend):
+    generator = torch.Generator().manual_seed(3)
+    dtype = dtypes_for(device, backend)[0]
+    x = random_tensor((3, 6, 7), dtype, device, generator=generator)
+    w = random_tensor((4, 3, 3, 3), dtype, device, generator=generator)
+    with ck.use(backend=backend):
+        y = ck.conv2d(x, w, padding="same")
+    assert_close(y, F.conv2d(float64_cpu(x), float64_cpu(w), padding="same"), dtype, 27, "output")
+
+
+def test_router_picks_direct_for_every_geometry():
+    """route()'s one branch: direct, whatever the geometry and backend."""
+    g = Conv2dGeometry(1, 4, 8, 8, 4, 3, 3, 8, 8, 1, 1, 1, 1, 1, 1, 4, Activation.relu)
+    for backend in ("cpu", "cuda", "triton"):
+        assert route(g, backend) == "direct"
 
 
 def test_unsupported_dtype_on_backend_raises():
-    with ck.use(backend="cpu"), pytest.raises(TypeError, match="backend 'cpu' computes conv2d"):
+    with ck.use(backend="triton"), pytest.raises(TypeError,
+                                                 match="backend 'triton' computes conv2d"):
         ck.conv2d(**_conv_args(input=torch.randn(2, 4, 8, 8, dtype=torch.float16),
                                weight=torch.randn(6, 4, 3, 3, dtype=torch.float16)))
 
@@ -320,20 +281,20 @@ def test_direct_op_call_is_validated():
     """torch.ops.cnnk.conv2d checks its arguments too (no kernel sees them)."""
     x, w = torch.randn(2, 4, 8, 8), torch.randn(6, 4, 3, 3)
     with pytest.raises(ValueError, match="padding must be >= 0"):
-        torch.ops.cnnk.conv2d(x, w, None, [1, 1], [0, -1, 0, 0], [1, 1], 1, "none", "cpu",
-                              "direct")
+        torch.ops.cnnk.conv2d(x, w, None, [1, 1], [0, -1, 0, 0], [1, 1], 1, "none", "auto",
+                              "cpu")
     with pytest.raises(ValueError, match="conv_algorithm must be one of"):
-        torch.ops.cnnk.conv2d(x, w, None, [1, 1], [0, 0, 0, 0], [1, 1], 1, "none", "cpu",
-                              "winograd")
-    with pytest.raises(ValueError, match="backend must be 'cpu', 'cuda' or 'triton'"):
+        torch.ops.cnnk.conv2d(x, w, None, [1, 1], [0, 0, 0, 0], [1, 1], 1, "none", "winograd",
+                              "cpu")
+    with pytest.raises(ValueError, match="backend must be one of"):
         torch.ops.cnnk.conv2d(x, w, None, [1, 1], [0, 0, 0, 0], [1, 1], 1, "none", "auto",
-                              "direct")
+                              "gpu")
     with pytest.raises(ValueError, match="grad_output must have the output's shape"):
         torch.ops.cnnk.conv2d_grad_input(torch.randn(2, 6, 5, 5), None, x, w, [1, 1],
-                                         [0, 0, 0, 0], [1, 1], 1, "none", "cpu", "direct")
+                                         [0, 0, 0, 0], [1, 1], 1, "none", "auto", "cpu")
     with pytest.raises(ValueError, match=r"output \(the forward result\) is needed"):
         torch.ops.cnnk.conv2d_grad_weight(torch.randn(2, 6, 6, 6), None, x, w, [1, 1],
-                                          [0, 0, 0, 0], [1, 1], 1, "relu", "cpu", "direct")
+                                          [0, 0, 0, 0], [1, 1], 1, "relu", "auto", "cpu")
 
 
 def test_index_overflow_raises():
@@ -341,9 +302,3 @@ def test_index_overflow_raises():
     with pytest.raises(ValueError, match="index with 32 bits"):
         _args.check_index_range({"input": huge})
     _args.check_index_range({"input": torch.empty((1, 1, 2**15, 2**15), device="meta")})
-
-
-def _escape(message: str) -> str:
-    import re
-
-    return re.escape(message)

@@ -1,4 +1,4 @@
-"""cnnkernels.nn.Conv2d and cnnkernels.patch as drop-ins for torch.nn.Conv2d."""
+"""cnnkernels.nn's modules and cnnkernels.patch as drop-ins for torch.nn's."""
 
 import copy
 
@@ -50,6 +50,21 @@ def test_module_fuses_activation(activation):
     expected = act(torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=1))
     assert_close(conv(x), expected, torch.float64, 36, "output")
     assert f"activation={activation!r}" in repr(conv)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_patched_model_under_autocast_returns_what_torch_returns(dtype):
+    """Mixed precision as in training scripts: float32 model and input under
+    CPU autocast; every layer's output dtype and value as torch's."""
+    torch.manual_seed(2)
+    reference_net = small_net().float()
+    patched = ck.patch(copy.deepcopy(reference_net))
+    x = torch.randn(2, 3, 15, 13)
+    with torch.autocast("cpu", dtype=dtype):
+        out = patched(x)
+        expected = reference_net(x)
+    assert out.dtype == expected.dtype == dtype
+    torch.testing.assert_close(out, expected, rtol=3e-2, atol=3e-2)
 
 
 def test_module_rejects_unknown_activation():
