@@ -1,6 +1,6 @@
 """The ``cnnkernels`` command (also ``python -m cnnkernels``).
 
-    cnnkernels bench [--quick] [--json PATH] ...   time conv2d and pooling against torch
+    cnnkernels bench [--quick] [--json PATH] ...   time every op family against torch
                                                    on the reference models' layers
     cnnkernels info                                what was built and what runs here
 """
@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="cnnkernels", description="cnnkernels: CNN kernels as PyTorch operators")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     bench_parser = commands.add_parser(
-        "bench", help="time conv2d and pooling against torch on the reference models' layers",
+        "bench", help="time every op family against torch on the reference models' shapes",
         description=bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     bench.add_arguments(bench_parser)
     bench_parser.set_defaults(handler=_bench)
