@@ -13,17 +13,10 @@ imports neither Triton nor torch's compiler stack; the Triton kernels load
 when a Triton kernel first runs.
 """
 
-from cnnkernels import nn
+from cnnkernels import nn, ops
 from cnnkernels._backend import info, use
 from cnnkernels.nn import patch
-from cnnkernels.ops import (
-    adaptive_avg_pool2d,
-    adaptive_max_pool2d,
-    avg_pool2d,
-    conv2d,
-    max_pool2d,
-)
+from cnnkernels.ops import *  # noqa: F403  (every registered family's public functions)
 
 __version__ = "0.1.0"
-__all__ = ["adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "conv2d", "info",
-           "max_pool2d", "nn", "patch", "use"]
+__all__ = [*ops.__all__, "info", "nn", "patch", "use"]

@@ -27,11 +27,11 @@ from cnnkernels import _args, _backend, _ext
 from cnnkernels._ext import Activation
 from cnnkernels.ops._define import Family, Launch, define_op
 
-__all__ = ["conv2d"]
-
 FAMILY = Family(name="conv2d", public=("conv2d",),
                 triton_modules=("cnnkernels.kernels.conv2d.direct",),
                 bench_module="cnnkernels.bench.conv2d")
+
+__all__ = list(FAMILY.public)
 
 ALGORITHMS = ("direct",)
 

@@ -28,12 +28,12 @@ from torch import Tensor
 from cnnkernels import _args, _backend, _ext
 from cnnkernels.ops._define import Family, Launch, define_op
 
-__all__ = ["adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "max_pool2d"]
-
 FAMILY = Family(name="pool2d",
                 public=("max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d"),
                 triton_modules=("cnnkernels.kernels.pool2d",),
                 bench_module="cnnkernels.bench.pool2d")
+
+__all__ = list(FAMILY.public)
 
 
 @dataclass(frozen=True)
