@@ -16,9 +16,10 @@ ones marked ``cuda``, skipped without a GPU):
 - test_backward_is_deterministic: every sample twice, bitwise equal gradients;
 - test_opcheck: ``torch.library.opcheck`` on every operator (``op_calls``);
 - test_derivatives_match_finite_differences: gradcheck and gradgradcheck
-  (first and second derivatives) of every sample in float64, on the cpu
-  backend and Triton (interpreted: in gradcheck's fast mode, a random
-  projection of the Jacobian, since the full one takes minutes there);
+  (first and second derivatives) of every sample in float64, on every
+  backend that computes it (cpu, cuda, and Triton interpreted: in
+  gradcheck's fast mode, a random projection of the Jacobian, since the full
+  one takes minutes there);
 - test_torch_compile_fullgraph: every sample under ``torch.compile``
   (inductor) on the cpu backend: eager's values and gradients;
 - test_autocast_matches_torch: every sample under autocast: torch's dtype and
@@ -97,8 +98,10 @@ def _sample_params(samples, backends=None):
 
 
 def _gradient_params(samples):
-    """The cpu backend and Triton on CPU tensors (interpreted) only: float64."""
-    return _sample_params(samples, [p for p in backend_params() if p.values[0] == "cpu"])
+    """The backends that compute float64: cpu, cuda and Triton on CPU tensors
+    (interpreted)."""
+    return _sample_params(samples, [p for p in backend_params()
+                                    if torch.float64 in dtypes_for(*p.values)])
 
 
 def common_tests(spec: FamilySpec) -> dict:

@@ -76,7 +76,7 @@
 // within that (the max gathers with E > 1 use up to all 64).
 //
 // Limits, for every launcher (else Status::index_overflow): C, H, W, P, Q,
-// kernel, stride, padding, dilation and |divisor override| at most 2^30;
+// kernel, stride, padding and dilation at most 2^30 (the gather: the sizes only);
 // H*W within int; at most 2^31 - 256 strips per image (a strip count is at
 // most the element count, C*P*Q forward, C*H*W backward). Sliding windows,
 // with reach_h = (P-1)*s_h + kernel_h*dil_h (likewise reach_w): reach_h,
@@ -172,7 +172,7 @@ struct Geom {
   Dim h, w;
   bool adaptive, count_include_pad;
   bool disjoint;         // pool_windows_disjoint: one covering window per element
-  int divisor_override;  // 0: none; negative divisors divide too
+  int64_t divisor_override;  // 0: none; any other value, negative too, divides
 };
 
 // Forward: src x, dst y, ind the indices (data null when not wanted).
@@ -212,7 +212,7 @@ __device__ __forceinline__ int avg_factor(int o, Window win, const Dim& d, const
   return min(s + d.kernel, d.in + d.pad) - s;
 }
 
-__device__ __forceinline__ int avg_divisor(const Geom& g, int row_factor, int col_factor) {
+__device__ __forceinline__ int64_t avg_divisor(const Geom& g, int row_factor, int col_factor) {
   return g.divisor_override != 0 ? g.divisor_override : row_factor * col_factor;
 }
 
@@ -394,7 +394,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) pool2d_forward_kernel(co
           y[yo + q * ys.w] = from_acc<T>(red[k].v);
           if (ind != nullptr) ind[io + q * is.w] = red[k].at;
         } else {
-          const int div = avg_divisor(g, row_factor, avg_factor(q, cols[k], g.w, g));
+          const int64_t div = avg_divisor(g, row_factor, avg_factor(q, cols[k], g.w, g));
           y[yo + q * ys.w] = from_acc<T>(red[k].v / static_cast<Acc>(div));
         }
       }
@@ -507,7 +507,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) pool2d_backward_kernel(c
               acc[k] += load_index(ind, io + icol[k]) == target0 + k ? v : Acc(0);
             } else {
               const int q = cc[k].first + j * g.w.step;
-              const int div =
+              const int64_t div =
                   avg_divisor(g, row_factor, avg_factor(q, window(q, g.w, g.adaptive), g.w, g));
               acc[k] += v / static_cast<Acc>(div);
             }
@@ -564,7 +564,7 @@ bool dim_fits(int64_t in, int64_t out, int64_t kernel, int64_t stride, int64_t p
 }
 
 bool fits_int(const Pool2dGeometry& g) {
-  for (int64_t v : {g.C, g.H, g.W, g.P, g.Q, g.divisor_override, -g.divisor_override})
+  for (int64_t v : {g.C, g.H, g.W, g.P, g.Q})
     if (v > kSizeLimit) return false;
   if (!product_le({g.H, g.W}, kIntMax) ||
       !dim_fits(g.H, g.P, g.kernel_h, g.stride_h, g.pad_h, g.dil_h, g.adaptive) ||
@@ -577,6 +577,13 @@ bool fits_int(const Pool2dGeometry& g) {
   const int64_t col_reach = (g.Q - 1) * g.stride_w + g.kernel_w * g.dil_w;
   return product_le({g.kernel_h, g.kernel_w}, kIntMax) &&
          product_le({row_reach, g.W}, kIntMax - col_reach);
+}
+
+// The gather reads no window: its sizes and the plane index h * W + w within int.
+bool gather_fits_int(const Pool2dGeometry& g) {
+  for (int64_t v : {g.C, g.H, g.W, g.P, g.Q})
+    if (v > kSizeLimit) return false;
+  return product_le({g.H, g.W}, kIntMax);
 }
 
 Dim to_dim(int64_t in, int64_t out, int64_t kernel, int64_t stride, int64_t pad, int64_t dil,
@@ -609,7 +616,7 @@ Geom to_geom(const Pool2dGeometry& g) {
   r.adaptive = g.adaptive;
   r.count_include_pad = g.count_include_pad;
   r.disjoint = pool_windows_disjoint(g);
-  r.divisor_override = static_cast<int>(g.divisor_override);
+  r.divisor_override = g.divisor_override;
   return r;
 }
 
@@ -704,12 +711,13 @@ Status gather_impl(const Pool2dGeometry& g, Tensor4 x, Tensor4 ind, Tensor4 y,
 // The launchers' checks, in conv2d's order, then run(TypeTag<T>) with dtype's
 // element type T, unless there is nothing to compute (no element).
 template <typename Run>
-Status checked_launch(DType dtype, const Pool2dGeometry& g, bool have_data, Run run) {
+Status checked_launch(DType dtype, const Pool2dGeometry& g, bool have_data, Run run,
+                      bool (*fits)(const Pool2dGeometry&) = fits_int) {
   if (Status s = check_pool2d_geometry(g); s != Status::ok) return s;
   if (!supported_dtype(dtype)) return Status::unsupported_dtype;
   if (g.N == 0 || g.C == 0) return Status::ok;
   if (!have_data) return Status::bad_argument;
-  if (!fits_int(g)) return Status::index_overflow;
+  if (!fits(g)) return Status::index_overflow;
   return dispatch_dtype(dtype, run);
 }
 
@@ -747,9 +755,10 @@ Status avg_pool2d_backward(DType dtype, const Pool2dGeometry& g, Tensor4 grad_y,
 
 Status max_pool2d_gather(DType dtype, const Pool2dGeometry& g, Tensor4 x, Tensor4 indices,
                          Tensor4 y, cudaStream_t stream) {
-  return checked_launch(dtype, g, x.data && indices.data && y.data, [&](auto type) {
-    return gather_impl<typename decltype(type)::type>(g, x, indices, y, stream);
-  });
+  return checked_launch(
+      dtype, g, x.data && indices.data && y.data,
+      [&](auto type) { return gather_impl<typename decltype(type)::type>(g, x, indices, y, stream); },
+      gather_fits_int);
 }
 
 }  // namespace cuda

@@ -4,8 +4,8 @@
 // the accumulator type (float; double for float64), compute there and round
 // once when they store (from_acc), as torch's CPU kernels do. The
 // conversions are exact from storage to float and round to nearest, ties to
-// even, back; a NaN becomes the canonical quiet NaN of the type (torch's c10
-// conversions do the same), an overflow becomes infinity. They are written
+// even, back; a NaN becomes a quiet NaN of the type (its payload may differ
+// from torch's), an overflow becomes infinity. They are written
 // in portable C++ (no F16C or AVX-512-BF16 instructions): the CPU kernels are
 // built without -march, and the conversion is not what bounds them.
 #pragma once
