@@ -19,7 +19,9 @@ ones marked ``cuda``, skipped without a GPU):
   (first and second derivatives) of every sample in float64, on every
   backend that computes it (cpu, cuda, and Triton interpreted: in
   gradcheck's fast mode, a random projection of the Jacobian, since the full
-  one takes minutes there);
+  one takes minutes there), reverse and forward mode;
+- test_torch_func_transforms_match_torch: torch.func.grad, torch.func.jvp
+  and forward-AD dual tensors against torch's, in float64;
 - test_torch_compile_fullgraph: every sample under ``torch.compile``
   (inductor) on the cpu backend: eager's values and gradients;
 - test_autocast_matches_torch: every sample under autocast: torch's dtype and
@@ -40,6 +42,7 @@ import pytest
 import torch
 from conftest import backend_params, dtype_params, dtypes_for, interpreted, seeded_params
 from reference import assert_close
+from torch.autograd import forward_ad
 
 import cnnkernels as ck
 
@@ -143,15 +146,44 @@ def common_tests(spec: FamilySpec) -> dict:
         """Schema, fake (meta) implementation, autograd registration and
         torch.compile/AOT handling of every operator."""
         for op, args in spec.op_calls(device, backend, dtypes_for(device, backend)[0]):
-            torch.library.opcheck(op, args)
+            torch.library.opcheck(op.custom_op, args)
 
     @pytest.mark.parametrize(("device", "backend", "sample"), _gradient_params(spec.samples))
     @pytest.mark.parametrize("check", [torch.autograd.gradcheck, torch.autograd.gradgradcheck],
                              ids=lambda check: check.__name__)
     def test_derivatives_match_finite_differences(check, device, backend, sample):
+        """Reverse and forward mode (gradcheck: backward and jvp;
+        gradgradcheck: reverse over reverse and forward over reverse). The
+        forward-mode formulas compose the same ops on every backend, so the
+        interpreter, where each check takes tens of seconds, skips them."""
         inputs = _make(sample, torch.float64, device, 3, requires_grad=True)
+        forward_mode = not interpreted(device, backend)
+        modes = ({"check_forward_ad": forward_mode} if check is torch.autograd.gradcheck
+                 else {"check_fwd_over_rev": forward_mode})
         with ck.use(backend=backend):
-            assert check(sample.ours, inputs, fast_mode=interpreted(device, backend))
+            assert check(sample.ours, inputs, fast_mode=interpreted(device, backend), **modes)
+
+    @pytest.mark.parametrize(("device", "backend", "sample"), _gradient_params(spec.samples))
+    def test_torch_func_transforms_match_torch(device, backend, sample):
+        """torch.func.grad and jvp and dual tensors give torch's derivatives
+        (never a silent zero tangent)."""
+        inputs = _make(sample, torch.float64, device, 7)
+        tangents = _make(sample, torch.float64, device, 8)
+        argnums = tuple(range(len(inputs)))
+        with ck.use(backend=backend):
+            grads = torch.func.grad(lambda *t: sample.ours(*t).square().sum(), argnums)(*inputs)
+            output, tangent = torch.func.jvp(sample.ours, inputs, tangents)
+            with forward_ad.dual_level():
+                duals = [forward_ad.make_dual(x, t) for x, t in zip(inputs, tangents, strict=True)]
+                dual_tangent = forward_ad.unpack_dual(sample.ours(*duals)).tangent
+        expected_grads = torch.func.grad(lambda *t: sample.reference(*t).square().sum(),
+                                         argnums)(*inputs)
+        expected, expected_tangent = torch.func.jvp(sample.reference, inputs, tangents)
+        assert_close(output, expected, torch.float64, sample.reduction, "output")
+        assert_close(tangent, expected_tangent, torch.float64, sample.reduction, "jvp")
+        assert_close(dual_tangent, expected_tangent, torch.float64, sample.reduction, "dual")
+        for grad, expected_grad in zip(grads, expected_grads, strict=True):
+            assert_close(grad, expected_grad, torch.float64, 1000, "torch.func.grad")
 
     @pytest.mark.parametrize("sample", spec.samples, ids=lambda s: s.name)
     def test_torch_compile_fullgraph(sample):
@@ -189,6 +221,7 @@ def common_tests(spec: FamilySpec) -> dict:
     return {test.__name__: test for test in (
         test_random_cases_match_torch, test_every_dtype, test_empty_batch,
         test_backward_is_deterministic, test_opcheck, test_derivatives_match_finite_differences,
+        test_torch_func_transforms_match_torch,
         test_torch_compile_fullgraph, test_autocast_matches_torch,
         test_bad_input_raises_before_any_kernel)}
 

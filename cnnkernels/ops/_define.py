@@ -17,12 +17,13 @@ dtype, 32-bit offsets; ``auto`` resolved for their device) -> poison the
 outputs (tests only) -> launch, unless every output is empty; and whose fake
 (meta) implementation is the plan's outputs. Real and fake thus validate
 alike and agree on every output. Every op has a ``backend: str`` argument
-("auto" or a concrete backend). With ``autocast=True`` the op also takes part
+("auto" or a concrete backend). ``define_op`` returns an ``Operator``, whose
+``register_derivatives`` gives the op its reverse and forward modes (below).
+With ``autocast=True`` the op also takes part
 in CPU and CUDA autocast as torch's lower-precision ops do (``conv2d``):
 floating-point tensors other than float64 are cast to the autocast dtype
 first. Ops without it run in their inputs' dtype under autocast, like
-torch's pooling. The autograd formulas are registered on the returned op
-(``op.register_autograd``) by the family module.
+torch's pooling.
 
 ``Family`` is a family's entry in the registry (``cnnkernels.ops.FAMILIES``):
 what the package's tools need to find the rest of its column without
@@ -37,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch.autograd import forward_ad
 
 from cnnkernels import _args, _backend
 
@@ -101,9 +103,61 @@ def define_op(qualname: str, *, returns, autocast: bool = False):
         op.register_fake(lambda *args: plan(*args).outputs)
         if autocast:
             _register_autocast(op, name)
-        return op
+        return Operator(op, name)
 
     return decorate
+
+
+class Operator:
+    """A defined op: ``custom_op`` is what ``torch.ops.cnnk.<name>`` calls
+    (for ``torch.library.opcheck``, export, direct calls); calling the
+    Operator runs it with its derivatives.
+
+    ``register_derivatives(setup_context, backward, jvp)`` gives the op its
+    reverse mode (registered on the custom op too, so a direct call has it)
+    and its forward mode. Torch's custom ops have no forward mode (jvp) and
+    refuse torch.func's transforms, so a differentiated call (an input that
+    requires grad, or a forward-AD dual level open) goes through an
+    ``autograd.Function`` with the same setup and backward plus the jvp:
+    ``torch.func.grad``/``vjp``, ``torch.func.jvp`` and dual tensors then get
+    the formulas, never a silent zero tangent. Under ``torch.compile`` (whose
+    tracer refuses a custom jvp) and without any derivative, the custom op
+    runs directly. ``setup_context`` saves tensors with ``save(ctx, ...)``,
+    which both modes can read."""
+
+    def __init__(self, custom_op, name: str):
+        self.custom_op = custom_op
+        self.name = name
+        self._derivatives = None
+
+    def __call__(self, *args):
+        if (self._derivatives is not None and not torch.compiler.is_compiling()
+                and _differentiated(args)):
+            return self._derivatives.apply(*args)
+        return self.custom_op(*args)
+
+    def register_derivatives(self, *, setup_context, backward, jvp) -> None:
+        self.custom_op.register_autograd(backward, setup_context=setup_context)
+        custom_op = self.custom_op
+        self._derivatives = type(f"{self.name}_derivatives", (torch.autograd.Function,), {
+            "forward": staticmethod(lambda *args: custom_op(*args)),
+            "setup_context": staticmethod(setup_context),
+            "backward": staticmethod(backward),
+            "jvp": staticmethod(jvp),
+        })
+
+
+def save(ctx, *tensors) -> None:
+    """Save tensors (or None) for the backward and for the jvp alike."""
+    ctx.save_for_backward(*tensors)
+    ctx.save_for_forward(*tensors)
+
+
+def _differentiated(args) -> bool:
+    if forward_ad._current_level >= 0:
+        return True
+    return torch.is_grad_enabled() and any(
+        isinstance(a, torch.Tensor) and a.requires_grad for a in args)
 
 
 # Autocast kernels of every op defined with autocast=True.

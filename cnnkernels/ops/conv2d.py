@@ -25,7 +25,7 @@ from torch import Tensor
 
 from cnnkernels import _args, _backend, _ext
 from cnnkernels._ext import Activation
-from cnnkernels.ops._define import Family, Launch, define_op
+from cnnkernels.ops._define import Family, Launch, define_op, save
 
 FAMILY = Family(name="conv2d", public=("conv2d",),
                 triton_modules=("cnnkernels.kernels.conv2d.direct",),
@@ -238,19 +238,27 @@ def conv2d_grad_weight_op(grad_output: Tensor, output: Optional[Tensor], input: 
 
 
 def _mask(grad: Tensor, output: Optional[Tensor], activation: str) -> Tensor:
-    """grad * act'(output): 0 where the fused activation is flat."""
+    """grad * act'(output), torch's way (threshold/hardtanh backward): 0 where
+    the fused activation is flat, grad elsewhere, NaN outputs included."""
     if activation == "relu":
-        return torch.where(output > 0, grad, 0)
+        return torch.where(output <= 0, 0, grad)
     if activation == "relu6":
-        return torch.where((output > 0) & (output < 6), grad, 0)
+        return torch.where((output <= 0) | (output >= 6), 0, grad)
     return grad
+
+
+def _sum(*terms: Optional[Tensor]) -> Optional[Tensor]:
+    """The sum of the terms that are not None (None if all are)."""
+    present = [t for t in terms if t is not None]
+    return None if not present else sum(present[1:], present[0])
 
 
 def _conv2d_setup(ctx, inputs, output) -> None:
     input, weight, bias, stride, padding, dilation, groups, activation, algorithm, backend = inputs
-    ctx.save_for_backward(input, weight, output if activation != "none" else None)
+    save(ctx, input, weight, output if activation != "none" else None)
     ctx.params = (stride, padding, dilation, groups, activation, algorithm, backend)
     ctx.has_bias = bias is not None
+    ctx.output_shape = output.shape
 
 
 def _conv2d_backward(ctx, grad_output):
@@ -266,12 +274,30 @@ def _conv2d_backward(ctx, grad_output):
     return grad_input, grad_weight, grad_bias, *([None] * 7)
 
 
-conv2d_op.register_autograd(_conv2d_backward, setup_context=_conv2d_setup)
+def _conv2d_jvp(ctx, input_tangent, weight_tangent, bias_tangent, *_):
+    """The convolution is bilinear in (input, weight) and affine in the bias;
+    the fused activation multiplies by its 0/1 derivative."""
+    input, weight, output = ctx.saved_tensors
+    stride, padding, dilation, groups, activation, algorithm, backend = ctx.params
+
+    def conv(x, w, b):
+        return conv2d_op(x, w, b, stride, padding, dilation, groups, "none", algorithm, backend)
+
+    tangent = _sum(
+        None if input_tangent is None else conv(input_tangent, weight, None),
+        None if weight_tangent is None else conv(input, weight_tangent, bias_tangent),
+        None if bias_tangent is None or weight_tangent is not None
+        else bias_tangent[None, :, None, None].expand(ctx.output_shape))
+    return _mask(tangent, output, activation)
+
+
+conv2d_op.register_derivatives(setup_context=_conv2d_setup, backward=_conv2d_backward,
+                               jvp=_conv2d_jvp)
 
 
 def _grad_setup(ctx, inputs, output) -> None:
     grad_output, output, input, weight, *params = inputs
-    ctx.save_for_backward(grad_output, output, input, weight)
+    save(ctx, grad_output, output, input, weight)
     ctx.params = params
 
 
@@ -291,7 +317,18 @@ def _grad_input_backward(ctx, grad_grad_input):
     return grad_grad_output, None, None, grad_weight, *([None] * 7)
 
 
-conv2d_grad_input_op.register_autograd(_grad_input_backward, setup_context=_grad_setup)
+def _grad_input_jvp(ctx, grad_output_tangent, _output, _input, weight_tangent, *_):
+    """Linear in grad_output and in the weight (the mask's derivative is 0)."""
+    grad_output, output, input, weight = ctx.saved_tensors
+    return _sum(
+        None if grad_output_tangent is None else
+        conv2d_grad_input_op(grad_output_tangent, output, input, weight, *ctx.params),
+        None if weight_tangent is None else
+        conv2d_grad_input_op(grad_output, output, input, weight_tangent, *ctx.params))
+
+
+conv2d_grad_input_op.register_derivatives(setup_context=_grad_setup,
+                                          backward=_grad_input_backward, jvp=_grad_input_jvp)
 
 
 def _grad_weight_backward(ctx, grad_grad_weight, grad_grad_bias):
@@ -311,7 +348,22 @@ def _grad_weight_backward(ctx, grad_grad_weight, grad_grad_bias):
     return grad_grad_output, None, grad_input, None, *([None] * 7)
 
 
-conv2d_grad_weight_op.register_autograd(_grad_weight_backward, setup_context=_grad_setup)
+def _grad_weight_jvp(ctx, grad_output_tangent, _output, input_tangent, *_):
+    """Linear in grad_output; grad_weight (not grad_bias) is also linear in
+    the input (the mask's derivative is 0)."""
+    grad_output, output, input, weight = ctx.saved_tensors
+    weight_tangent = bias_tangent = None
+    if grad_output_tangent is not None:
+        weight_tangent, bias_tangent = conv2d_grad_weight_op(grad_output_tangent, output, input,
+                                                             weight, *ctx.params)
+    if input_tangent is not None:
+        weight_tangent = _sum(weight_tangent, conv2d_grad_weight_op(
+            grad_output, output, input_tangent, weight, *ctx.params)[0])
+    return weight_tangent, bias_tangent
+
+
+conv2d_grad_weight_op.register_derivatives(setup_context=_grad_setup,
+                                           backward=_grad_weight_backward, jvp=_grad_weight_jvp)
 
 
 def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=1, padding=0,

@@ -12,10 +12,11 @@ arguments on every backend: kernels/pool2d.py (Triton), csrc/cpu/pool2d.cpp
 and csrc/cuda/pool2d.cu (through _C). Backward is a gather on every backend:
 deterministic, no atomics.
 
-Autograd: every backward op is linear in grad_output, so its own backward is
-its adjoint: the average forward over the same windows for average pooling,
-``max_pool2d_gather`` at the indices for max pooling (the double backward).
-A third derivative of max pooling raises.
+Derivatives: every op is linear in its one differentiable input, so its
+forward mode (jvp) is the op applied to the tangent and its reverse mode the
+adjoint: the average backward / forward over the same windows for average
+pooling, the gather at the indices / the max backward for max pooling. A
+third reverse-mode derivative of max pooling raises.
 """
 
 from collections.abc import Sequence
@@ -24,9 +25,10 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad
 
 from cnnkernels import _args, _backend, _ext
-from cnnkernels.ops._define import Family, Launch, define_op
+from cnnkernels.ops._define import Family, Launch, define_op, save
 
 FAMILY = Family(name="pool2d",
                 public=("max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d"),
@@ -272,12 +274,14 @@ def max_pool2d_gather_op(input: Tensor, indices: Tensor, backend: str) -> Launch
                       g, input, indices, output))
 
 
-# Autograd. The forward ops save the input and the window arguments (every
-# argument between the input and the trailing flags); the backward ops save
-# what their adjoint needs.
+# Derivatives. Every pooling op is linear in its one differentiable input
+# (max pooling's indices are constants), so a jvp applies the op to the
+# tangent and a backward applies the adjoint. The forward ops save the input
+# (and the indices) and their window arguments: every argument between the
+# input and the trailing flags.
 
 def _max_setup(ctx, inputs, output) -> None:
-    ctx.save_for_backward(inputs[0], output[1])
+    save(ctx, inputs[0], output[1])
     ctx.window, ctx.backend = inputs[1:-2], inputs[-1]
     ctx.mark_non_differentiable(output[1])
 
@@ -294,38 +298,62 @@ def _adaptive_max_backward(ctx, grad_output, _grad_indices):
         None
 
 
-max_pool2d_op.register_autograd(_max_backward, setup_context=_max_setup)
-adaptive_max_pool2d_op.register_autograd(_adaptive_max_backward, setup_context=_max_setup)
+def _max_jvp(ctx, input_tangent, *_):
+    _, indices = ctx.saved_tensors
+    return max_pool2d_gather_op(input_tangent, indices, ctx.backend), None
+
+
+max_pool2d_op.register_derivatives(setup_context=_max_setup, backward=_max_backward,
+                                   jvp=_max_jvp)
+adaptive_max_pool2d_op.register_derivatives(setup_context=_max_setup,
+                                            backward=_adaptive_max_backward, jvp=_max_jvp)
 
 
 def _max_backward_setup(ctx, inputs, output) -> None:
-    ctx.save_for_backward(inputs[1])  # indices
-    ctx.arguments, ctx.backend = len(inputs), inputs[-1]
+    save(ctx, inputs[1], inputs[2])  # indices, input
+    ctx.window, ctx.backend, ctx.arguments = inputs[3:-1], inputs[-1], len(inputs)
 
 
 def _max_double_backward(ctx, grad_grad_input):
     """The max backward scatters grad_output to the indices; its adjoint
     gathers from them."""
-    (indices,) = ctx.saved_tensors
+    indices, _ = ctx.saved_tensors
     return max_pool2d_gather_op(grad_grad_input, indices, ctx.backend), \
         *([None] * (ctx.arguments - 1))
 
 
-max_pool2d_backward_op.register_autograd(_max_double_backward, setup_context=_max_backward_setup)
-adaptive_max_pool2d_backward_op.register_autograd(_max_double_backward,
-                                                  setup_context=_max_backward_setup)
+def _max_backward_jvp(ctx, grad_output_tangent, *_):
+    indices, input = ctx.saved_tensors
+    op = max_pool2d_backward_op if ctx.window else adaptive_max_pool2d_backward_op
+    return op(grad_output_tangent, indices, input, *ctx.window, ctx.backend)
+
+
+for _op in (max_pool2d_backward_op, adaptive_max_pool2d_backward_op):
+    _op.register_derivatives(setup_context=_max_backward_setup, backward=_max_double_backward,
+                             jvp=_max_backward_jvp)
+
+
+def _gather_setup(ctx, inputs, output) -> None:
+    save(ctx, inputs[1])
+    ctx.backend = inputs[-1]
 
 
 def _gather_backward(ctx, _grad_output):
     raise NotImplementedError("cnnkernels differentiates max pooling twice, not three times "
-                              "(max_pool2d_gather has no derivative)")
+                              "(max_pool2d_gather has no reverse-mode derivative)")
 
 
-max_pool2d_gather_op.register_autograd(_gather_backward)
+def _gather_jvp(ctx, input_tangent, *_):
+    (indices,) = ctx.saved_tensors
+    return max_pool2d_gather_op(input_tangent, indices, ctx.backend)
+
+
+max_pool2d_gather_op.register_derivatives(setup_context=_gather_setup, backward=_gather_backward,
+                                          jvp=_gather_jvp)
 
 
 def _avg_setup(ctx, inputs, output) -> None:
-    ctx.save_for_backward(inputs[0])
+    save(ctx, inputs[0])
     ctx.window, ctx.backend = inputs[1:-1], inputs[-1]
 
 
@@ -334,37 +362,54 @@ def _avg_backward(ctx, grad_output):
     return avg_pool2d_backward_op(grad_output, input, *ctx.window, ctx.backend), *([None] * 7)
 
 
+def _avg_jvp(ctx, input_tangent, *_):
+    return avg_pool2d_op(input_tangent, *ctx.window, ctx.backend)
+
+
 def _adaptive_avg_backward(ctx, grad_output):
     (input,) = ctx.saved_tensors
     return adaptive_avg_pool2d_backward_op(grad_output, input, ctx.backend), None, None
 
 
-avg_pool2d_op.register_autograd(_avg_backward, setup_context=_avg_setup)
-adaptive_avg_pool2d_op.register_autograd(_adaptive_avg_backward, setup_context=_avg_setup)
+def _adaptive_avg_jvp(ctx, input_tangent, *_):
+    return adaptive_avg_pool2d_op(input_tangent, *ctx.window, ctx.backend)
+
+
+avg_pool2d_op.register_derivatives(setup_context=_avg_setup, backward=_avg_backward,
+                                   jvp=_avg_jvp)
+adaptive_avg_pool2d_op.register_derivatives(setup_context=_avg_setup,
+                                            backward=_adaptive_avg_backward, jvp=_adaptive_avg_jvp)
 
 
 def _avg_backward_setup(ctx, inputs, output) -> None:
+    save(ctx, inputs[1])  # input
     ctx.window, ctx.backend, ctx.arguments = inputs[2:-1], inputs[-1], len(inputs)
+    ctx.output_size = list(inputs[0].shape[2:])
+
+
+def _avg_forward_over_window(ctx, input):
+    """The average forward over the windows of the backward in ``ctx``."""
+    if ctx.window:
+        return avg_pool2d_op(input, *ctx.window, ctx.backend)
+    return adaptive_avg_pool2d_op(input, ctx.output_size, ctx.backend)
 
 
 def _avg_double_backward(ctx, grad_grad_input):
     """The average backward spreads grad_output over each window / its
     divisor; its adjoint is the average forward over the same windows."""
+    return _avg_forward_over_window(ctx, grad_grad_input), *([None] * (ctx.arguments - 1))
+
+
+def _avg_backward_jvp(ctx, grad_output_tangent, *_):
+    (input,) = ctx.saved_tensors
     if ctx.window:
-        grad = avg_pool2d_op(grad_grad_input, *ctx.window, ctx.backend)
-    else:
-        grad = adaptive_avg_pool2d_op(grad_grad_input, ctx.output_size, ctx.backend)
-    return grad, *([None] * (ctx.arguments - 1))
+        return avg_pool2d_backward_op(grad_output_tangent, input, *ctx.window, ctx.backend)
+    return adaptive_avg_pool2d_backward_op(grad_output_tangent, input, ctx.backend)
 
 
-def _adaptive_avg_backward_setup(ctx, inputs, output) -> None:
-    _avg_backward_setup(ctx, inputs, output)
-    ctx.output_size = list(inputs[0].shape[2:])
-
-
-avg_pool2d_backward_op.register_autograd(_avg_double_backward, setup_context=_avg_backward_setup)
-adaptive_avg_pool2d_backward_op.register_autograd(_avg_double_backward,
-                                                  setup_context=_adaptive_avg_backward_setup)
+for _op in (avg_pool2d_backward_op, adaptive_avg_pool2d_backward_op):
+    _op.register_derivatives(setup_context=_avg_backward_setup, backward=_avg_double_backward,
+                             jvp=_avg_backward_jvp)
 
 
 # The public functions: torch's signatures and argument forms.
@@ -411,7 +456,10 @@ def _max_result(result, unbatched: bool, return_indices: bool):
 
 
 def _needs_indices(input: Tensor, return_indices: bool) -> bool:
-    return bool(return_indices) or (torch.is_grad_enabled() and input.requires_grad)
+    """Indices cost 8 bytes per output: computed when returned or when a
+    derivative (reverse or forward mode) will read them."""
+    return (bool(return_indices) or (torch.is_grad_enabled() and input.requires_grad)
+            or forward_ad._current_level >= 0)
 
 
 def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
