@@ -7,43 +7,95 @@ reaching a kernel.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 import torch
 
 from cnnkernels._ext import Activation
 
-# Kernels index with 32-bit integers (Triton's default); every element offset
-# of every tensor must fit.
+# The kernels of the cuda and triton backends index with 32-bit integers
+# (Triton's default): every element offset of every tensor must fit, and
+# every value their index arithmetic reaches (a geometry's index_extent())
+# must stay below GEOMETRY_LIMIT, which leaves room for a tile past the end.
+# The cpu kernels use 64-bit offsets throughout.
 INDEX_LIMIT = 2**31 - 1
+GEOMETRY_LIMIT = 2**30
+BACKENDS_WITH_32_BIT_INDICES = ("cuda", "triton")
+
+# Every geometry value and every sum of two stays within int64 below this
+# (the C++ index arithmetic is int64 and must not overflow).
+INT64_SAFE = 2**62
+INT32_MAX = 2**31 - 1
 
 
-def pair(value, name: str, *, minimum: int) -> tuple[int, int]:
-    """An int or a sequence of two ints (as torch accepts), each >= minimum."""
+def integer(value, name: str) -> int:
+    """An int argument in every form torch takes: a Python int, a numpy
+    integer, a 0-d integer tensor (not a bool), fitting int64."""
+    if isinstance(value, torch.SymInt):
+        return value
+    if isinstance(value, torch.Tensor):
+        if value.dim() != 0 or value.dtype.is_floating_point or value.dtype.is_complex \
+                or value.dtype == torch.bool:
+            raise TypeError(f"{name} must be an int, got a tensor of shape "
+                            f"{tuple(value.shape)} and dtype {value.dtype}")
+        return int(value)
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    try:
+        result = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {value!r}") from None
+    if not -2**63 <= result < 2**63:
+        raise ValueError(f"{name} must fit a 64-bit integer, got {result}")
+    return result
+
+
+def flag(value, name: str) -> bool:
+    """A bool argument: a Python or numpy bool, as torch requires (torch
+    refuses "False" and 1 too)."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return bool(value)
+    raise TypeError(f"{name} must be a bool, got {value!r}")
+
+
+def pair(value, name: str, *, minimum: int, maximum: int = 2**63 - 1) -> tuple[int, int]:
+    """An int or a sequence of two ints (as torch accepts), each in
+    [minimum, maximum]."""
     if isinstance(value, Sequence) and not isinstance(value, str):
         values = tuple(value)
         if len(values) == 1:
             values = values * 2
     else:
         values = (value, value)
-    if len(values) != 2 or not all(is_int(v) for v in values):
+    if len(values) != 2:
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    values = tuple(int(v) for v in values)
+    try:
+        values = tuple(integer(v, name) for v in values)
+    except TypeError:
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
     if any(v < minimum for v in values):
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    if any(v > maximum for v in values):
+        raise ValueError(f"{name} must be <= {maximum}, got {value!r}")
     return values
 
 
 def positive_int(value, name: str) -> int:
-    if not is_int(value) or value < 1:
+    try:
+        result = integer(value, name)
+    except TypeError:
+        raise ValueError(f"{name} must be a positive int, got {value!r}") from None
+    if result < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
+    return result
 
 
-def is_int(value) -> bool:
-    return (isinstance(value, int) and not isinstance(value, bool)) or (
-        isinstance(value, torch.SymInt)
-    )
+def check_int64_safe(what: str, value: int) -> None:
+    """Geometry values the C++ arithmetic adds and multiplies must stay far
+    from int64's limit; torch refuses such sizes too."""
+    if value >= INT64_SAFE:
+        raise ValueError(f"{what} ({value}) is too large: at most {INT64_SAFE - 1}")
 
 
 def conv_padding(padding, kernel_size: tuple[int, int], stride: tuple[int, int],
@@ -98,8 +150,14 @@ def activation(name) -> Activation:
 
 
 def check_tensor(t, name: str, *, ndim: int | tuple[int, ...]) -> None:
+    """A dense (strided) tensor of one of the ranks ``ndim``."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.is_nested or t.is_quantized or t.layout != torch.strided:
+        kind = ("a nested tensor" if t.is_nested else "a quantized tensor" if t.is_quantized
+                else f"layout {t.layout}")
+        raise TypeError(f"{name} must be a dense (strided) tensor, got {kind}; convert it "
+                        f"first (.to_dense(), .dequantize(), ...)")
     dims = (ndim,) if isinstance(ndim, int) else ndim
     if t.dim() not in dims:
         expected = " or ".join(f"{d}-D" for d in dims)
@@ -128,17 +186,29 @@ def check_dtype(t: torch.Tensor, name: str, backend: str, supported) -> None:
                         f"got {t.dtype}")
 
 
-def check_index_range(tensors: dict) -> None:
-    """Every element offset of every tensor fits a signed 32-bit index."""
+def check_index_range(tensors: dict, backend: str) -> None:
+    """For a backend with 32-bit indices: every tensor's element count and
+    every element offset fit a signed 32-bit index."""
     for name, t in tensors.items():
         if t is None or t.numel() == 0:
             continue
         extent = sum((size - 1) * abs(stride)
-                     for size, stride in zip(t.shape, t.stride(), strict=True))
-        if extent >= INDEX_LIMIT or t.numel() >= INDEX_LIMIT:
-            raise ValueError(f"{name} of shape {tuple(t.shape)} spans {extent + 1} elements; "
-                             f"cnnkernels kernels index with 32 bits (at most {INDEX_LIMIT}): "
-                             f"split the batch")
+                     for size, stride in zip(t.shape, t.stride(), strict=True)) + 1
+        if max(extent, t.numel()) > INDEX_LIMIT:
+            what = (f"has {t.numel()} elements" if t.numel() > INDEX_LIMIT
+                    else f"spans {extent} elements of memory")
+            raise ValueError(f"{name} of shape {tuple(t.shape)} {what}; backend {backend!r} "
+                             f"indexes with 32 bits (at most {INDEX_LIMIT}): split the batch "
+                             f"or use the cpu backend")
+
+
+def check_geometry_range(extent: int, op: str, backend: str) -> None:
+    """For a backend with 32-bit indices: the largest value its index
+    arithmetic reaches for the op's geometry (``index_extent()``) fits."""
+    if extent >= GEOMETRY_LIMIT:
+        raise ValueError(f"{op}: the sizes, padding, dilation or stride reach {extent} in index "
+                         f"arithmetic; backend {backend!r} indexes with 32 bits (below "
+                         f"{GEOMETRY_LIMIT}): use smaller values or the cpu backend")
 
 
 def is_channels_last(t: torch.Tensor) -> bool:

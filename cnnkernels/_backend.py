@@ -145,15 +145,18 @@ def resolve_backend(device: torch.device, backend: str | None = None) -> str:
     return backend
 
 
-def runnable(backend: str, op: str, tensors: dict) -> str:
+def runnable(backend: str, op: str, tensors: dict, index_extent: int) -> str:
     """The concrete backend that runs ``op`` on ``tensors`` (name -> tensor or
     None; the first one sets device and dtype), after checking everything it
-    needs of them: it can run on their device, computes in their dtype, and
-    every offset fits 32-bit indices."""
+    needs of them: it can run on their device, computes in their dtype, and,
+    where it indexes with 32 bits, every offset and ``index_extent`` (the
+    largest value of the geometry's index arithmetic) fit."""
     first = next(iter(tensors.values()))
     backend = resolve_backend(first.device, backend)
     _args.check_dtype(first, op, backend, SUPPORTED_DTYPES[(backend, first.device.type)])
-    _args.check_index_range(tensors)
+    if backend in _args.BACKENDS_WITH_32_BIT_INDICES:
+        _args.check_index_range(tensors, backend)
+        _args.check_geometry_range(index_extent, op, backend)
     return backend
 
 

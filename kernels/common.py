@@ -55,18 +55,22 @@ def channel_tile(pid, channels_per_group, BLOCK: tl.constexpr):
 
 @triton.jit
 def apply_activation(v, ACTIVATION: tl.constexpr):
+    """relu / relu6 as torch computes them: a NaN passes through (selects,
+    not tl.maximum, whose NaN handling is not torch's)."""
     if ACTIVATION == RELU:
-        v = tl.maximum(v, 0.0)
+        v = tl.where(v < 0, 0.0, v)
     elif ACTIVATION == RELU6:
-        v = tl.minimum(tl.maximum(v, 0.0), 6.0)
+        v = tl.where(v < 0, 0.0, tl.where(v > 6, 6.0, v))
     return v
 
 
 @triton.jit
 def masked_grad(gy, y, ACTIVATION: tl.constexpr):
-    """gy * act'(y): torch's convention, zero gradient at the kinks."""
+    """gy through the activation, from its output y, as torch selects it
+    (cnnk::activation_grad): relu passes gy unless y <= 0 (a NaN y passes
+    it), relu6 only where 0 < y < 6."""
     if ACTIVATION == RELU:
-        gy = tl.where(y > 0, gy, 0.0)
+        gy = tl.where(y <= 0, 0.0, gy)
     elif ACTIVATION == RELU6:
         gy = tl.where((y > 0) & (y < 6), gy, 0.0)
     return gy

@@ -14,7 +14,8 @@ Windows, one formula for both kinds (per dimension; rows shown): output p
 reads rows start + i * step for i in [0, count), kept when 0 <= row < end,
 with start = (p * scale + lo) // div and end = min((p * scale + hi) // div, H):
 sliding: scale = stride_h, lo = -pad_h, hi = lo + (kernel_h - 1) * dil_h + 1,
-div = 1, step = dil_h, count = kernel_h; adaptive: scale = H, lo = 0,
+div = 1, step = dil_h, count = the taps the input can hold, min(kernel_h,
+(H - 1) // dil_h + 1), from the first one inside; adaptive: scale = H, lo = 0,
 hi = H + P - 1, div = P (floor(p H / P), ceil((p + 1) H / P)), step = 1,
 count = the largest window. The launchers compute these scalars, so window
 sizes and kinds are run-time values: no recompilation per filter size.
@@ -147,20 +148,20 @@ def _max_forward_kernel(
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     n, p, q, m_mask, c, c_mask = _pixel_tile(M, C, P, Q, BLOCK_P, BLOCK_C)
-    h_start, h_end, h_first = _window(p, h_scale, h_lo, h_hi, h_div, h_step, H)
-    w_start, w_end, w_first = _window(q, w_scale, w_lo, w_hi, w_div, w_step, W)
+    _, h_end, h_first = _window(p, h_scale, h_lo, h_hi, h_div, h_step, H)
+    _, w_end, w_first = _window(q, w_scale, w_lo, w_hi, w_div, w_step, W)
 
     x_chan = (c * xs_c)[None, :]
     c_ok = c_mask[None, :]
     maxval = tl.full((BLOCK_P, BLOCK_C), float("-inf"), dtype=ACC)
     maxidx = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.int32) + (h_first * W + w_first)[:, None]
     for i in range(0, h_count):
-        row = h_start + i * h_step
-        row_ok = m_mask & (row >= 0) & (row < h_end)
+        row = h_first + i * h_step
+        row_ok = m_mask & (row < h_end)
         x_row = n * xs_n + row * xs_h
         for j in range(0, w_count):
-            col = w_start + j * w_step
-            ok = row_ok & (col >= 0) & (col < w_end)
+            col = w_first + j * w_step
+            ok = row_ok & (col < w_end)
             v = tl.load(x_ptr + (x_row + col * xs_w)[:, None] + x_chan,
                         mask=ok[:, None] & c_ok, other=float("-inf")).to(ACC)
             # torch's rule: the first maximum wins, a NaN always takes over.
@@ -196,12 +197,12 @@ def _avg_forward_kernel(
     c_ok = c_mask[None, :]
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=ACC)
     for i in range(0, h_count):
-        row = h_start + i * h_step
-        row_ok = m_mask & (row >= 0) & (row < h_end)
+        row = h_first + i * h_step
+        row_ok = m_mask & (row < h_end)
         x_row = n * xs_n + row * xs_h
         for j in range(0, w_count):
-            col = w_start + j * w_step
-            ok = row_ok & (col >= 0) & (col < w_end)
+            col = w_first + j * w_step
+            ok = row_ok & (col < w_end)
             acc += tl.load(x_ptr + (x_row + col * xs_w)[:, None] + x_chan,
                            mask=ok[:, None] & c_ok, other=0.0).to(ACC)
 
@@ -398,7 +399,10 @@ def _window_params(in_size, out_size, kernel, stride, pad, dil, adaptive):
     if adaptive:
         return (in_size, 0, in_size + out_size - 1, out_size, 1,
                 _adaptive_extent(in_size, out_size))
-    return (stride, -pad, -pad + (kernel - 1) * dil + 1, 1, dil, kernel)
+    # The loop visits the taps from the first one inside the input; no more
+    # of them than the input holds, however large the window.
+    return (stride, -pad, -pad + (kernel - 1) * dil + 1, 1, dil,
+            min(kernel, (in_size - 1) // dil + 1))
 
 
 def _covering_params(in_size, out_size, kernel, stride, pad, dil, adaptive):
@@ -410,8 +414,9 @@ def _covering_params(in_size, out_size, kernel, stride, pad, dil, adaptive):
     if adaptive:
         return (out_size, 0, out_size + in_size - 1, in_size, 1,
                 _adaptive_extent(out_size, in_size), 0, 0, 1)
+    # No more candidates than outputs, however large the window.
     return (1, pad - (kernel - 1) * dil + stride - 1, pad + stride, stride, -1,
-            (kernel - 1) * dil // stride + 1, stride, pad, dil)
+            min((kernel - 1) * dil // stride + 1, out_size), stride, pad, dil)
 
 
 def _geometry_params(g):

@@ -7,13 +7,14 @@ An operator is one *plan* function, decorated with ``define_op``:
         g = geometry(...)                       # validates; raises before any kernel
         output = allocate(...)                  # uninitialised
         return Launch(output, {"input": input, "output": output},
-                      lambda backend: kernels(backend, g, input, output))
+                      lambda backend: kernels(backend, g, input, output), g.index_extent())
 
 The plan validates its arguments, allocates the outputs (shape, dtype and
 memory format) and says which kernels would run; it never touches data.
 ``define_op`` makes a ``torch.library.custom_op`` of it whose real
 implementation is plan -> check the backend can run the tensors (device,
-dtype, 32-bit offsets; ``auto`` resolved for their device) -> poison the
+dtype, and on the 32-bit backends every offset and the geometry's index
+arithmetic; ``auto`` resolved for their device) -> poison the
 outputs (tests only) -> launch, unless every output is empty; and whose fake
 (meta) implementation is the plan's outputs. Real and fake thus validate
 alike and agree on every output. Every op has a ``backend: str`` argument
@@ -62,12 +63,15 @@ class Launch:
     the op returns them); every tensor the kernels read or write, by name
     (None for an absent optional one; the first sets the device and dtype the
     backend must handle); ``run(backend)``, which launches the kernels on the
-    concrete backend; and ``empty_sum``: the outputs are sums over an empty
-    range (no sample, no window), so they are zeroed instead."""
+    concrete backend; ``index_extent``, the largest value the kernels' index
+    arithmetic reaches (the geometry's ``index_extent()``, checked against the
+    32-bit backends' limit); and ``empty_sum``: the outputs are sums over an
+    empty range (no sample, no window), so they are zeroed instead."""
 
     outputs: torch.Tensor | tuple[torch.Tensor, ...]
     tensors: dict
     run: Callable[[str], None]
+    index_extent: int
     empty_sum: bool = False
 
 
@@ -82,7 +86,7 @@ def define_op(qualname: str, *, returns, autocast: bool = False):
 
         def implementation(*args):
             launch = plan(*args)
-            backend = _backend.runnable(args[-1], name, launch.tensors)
+            backend = _backend.runnable(args[-1], name, launch.tensors, launch.index_extent)
             outputs = launch.outputs if isinstance(launch.outputs, tuple) else (launch.outputs,)
             _args.poison(*outputs)
             if any(t.numel() for t in outputs):

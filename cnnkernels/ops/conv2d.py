@@ -70,6 +70,19 @@ class Conv2dGeometry:
     def K_g(self) -> int:
         return self.K // self.groups
 
+    def index_extent(self) -> int:
+        """The largest value the cuda and triton kernels' 32-bit index
+        arithmetic reaches: sizes, pixel counts, reduction lengths and the
+        furthest row or column a tap addresses."""
+        RS = self.R * self.S
+        return max(self.N, self.C, self.K, self.N * self.P * self.Q, self.N * self.H * self.W,
+                   self.C_g * RS, self.K_g * RS, self.stride_h * self.dil_h,
+                   self.stride_w * self.dil_w,
+                   (self.P - 1) * self.stride_h + (self.R - 1) * self.dil_h + self.H
+                   + self.pad_top,
+                   (self.Q - 1) * self.stride_w + (self.S - 1) * self.dil_w + self.W
+                   + self.pad_left)
+
 
 def route(g: Conv2dGeometry, backend: str) -> str:
     """The algorithm ``auto`` runs for ``g`` on ``backend``. The rule: direct,
@@ -105,6 +118,12 @@ def _geometry(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Seq
     if K == 0 or C == 0:
         raise ValueError(f"input and weight need at least one channel, got input "
                          f"{tuple(input.shape)} and weight {tuple(weight.shape)}")
+    if H == 0 or W == 0:
+        raise ValueError(f"input must have non-zero height and width (only the batch may be "
+                         f"empty, like torch), got shape {tuple(input.shape)}")
+    if R == 0 or S == 0:
+        raise ValueError(f"the kernel size (weight.shape[2:]) must be greater than zero, got "
+                         f"{tuple(weight.shape[2:])}")
     if C_g * groups != C:
         raise ValueError(f"input has {C} channels but weight {tuple(weight.shape)} with "
                          f"groups={groups} expects {C_g * groups} (weight.shape[1] * groups)")
@@ -116,6 +135,10 @@ def _geometry(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Seq
     sh, sw = stride
     pt, pb, pl, pr = padding
     dh, dw = dilation
+    _args.check_int64_safe("the padded input height", H + pt + pb)
+    _args.check_int64_safe("the padded input width", W + pl + pr)
+    _args.check_int64_safe("the dilated kernel height", dh * (R - 1) + 1)
+    _args.check_int64_safe("the dilated kernel width", dw * (S - 1) + 1)
     P = _args.conv_output_size(H, R, sh, pt, pb, dh)
     Q = _args.conv_output_size(W, S, sw, pl, pr, dw)
     if P < 1 or Q < 1:
@@ -123,6 +146,10 @@ def _geometry(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Seq
             f"output size ({P}, {Q}) is too small: input ({H}, {W}) with padding "
             f"{list(padding)} is smaller than the dilated kernel "
             f"({dh * (R - 1) + 1}, {dw * (S - 1) + 1})")
+    # A single output row reads from row -pad_top whatever the stride: stride
+    # 1 there keeps a stride up to 2^63 - 1 (torch takes it) out of the
+    # kernels' arithmetic.
+    sh, sw = (1 if P == 1 else sh), (1 if Q == 1 else sw)
     act = _args.activation(None if activation == "none" else activation)
     return Conv2dGeometry(N, C, H, W, K, R, S, P, Q, sh, sw, pt, pl, dh, dw, groups, act)
 
@@ -166,12 +193,12 @@ def _kernels(g: Conv2dGeometry, algorithm: str, backend: str):
     return _ALGORITHM_KERNELS[route(g, backend) if algorithm == "auto" else algorithm]
 
 
-def _forward_output(input: Tensor, weight: Tensor, g: Conv2dGeometry) -> Tensor:
-    # torch's rule: channels_last when the input or the weight is, except for
-    # float64 on CUDA, which torch's convolution always returns contiguous.
-    channels_last = ((_args.is_channels_last(input) or _args.is_channels_last(weight))
-                     and not (input.is_cuda and input.dtype == torch.float64))
-    return _args.empty_4d((g.N, g.K, g.P, g.Q), input, channels_last)
+def _channels_last(input: Tensor, weight: Tensor) -> bool:
+    """torch's rule for a convolution's output and both its gradients:
+    channels_last when the input or the weight is, except for float64 on
+    CUDA, which torch's convolution always keeps contiguous."""
+    return ((_args.is_channels_last(input) or _args.is_channels_last(weight))
+            and not (input.is_cuda and input.dtype == torch.float64))
 
 
 @define_op("cnnk::conv2d", returns=Tensor, autocast=True)
@@ -179,9 +206,10 @@ def conv2d_op(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Seq
               padding: Sequence[int], dilation: Sequence[int], groups: int, activation: str,
               algorithm: str, backend: str) -> Launch:
     g = _geometry(input, weight, bias, stride, padding, dilation, groups, activation, algorithm)
-    output = _forward_output(input, weight, g)
+    output = _args.empty_4d((g.N, g.K, g.P, g.Q), input, _channels_last(input, weight))
     return Launch(output, {"input": input, "weight": weight, "bias": bias, "output": output},
-                  lambda b: _kernels(g, algorithm, b).forward(b, g, input, weight, bias, output))
+                  lambda b: _kernels(g, algorithm, b).forward(b, g, input, weight, bias, output),
+                  g.index_extent())
 
 
 def _grad_geometry(grad_output, output, input, weight, stride, padding, dilation, groups,
@@ -193,6 +221,8 @@ def _grad_geometry(grad_output, output, input, weight, stride, padding, dilation
     if tuple(grad_output.shape) != expected:
         raise ValueError(f"grad_output must have the output's shape {expected}, "
                          f"got {tuple(grad_output.shape)}")
+    if output is not None:
+        _args.check_tensor(output, "output", ndim=4)
     if activation != "none":
         if output is None:
             raise ValueError(f"output (the forward result) is needed to differentiate the fused "
@@ -211,11 +241,12 @@ def conv2d_grad_input_op(grad_output: Tensor, output: Optional[Tensor], input: T
     back through the convolution; ``input`` gives only the shape and format."""
     g = _grad_geometry(grad_output, output, input, weight, stride, padding, dilation, groups,
                        activation, algorithm)
-    grad_input = _args.empty_4d(input.shape, input, _args.is_channels_last(input))
+    grad_input = _args.empty_4d(input.shape, input, _channels_last(input, weight))
     return Launch(grad_input, {"grad_output": grad_output, "output": output, "weight": weight,
                                "grad_input": grad_input},
                   lambda b: _kernels(g, algorithm, b).grad_input(b, g, grad_output, output,
-                                                                  weight, grad_input))
+                                                                  weight, grad_input),
+                  g.index_extent())
 
 
 @define_op("cnnk::conv2d_grad_weight", returns=tuple[Tensor, Tensor])
@@ -227,23 +258,23 @@ def conv2d_grad_weight_op(grad_output: Tensor, output: Optional[Tensor], input: 
     and the input; ``weight`` gives only the shape and format."""
     g = _grad_geometry(grad_output, output, input, weight, stride, padding, dilation, groups,
                        activation, algorithm)
-    grad_weight = _args.empty_4d(weight.shape, weight, _args.is_channels_last(weight))
+    grad_weight = _args.empty_4d(weight.shape, weight, _channels_last(input, weight))
     grad_bias = torch.empty(weight.shape[0], dtype=weight.dtype, device=weight.device)
     return Launch((grad_weight, grad_bias),
                   {"grad_output": grad_output, "output": output, "input": input,
                    "grad_weight": grad_weight},
                   lambda b: _kernels(g, algorithm, b).grad_weight(b, g, grad_output, output,
                                                                    input, grad_weight, grad_bias),
-                  empty_sum=g.N == 0)
+                  g.index_extent(), empty_sum=g.N == 0)
 
 
 def _mask(grad: Tensor, output: Optional[Tensor], activation: str) -> Tensor:
-    """grad * act'(output), torch's way (threshold/hardtanh backward): 0 where
-    the fused activation is flat, grad elsewhere, NaN outputs included."""
+    """grad through the fused activation, selected as the kernels select it
+    (cnnk::activation_grad: torch's threshold / hardtanh backward)."""
     if activation == "relu":
         return torch.where(output <= 0, 0, grad)
     if activation == "relu6":
-        return torch.where((output <= 0) | (output >= 6), 0, grad)
+        return torch.where((output > 0) & (output < 6), grad, 0)
     return grad
 
 
@@ -380,6 +411,8 @@ def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=
     """
     _args.check_tensor(input, "input", ndim=(3, 4))
     _args.check_tensor(weight, "weight", ndim=4)
+    if bias is not None:
+        _args.check_tensor(bias, "bias", ndim=1)
     unbatched = input.dim() == 3
     if unbatched:
         input = input.unsqueeze(0)

@@ -65,23 +65,41 @@ class Pool2dGeometry:
     count_include_pad: bool = True
     divisor_override: int = 0
 
+    def index_extent(self) -> int:
+        """The largest value the cuda and triton kernels' 32-bit index
+        arithmetic reaches: sizes, pixel counts, plane indices h * W + w
+        (a window's first index may lie past the input), window reaches,
+        and the adaptive windows' products o * H."""
+        sizes = max(self.N * self.C * max(self.H * self.W, self.P * self.Q), self.H * self.W)
+        if self.adaptive:
+            return max(sizes, self.H * self.P + self.H + self.P, self.W * self.Q + self.W + self.Q)
+        row_reach = (self.P - 1) * self.stride_h + self.kernel_h * self.dil_h
+        col_reach = (self.Q - 1) * self.stride_w + self.kernel_w * self.dil_w
+        return max(sizes, row_reach + self.H + self.pad_h + self.stride_h,
+                   col_reach + self.W + self.pad_w + self.stride_w,
+                   self.kernel_h * self.kernel_w, row_reach * self.W + col_reach)
 
-def _input_sizes(input: Tensor, op: str) -> tuple[int, int, int, int]:
+
+def _input_sizes(input: Tensor, op: str, *, empty_channels: bool = False):
+    """(N, C, H, W), checked like torch: an empty batch is fine, an empty
+    plane is not, empty channels only where torch takes them."""
     _args.check_tensor(input, "input", ndim=4)
     if not input.dtype.is_floating_point:
         raise TypeError(f"input must be a floating-point tensor, got {input.dtype}")
     N, C, H, W = input.shape
-    if C == 0 or H == 0 or W == 0:
-        raise ValueError(f"{op}: input must have non-zero channels, height and width, got shape "
+    if (C == 0 and not empty_channels) or H == 0 or W == 0:
+        what = "height and width" if empty_channels else "channels, height and width"
+        raise ValueError(f"{op}: input must have non-zero {what}, got shape "
                          f"{tuple(input.shape)}")
     return N, C, H, W
 
 
-def _two(values: Sequence[int], name: str, op: str, minimum: int) -> tuple[int, int]:
+def _two(values: Sequence[int], name: str, op: str, minimum: int,
+         maximum: int = 2**63 - 1) -> tuple[int, int]:
     if len(values) != 2:
         raise ValueError(f"{op}: {name} takes 2 values, got {list(values)}")
-    if min(values) < minimum:
-        raise ValueError(f"{op}: {name} must be >= {minimum}, got {tuple(values)}")
+    if min(values) < minimum or max(values) > maximum:
+        raise ValueError(f"{op}: {name} must be in [{minimum}, {maximum}], got {tuple(values)}")
     return int(values[0]), int(values[1])
 
 
@@ -89,17 +107,21 @@ def sliding_geometry(input: Tensor, kernel_size: Sequence[int], stride: Sequence
                      padding: Sequence[int], dilation: Sequence[int], ceil_mode: bool,
                      count_include_pad: bool, divisor_override: Optional[int],
                      op: str) -> Pool2dGeometry:
-    """The geometry of a sliding-window pooling, validated like torch's."""
+    """The geometry of a sliding-window pooling, validated like torch's: the
+    window arguments are 32-bit ints there (so every product of two fits
+    int64 here), the padding at most half the kernel."""
     N, C, H, W = _input_sizes(input, op)
-    kh, kw = _two(kernel_size, "kernel_size", op, 1)
-    sh, sw = _two(stride, "stride", op, 1)
-    ph, pw = _two(padding, "padding", op, 0)
-    dh, dw = _two(dilation, "dilation", op, 1)
+    kh, kw = _two(kernel_size, "kernel_size", op, 1, _args.INT32_MAX)
+    sh, sw = _two(stride, "stride", op, 1, _args.INT32_MAX)
+    ph, pw = _two(padding, "padding", op, 0, _args.INT32_MAX)
+    dh, dw = _two(dilation, "dilation", op, 1, _args.INT32_MAX)
     if 2 * ph > kh or 2 * pw > kw:
         raise ValueError(f"{op}: padding must be between 0 and half the kernel size (like "
                          f"torch), got padding ({ph}, {pw}) for kernel_size ({kh}, {kw})")
-    if divisor_override == 0:
-        raise ValueError(f"{op}: divisor_override must be a non-zero int or None, got 0")
+    if divisor_override is not None and (divisor_override == 0
+                                         or abs(divisor_override) > _args.INT32_MAX):
+        raise ValueError(f"{op}: divisor_override must be a non-zero 32-bit int or None, got "
+                         f"{divisor_override}")
     P = _args.pool_output_size(H, kh, sh, ph, dh, bool(ceil_mode))
     Q = _args.pool_output_size(W, kw, sw, pw, dw, bool(ceil_mode))
     if P < 1 or Q < 1:
@@ -111,9 +133,10 @@ def sliding_geometry(input: Tensor, kernel_size: Sequence[int], stride: Sequence
                           divisor_override=int(divisor_override or 0))
 
 
-def adaptive_geometry(input: Tensor, output_size: Sequence[int], op: str) -> Pool2dGeometry:
-    N, C, H, W = _input_sizes(input, op)
-    P, Q = _two(output_size, "output_size", op, 0)
+def adaptive_geometry(input: Tensor, output_size: Sequence[int], op: str,
+                      empty_channels: bool = False) -> Pool2dGeometry:
+    N, C, H, W = _input_sizes(input, op, empty_channels=empty_channels)
+    P, Q = _two(output_size, "output_size", op, 0, _args.INT32_MAX)
     return Pool2dGeometry(N, C, H, W, P, Q, adaptive=True)
 
 
@@ -141,7 +164,8 @@ def _max_launch(g: Pool2dGeometry, input: Tensor, compute_indices: bool) -> Laun
                           torch.int64)
     return Launch((output, indices), {"input": input, "output": output},
                   lambda b: _ext.launchers(b, input, _triton).max_pool2d_forward(
-                      g, input, output, indices if compute_indices else None))
+                      g, input, output, indices if compute_indices else None),
+                  g.index_extent())
 
 
 def _check_grad_output(grad_output: Tensor, input: Tensor, g: Pool2dGeometry, op: str) -> None:
@@ -171,13 +195,14 @@ def _max_backward_launch(g: Pool2dGeometry, grad_output: Tensor, indices: Tensor
                                "grad_input": grad_input},
                   lambda b: _ext.launchers(b, input, _triton).max_pool2d_backward(
                       g, grad_output, indices, grad_input),
-                  empty_sum=grad_output.numel() == 0)
+                  g.index_extent(), empty_sum=grad_output.numel() == 0)
 
 
 def _avg_launch(g: Pool2dGeometry, input: Tensor) -> Launch:
     output = _like_input(input, (g.N, g.C, g.P, g.Q))
     return Launch(output, {"input": input, "output": output},
-                  lambda b: _ext.launchers(b, input, _triton).avg_pool2d_forward(g, input, output))
+                  lambda b: _ext.launchers(b, input, _triton).avg_pool2d_forward(g, input, output),
+                  g.index_extent())
 
 
 def _avg_backward_launch(g: Pool2dGeometry, grad_output: Tensor, input: Tensor,
@@ -187,7 +212,7 @@ def _avg_backward_launch(g: Pool2dGeometry, grad_output: Tensor, input: Tensor,
     return Launch(grad_input, {"grad_output": grad_output, "grad_input": grad_input},
                   lambda b: _ext.launchers(b, input, _triton).avg_pool2d_backward(
                       g, grad_output, grad_input),
-                  empty_sum=grad_output.numel() == 0)
+                  g.index_extent(), empty_sum=grad_output.numel() == 0)
 
 
 @define_op("cnnk::max_pool2d", returns=tuple[Tensor, Tensor])
@@ -248,7 +273,8 @@ def avg_pool2d_backward_op(grad_output: Tensor, input: Tensor, kernel_size: Sequ
 
 @define_op("cnnk::adaptive_avg_pool2d", returns=Tensor)
 def adaptive_avg_pool2d_op(input: Tensor, output_size: Sequence[int], backend: str) -> Launch:
-    return _avg_launch(adaptive_geometry(input, output_size, "adaptive_avg_pool2d"), input)
+    return _avg_launch(adaptive_geometry(input, output_size, "adaptive_avg_pool2d",
+                                         empty_channels=True), input)
 
 
 @define_op("cnnk::adaptive_avg_pool2d_backward", returns=Tensor)
@@ -256,7 +282,7 @@ def adaptive_avg_pool2d_backward_op(grad_output: Tensor, input: Tensor,
                                     backend: str) -> Launch:
     op = "adaptive_avg_pool2d_backward"
     _args.check_tensor(grad_output, "grad_output", ndim=4)
-    g = adaptive_geometry(input, grad_output.shape[2:], op)
+    g = adaptive_geometry(input, grad_output.shape[2:], op, empty_channels=True)
     return _avg_backward_launch(g, grad_output, input, op)
 
 
@@ -271,7 +297,8 @@ def max_pool2d_gather_op(input: Tensor, indices: Tensor, backend: str) -> Launch
     output = _like_input(indices, indices.shape, input.dtype)
     return Launch(output, {"input": input, "indices": indices, "output": output},
                   lambda b: _ext.launchers(b, input, _triton).max_pool2d_gather(
-                      g, input, indices, output))
+                      g, input, indices, output),
+                  g.index_extent())
 
 
 # Derivatives. Every pooling op is linear in its one differentiable input
@@ -427,8 +454,9 @@ def _unbatch(t: Tensor, unbatched: bool) -> Tensor:
 def _window(kernel_size, stride, padding, dilation) -> tuple[list[int], ...]:
     """torch's int-or-pair window arguments as pairs; stride defaults to the kernel."""
     kernel = _args.pair(kernel_size, "kernel_size", minimum=1)
-    stride = kernel if stride is None or stride == [] or stride == () else \
-        _args.pair(stride, "stride", minimum=1)
+    # torch's default stride: None or an empty list (the nn modules pass []).
+    no_stride = stride is None or (isinstance(stride, list | tuple) and len(stride) == 0)
+    stride = kernel if no_stride else _args.pair(stride, "stride", minimum=1)
     return (list(kernel), list(stride), list(_args.pair(padding, "padding", minimum=0)),
             list(_args.pair(dilation, "dilation", minimum=1)))
 
@@ -439,9 +467,8 @@ def _output_size(input: Tensor, output_size) -> list[int]:
         raise TypeError(f"output_size must be an int, None or a pair, got {output_size!r}")
     out = []
     for size, default in zip(sizes, input.shape[-2:], strict=True):
-        if size is None:
-            size = default
-        if not _args.is_int(size) or size < 0:
+        size = default if size is None else _args.integer(size, "output_size")
+        if size < 0:
             raise ValueError(f"output_size must hold non-negative ints or None, got "
                              f"{output_size!r}")
         out.append(int(size))
@@ -469,17 +496,20 @@ def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
     propagates)."""
     input, unbatched = _batched(input)
     kernel, stride, padding, dilation = _window(kernel_size, stride, padding, dilation)
-    result = max_pool2d_op(input, kernel, stride, padding, dilation, bool(ceil_mode),
-                           _needs_indices(input, return_indices), _backend.current_backend())
+    result = max_pool2d_op(input, kernel, stride, padding, dilation,
+                           _args.flag(ceil_mode, "ceil_mode"),
+                           _needs_indices(input, _args.flag(return_indices, "return_indices")),
+                           _backend.current_backend())
     return _max_result(result, unbatched, return_indices)
 
 
 def adaptive_max_pool2d(input: Tensor, output_size, return_indices: bool = False):
     """``torch.nn.functional.adaptive_max_pool2d`` on cnnkernels' kernels."""
     input, unbatched = _batched(input)
-    result = adaptive_max_pool2d_op(input, _output_size(input, output_size),
-                                    _needs_indices(input, return_indices),
-                                    _backend.current_backend())
+    result = adaptive_max_pool2d_op(
+        input, _output_size(input, output_size),
+        _needs_indices(input, _args.flag(return_indices, "return_indices")),
+        _backend.current_backend())
     return _max_result(result, unbatched, return_indices)
 
 
@@ -489,12 +519,13 @@ def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bo
     non-zero ``divisor_override``, negative too, like torch)."""
     input, unbatched = _batched(input)
     kernel, stride, padding, _ = _window(kernel_size, stride, padding, 1)
-    if divisor_override is not None and (not _args.is_int(divisor_override)
-                                         or divisor_override == 0):
-        raise ValueError(f"divisor_override must be a non-zero int or None, got "
-                         f"{divisor_override!r}")
-    output = avg_pool2d_op(input, kernel, stride, padding, bool(ceil_mode),
-                           bool(count_include_pad), divisor_override, _backend.current_backend())
+    if divisor_override is not None:
+        divisor_override = _args.integer(divisor_override, "divisor_override")
+        if divisor_override == 0:
+            raise ValueError("divisor_override must be a non-zero int or None, got 0")
+    output = avg_pool2d_op(input, kernel, stride, padding, _args.flag(ceil_mode, "ceil_mode"),
+                           _args.flag(count_include_pad, "count_include_pad"), divisor_override,
+                           _backend.current_backend())
     return _unbatch(output, unbatched)
 
 

@@ -3,23 +3,27 @@
 //
 // Algorithm: forward, one task per (n, c) plane computes each output from its
 // window (bounds from pool_window_rows/cols, so no per-tap padding test).
-// Backward is a gather, one task per (n, c) plane: each input element sums
-// the gradients of the windows that contain it (max: only where it is the
-// window's argmax), in a fixed order, so no two tasks write one element and
-// the result is deterministic. Disjoint windows (stride == kernel, no
-// dilation) take the single covering window directly.
+// Backward, one task per (n, c) plane, so no two tasks write one element and
+// the result is deterministic: max scatters each output's gradient to its
+// index within the plane (outputs in order); average is a separable gather,
+// each input element summing the gradients of the windows that contain it,
+// columns then rows, the covering windows found as a range
+// (sliding_covering_outputs), never by looping over a window's taps.
 //
 // Cost: memory-bound. Forward reads x once per window tap (overlapping
-// windows re-read from cache) and writes y (+ 8-byte indices); backward
-// reads grad_y (+ indices) once per covering window and writes grad_x.
+// windows re-read from cache) and writes y (+ 8-byte indices); max backward
+// reads grad_y and the indices once and writes grad_x; average backward reads
+// grad_y once per covering column window and writes grad_x.
 // Elements load into float (double for float64), where the max compares
 // and the average sums; float16 and bfloat16 round once on store
 // (cnnk/cpu_types.h). Limits: the Python layer checks sizes and strides.
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <vector>
 
 #include "cnnk/cpu_types.h"
 #include "cnnk/pool2d.h"
@@ -27,30 +31,23 @@
 namespace cnnk::cpu {
 namespace {
 
-// Calls visit(p, q) for every output window containing input (h, w), in a
-// fixed order: by row tap (or adaptive row), then by column.
+// Calls visit(o) for every output index whose window contains input index i
+// along the rows (or the columns), outputs descending: the taps ascending,
+// the order of a window's own sum. The loop runs over the covering windows
+// only (a range, sliding_covering_outputs), never over a window's taps.
 template <typename Visit>
-void for_each_covering_window(const Pool2dGeometry& g, int64_t h, int64_t w, Visit visit) {
-  if (pool_windows_disjoint(g)) {
-    const int64_t p = (h + g.pad_h) / g.stride_h, q = (w + g.pad_w) / g.stride_w;
-    if (p < g.P && q < g.Q) visit(p, q);
-    return;
-  }
+void for_each_covering_output(const Pool2dGeometry& g, int64_t i, bool rows, Visit visit) {
+  const int64_t out = rows ? g.P : g.Q, in = rows ? g.H : g.W;
   if (g.adaptive) {
-    const IndexRange rows = adaptive_covering_outputs(h, g.H, g.P);
-    const IndexRange cols = adaptive_covering_outputs(w, g.W, g.Q);
-    for (int64_t p = rows.lo; p < rows.hi; ++p)
-      for (int64_t q = cols.lo; q < cols.hi; ++q) visit(p, q);
+    const IndexRange range = adaptive_covering_outputs(i, in, out);
+    for (int64_t o = range.hi - 1; o >= range.lo; --o) visit(o);
     return;
   }
-  for (int64_t th = 0; th < g.kernel_h; ++th) {
-    const int64_t p = sliding_covering_output(h, th, g.P, g.stride_h, g.pad_h, g.dil_h);
-    if (p < 0) continue;
-    for (int64_t tw = 0; tw < g.kernel_w; ++tw) {
-      const int64_t q = sliding_covering_output(w, tw, g.Q, g.stride_w, g.pad_w, g.dil_w);
-      if (q >= 0) visit(p, q);
-    }
-  }
+  const int64_t kernel = rows ? g.kernel_h : g.kernel_w, stride = rows ? g.stride_h : g.stride_w;
+  const int64_t pad = rows ? g.pad_h : g.pad_w, dil = rows ? g.dil_h : g.dil_w;
+  const IndexRange range = sliding_covering_outputs(i, out, kernel, stride, pad, dil);
+  for (int64_t o = range.hi - 1; o >= range.lo; --o)
+    if (dil == 1 || (i + pad - o * stride) % dil == 0) visit(o);
 }
 
 // Calls body(n, c) for every (n, c) plane, one OpenMP task each: a task owns
@@ -71,15 +68,6 @@ void for_each_output_window(const Pool2dGeometry& g, Body body) {
       const PoolWindow rows = pool_window_rows(g, p);
       for (int64_t q = 0; q < g.Q; ++q) body(n, c, p, q, rows, pool_window_cols(g, q));
     }
-  });
-}
-
-// Calls body(n, c, h, w) for every input element.
-template <typename Body>
-void for_each_input(const Pool2dGeometry& g, Body body) {
-  for_each_plane(g, [&](int64_t n, int64_t c) {
-    for (int64_t h = 0; h < g.H; ++h)
-      for (int64_t w = 0; w < g.W; ++w) body(n, c, h, w);
   });
 }
 
@@ -107,21 +95,34 @@ void max_forward(const Pool2dGeometry& g, Tensor4 x, Tensor4 y, Tensor4 indices)
   });
 }
 
+// A scatter: each task owns an (n, c) plane, adds every output's gradient at
+// its index (outputs in order, into an accumulator plane) and writes the
+// plane: O(P*Q + H*W) per plane whatever the window, deterministic, no atomics.
+// An index outside the plane (never produced by max pooling) is skipped.
 template <typename T>
 void max_backward(const Pool2dGeometry& g, Tensor4 grad_y, Tensor4 indices, Tensor4 grad_x) {
   using Acc = acc_t<T>;
   const T* gyp = static_cast<const T*>(grad_y.data);
   const int64_t* ip = static_cast<const int64_t*>(indices.data);
   T* gxp = static_cast<T*>(grad_x.data);
-  for_each_input(g, [&](int64_t n, int64_t c, int64_t h, int64_t w) {
-    const int64_t self = h * g.W + w;
-    Acc sum = Acc(0);
-    for_each_covering_window(g, h, w, [&](int64_t p, int64_t q) {
-      if (ip[indices.stride.offset(n, c, p, q)] == self)
-        sum += to_acc(gyp[grad_y.stride.offset(n, c, p, q)]);
-    });
-    gxp[grad_x.stride.offset(n, c, h, w)] = from_acc<T>(sum);
-  });
+  const int64_t planes = g.N * g.C, plane = g.H * g.W;
+#pragma omp parallel
+  {
+    std::vector<Acc> acc(plane);
+#pragma omp for schedule(static)
+    for (int64_t nc = 0; nc < planes; ++nc) {
+      const int64_t n = nc / g.C, c = nc % g.C;
+      std::fill(acc.begin(), acc.end(), Acc(0));
+      for (int64_t p = 0; p < g.P; ++p)
+        for (int64_t q = 0; q < g.Q; ++q) {
+          const int64_t i = ip[indices.stride.offset(n, c, p, q)];
+          if (i >= 0 && i < plane) acc[i] += to_acc(gyp[grad_y.stride.offset(n, c, p, q)]);
+        }
+      for (int64_t h = 0; h < g.H; ++h)
+        for (int64_t w = 0; w < g.W; ++w)
+          gxp[grad_x.stride.offset(n, c, h, w)] = from_acc<T>(acc[h * g.W + w]);
+    }
+  }
 }
 
 template <typename T>
@@ -139,18 +140,50 @@ void avg_forward(const Pool2dGeometry& g, Tensor4 x, Tensor4 y) {
   });
 }
 
+// Average backward, separable: grad_x[h, w] = sum over the windows (p, q)
+// containing (h, w) of grad_y[p, q] / (row_factor[p] * col_factor[q]) (or /
+// divisor_override), summed columns first into a P x W plane, then rows:
+// O(P * W * covering columns + H * W * covering rows) per plane instead of
+// one term per covering window.
 template <typename T>
 void avg_backward(const Pool2dGeometry& g, Tensor4 grad_y, Tensor4 grad_x) {
   using Acc = acc_t<T>;
   const T* gyp = static_cast<const T*>(grad_y.data);
   T* gxp = static_cast<T*>(grad_x.data);
-  for_each_input(g, [&](int64_t n, int64_t c, int64_t h, int64_t w) {
-    Acc sum = Acc(0);
-    for_each_covering_window(g, h, w, [&](int64_t p, int64_t q) {
-      sum += to_acc(gyp[grad_y.stride.offset(n, c, p, q)]) / Acc(avg_pool_divisor(g, p, q));
-    });
-    gxp[grad_x.stride.offset(n, c, h, w)] = from_acc<T>(sum);
-  });
+  const bool override = g.divisor_override != 0;
+  // 1 / the divisor's factors, once per output row and column (1 and 1 /
+  // divisor_override with an override).
+  std::vector<Acc> row_scale(g.P), col_scale(g.Q);
+  for (int64_t p = 0; p < g.P; ++p)
+    row_scale[p] = override ? Acc(1) / Acc(g.divisor_override)
+                            : Acc(1) / Acc(avg_pool_row_factor(g, p));
+  for (int64_t q = 0; q < g.Q; ++q)
+    col_scale[q] = override ? Acc(1) : Acc(1) / Acc(avg_pool_col_factor(g, q));
+  const int64_t planes = g.N * g.C;
+#pragma omp parallel
+  {
+    std::vector<Acc> cols(g.P * g.W);
+#pragma omp for schedule(static)
+    for (int64_t nc = 0; nc < planes; ++nc) {
+      const int64_t n = nc / g.C, c = nc % g.C;
+      for (int64_t p = 0; p < g.P; ++p)
+        for (int64_t w = 0; w < g.W; ++w) {
+          Acc sum = Acc(0);
+          for_each_covering_output(g, w, false, [&](int64_t q) {
+            sum += to_acc(gyp[grad_y.stride.offset(n, c, p, q)]) * col_scale[q];
+          });
+          cols[p * g.W + w] = sum;
+        }
+      for (int64_t h = 0; h < g.H; ++h)
+        for (int64_t w = 0; w < g.W; ++w) {
+          Acc sum = Acc(0);
+          for_each_covering_output(g, h, true, [&](int64_t p) {
+            sum += cols[p * g.W + w] * row_scale[p];
+          });
+          gxp[grad_x.stride.offset(n, c, h, w)] = from_acc<T>(sum);
+        }
+    }
+  }
 }
 
 template <typename T>

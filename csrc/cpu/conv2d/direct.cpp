@@ -45,7 +45,7 @@ void masked_grad_plane(const Conv2dGeometry& g, const Tensor4& grad_y, const Ten
     for (int64_t q = 0; q < g.Q; ++q) {
       acc_t<T> v = to_acc(gy[grad_y.stride.offset(n, k, p, q)]);
       if (g.activation != Activation::none)
-        v *= activation_grad_mask(to_acc(yv[y.stride.offset(n, k, p, q)]), g.activation);
+        v = activation_grad(v, to_acc(yv[y.stride.offset(n, k, p, q)]), g.activation);
       out[p * g.Q + q] = v;
     }
 }

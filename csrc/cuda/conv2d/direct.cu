@@ -346,7 +346,7 @@ __global__ void __launch_bounds__(kThreads, 2) conv2d_grad_input_kernel(const Bw
             for (int kl = 0; kl < kn; ++kl) {
               Acc gv = load(gy, go + kl * gs.c);
               if constexpr (A != Activation::none)
-                gv *= activation_grad_mask(load(y, yo + kl * ys.c), A);
+                gv = activation_grad(gv, load(y, yo + kl * ys.c), A);
               const Vec<Acc, CT> wv = wp[kl * tn];
 #pragma unroll
               for (int i = 0; i < CT; ++i) acc[i] += gv * wv.v[i];
@@ -491,7 +491,7 @@ __global__ void __launch_bounds__(kThreads, 2) conv2d_grad_weight_kernel(const G
       for (int i = 0; i < Cfg::GYE; ++i)
         yv[i] = gy_ok(i) ? load(y, yb + row_y[(tid + i * kThreads) / BM]) : Acc(0);
 #pragma unroll
-      for (int i = 0; i < Cfg::GYE; ++i) gyr[i] *= activation_grad_mask(yv[i], g.act);
+      for (int i = 0; i < Cfg::GYE; ++i) gyr[i] = activation_grad(gyr[i], yv[i], g.act);
     }
     const int ih0 = p * g.sh - g.ph, iw0 = q * g.sw - g.pw;
 #pragma unroll

@@ -59,22 +59,25 @@ using acc_t = typename AccOf<T>::type;
 // Activations fused into epilogues.
 enum class Activation : int { none = 0, relu = 1, relu6 = 2 };
 
-// Activation applied to an accumulator.
+// Activation applied to an accumulator, as torch computes relu (clamp at 0)
+// and relu6 (hardtanh to [0, 6]): a NaN passes through, never becomes 0.
 template <typename T>
 CNNK_HOST_DEVICE T apply_activation(T v, Activation act) {
-  if (act == Activation::relu) return v > T(0) ? v : T(0);
-  if (act == Activation::relu6) return v > T(0) ? (v < T(6) ? v : T(6)) : T(0);
+  if (act == Activation::relu) return v < T(0) ? T(0) : v;
+  if (act == Activation::relu6) return v < T(0) ? T(0) : (v > T(6) ? T(6) : v);
   return v;
 }
 
-// Derivative of the activation, taken from its output y: relu passes the
-// gradient where y > 0, relu6 where 0 < y < 6 (torch's convention: the
-// gradient at the kinks is zero).
+// grad through the activation, from its output y, selected as torch's
+// backward kernels select it (a NaN grad where the activation is flat
+// becomes 0; the kinks take 0): relu (threshold_backward) passes grad unless
+// y <= 0, so a NaN y passes it; relu6 (hardtanh_backward, vectorised) passes
+// it only where 0 < y < 6, so a NaN y stops it.
 template <typename T>
-CNNK_HOST_DEVICE T activation_grad_mask(T y, Activation act) {
-  if (act == Activation::relu) return y > T(0) ? T(1) : T(0);
-  if (act == Activation::relu6) return (y > T(0) && y < T(6)) ? T(1) : T(0);
-  return T(1);
+CNNK_HOST_DEVICE T activation_grad(T grad, T y, Activation act) {
+  if (act == Activation::relu) return y <= T(0) ? T(0) : grad;
+  if (act == Activation::relu6) return (y > T(0) && y < T(6)) ? grad : T(0);
+  return grad;
 }
 
 // Strides (in elements) of a 4-D tensor viewed as (n, c, h, w); any layout

@@ -14,9 +14,11 @@
 //   avg   sliding windows divide by divisor_override if set, else by the
 //         window clipped to the padded input (count_include_pad) or to the
 //         input; adaptive windows divide by their size.
-//   backward  a gather: each input element sums the gradients of the windows
-//         that contain it (max: whose argmax it is), in a fixed order, so the
-//         results are deterministic without atomics.
+//   backward  each input element sums the gradients of the windows that
+//         contain it (max: whose argmax it is) in a fixed order, each element
+//         written by one thread or task: deterministic without atomics (a
+//         gather on the GPU; on the CPU max pooling scatters within the plane
+//         a task owns).
 #pragma once
 
 #include "cnnk/common.h"
@@ -75,17 +77,34 @@ CNNK_HOST_DEVICE PoolWindow pool_window_cols(const Pool2dGeometry& g, int64_t q)
   return pool_window(q, g.W, g.Q, g.kernel_w, g.stride_w, g.pad_w, g.dil_w, g.adaptive);
 }
 
-// Divisor of average pooling for output (p, q) (torch's avg_pool2d rule).
+// One dimension's factor of the average divisor of output o (torch's
+// avg_pool2d rule): the window clipped to the input, or with
+// count_include_pad to the padded input; adaptive windows their size.
+CNNK_HOST_DEVICE int64_t avg_pool_factor(int64_t o, int64_t in_size, int64_t out_size,
+                                         int64_t kernel, int64_t stride, int64_t pad,
+                                         int64_t dil, bool adaptive, bool count_include_pad) {
+  const PoolWindow win = pool_window(o, in_size, out_size, kernel, stride, pad, dil, adaptive);
+  if (adaptive || !count_include_pad) return win.end - win.start;
+  const int64_t start = o * stride - pad;
+  const int64_t end = start + kernel < in_size + pad ? start + kernel : in_size + pad;
+  return end - start;
+}
+
+CNNK_HOST_DEVICE int64_t avg_pool_row_factor(const Pool2dGeometry& g, int64_t p) {
+  return avg_pool_factor(p, g.H, g.P, g.kernel_h, g.stride_h, g.pad_h, g.dil_h, g.adaptive,
+                         g.count_include_pad);
+}
+
+CNNK_HOST_DEVICE int64_t avg_pool_col_factor(const Pool2dGeometry& g, int64_t q) {
+  return avg_pool_factor(q, g.W, g.Q, g.kernel_w, g.stride_w, g.pad_w, g.dil_w, g.adaptive,
+                         g.count_include_pad);
+}
+
+// Divisor of average pooling for output (p, q): divisor_override, else the
+// product of the two factors.
 CNNK_HOST_DEVICE int64_t avg_pool_divisor(const Pool2dGeometry& g, int64_t p, int64_t q) {
   if (g.divisor_override != 0) return g.divisor_override;
-  const PoolWindow rows = pool_window_rows(g, p), cols = pool_window_cols(g, q);
-  if (g.adaptive || !g.count_include_pad)
-    return (rows.end - rows.start) * (cols.end - cols.start);
-  // The window clipped to the padded input, padding included.
-  const int64_t h0 = p * g.stride_h - g.pad_h, w0 = q * g.stride_w - g.pad_w;
-  const int64_t h1 = h0 + g.kernel_h < g.H + g.pad_h ? h0 + g.kernel_h : g.H + g.pad_h;
-  const int64_t w1 = w0 + g.kernel_w < g.W + g.pad_w ? w0 + g.kernel_w : g.W + g.pad_w;
-  return (h1 - h0) * (w1 - w0);
+  return avg_pool_row_factor(g, p) * avg_pool_col_factor(g, q);
 }
 
 // Half-open range of adaptive output indices whose window contains input
@@ -95,14 +114,17 @@ CNNK_HOST_DEVICE IndexRange adaptive_covering_outputs(int64_t i, int64_t in_size
   return {(i * out_size) / in_size, ((i + 1) * out_size + in_size - 1) / in_size};
 }
 
-// Output index whose sliding window reads input index i at tap t, or -1:
-// o * stride - pad + t * dil == i with o in [0, out_size).
-CNNK_HOST_DEVICE int64_t sliding_covering_output(int64_t i, int64_t t, int64_t out_size,
-                                                 int64_t stride, int64_t pad, int64_t dil) {
-  const int64_t num = i + pad - t * dil;
-  if (num < 0 || num % stride != 0) return -1;
-  const int64_t o = num / stride;
-  return o < out_size ? o : -1;
+// Half-open range of sliding output indices whose window spans input index
+// i: the taps o * stride - pad + t * dil, t < kernel, reach i for
+// i + pad - (kernel - 1) * dil <= o * stride <= i + pad; with dil > 1 only the
+// o with (i + pad - o * stride) % dil == 0 read it. Computed directly, so a
+// window far larger than the input costs nothing extra.
+CNNK_HOST_DEVICE IndexRange sliding_covering_outputs(int64_t i, int64_t out_size, int64_t kernel,
+                                                     int64_t stride, int64_t pad, int64_t dil) {
+  const int64_t t = i + pad;
+  const int64_t lo = -floor_div((kernel - 1) * dil - t, stride);
+  const int64_t hi = t / stride + 1;
+  return {lo > 0 ? lo : 0, hi < out_size ? hi : out_size};
 }
 
 // Windows do not overlap and every input index is read by at most one tap:
