@@ -155,6 +155,25 @@ def test_hang_window_much_larger_than_the_input(device, backend, kind):
     torch.testing.assert_close(grad, expected_grad)
 
 
+@pytest.mark.parametrize(("device", "backend"), CPU_BACKENDS)
+def test_max_window_wholly_in_the_padding(device, backend):
+    """Found by the fuzzing: with dilation a window can miss the input
+    entirely. Forward as torch (-inf, the index past the plane torch gives);
+    the backward writes nothing outside grad_input (torch's does) and gives
+    no gradient to anything."""
+    x = torch.tensor([[[[1.5, -0.25]], [[-2.0, 0.5]]]], dtype=torch.float64,
+                     requires_grad=True)
+    args = dict(kernel_size=2, padding=1, dilation=2, return_indices=True)
+    with ck.use(backend=backend):
+        y, indices = ck.max_pool2d(x, **args)
+        (grad,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    with torch.no_grad():
+        expected, expected_indices = F.max_pool2d(x, **args)
+    torch.testing.assert_close(y, expected)
+    assert torch.equal(indices, expected_indices) and bool((indices >= 2).all())
+    assert torch.equal(grad, torch.zeros_like(x))
+
+
 # Differences from torch: what torch accepts we accept, what it refuses we
 # refuse.
 

@@ -115,7 +115,7 @@ def sliding_geometry(input: Tensor, kernel_size: Sequence[int], stride: Sequence
     sh, sw = _two(stride, "stride", op, 1, _args.INT32_MAX)
     ph, pw = _two(padding, "padding", op, 0, _args.INT32_MAX)
     dh, dw = _two(dilation, "dilation", op, 1, _args.INT32_MAX)
-    if 2 * ph > kh or 2 * pw > kw:
+    if 2 * ph > kh or 2 * pw > kw:  # torch's rule, with or without dilation
         raise ValueError(f"{op}: padding must be between 0 and half the kernel size (like "
                          f"torch), got padding ({ph}, {pw}) for kernel_size ({kh}, {kw})")
     if divisor_override is not None and (divisor_override == 0
