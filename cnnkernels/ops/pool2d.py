@@ -67,10 +67,11 @@ class Pool2dGeometry:
 
     def index_extent(self) -> int:
         """The largest value the cuda and triton kernels' 32-bit index
-        arithmetic reaches: sizes, pixel counts, plane indices h * W + w
-        (a window's first index may lie past the input), window reaches,
-        and the adaptive windows' products o * H."""
-        sizes = max(self.N * self.C * max(self.H * self.W, self.P * self.Q), self.H * self.W)
+        arithmetic reaches besides tensor offsets (checked on their own):
+        sizes, plane indices h * W + w (a window's first index may lie past
+        the input), window reaches, and the adaptive windows' products o * H.
+        The batch is unbounded: the CUDA launcher splits it."""
+        sizes = max(self.C, self.H * self.W, self.P * self.Q)
         if self.adaptive:
             return max(sizes, self.H * self.P + self.H + self.P, self.W * self.Q + self.W + self.Q)
         row_reach = (self.P - 1) * self.stride_h + self.kernel_h * self.dil_h
