@@ -148,20 +148,26 @@ def _max_forward_kernel(
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     n, p, q, m_mask, c, c_mask = _pixel_tile(M, C, P, Q, BLOCK_P, BLOCK_C)
-    _, h_end, h_first = _window(p, h_scale, h_lo, h_hi, h_div, h_step, H)
-    _, w_end, w_first = _window(q, w_scale, w_lo, w_hi, w_div, w_step, W)
+    h_start, h_end, h_first = _window(p, h_scale, h_lo, h_hi, h_div, h_step, H)
+    w_start, w_end, w_first = _window(q, w_scale, w_lo, w_hi, w_div, w_step, W)
+    # The taps outside the input before the first inside one, skipped.
+    h_skip = (h_first - h_start) // h_step
+    w_skip = (w_first - w_start) // w_step
 
     x_chan = (c * xs_c)[None, :]
     c_ok = c_mask[None, :]
     maxval = tl.full((BLOCK_P, BLOCK_C), float("-inf"), dtype=ACC)
     maxidx = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.int32) + (h_first * W + w_first)[:, None]
     for i in range(0, h_count):
-        row = h_first + i * h_step
-        row_ok = m_mask & (row < h_end)
+        # Written from the window's start, and with the row, col >= 0 that
+        # always hold: other equivalent forms spill on sm_80/sm_90 with
+        # Triton 3.6 or 3.9 (static check).
+        row = h_start + (i + h_skip) * h_step
+        row_ok = m_mask & (row >= 0) & (row < h_end)
         x_row = n * xs_n + row * xs_h
         for j in range(0, w_count):
-            col = w_first + j * w_step
-            ok = row_ok & (col < w_end)
+            col = w_start + (j + w_skip) * w_step
+            ok = row_ok & (col >= 0) & (col < w_end)
             v = tl.load(x_ptr + (x_row + col * xs_w)[:, None] + x_chan,
                         mask=ok[:, None] & c_ok, other=float("-inf")).to(ACC)
             # torch's rule: the first maximum wins, a NaN always takes over.
