@@ -105,24 +105,19 @@ void max_backward(const Pool2dGeometry& g, Tensor4 grad_y, Tensor4 indices, Tens
   const T* gyp = static_cast<const T*>(grad_y.data);
   const int64_t* ip = static_cast<const int64_t*>(indices.data);
   T* gxp = static_cast<T*>(grad_x.data);
-  const int64_t planes = g.N * g.C, plane = g.H * g.W;
-#pragma omp parallel
-  {
-    std::vector<Acc> acc(plane);
-#pragma omp for schedule(static)
-    for (int64_t nc = 0; nc < planes; ++nc) {
-      const int64_t n = nc / g.C, c = nc % g.C;
-      std::fill(acc.begin(), acc.end(), Acc(0));
-      for (int64_t p = 0; p < g.P; ++p)
-        for (int64_t q = 0; q < g.Q; ++q) {
-          const int64_t i = ip[indices.stride.offset(n, c, p, q)];
-          if (i >= 0 && i < plane) acc[i] += to_acc(gyp[grad_y.stride.offset(n, c, p, q)]);
-        }
-      for (int64_t h = 0; h < g.H; ++h)
-        for (int64_t w = 0; w < g.W; ++w)
-          gxp[grad_x.stride.offset(n, c, h, w)] = from_acc<T>(acc[h * g.W + w]);
-    }
-  }
+  const int64_t plane = g.H * g.W;
+  parallel_tasks<Acc>(g.N * g.C, plane, [&](int64_t nc, Acc* acc) {
+    const int64_t n = nc / g.C, c = nc % g.C;
+    std::fill(acc, acc + plane, Acc(0));
+    for (int64_t p = 0; p < g.P; ++p)
+      for (int64_t q = 0; q < g.Q; ++q) {
+        const int64_t i = ip[indices.stride.offset(n, c, p, q)];
+        if (i >= 0 && i < plane) acc[i] += to_acc(gyp[grad_y.stride.offset(n, c, p, q)]);
+      }
+    for (int64_t h = 0; h < g.H; ++h)
+      for (int64_t w = 0; w < g.W; ++w)
+        gxp[grad_x.stride.offset(n, c, h, w)] = from_acc<T>(acc[h * g.W + w]);
+  });
 }
 
 template <typename T>
@@ -159,31 +154,25 @@ void avg_backward(const Pool2dGeometry& g, Tensor4 grad_y, Tensor4 grad_x) {
                             : Acc(1) / Acc(avg_pool_row_factor(g, p));
   for (int64_t q = 0; q < g.Q; ++q)
     col_scale[q] = override ? Acc(1) : Acc(1) / Acc(avg_pool_col_factor(g, q));
-  const int64_t planes = g.N * g.C;
-#pragma omp parallel
-  {
-    std::vector<Acc> cols(g.P * g.W);
-#pragma omp for schedule(static)
-    for (int64_t nc = 0; nc < planes; ++nc) {
-      const int64_t n = nc / g.C, c = nc % g.C;
-      for (int64_t p = 0; p < g.P; ++p)
-        for (int64_t w = 0; w < g.W; ++w) {
-          Acc sum = Acc(0);
-          for_each_covering_output(g, w, false, [&](int64_t q) {
-            sum += to_acc(gyp[grad_y.stride.offset(n, c, p, q)]) * col_scale[q];
-          });
-          cols[p * g.W + w] = sum;
-        }
-      for (int64_t h = 0; h < g.H; ++h)
-        for (int64_t w = 0; w < g.W; ++w) {
-          Acc sum = Acc(0);
-          for_each_covering_output(g, h, true, [&](int64_t p) {
-            sum += cols[p * g.W + w] * row_scale[p];
-          });
-          gxp[grad_x.stride.offset(n, c, h, w)] = from_acc<T>(sum);
-        }
-    }
-  }
+  parallel_tasks<Acc>(g.N * g.C, g.P * g.W, [&](int64_t nc, Acc* cols) {
+    const int64_t n = nc / g.C, c = nc % g.C;
+    for (int64_t p = 0; p < g.P; ++p)
+      for (int64_t w = 0; w < g.W; ++w) {
+        Acc sum = Acc(0);
+        for_each_covering_output(g, w, false, [&](int64_t q) {
+          sum += to_acc(gyp[grad_y.stride.offset(n, c, p, q)]) * col_scale[q];
+        });
+        cols[p * g.W + w] = sum;
+      }
+    for (int64_t h = 0; h < g.H; ++h)
+      for (int64_t w = 0; w < g.W; ++w) {
+        Acc sum = Acc(0);
+        for_each_covering_output(g, h, true, [&](int64_t p) {
+          sum += cols[p * g.W + w] * row_scale[p];
+        });
+        gxp[grad_x.stride.offset(n, c, h, w)] = from_acc<T>(sum);
+      }
+  });
 }
 
 template <typename T>

@@ -24,10 +24,7 @@
 // (double for float64); float16 and bfloat16 elements are converted on load
 // and rounded once on store (cnnk/cpu_types.h), like torch's CPU kernels.
 // Limits: the Python layer checks sizes and strides.
-#include <omp.h>
-
 #include <algorithm>
-#include <vector>
 
 #include "cnnk/conv2d.h"
 #include "cnnk/cpu_types.h"
@@ -58,38 +55,32 @@ void forward(const Conv2dGeometry& g, Tensor4 x, Tensor4 w, Tensor1 bias, Tensor
   const T* bp = static_cast<const T*>(bias.data);
   T* yp = static_cast<T*>(y.data);
   const int64_t cg = g.C_g(), kg = g.K_g();
-  const int64_t planes = g.N * g.K;
-#pragma omp parallel
-  {
-    std::vector<Acc> acc(g.P * g.Q);
-#pragma omp for schedule(static)
-    for (int64_t nk = 0; nk < planes; ++nk) {
-      const int64_t n = nk / g.K, k = nk % g.K;
-      const int64_t c0 = (k / kg) * cg;
-      std::fill(acc.begin(), acc.end(), bp ? to_acc(bp[k * bias.stride]) : Acc(0));
-      for (int64_t c = 0; c < cg; ++c)
-        for (int64_t r = 0; r < g.R; ++r) {
-          const IndexRange rows = conv_valid_outputs(g.P, g.H, r, g.stride_h, g.pad_top, g.dil_h);
-          for (int64_t s = 0; s < g.S; ++s) {
-            const IndexRange cols =
-                conv_valid_outputs(g.Q, g.W, s, g.stride_w, g.pad_left, g.dil_w);
-            const Acc wv = to_acc(wp[w.stride.offset(k, c, r, s)]);
-            for (int64_t p = rows.lo; p < rows.hi; ++p) {
-              const int64_t ih = conv_input_index(p, r, g.stride_h, g.pad_top, g.dil_h);
-              const T* xrow = xp + x.stride.offset(n, c0 + c, ih, 0);
-              Acc* arow = acc.data() + p * g.Q;
-              for (int64_t q = cols.lo; q < cols.hi; ++q)
-                arow[q] += wv * to_acc(xrow[conv_input_index(q, s, g.stride_w, g.pad_left,
-                                                             g.dil_w) * x.stride.w]);
-            }
+  parallel_tasks<Acc>(g.N * g.K, g.P * g.Q, [&](int64_t nk, Acc* acc) {
+    const int64_t n = nk / g.K, k = nk % g.K;
+    const int64_t c0 = (k / kg) * cg;
+    std::fill(acc, acc + g.P * g.Q, bp ? to_acc(bp[k * bias.stride]) : Acc(0));
+    for (int64_t c = 0; c < cg; ++c)
+      for (int64_t r = 0; r < g.R; ++r) {
+        const IndexRange rows = conv_valid_outputs(g.P, g.H, r, g.stride_h, g.pad_top, g.dil_h);
+        for (int64_t s = 0; s < g.S; ++s) {
+          const IndexRange cols =
+              conv_valid_outputs(g.Q, g.W, s, g.stride_w, g.pad_left, g.dil_w);
+          const Acc wv = to_acc(wp[w.stride.offset(k, c, r, s)]);
+          for (int64_t p = rows.lo; p < rows.hi; ++p) {
+            const int64_t ih = conv_input_index(p, r, g.stride_h, g.pad_top, g.dil_h);
+            const T* xrow = xp + x.stride.offset(n, c0 + c, ih, 0);
+            Acc* arow = acc + p * g.Q;
+            for (int64_t q = cols.lo; q < cols.hi; ++q)
+              arow[q] += wv * to_acc(xrow[conv_input_index(q, s, g.stride_w, g.pad_left,
+                                                           g.dil_w) * x.stride.w]);
           }
         }
-      for (int64_t p = 0; p < g.P; ++p)
-        for (int64_t q = 0; q < g.Q; ++q)
-          yp[y.stride.offset(n, k, p, q)] =
-              from_acc<T>(apply_activation(acc[p * g.Q + q], g.activation));
-    }
-  }
+      }
+    for (int64_t p = 0; p < g.P; ++p)
+      for (int64_t q = 0; q < g.Q; ++q)
+        yp[y.stride.offset(n, k, p, q)] =
+            from_acc<T>(apply_activation(acc[p * g.Q + q], g.activation));
+  });
 }
 
 template <typename T>
@@ -98,38 +89,33 @@ void grad_input(const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y, Tensor4 w, T
   const T* wp = static_cast<const T*>(w.data);
   T* gxp = static_cast<T*>(grad_x.data);
   const int64_t cg = g.C_g(), kg = g.K_g();
-  const int64_t planes = g.N * g.C;
-#pragma omp parallel
-  {
-    std::vector<Acc> acc(g.H * g.W);
-    std::vector<Acc> gk(g.P * g.Q);
-#pragma omp for schedule(static)
-    for (int64_t nc = 0; nc < planes; ++nc) {
-      const int64_t n = nc / g.C, c = nc % g.C;
-      const int64_t k0 = (c / cg) * kg, cl = c % cg;
-      std::fill(acc.begin(), acc.end(), Acc(0));
-      for (int64_t k = k0; k < k0 + kg; ++k) {
-        masked_grad_plane<T>(g, grad_y, y, n, k, gk.data());
-        for (int64_t r = 0; r < g.R; ++r) {
-          const IndexRange rows = conv_valid_outputs(g.P, g.H, r, g.stride_h, g.pad_top, g.dil_h);
-          for (int64_t s = 0; s < g.S; ++s) {
-            const IndexRange cols =
-                conv_valid_outputs(g.Q, g.W, s, g.stride_w, g.pad_left, g.dil_w);
-            const Acc wv = to_acc(wp[w.stride.offset(k, cl, r, s)]);
-            for (int64_t p = rows.lo; p < rows.hi; ++p) {
-              Acc* arow = acc.data() + conv_input_index(p, r, g.stride_h, g.pad_top, g.dil_h) * g.W;
-              const Acc* grow = gk.data() + p * g.Q;
-              for (int64_t q = cols.lo; q < cols.hi; ++q)
-                arow[conv_input_index(q, s, g.stride_w, g.pad_left, g.dil_w)] += wv * grow[q];
-            }
+  // Scratch: the plane's accumulator (H*W), then one masked gy' plane (P*Q).
+  parallel_tasks<Acc>(g.N * g.C, g.H * g.W + g.P * g.Q, [&](int64_t nc, Acc* acc) {
+    Acc* gk = acc + g.H * g.W;
+    const int64_t n = nc / g.C, c = nc % g.C;
+    const int64_t k0 = (c / cg) * kg, cl = c % cg;
+    std::fill(acc, acc + g.H * g.W, Acc(0));
+    for (int64_t k = k0; k < k0 + kg; ++k) {
+      masked_grad_plane<T>(g, grad_y, y, n, k, gk);
+      for (int64_t r = 0; r < g.R; ++r) {
+        const IndexRange rows = conv_valid_outputs(g.P, g.H, r, g.stride_h, g.pad_top, g.dil_h);
+        for (int64_t s = 0; s < g.S; ++s) {
+          const IndexRange cols =
+              conv_valid_outputs(g.Q, g.W, s, g.stride_w, g.pad_left, g.dil_w);
+          const Acc wv = to_acc(wp[w.stride.offset(k, cl, r, s)]);
+          for (int64_t p = rows.lo; p < rows.hi; ++p) {
+            Acc* arow = acc + conv_input_index(p, r, g.stride_h, g.pad_top, g.dil_h) * g.W;
+            const Acc* grow = gk + p * g.Q;
+            for (int64_t q = cols.lo; q < cols.hi; ++q)
+              arow[conv_input_index(q, s, g.stride_w, g.pad_left, g.dil_w)] += wv * grow[q];
           }
         }
       }
-      for (int64_t h = 0; h < g.H; ++h)
-        for (int64_t iw = 0; iw < g.W; ++iw)
-          gxp[grad_x.stride.offset(n, c, h, iw)] = from_acc<T>(acc[h * g.W + iw]);
     }
-  }
+    for (int64_t h = 0; h < g.H; ++h)
+      for (int64_t iw = 0; iw < g.W; ++iw)
+        gxp[grad_x.stride.offset(n, c, h, iw)] = from_acc<T>(acc[h * g.W + iw]);
+  });
 }
 
 template <typename T>
@@ -140,46 +126,41 @@ void grad_weight(const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y, Tensor4 x, 
   T* gwp = static_cast<T*>(grad_w.data);
   T* gbp = static_cast<T*>(grad_bias.data);
   const int64_t cg = g.C_g(), kg = g.K_g();
-  const int64_t slices = g.K * cg;
-#pragma omp parallel
-  {
-    std::vector<Acc> acc(g.R * g.S);
-    std::vector<Acc> gk(g.P * g.Q);
-#pragma omp for schedule(static)
-    for (int64_t kc = 0; kc < slices; ++kc) {
-      const int64_t k = kc / cg, c = kc % cg;
-      const int64_t cin = (k / kg) * cg + c;
-      const bool owns_bias = gbp != nullptr && c == 0;
-      Acc bias_acc = Acc(0);
-      std::fill(acc.begin(), acc.end(), Acc(0));
-      for (int64_t n = 0; n < g.N; ++n) {
-        masked_grad_plane<T>(g, grad_y, y, n, k, gk.data());
-        if (owns_bias)
-          for (Acc v : gk) bias_acc += v;
-        for (int64_t r = 0; r < g.R; ++r) {
-          const IndexRange rows = conv_valid_outputs(g.P, g.H, r, g.stride_h, g.pad_top, g.dil_h);
-          for (int64_t s = 0; s < g.S; ++s) {
-            const IndexRange cols =
-                conv_valid_outputs(g.Q, g.W, s, g.stride_w, g.pad_left, g.dil_w);
-            Acc sum = Acc(0);
-            for (int64_t p = rows.lo; p < rows.hi; ++p) {
-              const int64_t ih = conv_input_index(p, r, g.stride_h, g.pad_top, g.dil_h);
-              const T* xrow = xp + x.stride.offset(n, cin, ih, 0);
-              const Acc* grow = gk.data() + p * g.Q;
-              for (int64_t q = cols.lo; q < cols.hi; ++q)
-                sum += grow[q] * to_acc(xrow[conv_input_index(q, s, g.stride_w, g.pad_left,
-                                                              g.dil_w) * x.stride.w]);
-            }
-            acc[r * g.S + s] += sum;
+  // Scratch: the slice's accumulator (R*S), then one masked gy' plane (P*Q).
+  parallel_tasks<Acc>(g.K * cg, g.R * g.S + g.P * g.Q, [&](int64_t kc, Acc* acc) {
+    Acc* gk = acc + g.R * g.S;
+    const int64_t k = kc / cg, c = kc % cg;
+    const int64_t cin = (k / kg) * cg + c;
+    const bool owns_bias = gbp != nullptr && c == 0;
+    Acc bias_acc = Acc(0);
+    std::fill(acc, acc + g.R * g.S, Acc(0));
+    for (int64_t n = 0; n < g.N; ++n) {
+      masked_grad_plane<T>(g, grad_y, y, n, k, gk);
+      if (owns_bias)
+        for (int64_t i = 0; i < g.P * g.Q; ++i) bias_acc += gk[i];
+      for (int64_t r = 0; r < g.R; ++r) {
+        const IndexRange rows = conv_valid_outputs(g.P, g.H, r, g.stride_h, g.pad_top, g.dil_h);
+        for (int64_t s = 0; s < g.S; ++s) {
+          const IndexRange cols =
+              conv_valid_outputs(g.Q, g.W, s, g.stride_w, g.pad_left, g.dil_w);
+          Acc sum = Acc(0);
+          for (int64_t p = rows.lo; p < rows.hi; ++p) {
+            const int64_t ih = conv_input_index(p, r, g.stride_h, g.pad_top, g.dil_h);
+            const T* xrow = xp + x.stride.offset(n, cin, ih, 0);
+            const Acc* grow = gk + p * g.Q;
+            for (int64_t q = cols.lo; q < cols.hi; ++q)
+              sum += grow[q] * to_acc(xrow[conv_input_index(q, s, g.stride_w, g.pad_left,
+                                                            g.dil_w) * x.stride.w]);
           }
+          acc[r * g.S + s] += sum;
         }
       }
-      for (int64_t r = 0; r < g.R; ++r)
-        for (int64_t s = 0; s < g.S; ++s)
-          gwp[grad_w.stride.offset(k, c, r, s)] = from_acc<T>(acc[r * g.S + s]);
-      if (owns_bias) gbp[k * grad_bias.stride] = from_acc<T>(bias_acc);
     }
-  }
+    for (int64_t r = 0; r < g.R; ++r)
+      for (int64_t s = 0; s < g.S; ++s)
+        gwp[grad_w.stride.offset(k, c, r, s)] = from_acc<T>(acc[r * g.S + s]);
+    if (owns_bias) gbp[k * grad_bias.stride] = from_acc<T>(bias_acc);
+  });
 }
 
 }  // namespace

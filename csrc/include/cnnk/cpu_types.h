@@ -1,4 +1,5 @@
-// Element types of the C++ CPU kernels and their dtype dispatch.
+// Element types of the C++ CPU kernels, their dtype dispatch, and the
+// OpenMP task loop the kernels share.
 //
 // float16 and bfloat16 are storage types here: kernels load an element into
 // the accumulator type (float; double for float64), compute there and round
@@ -10,9 +11,12 @@
 // built without -march, and the conversion is not what bounds them.
 #pragma once
 
+#include <omp.h>
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "cnnk/common.h"
 
@@ -106,6 +110,20 @@ Status dispatch_dtype(DType dtype, Body&& body) {
     case DType::float64: body(TypeTag<double>{}); return Status::ok;
   }
   return Status::unsupported_dtype;
+}
+
+// Runs task(i, scratch) for i in [0, count), statically scheduled over the
+// OpenMP threads; scratch is the thread's own buffer of scratch_size
+// elements, reused (uninitialised) from task to task. Each task writes only
+// what it owns, so the kernels need no atomics and sum in a fixed order.
+template <typename Acc, typename Task>
+void parallel_tasks(int64_t count, int64_t scratch_size, Task task) {
+#pragma omp parallel
+  {
+    std::vector<Acc> scratch(scratch_size);
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < count; ++i) task(i, scratch.data());
+  }
 }
 
 }  // namespace cnnk::cpu
