@@ -39,7 +39,8 @@ PYBIND11_MODULE(_C, m) {
       .value("bad_argument", Status::bad_argument)
       .value("unsupported_dtype", Status::unsupported_dtype)
       .value("index_overflow", Status::index_overflow)
-      .value("cuda_error", Status::cuda_error);
+      .value("cuda_error", Status::cuda_error)
+      .value("out_of_memory", Status::out_of_memory);
   py::enum_<DType>(m, "DType")
       .value("float16", DType::float16)
       .value("bfloat16", DType::bfloat16)

@@ -72,7 +72,7 @@ void for_each_output_window(const Pool2dGeometry& g, Body body) {
 }
 
 template <typename T>
-void max_forward(const Pool2dGeometry& g, Tensor4 x, Tensor4 y, Tensor4 indices) {
+Status max_forward(const Pool2dGeometry& g, Tensor4 x, Tensor4 y, Tensor4 indices) {
   using Acc = acc_t<T>;
   const T* xp = static_cast<const T*>(x.data);
   T* yp = static_cast<T*>(y.data);
@@ -93,26 +93,36 @@ void max_forward(const Pool2dGeometry& g, Tensor4 x, Tensor4 y, Tensor4 indices)
     yp[y.stride.offset(n, c, p, q)] = from_acc<T>(best);
     if (ip) ip[indices.stride.offset(n, c, p, q)] = best_index;
   });
+  return Status::ok;
 }
 
 // A scatter: each task owns an (n, c) plane, adds every output's gradient at
 // its index (outputs in order, into an accumulator plane) and writes the
 // plane: O(P*Q + H*W) per plane whatever the window, deterministic, no atomics.
-// An index outside the plane (never produced by max pooling) is skipped.
+// Only an index inside its window counts, as in the GPU gathers: a window
+// with no tap inside the input (dilation) returns -inf and an index that is
+// no element of it, and its output then passes no gradient.
 template <typename T>
-void max_backward(const Pool2dGeometry& g, Tensor4 grad_y, Tensor4 indices, Tensor4 grad_x) {
+Status max_backward(const Pool2dGeometry& g, Tensor4 grad_y, Tensor4 indices, Tensor4 grad_x) {
   using Acc = acc_t<T>;
   const T* gyp = static_cast<const T*>(grad_y.data);
   const int64_t* ip = static_cast<const int64_t*>(indices.data);
   T* gxp = static_cast<T*>(grad_x.data);
+  std::vector<PoolWindow> rows(g.P), cols(g.Q);
+  for (int64_t p = 0; p < g.P; ++p) rows[p] = pool_window_rows(g, p);
+  for (int64_t q = 0; q < g.Q; ++q) cols[q] = pool_window_cols(g, q);
+  auto inside = [](const PoolWindow& win, int64_t i) {
+    return i >= win.start && i < win.end && (i - win.start) % win.step == 0;
+  };
   const int64_t plane = g.H * g.W;
-  parallel_tasks<Acc>(g.N * g.C, plane, [&](int64_t nc, Acc* acc) {
+  return parallel_tasks<Acc>(g.N * g.C, plane, [&](int64_t nc, Acc* acc) {
     const int64_t n = nc / g.C, c = nc % g.C;
     std::fill(acc, acc + plane, Acc(0));
     for (int64_t p = 0; p < g.P; ++p)
       for (int64_t q = 0; q < g.Q; ++q) {
         const int64_t i = ip[indices.stride.offset(n, c, p, q)];
-        if (i >= 0 && i < plane) acc[i] += to_acc(gyp[grad_y.stride.offset(n, c, p, q)]);
+        if (i >= 0 && i < plane && inside(rows[p], i / g.W) && inside(cols[q], i % g.W))
+          acc[i] += to_acc(gyp[grad_y.stride.offset(n, c, p, q)]);
       }
     for (int64_t h = 0; h < g.H; ++h)
       for (int64_t w = 0; w < g.W; ++w)
@@ -121,7 +131,7 @@ void max_backward(const Pool2dGeometry& g, Tensor4 grad_y, Tensor4 indices, Tens
 }
 
 template <typename T>
-void avg_forward(const Pool2dGeometry& g, Tensor4 x, Tensor4 y) {
+Status avg_forward(const Pool2dGeometry& g, Tensor4 x, Tensor4 y) {
   using Acc = acc_t<T>;
   const T* xp = static_cast<const T*>(x.data);
   T* yp = static_cast<T*>(y.data);
@@ -133,6 +143,7 @@ void avg_forward(const Pool2dGeometry& g, Tensor4 x, Tensor4 y) {
         sum += to_acc(xp[x.stride.offset(n, c, h, w)]);
     yp[y.stride.offset(n, c, p, q)] = from_acc<T>(sum / Acc(avg_pool_divisor(g, p, q)));
   });
+  return Status::ok;
 }
 
 // Average backward, separable: grad_x[h, w] = sum over the windows (p, q)
@@ -141,7 +152,7 @@ void avg_forward(const Pool2dGeometry& g, Tensor4 x, Tensor4 y) {
 // O(P * W * covering columns + H * W * covering rows) per plane instead of
 // one term per covering window.
 template <typename T>
-void avg_backward(const Pool2dGeometry& g, Tensor4 grad_y, Tensor4 grad_x) {
+Status avg_backward(const Pool2dGeometry& g, Tensor4 grad_y, Tensor4 grad_x) {
   using Acc = acc_t<T>;
   const T* gyp = static_cast<const T*>(grad_y.data);
   T* gxp = static_cast<T*>(grad_x.data);
@@ -154,7 +165,7 @@ void avg_backward(const Pool2dGeometry& g, Tensor4 grad_y, Tensor4 grad_x) {
                             : Acc(1) / Acc(avg_pool_row_factor(g, p));
   for (int64_t q = 0; q < g.Q; ++q)
     col_scale[q] = override ? Acc(1) : Acc(1) / Acc(avg_pool_col_factor(g, q));
-  parallel_tasks<Acc>(g.N * g.C, g.P * g.W, [&](int64_t nc, Acc* cols) {
+  return parallel_tasks<Acc>(g.N * g.C, g.P * g.W, [&](int64_t nc, Acc* cols) {
     const int64_t n = nc / g.C, c = nc % g.C;
     for (int64_t p = 0; p < g.P; ++p)
       for (int64_t w = 0; w < g.W; ++w) {
@@ -176,7 +187,7 @@ void avg_backward(const Pool2dGeometry& g, Tensor4 grad_y, Tensor4 grad_x) {
 }
 
 template <typename T>
-void gather(const Pool2dGeometry& g, Tensor4 x, Tensor4 indices, Tensor4 y) {
+Status gather(const Pool2dGeometry& g, Tensor4 x, Tensor4 indices, Tensor4 y) {
   const T* xp = static_cast<const T*>(x.data);
   const int64_t* ip = static_cast<const int64_t*>(indices.data);
   T* yp = static_cast<T*>(y.data);
@@ -189,6 +200,7 @@ void gather(const Pool2dGeometry& g, Tensor4 x, Tensor4 indices, Tensor4 y) {
             i >= 0 && i < g.H * g.W ? xp[x.stride.offset(n, c, i / g.W, i % g.W)] : nan;
       }
   });
+  return Status::ok;
 }
 
 // The launchers' checks in one place, then run(TypeTag<T>) with dtype's
@@ -206,34 +218,34 @@ Status launch(DType dtype, const Pool2dGeometry& g, bool have_data, Run run) {
 Status max_pool2d_forward(DType dtype, const Pool2dGeometry& g, Tensor4 x, Tensor4 y,
                           Tensor4 indices) {
   return launch(dtype, g, x.data && y.data, [&](auto type) {
-    max_forward<typename decltype(type)::type>(g, x, y, indices);
+    return max_forward<typename decltype(type)::type>(g, x, y, indices);
   });
 }
 
 Status max_pool2d_backward(DType dtype, const Pool2dGeometry& g, Tensor4 grad_y,
                            Tensor4 indices, Tensor4 grad_x) {
   return launch(dtype, g, grad_y.data && indices.data && grad_x.data, [&](auto type) {
-    max_backward<typename decltype(type)::type>(g, grad_y, indices, grad_x);
+    return max_backward<typename decltype(type)::type>(g, grad_y, indices, grad_x);
   });
 }
 
 Status avg_pool2d_forward(DType dtype, const Pool2dGeometry& g, Tensor4 x, Tensor4 y) {
   return launch(dtype, g, x.data && y.data, [&](auto type) {
-    avg_forward<typename decltype(type)::type>(g, x, y);
+    return avg_forward<typename decltype(type)::type>(g, x, y);
   });
 }
 
 Status avg_pool2d_backward(DType dtype, const Pool2dGeometry& g, Tensor4 grad_y,
                            Tensor4 grad_x) {
   return launch(dtype, g, grad_y.data && grad_x.data, [&](auto type) {
-    avg_backward<typename decltype(type)::type>(g, grad_y, grad_x);
+    return avg_backward<typename decltype(type)::type>(g, grad_y, grad_x);
   });
 }
 
 Status max_pool2d_gather(DType dtype, const Pool2dGeometry& g, Tensor4 x, Tensor4 indices,
                          Tensor4 y) {
   return launch(dtype, g, x.data && indices.data && y.data, [&](auto type) {
-    gather<typename decltype(type)::type>(g, x, indices, y);
+    return gather<typename decltype(type)::type>(g, x, indices, y);
   });
 }
 

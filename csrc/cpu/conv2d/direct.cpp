@@ -48,14 +48,14 @@ void masked_grad_plane(const Conv2dGeometry& g, const Tensor4& grad_y, const Ten
 }
 
 template <typename T>
-void forward(const Conv2dGeometry& g, Tensor4 x, Tensor4 w, Tensor1 bias, Tensor4 y) {
+Status forward(const Conv2dGeometry& g, Tensor4 x, Tensor4 w, Tensor1 bias, Tensor4 y) {
   using Acc = acc_t<T>;
   const T* xp = static_cast<const T*>(x.data);
   const T* wp = static_cast<const T*>(w.data);
   const T* bp = static_cast<const T*>(bias.data);
   T* yp = static_cast<T*>(y.data);
   const int64_t cg = g.C_g(), kg = g.K_g();
-  parallel_tasks<Acc>(g.N * g.K, g.P * g.Q, [&](int64_t nk, Acc* acc) {
+  return parallel_tasks<Acc>(g.N * g.K, g.P * g.Q, [&](int64_t nk, Acc* acc) {
     const int64_t n = nk / g.K, k = nk % g.K;
     const int64_t c0 = (k / kg) * cg;
     std::fill(acc, acc + g.P * g.Q, bp ? to_acc(bp[k * bias.stride]) : Acc(0));
@@ -84,13 +84,13 @@ void forward(const Conv2dGeometry& g, Tensor4 x, Tensor4 w, Tensor1 bias, Tensor
 }
 
 template <typename T>
-void grad_input(const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y, Tensor4 w, Tensor4 grad_x) {
+Status grad_input(const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y, Tensor4 w, Tensor4 grad_x) {
   using Acc = acc_t<T>;
   const T* wp = static_cast<const T*>(w.data);
   T* gxp = static_cast<T*>(grad_x.data);
   const int64_t cg = g.C_g(), kg = g.K_g();
   // Scratch: the plane's accumulator (H*W), then one masked gy' plane (P*Q).
-  parallel_tasks<Acc>(g.N * g.C, g.H * g.W + g.P * g.Q, [&](int64_t nc, Acc* acc) {
+  return parallel_tasks<Acc>(g.N * g.C, g.H * g.W + g.P * g.Q, [&](int64_t nc, Acc* acc) {
     Acc* gk = acc + g.H * g.W;
     const int64_t n = nc / g.C, c = nc % g.C;
     const int64_t k0 = (c / cg) * kg, cl = c % cg;
@@ -119,7 +119,7 @@ void grad_input(const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y, Tensor4 w, T
 }
 
 template <typename T>
-void grad_weight(const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y, Tensor4 x, Tensor4 grad_w,
+Status grad_weight(const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y, Tensor4 x, Tensor4 grad_w,
                  Tensor1 grad_bias) {
   using Acc = acc_t<T>;
   const T* xp = static_cast<const T*>(x.data);
@@ -127,7 +127,7 @@ void grad_weight(const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y, Tensor4 x, 
   T* gbp = static_cast<T*>(grad_bias.data);
   const int64_t cg = g.C_g(), kg = g.K_g();
   // Scratch: the slice's accumulator (R*S), then one masked gy' plane (P*Q).
-  parallel_tasks<Acc>(g.K * cg, g.R * g.S + g.P * g.Q, [&](int64_t kc, Acc* acc) {
+  return parallel_tasks<Acc>(g.K * cg, g.R * g.S + g.P * g.Q, [&](int64_t kc, Acc* acc) {
     Acc* gk = acc + g.R * g.S;
     const int64_t k = kc / cg, c = kc % cg;
     const int64_t cin = (k / kg) * cg + c;
@@ -171,7 +171,7 @@ Status conv2d_direct_forward(DType dtype, const Conv2dGeometry& g, Tensor4 x, Te
   if (g.N == 0) return Status::ok;
   if (!x.data || !w.data || !y.data) return Status::bad_argument;
   return dispatch_dtype(dtype, [&](auto type) {
-    forward<typename decltype(type)::type>(g, x, w, bias, y);
+    return forward<typename decltype(type)::type>(g, x, w, bias, y);
   });
 }
 
@@ -182,7 +182,7 @@ Status conv2d_direct_grad_input(DType dtype, const Conv2dGeometry& g, Tensor4 gr
   if (!grad_y.data || !w.data || !grad_x.data) return Status::bad_argument;
   if (g.activation != Activation::none && !y.data) return Status::bad_argument;
   return dispatch_dtype(dtype, [&](auto type) {
-    grad_input<typename decltype(type)::type>(g, grad_y, y, w, grad_x);
+    return grad_input<typename decltype(type)::type>(g, grad_y, y, w, grad_x);
   });
 }
 
@@ -192,7 +192,7 @@ Status conv2d_direct_grad_weight(DType dtype, const Conv2dGeometry& g, Tensor4 g
   if (!grad_w.data || (g.N > 0 && (!grad_y.data || !x.data))) return Status::bad_argument;
   if (g.N > 0 && g.activation != Activation::none && !y.data) return Status::bad_argument;
   return dispatch_dtype(dtype, [&](auto type) {
-    grad_weight<typename decltype(type)::type>(g, grad_y, y, x, grad_w, grad_bias);
+    return grad_weight<typename decltype(type)::type>(g, grad_y, y, x, grad_w, grad_bias);
   });
 }
 

@@ -27,6 +27,7 @@ enum class Status : int {
   unsupported_dtype = 2,
   index_overflow = 3,     // an offset does not fit the kernel's index type
   cuda_error = 4,         // a CUDA runtime call or launch failed
+  out_of_memory = 5,      // the kernel's host scratch memory could not be allocated
 };
 
 inline const char* status_message(Status s) {
@@ -36,6 +37,7 @@ inline const char* status_message(Status s) {
     case Status::unsupported_dtype: return "the kernel does not support this dtype";
     case Status::index_overflow: return "an index does not fit the kernel's index type";
     case Status::cuda_error: return "a CUDA call or kernel launch failed";
+    case Status::out_of_memory: return "not enough host memory for the kernel's scratch";
   }
   return "unknown status";
 }

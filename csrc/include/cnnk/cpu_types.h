@@ -13,10 +13,12 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <vector>
+#include <memory>
+#include <new>
 
 #include "cnnk/common.h"
 
@@ -100,30 +102,38 @@ struct TypeTag {
   using type = T;
 };
 
-// Calls body(TypeTag<T>{}) with T the element type of dtype.
+// Returns body(TypeTag<T>{}) with T the element type of dtype.
 template <typename Body>
 Status dispatch_dtype(DType dtype, Body&& body) {
   switch (dtype) {
-    case DType::float16: body(TypeTag<Half>{}); return Status::ok;
-    case DType::bfloat16: body(TypeTag<BFloat16>{}); return Status::ok;
-    case DType::float32: body(TypeTag<float>{}); return Status::ok;
-    case DType::float64: body(TypeTag<double>{}); return Status::ok;
+    case DType::float16: return body(TypeTag<Half>{});
+    case DType::bfloat16: return body(TypeTag<BFloat16>{});
+    case DType::float32: return body(TypeTag<float>{});
+    case DType::float64: return body(TypeTag<double>{});
   }
   return Status::unsupported_dtype;
 }
 
-// Runs task(i, scratch) for i in [0, count), statically scheduled over the
-// OpenMP threads; scratch is the thread's own buffer of scratch_size
-// elements, reused (uninitialised) from task to task. Each task writes only
-// what it owns, so the kernels need no atomics and sum in a fixed order.
+// Runs task(i, scratch) for i in [0, count), statically scheduled over at
+// most count OpenMP threads; scratch is the thread's own buffer of
+// scratch_size uninitialised elements, reused from task to task, allocated
+// before the threads start (out_of_memory, not an abort, when it cannot be).
+// Each task writes only what it owns, so the kernels need no atomics and sum
+// in a fixed order.
 template <typename Acc, typename Task>
-void parallel_tasks(int64_t count, int64_t scratch_size, Task task) {
-#pragma omp parallel
+Status parallel_tasks(int64_t count, int64_t scratch_size, Task task) {
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(count, omp_get_max_threads()));
+  if (scratch_size > INT64_MAX / static_cast<int64_t>(sizeof(Acc)) / threads)
+    return Status::out_of_memory;
+  std::unique_ptr<Acc[]> scratch(new (std::nothrow) Acc[threads * scratch_size]);
+  if (scratch == nullptr) return Status::out_of_memory;
+#pragma omp parallel num_threads(static_cast<int>(threads))
   {
-    std::vector<Acc> scratch(scratch_size);
+    Acc* own = scratch.get() + omp_get_thread_num() * scratch_size;
 #pragma omp for schedule(static)
-    for (int64_t i = 0; i < count; ++i) task(i, scratch.data());
+    for (int64_t i = 0; i < count; ++i) task(i, own);
   }
+  return Status::ok;
 }
 
 }  // namespace cnnk::cpu
