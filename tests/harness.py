@@ -20,12 +20,12 @@ ones marked ``cuda``, skipped without a GPU):
   backend that computes it (cpu, cuda, and Triton interpreted: in
   gradcheck's fast mode, a random projection of the Jacobian, since the full
   one takes minutes there), reverse and forward mode;
-- test_torch_func_transforms_match_torch: torch.func.grad, torch.func.jvp
-  and forward-AD dual tensors against torch's, in float64;
+- test_torch_func_transforms_match_torch: torch.func.grad, jvp and vmap and
+  forward-AD dual tensors against torch's, in float64;
 - test_torch_compile_fullgraph: every sample under ``torch.compile``
   (inductor) on the cpu backend: eager's values and gradients;
-- test_autocast_matches_torch: every sample under autocast: torch's dtype and
-  values;
+- test_autocast_matches_torch: every sample under autocast, forward and
+  backward: torch's dtypes and values;
 - test_bad_input_raises_before_any_kernel: ``bad_inputs``.
 
 The family's module keeps only what is its own (index ties, split
@@ -165,7 +165,7 @@ def common_tests(spec: FamilySpec) -> dict:
 
     @pytest.mark.parametrize(("device", "backend", "sample"), _gradient_params(spec.samples))
     def test_torch_func_transforms_match_torch(device, backend, sample):
-        """torch.func.grad and jvp and dual tensors give torch's derivatives
+        """torch.func.grad, jvp, vmap and dual tensors give torch's results
         (never a silent zero tangent)."""
         inputs = _make(sample, torch.float64, device, 7)
         tangents = _make(sample, torch.float64, device, 8)
@@ -176,8 +176,12 @@ def common_tests(spec: FamilySpec) -> dict:
             with forward_ad.dual_level():
                 duals = [forward_ad.make_dual(x, t) for x, t in zip(inputs, tangents, strict=True)]
                 dual_tangent = forward_ad.unpack_dual(sample.ours(*duals)).tangent
+            stacked = [torch.stack([x, t]) for x, t in zip(inputs, tangents, strict=True)]
+            batched = torch.func.vmap(sample.ours)(*stacked)
         expected_grads = torch.func.grad(lambda *t: sample.reference(*t).square().sum(),
                                          argnums)(*inputs)
+        expected_batched = torch.stack([sample.reference(*inputs), sample.reference(*tangents)])
+        assert_close(batched, expected_batched, torch.float64, sample.reduction, "vmap")
         expected, expected_tangent = torch.func.jvp(sample.reference, inputs, tangents)
         assert_close(output, expected, torch.float64, sample.reduction, "output")
         assert_close(tangent, expected_tangent, torch.float64, sample.reduction, "jvp")
@@ -199,18 +203,24 @@ def common_tests(spec: FamilySpec) -> dict:
     @pytest.mark.parametrize(("device", "backend", "sample"), _sample_params(
         spec.samples, [p for p in backend_params() if p.values[1] != "triton"]))
     def test_autocast_matches_torch(device, backend, sample):
-        """As torch under autocast: float32 inputs, the result in torch's
-        dtype (the autocast dtype for convolutions, the input's for pooling)."""
-        inputs = _make(sample, torch.float32, device, 6)
+        """As torch under autocast, forward and backward: float32 inputs, the
+        result in torch's dtype (the autocast dtype for convolutions, the
+        input's for pooling), float32 gradients of the float32 inputs."""
+        inputs = _make(sample, torch.float32, device, 6, requires_grad=True)
         with torch.autocast(device, dtype=torch.bfloat16):
             with ck.use(backend=backend):
                 output = sample.ours(*inputs)
             expected = sample.reference(*inputs)
         assert output.dtype == expected.dtype
         # The float64 result of the inputs as the op sees them (rounded to its dtype).
-        exact = sample.reference(*(t.to(expected.dtype).double() if isinstance(t, torch.Tensor)
-                                   else t for t in inputs))
+        exact = sample.reference(*(t.detach().to(expected.dtype).double() for t in inputs))
         assert_close(output, exact.cpu(), expected.dtype, sample.reduction, "output")
+        with ck.use(backend=backend):
+            grads = torch.autograd.grad(output.float().square().sum(), inputs)
+        expected_grads = torch.autograd.grad(expected.float().square().sum(), inputs)
+        for grad, expected_grad in zip(grads, expected_grads, strict=True):
+            assert grad.dtype == expected_grad.dtype
+            assert_close(grad, expected_grad.double().cpu(), expected.dtype, 1000, "gradient")
 
     @pytest.mark.parametrize(("call", "error", "message"),
                              [pytest.param(*case[1:], id=case[0]) for case in spec.bad_inputs])

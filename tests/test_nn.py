@@ -55,7 +55,7 @@ def test_module_fuses_activation(activation):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_patched_model_under_autocast_returns_what_torch_returns(dtype):
     """Mixed precision as in training scripts: float32 model and input under
-    CPU autocast; every layer's output dtype and value as torch's."""
+    CPU autocast; the output's dtype and value and the gradients as torch's."""
     torch.manual_seed(2)
     reference_net = small_net().float()
     patched = ck.patch(copy.deepcopy(reference_net))
@@ -65,6 +65,12 @@ def test_patched_model_under_autocast_returns_what_torch_returns(dtype):
         expected = reference_net(x)
     assert out.dtype == expected.dtype == dtype
     torch.testing.assert_close(out, expected, rtol=3e-2, atol=3e-2)
+    # Training under autocast: float32 gradients of the float32 parameters.
+    out.float().square().sum().backward()
+    expected.float().square().sum().backward()
+    for p, q in zip(patched.parameters(), reference_net.parameters(), strict=True):
+        assert p.grad.dtype == q.grad.dtype == torch.float32
+        torch.testing.assert_close(p.grad, q.grad, rtol=5e-2, atol=5e-2 * q.grad.abs().max())
 
 
 def test_module_rejects_unknown_activation():

@@ -35,6 +35,7 @@ driver the bench module, only when they run).
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -107,48 +108,108 @@ def define_op(qualname: str, *, returns, autocast: bool = False):
         op.register_fake(lambda *args: plan(*args).outputs)
         if autocast:
             _register_autocast(op, name)
-        return Operator(op, name)
+        return Operator(op, name, autocast)
 
     return decorate
 
 
+# The Autograd and Autocast kernels of the ops.
+_LIBRARY = torch.library.Library("cnnk", "FRAGMENT")
+
+
 class Operator:
     """A defined op: ``custom_op`` is what ``torch.ops.cnnk.<name>`` calls
-    (for ``torch.library.opcheck``, export, direct calls); calling the
-    Operator runs it with its derivatives.
+    (for ``torch.library.opcheck``, export, direct calls); the public
+    functions and the derivative formulas call the Operator.
 
     ``register_derivatives(setup_context, backward, jvp)`` gives the op its
-    reverse mode (registered on the custom op too, so a direct call has it)
-    and its forward mode. Torch's custom ops have no forward mode (jvp) and
-    refuse torch.func's transforms, so a differentiated call (an input that
-    requires grad, or a forward-AD dual level open) goes through an
-    ``autograd.Function`` with the same setup and backward plus the jvp:
-    ``torch.func.grad``/``vjp``, ``torch.func.jvp`` and dual tensors then get
-    the formulas, never a silent zero tangent. Under ``torch.compile`` (whose
-    tracer refuses a custom jvp) and without any derivative, the custom op
-    runs directly. ``setup_context`` saves tensors with ``save(ctx, ...)``,
+    reverse and forward modes through an ``autograd.Function`` (torch's
+    custom ops have no jvp: register_autograd's Function ignored dual
+    tensors, a silent zero tangent, and torch.func refuses it). The Function
+    is the op's Autograd kernel, so a direct call gets both modes too, and
+    ``generate_vmap_rule`` lets torch.func batch it. The torch.func
+    transforms (grad, vjp, jvp, vmap, jacrev, jacfwd, hessian) need the
+    Function applied above the dispatcher: calling the Operator does that
+    (a direct call of the custom op under a transform raises, clearly).
+    Under ``torch.compile``, whose tracer refuses a custom jvp, the Operator
+    calls the custom op directly (reverse mode as usual; forward mode raises).
+    An autocast op casts before applying the Function, so it saves what it
+    computes with. ``setup_context`` saves tensors with ``save(ctx, ...)``,
     which both modes can read."""
 
-    def __init__(self, custom_op, name: str):
+    def __init__(self, custom_op, name: str, autocast: bool):
         self.custom_op = custom_op
         self.name = name
+        self._autocast = autocast
         self._derivatives = None
 
     def __call__(self, *args):
-        if (self._derivatives is not None and not torch.compiler.is_compiling()
-                and _differentiated(args)):
-            return self._derivatives.apply(*args)
+        if self._derivatives is None or torch.compiler.is_compiling():
+            return self.custom_op(*args)
+        if self._autocast:
+            device_type = next(a.device.type for a in args if isinstance(a, torch.Tensor))
+            if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
+                dtype = torch.get_autocast_dtype(device_type)
+                with torch.autocast(device_type, enabled=False):
+                    return self(*(_cast(a, device_type, dtype) for a in args))
+        if _differentiated(args):
+            return self._derivatives.apply(*_leaves(args))
         return self.custom_op(*args)
 
     def register_derivatives(self, *, setup_context, backward, jvp) -> None:
-        self.custom_op.register_autograd(backward, setup_context=setup_context)
-        custom_op = self.custom_op
-        self._derivatives = type(f"{self.name}_derivatives", (torch.autograd.Function,), {
-            "forward": staticmethod(lambda *args: custom_op(*args)),
-            "setup_context": staticmethod(setup_context),
-            "backward": staticmethod(backward),
-            "jvp": staticmethod(jvp),
-        })
+        operator = getattr(torch.ops.cnnk, self.name).default
+
+        def forward(*args):
+            # Below autograd: the Function records the derivatives.
+            with torch._C._AutoDispatchBelowAutograd():
+                return operator(*_values(args))
+
+        def setup(ctx, inputs, output):
+            setup_context(ctx, _values(inputs), output)
+
+        self._derivatives = derivatives = type(
+            f"{self.name}_derivatives", (torch.autograd.Function,), {
+                "forward": staticmethod(forward),
+                "setup_context": staticmethod(setup),
+                "backward": staticmethod(backward),
+                "jvp": staticmethod(jvp),
+                "generate_vmap_rule": True,
+            })
+
+        def autograd_kernel(keyset, *args):
+            if _differentiated(args):
+                if torch._C._functorch.maybe_current_level() is not None:
+                    raise RuntimeError(
+                        f"torch.ops.cnnk.{self.name} called directly under a torch.func "
+                        f"transform: call the public cnnkernels function (or the Operator "
+                        f"cnnkernels.ops) instead, which supports the transforms")
+                return derivatives.apply(*_leaves(args))
+            with torch._C._AutoDispatchBelowAutograd():
+                return operator.redispatch(keyset & torch._C._after_autograd_keyset, *args)
+
+        # It replaces the kernel custom_op put there (which only raises "no
+        # autograd formula"); torch warns of that override.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "(?s).*Overriding a previously registered kernel")
+            _LIBRARY.impl(self.name, autograd_kernel, "Autograd", with_keyset=True)
+
+
+class _Leaf:
+    """A list argument (stride, padding, ...) kept whole: torch.func's
+    pytrees would flatten it into leaves its vmap rules do not expect."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+
+def _leaves(args) -> tuple:
+    return tuple(_Leaf(a) if isinstance(a, list | tuple) else a for a in args)
+
+
+def _values(args) -> tuple:
+    return tuple(a.value if isinstance(a, _Leaf) else a for a in args)
 
 
 def save(ctx, *tensors) -> None:
@@ -158,14 +219,11 @@ def save(ctx, *tensors) -> None:
 
 
 def _differentiated(args) -> bool:
-    if forward_ad._current_level >= 0:
+    """An input requires grad, or forward-mode AD is on (a dual level open)."""
+    if forward_ad._current_level >= 0 and torch._C._is_fwd_grad_enabled():
         return True
     return torch.is_grad_enabled() and any(
         isinstance(a, torch.Tensor) and a.requires_grad for a in args)
-
-
-# Autocast kernels of every op defined with autocast=True.
-_AUTOCAST = torch.library.Library("cnnk", "FRAGMENT")
 
 
 def _register_autocast(op, name: str) -> None:
@@ -179,7 +237,7 @@ def _register_autocast(op, name: str) -> None:
             with torch.autocast(device_type, enabled=False):
                 return op(*(_cast(a, device_type, dtype) for a in args))
 
-        _AUTOCAST.impl(name, autocast_kernel, key, with_keyset=True)
+        _LIBRARY.impl(name, autocast_kernel, key, with_keyset=True)
 
 
 def _cast(value, device_type: str, dtype: torch.dtype):
