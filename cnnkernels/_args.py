@@ -29,6 +29,12 @@ INT64_SAFE = 2**62
 INT32_MAX = 2**31 - 1
 
 
+def _is_bool(value) -> bool:
+    """A Python or numpy bool (numpy names its type bool_ or, from 2.0, bool)."""
+    return isinstance(value, bool) or (type(value).__module__ == "numpy"
+                                       and type(value).__name__ in ("bool", "bool_"))
+
+
 def integer(value, name: str) -> int:
     """An int argument in every form torch takes: a Python int, a numpy
     integer, a 0-d integer tensor (not a bool), fitting int64."""
@@ -40,7 +46,7 @@ def integer(value, name: str) -> int:
             raise TypeError(f"{name} must be an int, got a tensor of shape "
                             f"{tuple(value.shape)} and dtype {value.dtype}")
         return int(value)
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
+    if _is_bool(value):
         raise TypeError(f"{name} must be an int, got {value!r}")
     try:
         result = operator.index(value)
@@ -54,7 +60,7 @@ def integer(value, name: str) -> int:
 def flag(value, name: str) -> bool:
     """A bool argument: a Python or numpy bool, as torch requires (torch
     refuses "False" and 1 too)."""
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
+    if _is_bool(value):
         return bool(value)
     raise TypeError(f"{name} must be a bool, got {value!r}")
 
@@ -62,6 +68,8 @@ def flag(value, name: str) -> bool:
 def pair(value, name: str, *, minimum: int, maximum: int = 2**63 - 1) -> tuple[int, int]:
     """An int or a sequence of two ints (as torch accepts), each in
     [minimum, maximum]."""
+    if isinstance(value, torch.Tensor) and value.dim() == 1:
+        value = value.tolist()  # torch takes a 1-D integer tensor for an int[] too
     if isinstance(value, Sequence) and not isinstance(value, str):
         values = tuple(value)
         if len(values) == 1:
@@ -85,7 +93,7 @@ def positive_int(value, name: str) -> int:
     try:
         result = integer(value, name)
     except TypeError:
-        raise ValueError(f"{name} must be a positive int, got {value!r}") from None
+        raise TypeError(f"{name} must be a positive int, got {value!r}") from None
     if result < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return result

@@ -75,8 +75,6 @@ accumulation is fp32 (fp64 for fp64 inputs, interpreter only);
 float16/bfloat16/float32 on the GPU, float32/float64 under TRITON_INTERPRET=1.
 """
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
@@ -391,12 +389,12 @@ def _tile(t: torch.Tensor, channels: int, pixels: int) -> tuple[int, int]:
     return _TILES[-1]
 
 
-@functools.lru_cache(maxsize=256)
 def _adaptive_extent(in_size: int, out_size: int) -> int:
-    """Largest adaptive window: max over o of ceil((o + 1) I / O) - floor(o I / O).
-    With the roles swapped, the most windows covering one input index."""
-    return max(((o + 1) * in_size + out_size - 1) // out_size - (o * in_size) // out_size
-               for o in range(out_size))
+    """A bound on the largest adaptive window, ceil(I / O) + 1 (capped at I):
+    ceil((o + 1) I / O) - floor(o I / O) < I / O + 2. With the roles swapped,
+    a bound on the windows covering one input index. The loops mask what
+    lies past a window, so a bound serves as well as the maximum."""
+    return min(in_size, -(-in_size // out_size) + 1)
 
 
 def _window_params(in_size, out_size, kernel, stride, pad, dil, adaptive):

@@ -200,7 +200,7 @@ BAD_INPUTS = tuple((name, lambda overrides=overrides: ck.conv2d(**_conv_args(**o
     ("groups_out", dict(weight=torch.randn(5, 2, 3, 3), groups=2), ValueError,
      "divisible by groups=2"),
     ("groups_zero", dict(groups=0), ValueError, "groups must be a positive int"),
-    ("groups_float", dict(groups=1.5), ValueError, "groups must be a positive int"),
+    ("groups_float", dict(groups=1.5), TypeError, "groups must be a positive int"),
     ("stride_zero", dict(stride=0), ValueError, "stride must be >= 1"),
     ("stride_triple", dict(stride=(1, 1, 1)), TypeError, "stride must be an int or a pair"),
     ("dilation_zero", dict(dilation=(1, 0)), ValueError, "dilation must be >= 1"),

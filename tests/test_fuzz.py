@@ -90,11 +90,11 @@ def _check_agreement(ours, theirs, inputs, dtype, reduction, backend, differenti
             _assert_same(a, e, dtype, reduction, "output")
         else:
             assert torch.equal(a.cpu(), e), "indices"
-    # A max window lying wholly in the padding (possible with dilation)
-    # yields -inf and an index past the plane, torch's and ours alike; torch's
-    # backward then writes outside grad_input, so no gradient is compared.
-    plane = inputs[0].shape[-2] * inputs[0].shape[-1]
-    if any(not r.is_floating_point() and bool((r >= plane).any()) for r in references):
+    # A dilated max window with no tap inside the input yields -inf and an
+    # index that is no element of it, torch's and ours alike; torch's
+    # backward scatters there (even outside grad_input), ours passes nothing:
+    # no gradient is compared (tests/test_hostile_inputs.py checks ours).
+    if len(references) == 2 and bool(torch.isneginf(references[0]).any()):
         return
     if differentiate and outputs[0].numel():
         leaves = [t for t in inputs if t.is_floating_point()]
@@ -122,13 +122,13 @@ def conv_cases(draw, backend):
     R, S = draw(st.integers(1, 4)), draw(st.integers(1, 4))
     dtype = draw(st.sampled_from(DTYPES[backend]))
     specials = draw(st.booleans())
-    x = draw(tensors((draw(st.integers(0, 2)), C, draw(st.integers(1, 7)),
+    x = draw(tensors((draw(st.integers(0, 2)), C, draw(st.integers(0, 7)),
                       draw(st.integers(1, 7))), dtype, specials))
     w = draw(tensors((K, C // groups, R, S), dtype, False))
     b = draw(st.one_of(st.none(), tensors((K,), dtype, False)))
     padding = draw(st.one_of(st.integers(0, 3), st.tuples(st.integers(0, 3), st.integers(0, 3)),
                              st.sampled_from(("same", "valid"))))
-    stride = draw(st.one_of(st.integers(1, 3), st.just(2**62)))
+    stride = draw(st.sampled_from((1, 1, 2, 2, 3, 3, 2**62)))
     kwargs = dict(stride=1 if padding == "same" else stride, padding=padding,
                   dilation=draw(st.integers(1, 3)), groups=groups)
     activation = draw(st.sampled_from((None, "relu", "relu6")))
@@ -149,7 +149,7 @@ def pool_cases(draw, backend):
     kind = draw(st.sampled_from(("max", "avg", "adaptive_max", "adaptive_avg")))
     dtype = draw(st.sampled_from(DTYPES[backend]))
     specials = draw(st.booleans())
-    x = draw(tensors((draw(st.integers(0, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 8)),
+    x = draw(tensors((draw(st.integers(0, 2)), draw(st.integers(0, 3)), draw(st.integers(0, 8)),
                       draw(st.integers(1, 8))), dtype, specials))
     if kind.startswith("adaptive"):
         size = (draw(st.integers(0, 9)), draw(st.integers(1, 9)))

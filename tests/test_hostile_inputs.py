@@ -5,6 +5,8 @@ regression test per finding of the audit (issue 7), named after it: W1-W6
 Random hostile inputs are in test_fuzz.py."""
 
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -27,7 +29,7 @@ def _escape(message: str) -> str:
 
 # W1: a fused activation keeps NaN (and inf - inf) like torch's relu / relu6.
 
-@pytest.mark.parametrize(("device", "backend"), CPU_BACKENDS)
+@pytest.mark.parametrize(("device", "backend"), backend_params())
 @pytest.mark.parametrize("activation", ["relu", "relu6"])
 def test_w1_fused_activation_propagates_nan(device, backend, activation):
     generator = torch.Generator().manual_seed(1)
@@ -42,9 +44,14 @@ def test_w1_fused_activation_propagates_nan(device, backend, activation):
     act = F.relu if activation == "relu" else F.relu6
     expected = act(F.conv2d(x, w, padding=1))
     assert expected.isnan().any()
+    dtype = torch.float64 if backend != "triton" or device == "cpu" else torch.float32
     with ck.use(backend=backend):
-        output = ck.conv2d(x, w, padding=1, activation=activation)
-    torch.testing.assert_close(output, expected, equal_nan=True)
+        output = ck.conv2d(x.to(device, dtype), w.to(device, dtype), padding=1,
+                           activation=activation)
+    torch.testing.assert_close(output.double().cpu(), expected, equal_nan=True,
+                               rtol=1e-5, atol=1e-5)
+    if device != "cpu":
+        return  # the gradients below compare leaves on the CPU
     # Gradients as torch's threshold / hardtanh backward select them: a flat
     # activation stops a NaN gradient; a NaN output passes it through relu
     # and stops it at relu6.
@@ -68,6 +75,26 @@ def test_w2_jvp_of_conv2d_is_not_zero():
     torch.testing.assert_close(tangent, torch.func.jvp(lambda t: F.conv2d(t, w), (x,), (v,))[1])
     grad = torch.func.grad(lambda t: ck.conv2d(t, w).sum())(x)
     torch.testing.assert_close(grad, torch.func.grad(lambda t: F.conv2d(t, w).sum())(x))
+
+
+def test_w2_registered_ops_have_forward_mode_too():
+    """A direct call of a registered op: dual tensors get the jvp (its
+    Autograd kernel is the derivatives' Function), under torch.compile too;
+    torch.func's transforms, which need the public function, raise clearly
+    instead of returning a zero tangent."""
+    x, v = torch.randn(1, 1, 4, 4, dtype=torch.float64), torch.randn(1, 1, 4, 4,
+                                                                     dtype=torch.float64)
+    window = ([2, 2], [2, 2], [0, 0], False, True, None, "cpu")
+    expected = F.avg_pool2d(v, 2)
+    with forward_ad.dual_level():
+        tangent = forward_ad.unpack_dual(
+            torch.ops.cnnk.avg_pool2d(forward_ad.make_dual(x, v), *window)).tangent
+        compiled = torch.compile(lambda t: ck.avg_pool2d(t, 2), backend="eager")
+        compiled_tangent = forward_ad.unpack_dual(compiled(forward_ad.make_dual(x, v))).tangent
+    torch.testing.assert_close(tangent, expected)
+    torch.testing.assert_close(compiled_tangent, expected)
+    with pytest.raises(RuntimeError, match=_escape("called directly under a torch.func transform")):
+        torch.func.jvp(lambda t: torch.ops.cnnk.avg_pool2d(t, *window), (x,), (v,))
 
 
 @pytest.mark.parametrize("pool", [ck.max_pool2d, ck.avg_pool2d], ids=["max", "avg"])
@@ -139,6 +166,17 @@ def test_ubsan_padding_and_dilation_near_two_to_the_62_are_refused():
 
 # Hangs: windows far larger than the input cost nothing extra.
 
+def test_hang_cpu_huge_window_finishes():
+    """The audit's reproducer in a subprocess with a deadline (before the fix
+    the cpu backward looped over 2^31 taps per element)."""
+    code = ("import torch, cnnkernels as ck\n"
+            "x = torch.randn(2, 3, 9, 7, requires_grad=True)\n"
+            "with ck.use(backend='cpu'):\n"
+            "    for pool in (ck.max_pool2d, ck.avg_pool2d):\n"
+            "        torch.autograd.grad(pool(x, 2**31 - 1, 1, 2**30 - 1).sum(), x)\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
 @pytest.mark.parametrize(("device", "backend"), CPU_BACKENDS)
 @pytest.mark.parametrize("kind", ["max", "avg"])
 def test_hang_window_much_larger_than_the_input(device, backend, kind):
@@ -174,6 +212,24 @@ def test_max_window_wholly_in_the_padding(device, backend):
     assert torch.equal(grad, torch.zeros_like(x))
 
 
+@pytest.mark.parametrize(("device", "backend"), backend_params())
+def test_max_window_with_no_column_inside(device, backend):
+    """A dilated window with rows inside the input but no column: -inf and
+    torch's index (which wraps to another row's element); every backend
+    gives that element no gradient (torch's backward gives it one)."""
+    dtype = torch.float64 if backend != "triton" or device == "cpu" else torch.float32
+    x = torch.randn(1, 2, 5, 2, dtype=dtype, device=device, requires_grad=True)
+    args = dict(kernel_size=(3, 2), stride=1, padding=1, dilation=3, return_indices=True)
+    with ck.use(backend=backend):
+        y, indices = ck.max_pool2d(x, **args)
+        (grad,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    with torch.no_grad():
+        expected, expected_indices = F.max_pool2d(x.double().cpu(), **args)
+    torch.testing.assert_close(y.double().cpu(), expected)
+    assert torch.equal(indices.cpu(), expected_indices)
+    assert torch.equal(grad, torch.zeros_like(x))
+
+
 # Differences from torch: what torch accepts we accept, what it refuses we
 # refuse.
 
@@ -196,6 +252,43 @@ def test_numpy_and_zero_dim_tensor_integers(value):
         (lambda: ck.adaptive_max_pool2d(x, value), lambda: F.adaptive_max_pool2d(x, 2)),
     ]:
         torch.testing.assert_close(ours(), theirs())
+
+
+def test_other_argument_forms_torch_takes():
+    x = torch.randn(1, 2, 6, 6, dtype=torch.float64)
+    torch.testing.assert_close(ck.max_pool2d(x, 2, return_indices=0),
+                               F.max_pool2d(x, 2, return_indices=0))
+    torch.testing.assert_close(ck.avg_pool2d(x, 2, divisor_override=2**40),
+                               F.avg_pool2d(x, 2, divisor_override=2**40))
+    torch.testing.assert_close(ck.max_pool2d(x, 2, stride=torch.tensor([2])),
+                               F.max_pool2d(x, 2, stride=torch.tensor([2])))
+    torch.testing.assert_close(ck.avg_pool2d(x, 2, ceil_mode=np.bool_(True)),
+                               F.avg_pool2d(x, 2, ceil_mode=True))
+    w = torch.randn(3, 2, 1, 1, dtype=torch.float64)
+    with ck.use(backend="cpu"):  # a 1x1 filter's dilation is irrelevant
+        torch.testing.assert_close(ck.conv2d(x, w, dilation=2**62),
+                                   F.conv2d(x, w, dilation=2**62))
+
+
+def test_scratch_memory_exhaustion_is_an_error_not_an_abort():
+    """The cpu kernels allocate their scratch before the threads start: out
+    of memory is a RuntimeError (in a subprocess with a capped address space)."""
+    code = ("import resource, torch, cnnkernels as ck\n"
+            "from cnnkernels.ops.pool2d import max_pool2d_op, max_pool2d_backward_op\n"
+            "x = torch.randn(1, 1, 8192, 8192, dtype=torch.float16)\n"
+            "y, i = max_pool2d_op(x, [4096, 4096], [4096, 4096], [0, 0], [1, 1], False, True,"
+            " 'cpu')\n"
+            "used = int(open('/proc/self/statm').read().split()[0]) * resource.getpagesize()\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (used + 300 * 2**20,) * 2)\n"
+            "try:\n"
+            "    max_pool2d_backward_op(torch.ones_like(y), i, x, [4096, 4096], [4096, 4096],"
+            " [0, 0], [1, 1], False, 'cpu')\n"
+            "except RuntimeError as error:\n"
+            "    print(error)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "not enough host memory for the kernel's scratch" in result.stdout
 
 
 @pytest.mark.parametrize("value", ["False", 1, None])

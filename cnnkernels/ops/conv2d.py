@@ -118,9 +118,9 @@ def _geometry(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Seq
     if K == 0 or C == 0:
         raise ValueError(f"input and weight need at least one channel, got input "
                          f"{tuple(input.shape)} and weight {tuple(weight.shape)}")
-    if H == 0 or W == 0:
-        raise ValueError(f"input must have non-zero height and width (only the batch may be "
-                         f"empty, like torch), got shape {tuple(input.shape)}")
+    if (H == 0 or W == 0) and N > 0:
+        raise ValueError(f"input must have non-zero height and width unless the batch is "
+                         f"empty (like torch), got shape {tuple(input.shape)}")
     if R == 0 or S == 0:
         raise ValueError(f"the kernel size (weight.shape[2:]) must be greater than zero, got "
                          f"{tuple(weight.shape[2:])}")
@@ -146,10 +146,11 @@ def _geometry(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Seq
             f"output size ({P}, {Q}) is too small: input ({H}, {W}) with padding "
             f"{list(padding)} is smaller than the dilated kernel "
             f"({dh * (R - 1) + 1}, {dw * (S - 1) + 1})")
-    # A single output row reads from row -pad_top whatever the stride: stride
-    # 1 there keeps a stride up to 2^63 - 1 (torch takes it) out of the
-    # kernels' arithmetic.
+    # A single output row reads from row -pad_top whatever the stride, a
+    # one-row filter whatever the dilation: 1 there keeps a stride or
+    # dilation up to 2^63 - 1 (torch takes them) out of the kernels' arithmetic.
     sh, sw = (1 if P == 1 else sh), (1 if Q == 1 else sw)
+    dh, dw = (1 if R == 1 else dh), (1 if S == 1 else dw)
     act = _args.activation(None if activation == "none" else activation)
     return Conv2dGeometry(N, C, H, W, K, R, S, P, Q, sh, sw, pt, pl, dh, dw, groups, act)
 

@@ -9,8 +9,12 @@ the indices). The window crosses the op boundary as named arguments
 becomes one ``Pool2dGeometry`` that the kernels of every backend read the
 same way (csrc/include/cnnk/pool2d.h). The launchers have the same names and
 arguments on every backend: kernels/pool2d.py (Triton), csrc/cpu/pool2d.cpp
-and csrc/cuda/pool2d.cu (through _C). Backward is a gather on every backend:
-deterministic, no atomics.
+and csrc/cuda/pool2d.cu (through _C). Backward is deterministic and without
+atomics on every backend (gathers on the GPU; on the cpu a scatter for max
+pooling within the plane a task owns). Max pooling's backward counts an
+index only inside its window: a dilated window with no tap inside the input
+returns -inf and, like torch, an index that is no element of it; it passes
+no gradient (torch's backward scatters there anyway).
 
 Derivatives: every op is linear in its one differentiable input, so its
 forward mode (jvp) is the op applied to the tangent and its reverse mode the
@@ -81,14 +85,15 @@ class Pool2dGeometry:
                    self.kernel_h * self.kernel_w, row_reach * self.W + col_reach)
 
 
-def _input_sizes(input: Tensor, op: str, *, empty_channels: bool = False):
-    """(N, C, H, W), checked like torch: an empty batch is fine, an empty
-    plane is not, empty channels only where torch takes them."""
+def _input_sizes(input: Tensor, op: str, *, empty_channels: bool = False,
+                 empty_plane: bool = False):
+    """(N, C, H, W), checked like torch: an empty batch is fine, empty
+    channels or an empty plane only where torch takes them."""
     _args.check_tensor(input, "input", ndim=4)
     if not input.dtype.is_floating_point:
         raise TypeError(f"input must be a floating-point tensor, got {input.dtype}")
     N, C, H, W = input.shape
-    if (C == 0 and not empty_channels) or H == 0 or W == 0:
+    if (C == 0 and not empty_channels) or ((H == 0 or W == 0) and not empty_plane):
         what = "height and width" if empty_channels else "channels, height and width"
         raise ValueError(f"{op}: input must have non-zero {what}, got shape "
                          f"{tuple(input.shape)}")
@@ -110,7 +115,8 @@ def sliding_geometry(input: Tensor, kernel_size: Sequence[int], stride: Sequence
                      op: str) -> Pool2dGeometry:
     """The geometry of a sliding-window pooling, validated like torch's: the
     window arguments are 32-bit ints there (so every product of two fits
-    int64 here), the padding at most half the kernel."""
+    int64 here), the padding at most half the kernel; divisor_override any
+    non-zero int64."""
     N, C, H, W = _input_sizes(input, op)
     kh, kw = _two(kernel_size, "kernel_size", op, 1, _args.INT32_MAX)
     sh, sw = _two(stride, "stride", op, 1, _args.INT32_MAX)
@@ -119,10 +125,8 @@ def sliding_geometry(input: Tensor, kernel_size: Sequence[int], stride: Sequence
     if 2 * ph > kh or 2 * pw > kw:  # torch's rule, with or without dilation
         raise ValueError(f"{op}: padding must be between 0 and half the kernel size (like "
                          f"torch), got padding ({ph}, {pw}) for kernel_size ({kh}, {kw})")
-    if divisor_override is not None and (divisor_override == 0
-                                         or abs(divisor_override) > _args.INT32_MAX):
-        raise ValueError(f"{op}: divisor_override must be a non-zero 32-bit int or None, got "
-                         f"{divisor_override}")
+    if divisor_override == 0:
+        raise ValueError(f"{op}: divisor_override must be a non-zero int or None, got 0")
     P = _args.pool_output_size(H, kh, sh, ph, dh, bool(ceil_mode))
     Q = _args.pool_output_size(W, kw, sw, pw, dw, bool(ceil_mode))
     if P < 1 or Q < 1:
@@ -135,9 +139,12 @@ def sliding_geometry(input: Tensor, kernel_size: Sequence[int], stride: Sequence
 
 
 def adaptive_geometry(input: Tensor, output_size: Sequence[int], op: str,
-                      empty_channels: bool = False) -> Pool2dGeometry:
-    N, C, H, W = _input_sizes(input, op, empty_channels=empty_channels)
+                      average: bool = False) -> Pool2dGeometry:
+    """The adaptive windows; torch's average takes empty channels, and an
+    empty plane for a 1 x 1 output (the mean of nothing: NaN)."""
     P, Q = _two(output_size, "output_size", op, 0, _args.INT32_MAX)
+    N, C, H, W = _input_sizes(input, op, empty_channels=average,
+                              empty_plane=average and (P, Q) == (1, 1))
     return Pool2dGeometry(N, C, H, W, P, Q, adaptive=True)
 
 
@@ -201,6 +208,9 @@ def _max_backward_launch(g: Pool2dGeometry, grad_output: Tensor, indices: Tensor
 
 def _avg_launch(g: Pool2dGeometry, input: Tensor) -> Launch:
     output = _like_input(input, (g.N, g.C, g.P, g.Q))
+    if g.H == 0 or g.W == 0:  # the mean of an empty plane, as torch's
+        return Launch(output, {"input": input, "output": output},
+                      lambda b: output.fill_(float("nan")), 0)
     return Launch(output, {"input": input, "output": output},
                   lambda b: _ext.launchers(b, input, _triton).avg_pool2d_forward(g, input, output),
                   g.index_extent())
@@ -275,7 +285,7 @@ def avg_pool2d_backward_op(grad_output: Tensor, input: Tensor, kernel_size: Sequ
 @define_op("cnnk::adaptive_avg_pool2d", returns=Tensor)
 def adaptive_avg_pool2d_op(input: Tensor, output_size: Sequence[int], backend: str) -> Launch:
     return _avg_launch(adaptive_geometry(input, output_size, "adaptive_avg_pool2d",
-                                         empty_channels=True), input)
+                                         average=True), input)
 
 
 @define_op("cnnk::adaptive_avg_pool2d_backward", returns=Tensor)
@@ -283,7 +293,7 @@ def adaptive_avg_pool2d_backward_op(grad_output: Tensor, input: Tensor,
                                     backend: str) -> Launch:
     op = "adaptive_avg_pool2d_backward"
     _args.check_tensor(grad_output, "grad_output", ndim=4)
-    g = adaptive_geometry(input, grad_output.shape[2:], op, empty_channels=True)
+    g = adaptive_geometry(input, grad_output.shape[2:], op, average=True)
     return _avg_backward_launch(g, grad_output, input, op)
 
 
@@ -499,7 +509,7 @@ def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
     kernel, stride, padding, dilation = _window(kernel_size, stride, padding, dilation)
     result = max_pool2d_op(input, kernel, stride, padding, dilation,
                            _args.flag(ceil_mode, "ceil_mode"),
-                           _needs_indices(input, _args.flag(return_indices, "return_indices")),
+                           _needs_indices(input, return_indices),
                            _backend.current_backend())
     return _max_result(result, unbatched, return_indices)
 
@@ -509,7 +519,7 @@ def adaptive_max_pool2d(input: Tensor, output_size, return_indices: bool = False
     input, unbatched = _batched(input)
     result = adaptive_max_pool2d_op(
         input, _output_size(input, output_size),
-        _needs_indices(input, _args.flag(return_indices, "return_indices")),
+        _needs_indices(input, return_indices),
         _backend.current_backend())
     return _max_result(result, unbatched, return_indices)
 
