@@ -314,6 +314,22 @@ def test_adaptive_average_of_zero_channels_is_empty_like_torch():
     assert ck.adaptive_avg_pool2d(x, 2).shape == F.adaptive_avg_pool2d(x, 2).shape
 
 
+def test_empty_planes_where_torch_takes_them():
+    """torch's average of an empty plane into 1 x 1 is NaN (into more it
+    refuses); a conv of an empty batch may have an empty plane, if padding
+    leaves an output."""
+    x = torch.randn(2, 3, 0, 4)
+    torch.testing.assert_close(ck.adaptive_avg_pool2d(x, 1), F.adaptive_avg_pool2d(x, 1),
+                               equal_nan=True)
+    assert ck.adaptive_avg_pool2d(x, 1).isnan().all()
+    with pytest.raises(ValueError, match="non-zero height and width"):
+        ck.adaptive_avg_pool2d(x, 2)
+    x, w = torch.randn(0, 3, 0, 4), torch.randn(5, 3, 1, 1)
+    assert ck.conv2d(x, w, padding=1).shape == F.conv2d(x, w, padding=1).shape == (0, 5, 2, 6)
+    with pytest.raises(ValueError, match="non-zero height and width unless the batch is empty"):
+        ck.conv2d(torch.randn(1, 3, 0, 4), w, padding=1)
+
+
 @pytest.mark.parametrize(("device", "backend"), CPU_BACKENDS)
 @pytest.mark.parametrize("layouts", [("channels_last", "contiguous"),
                                      ("contiguous", "channels_last")])
