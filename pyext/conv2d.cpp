@@ -20,6 +20,9 @@ CNNK_BINDINGS(conv2d, m) {
   CNNK_LAUNCHER(m, conv2d_direct_forward);
   CNNK_LAUNCHER(m, conv2d_direct_grad_input);
   CNNK_LAUNCHER(m, conv2d_direct_grad_weight);
+  m.launcher("conv2d_implicit_gemm_forward", &cpu::conv2d_implicit_gemm_forward, nullptr);
+  m.launcher("conv2d_implicit_gemm_grad_input", &cpu::conv2d_implicit_gemm_grad_input, nullptr);
+  m.launcher("conv2d_implicit_gemm_grad_weight", &cpu::conv2d_implicit_gemm_grad_weight, nullptr);
 #if defined(CNNK_WITH_CUDA)
   m.cuda.cast<py::module_>().def("conv2d_direct_grad_weight_workspace_bytes",
                                  &cuda::conv2d_direct_grad_weight_workspace_bytes);

@@ -257,11 +257,91 @@ def test_unbatched_input(device, backend):
     assert_close(y, F.conv2d(float64_cpu(x), float64_cpu(w), padding="same"), dtype, 27, "output")
 
 
-def test_router_picks_direct_for_every_geometry():
-    """route()'s one branch: direct, whatever the geometry and backend."""
-    g = Conv2dGeometry(1, 4, 8, 8, 4, 3, 3, 8, 8, 1, 1, 1, 1, 1, 1, 4, Activation.relu)
-    for backend in ("cpu", "cuda", "triton"):
-        assert route(g, backend) == "direct"
+def _geometry(C, K, R, groups):
+    return Conv2dGeometry(2, C, 8, 8, K, R, R, 8, 8, 1, 1, R // 2, R // 2, 1, 1, groups,
+                          Activation.relu)
+
+
+def test_router():
+    """Implicit GEMM on the cpu for dense convolutions, direct for depthwise
+    and thin groups, and on the GPU backends (direct is all they have)."""
+    dense, pointwise = _geometry(64, 64, 3, 1), _geometry(256, 64, 1, 1)
+    depthwise, thin = _geometry(32, 32, 3, 32), _geometry(3, 4, 1, 1)
+    assert route(dense, "cpu") == route(pointwise, "cpu") == "implicit_gemm"
+    assert route(depthwise, "cpu") == route(thin, "cpu") == "direct"
+    for backend in ("cuda", "triton"):
+        assert route(dense, backend) == "direct"
+
+
+def test_implicit_gemm_only_on_the_cpu():
+    with ck.use(backend="triton", conv_algorithm="implicit_gemm"), \
+            pytest.raises(ValueError, match="runs on the backends cpu only, not on 'triton'"):
+        ck.conv2d(**_conv_args())
+
+
+CPU_ALGORITHMS = [p for p in backend_params() if p.values[1] == "cpu"]
+
+
+@pytest.mark.parametrize(("device", "backend"), CPU_ALGORITHMS)
+@pytest.mark.parametrize("algorithm", ["direct", "implicit_gemm"])
+@pytest.mark.parametrize("seed", range(24))
+def test_cpu_algorithms_match_torch(device, backend, algorithm, seed):
+    """Each cpu algorithm forced, over the random cases (edge tiles: sizes
+    that are no multiple of the micro-tile, depthwise, groups, layouts)."""
+    dtypes = dtypes_for(device, backend)
+    with ck.use(conv_algorithm=algorithm):
+        run_case(device, backend, random_case(1000 + seed, False), dtypes[seed % len(dtypes)],
+                 seed)
+
+
+@pytest.mark.parametrize(("device", "backend"), CPU_ALGORITHMS)
+@pytest.mark.parametrize("case", [
+    # One image of many pixels: several pixel blocks, several reduction
+    # chunks (C/groups * R * S > 256), rows past one A block (K > 144).
+    dict(N=1, C=40, K=150, H=19, W=17, R=3, S=3, stride=(1, 1), padding=1),
+    # grad_weight's split reduction (N * P * Q > 4096) and a strided grad_input.
+    dict(N=5, C=8, K=12, H=30, W=31, R=3, S=2, stride=(1, 1), padding=(1, 0)),
+    dict(N=2, C=16, K=24, H=21, W=20, R=3, S=3, stride=(2, 2), padding=1),
+    # Pointwise, channels_last, a large-padding stride-1 grad_input (negative
+    # padding of the transposed problem).
+    dict(N=3, C=33, K=17, H=9, W=11, R=1, S=1, stride=(1, 1), padding=0,
+         layout="channels_last"),
+    dict(N=2, C=5, K=9, H=6, W=7, R=2, S=3, stride=(1, 1), padding=(3, 4), dilation=(2, 1)),
+], ids=["many_tiles", "split_reduction", "strided", "pointwise_cl", "big_padding"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_implicit_gemm_blocking_edges(device, backend, case, dtype):
+    full = dict(dilation=(1, 1), groups=1, bias=True, activation="relu", layout="contiguous")
+    full.update(case)
+    with ck.use(conv_algorithm="implicit_gemm"):
+        run_case(device, backend, full, dtype, seed=11)
+
+
+def test_cpu_algorithms_are_deterministic_across_thread_counts():
+    """A fixed summation order (chunks set by the sizes, never by the
+    thread count): bit-identical with 1 and 2 threads, run after run."""
+    generator = torch.Generator().manual_seed(2)
+    x = random_tensor((3, 24, 20, 20), torch.float32, "cpu", generator=generator)
+    w = random_tensor((36, 24, 3, 3), torch.float32, "cpu", generator=generator)
+    grad_y = random_tensor((3, 36, 20, 20), torch.float32, "cpu", generator=generator)
+    threads = torch.get_num_threads()
+
+    def run():
+        xl, wl = x.clone().requires_grad_(), w.clone().requires_grad_()
+        y = ck.conv2d(xl, wl, padding=1, activation="relu")
+        y.backward(grad_y)
+        return y.detach(), xl.grad, wl.grad
+
+    results = []
+    try:
+        with ck.use(backend="cpu", conv_algorithm="implicit_gemm"):
+            for count in (1, 2, 2):
+                torch.set_num_threads(count)
+                results.append(run())
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            assert torch.equal(a, b)
 
 
 def test_unsupported_dtype_on_backend_raises():

@@ -33,7 +33,7 @@ FAMILY = Family(name="conv2d", public=("conv2d",),
 
 __all__ = list(FAMILY.public)
 
-ALGORITHMS = ("direct",)
+ALGORITHMS = ("direct", "implicit_gemm")
 
 
 @dataclass(frozen=True)
@@ -85,9 +85,20 @@ class Conv2dGeometry:
 
 
 def route(g: Conv2dGeometry, backend: str) -> str:
-    """The algorithm ``auto`` runs for ``g`` on ``backend``. The rule: direct,
-    the only algorithm so far, for every geometry and backend."""
+    """The algorithm ``auto`` runs for ``g`` on ``backend``. On the cpu,
+    implicit GEMM wherever its GEMM has enough rows and reduction to keep
+    the micro-kernel busy (measured: benchmarks/results/cpu_conv_routing.md);
+    depthwise and other thin grouped convolutions stay on the direct kernel,
+    which wins there. The GPU backends have only the direct algorithm."""
+    if backend == "cpu" and g.K_g >= _GEMM_MIN_ROWS and g.C_g * g.R * g.S >= _GEMM_MIN_REDUCTION:
+        return "implicit_gemm"
     return "direct"
+
+
+# Below these, the implicit GEMM's packing and padding cost more than its
+# micro-kernel saves (cpu; see route).
+_GEMM_MIN_ROWS = 8
+_GEMM_MIN_REDUCTION = 16
 
 
 def _geometry(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int],
@@ -166,6 +177,8 @@ class _Direct:
     ``conv2d_direct_*``): kernels/conv2d/direct.py (Triton),
     csrc/cpu/conv2d/direct.cpp and csrc/cuda/conv2d/direct.cu (through _C)."""
 
+    BACKENDS = ("cpu", "cuda", "triton")
+
     @staticmethod
     def forward(backend: str, g: Conv2dGeometry, x, w, bias, y) -> None:
         _ext.launchers(backend, x, _triton_direct).conv2d_direct_forward(g, x, w, bias, y)
@@ -187,11 +200,37 @@ class _Direct:
             g, grad_y, y, x, grad_w, grad_bias, *workspace)
 
 
-_ALGORITHM_KERNELS = {"direct": _Direct}
+class _ImplicitGemm:
+    """The implicit_gemm algorithm: csrc/cpu/conv2d/implicit_gemm.cpp on the
+    cpu backend's GEMM core (launchers ``conv2d_implicit_gemm_*``); the cpu
+    backend only, so far."""
+
+    BACKENDS = ("cpu",)
+
+    @staticmethod
+    def forward(backend: str, g: Conv2dGeometry, x, w, bias, y) -> None:
+        _ext.native(backend, x).conv2d_implicit_gemm_forward(g, x, w, bias, y)
+
+    @staticmethod
+    def grad_input(backend: str, g: Conv2dGeometry, grad_y, y, w, grad_x) -> None:
+        _ext.native(backend, grad_y).conv2d_implicit_gemm_grad_input(g, grad_y, y, w, grad_x)
+
+    @staticmethod
+    def grad_weight(backend: str, g: Conv2dGeometry, grad_y, y, x, grad_w, grad_bias) -> None:
+        _ext.native(backend, x).conv2d_implicit_gemm_grad_weight(g, grad_y, y, x, grad_w,
+                                                                 grad_bias)
+
+
+_ALGORITHM_KERNELS = {"direct": _Direct, "implicit_gemm": _ImplicitGemm}
 
 
 def _kernels(g: Conv2dGeometry, algorithm: str, backend: str):
-    return _ALGORITHM_KERNELS[route(g, backend) if algorithm == "auto" else algorithm]
+    kernels = _ALGORITHM_KERNELS[route(g, backend) if algorithm == "auto" else algorithm]
+    if backend not in kernels.BACKENDS:
+        raise ValueError(f"conv_algorithm {algorithm!r} runs on the backends "
+                         f"{', '.join(kernels.BACKENDS)} only, not on {backend!r}; use "
+                         f"conv_algorithm='auto' or 'direct' there")
+    return kernels
 
 
 def _channels_last(input: Tensor, weight: Tensor) -> bool:

@@ -81,6 +81,14 @@ Status conv2d_direct_grad_input(DType dtype, const Conv2dGeometry& g, Tensor4 gr
 // grad_w and (when grad_bias.data is set) grad_bias, in one pass over grad_y.
 Status conv2d_direct_grad_weight(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y,
                                  Tensor4 y, Tensor4 x, Tensor4 grad_w, Tensor1 grad_bias);
+// The implicit_gemm algorithm (csrc/cpu/conv2d/implicit_gemm.cpp): the
+// same contracts.
+Status conv2d_implicit_gemm_forward(DType dtype, const Conv2dGeometry& g, Tensor4 x, Tensor4 w,
+                                    Tensor1 bias, Tensor4 y);
+Status conv2d_implicit_gemm_grad_input(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y,
+                                       Tensor4 y, Tensor4 w, Tensor4 grad_x);
+Status conv2d_implicit_gemm_grad_weight(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y,
+                                        Tensor4 y, Tensor4 x, Tensor4 grad_w, Tensor1 grad_bias);
 }  // namespace cpu
 
 #if defined(CNNK_WITH_CUDA)

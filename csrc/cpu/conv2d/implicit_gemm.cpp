@@ -1,0 +1,553 @@
+// conv2d, implicit_gemm algorithm, C++ CPU kernels on the GEMM core
+// (cnnk/cpu_gemm.h): each pass is a GEMM whose operands are gathered from the
+// tensors straight into packed panels (no patch matrix in memory), with the
+// epilogue (bias, activation, conversion, store) applied to the finished tile.
+//
+//   forward      per group: Y[k, pq] = W[k, l] * X_n[l, pq], l = (c, r, s);
+//                M = K/groups, reduction C/groups * R * S, columns = output
+//                pixels of one image in blocks of NC. A (the weight) is packed
+//                once; a task (n, group, pixel block) gathers its B panels.
+//   grad_input   stride 1: the same GEMM as the forward over grad_y (masked by
+//                the activation's derivative on load) with the filter flipped
+//                and transposed, its padding (R - 1) * dil - pad: a gather,
+//                no scatter. Strided: per image and block of input channels,
+//                the GEMM W^T * dY' into a tile of (c, r, s) rows, scattered
+//                into the block's planes (col2im) by the task that owns them.
+//   grad_weight  per group: dW[k, l] = sum over (n, pq) of dY'[k, (n, pq)] *
+//                X[l, (n, pq)]: the reduction split into fixed chunks of
+//                (n, pq) (set by the sizes, never by the thread count), one
+//                partial per chunk, summed in chunk order; grad_bias is the
+//                row sums of dY', taken while packing it.
+// Reduction order of the taps: channel-fastest when the gathered tensor has
+// contiguous channels (channels_last: the gather reads runs of channels),
+// else tap-fastest (NCHW: it reads runs of an input row). Every output is the
+// sum in a fixed order: deterministic on a machine (the instruction set may
+// change the rounding: FMA or not).
+//
+// Cost: 2 * N * K * P * Q * (C / groups) * R * S flops per pass on the
+// micro-kernel; the gather touches (C / groups) * R * S * P * Q elements per
+// image and group, each used by all K / groups output channels, so the pass
+// is compute-bound once K / groups is a few dozen (below that, the gather
+// and the epilogue bound it). fp16/bf16 convert to fp32 while packing, fp64
+// runs the fp64 micro-kernel. Limits: the Python layer checks sizes and
+// strides; scratch is allocated before the threads start (out of memory is
+// Status::out_of_memory).
+#include <omp.h>
+
+#include <algorithm>
+
+#include "cnnk/conv2d.h"
+#include "cnnk/cpu_gemm.h"
+#include "cnnk/cpu_types.h"
+
+namespace cnnk::cpu {
+namespace {
+
+using gemm::KC;
+using gemm::round_up;
+
+// Output pixels per task of the forward GEMM (a multiple of every nr).
+constexpr int64_t PIXEL_BLOCK = 256;
+// Columns (taps) per task of the grad_weight GEMM.
+constexpr int64_t TAP_BLOCK = 256;
+// The grad_weight reduction (n, pq) is cut into chunks of at least this
+// many, at most MAX_SPLITS chunks.
+constexpr int64_t SPLIT_MIN = 4096;
+constexpr int64_t MAX_SPLITS = 32;
+
+// The reduction index l of a group's filter taps as (c, r, s).
+struct Tap {
+  int64_t c, r, s;
+};
+struct Taps {
+  int64_t C, R, S;
+  bool channels_fast;
+  Tap operator()(int64_t l) const {
+    if (channels_fast) return {l % C, l / (S * C), (l / C) % S};
+    return {l / (R * S), (l / S) % R, l % S};
+  }
+};
+
+// A gathered tensor: x, or grad_y through the activation's derivative at y.
+template <typename T, bool Masked>
+struct Source {
+  const T* data;
+  Strides4 stride;
+  const T* mask;  // y, when Masked
+  Strides4 mask_stride;
+  Activation activation;
+
+  acc_t<T> at(int64_t data_offset, int64_t mask_offset) const {
+    const acc_t<T> v = to_acc(data[data_offset]);
+    if constexpr (Masked) return activation_grad(v, to_acc(mask[mask_offset]), activation);
+    return v;
+  }
+
+  // Puts `count` elements, `step` and `mask_step` apart from the offsets,
+  // through the cursor; unit steps get their own (vectorised) loop.
+  void put_run(gemm::Cursor<acc_t<T>>& cursor, int64_t count, int64_t offset, int64_t step,
+               int64_t mask_offset, int64_t mask_step) const {
+    if (step == 1 && (!Masked || mask_step == 1))
+      cursor.put(count, [&](int64_t e) { return at(offset + e, mask_offset + e); });
+    else
+      cursor.put(count, [&](int64_t e) { return at(offset + e * step, mask_offset + e * mask_step); });
+  }
+};
+
+// B[l, j] for l in [l0, l0 + kc), j in [j0, j0 + cols): the input of the
+// forward-like GEMM at (n, c_base + c, p * sh - pt + r * dh, q * sw - pl + s * dw)
+// for output pixel j = (p, q) and tap l = (c, r, s).
+template <typename T, bool Masked>
+void gather_pixels(const Conv2dGeometry& g, const Source<T, Masked>& src, const Taps& taps,
+                   int64_t n, int64_t c_base, int64_t l0, int64_t kc, int64_t j0, int64_t cols,
+                   int nr, acc_t<T>* b) {
+  using Acc = acc_t<T>;
+  if (taps.channels_fast) {  // per pixel, runs of channels
+    for (int64_t j = 0, p = j0 / g.Q, q = j0 % g.Q; j < cols; ++j) {
+      Acc* column = b + ((j / nr) * kc) * nr + j % nr;
+      for (int64_t l = 0; l < kc;) {
+        const Tap t = taps(l0 + l);
+        const int64_t run = std::min(taps.C - t.c, kc - l);
+        const int64_t ih = conv_input_index(p, t.r, g.stride_h, g.pad_top, g.dil_h);
+        const int64_t iw = conv_input_index(q, t.s, g.stride_w, g.pad_left, g.dil_w);
+        Acc* out = column + l * nr;
+        if (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W) {
+          const int64_t at = src.stride.offset(n, c_base + t.c, ih, iw);
+          const int64_t mask_at = src.mask_stride.offset(n, c_base + t.c, ih, iw);
+          for (int64_t e = 0; e < run; ++e)
+            out[e * nr] = src.at(at + e * src.stride.c, mask_at + e * src.mask_stride.c);
+        } else {
+          for (int64_t e = 0; e < run; ++e) out[e * nr] = Acc(0);
+        }
+        l += run;
+      }
+      if (++q == g.Q) q = 0, ++p;
+    }
+    return;
+  }
+  for (int64_t l = 0; l < kc; ++l) {  // per tap, runs of an input row
+    const Tap t = taps(l0 + l);
+    const IndexRange rows = conv_valid_outputs(g.P, g.H, t.r, g.stride_h, g.pad_top, g.dil_h);
+    const IndexRange valid = conv_valid_outputs(g.Q, g.W, t.s, g.stride_w, g.pad_left, g.dil_w);
+    gemm::Cursor<Acc> cursor{b + l * nr, 0, nr, 1, kc * nr};
+    for (int64_t j = 0, p = j0 / g.Q, q = j0 % g.Q; j < cols; j += g.Q - q, ++p, q = 0) {
+      const int64_t end = std::min(g.Q, q + cols - j);
+      if (p < rows.lo || p >= rows.hi) {
+        cursor.zeros(end - q);
+        continue;
+      }
+      const int64_t lo = std::clamp(valid.lo, q, end), hi = std::clamp(valid.hi, lo, end);
+      const int64_t ih = conv_input_index(p, t.r, g.stride_h, g.pad_top, g.dil_h);
+      const int64_t iw = conv_input_index(lo, t.s, g.stride_w, g.pad_left, g.dil_w);
+      const int64_t at = src.stride.offset(n, c_base + t.c, ih, iw);
+      const int64_t mask_at = src.mask_stride.offset(n, c_base + t.c, ih, iw);
+      const int64_t step = g.stride_w * src.stride.w, mask_step = g.stride_w * src.mask_stride.w;
+      cursor.zeros(lo - q);
+      src.put_run(cursor, hi - lo, at, step, mask_at, mask_step);
+      cursor.zeros(end - hi);
+    }
+  }
+}
+
+// The forward-like GEMM: for every image n, group and output channel o of
+// the group, out(n, o, pixel) = sum over taps l of weight_at(group, o, tap) *
+// (gathered source); epilogue(n, group, tile, ldc, j0, cols) stores a
+// finished tile (rows: the group's output channels, columns: pixels
+// [j0, j0 + cols) of image n).
+template <typename T, bool Masked, typename WeightAt, typename Epilogue>
+Status forward_gemm(const Conv2dGeometry& g, const Source<T, Masked>& src, WeightAt weight_at,
+                    Epilogue epilogue) {
+  using Acc = acc_t<T>;
+  const gemm::MicroKernel<Acc> mk = gemm::micro_kernel<Acc>();
+  const int64_t M = g.K_g(), L = g.reduction_size(), G = g.groups;
+  const int64_t m_pad = round_up(M, mk.mr);
+  const Taps taps{g.C_g(), g.R, g.S, src.stride.c == 1 && g.C_g() > 1};
+
+  auto a = gemm::try_allocate<Acc>(G * m_pad * L);
+  if (a == nullptr) return Status::out_of_memory;
+  const int64_t chunks = (L + KC - 1) / KC;
+#pragma omp parallel for schedule(dynamic) if (G * chunks > 1)
+  for (int64_t gc = 0; gc < G * chunks; ++gc) {
+    const int64_t gi = gc / chunks, l0 = (gc % chunks) * KC, kc = std::min(KC, L - l0);
+    gemm::pack_a<Acc>(M, kc, mk.mr, [&](int64_t i, int64_t l) {
+      const Tap t = taps(l0 + l);
+      return weight_at(gi, i, t.c, t.r, t.s);
+    }, a.get() + gi * m_pad * L + l0 * m_pad);
+  }
+
+  const int64_t PQ = g.P * g.Q, block = std::min(PIXEL_BLOCK, PQ);
+  const int64_t blocks = (PQ + block - 1) / block, cols_pad = round_up(block, mk.nr);
+  return parallel_tasks<Acc>(g.N * G * blocks, KC * cols_pad + m_pad * cols_pad,
+                             [&](int64_t task, Acc* scratch) {
+    const int64_t jb = task % blocks, gi = (task / blocks) % G, n = task / (blocks * G);
+    const int64_t j0 = jb * block, cols = std::min(block, PQ - j0);
+    Acc* b = scratch;
+    Acc* tile = scratch + KC * cols_pad;
+    for (int64_t l0 = 0; l0 < L; l0 += KC) {
+      const int64_t kc = std::min(KC, L - l0);
+      gather_pixels(g, src, taps, n, gi * g.C_g(), l0, kc, j0, cols, mk.nr, b);
+      gemm::zero_b_padding(kc, cols, mk.nr, b);
+      gemm::multiply_packed(mk, kc, m_pad / mk.mr, (cols + mk.nr - 1) / mk.nr,
+                            a.get() + gi * m_pad * L + l0 * m_pad, b, tile, cols_pad, l0 > 0);
+    }
+    epilogue(n, gi, tile, cols_pad, j0, cols);
+  });
+}
+
+// Stores a finished tile of the forward-like GEMM into out (N, K, P, Q):
+// value(k, v) maps the group's channel k and its sum v to the stored value.
+template <typename T, typename Value>
+void store_tile(const Conv2dGeometry& g, Tensor4 out, int64_t n, int64_t gi,
+                const acc_t<T>* tile, int64_t ldc, int64_t j0, int64_t cols, Value value) {
+  T* base = static_cast<T*>(out.data) + n * out.stride.n + gi * g.K_g() * out.stride.c;
+  const int64_t M = g.K_g();
+  if (out.stride.c == 1) {  // channels_last: the channels of a pixel are contiguous
+    for (int64_t j = 0, p = j0 / g.Q, q = j0 % g.Q; j < cols; ++j) {
+      T* pixel = base + p * out.stride.h + q * out.stride.w;
+      for (int64_t i = 0; i < M; ++i) pixel[i] = from_acc<T>(value(i, tile[i * ldc + j]));
+      if (++q == g.Q) q = 0, ++p;
+    }
+    return;
+  }
+  const bool rows_contiguous = out.stride.w == 1 && out.stride.h == g.Q;
+  for (int64_t i = 0; i < M; ++i) {
+    T* plane = base + i * out.stride.c;
+    const acc_t<T>* row = tile + i * ldc;
+    if (rows_contiguous) {  // pixels j0.. are consecutive elements
+      for (int64_t j = 0; j < cols; ++j) plane[j0 + j] = from_acc<T>(value(i, row[j]));
+      continue;
+    }
+    for (int64_t j = 0, p = j0 / g.Q, q = j0 % g.Q; j < cols; ++j) {
+      plane[p * out.stride.h + q * out.stride.w] = from_acc<T>(value(i, row[j]));
+      if (++q == g.Q) q = 0, ++p;
+    }
+  }
+}
+
+template <typename T>
+Status forward(const Conv2dGeometry& g, Tensor4 x, Tensor4 w, Tensor1 bias, Tensor4 y) {
+  using Acc = acc_t<T>;
+  const T* wp = static_cast<const T*>(w.data);
+  const T* bp = static_cast<const T*>(bias.data);
+  const Source<T, false> src{static_cast<const T*>(x.data), x.stride, nullptr, {}, g.activation};
+  const int64_t M = g.K_g();
+  return forward_gemm(
+      g, src,
+      [&](int64_t gi, int64_t k, int64_t c, int64_t r, int64_t s) {
+        return to_acc(wp[w.stride.offset(gi * M + k, c, r, s)]);
+      },
+      [&](int64_t n, int64_t gi, const Acc* tile, int64_t ldc, int64_t j0, int64_t cols) {
+        store_tile<T>(g, y, n, gi, tile, ldc, j0, cols, [&](int64_t k, Acc v) {
+          if (bp) v += to_acc(bp[(gi * M + k) * bias.stride]);
+          return apply_activation(v, g.activation);
+        });
+      });
+}
+
+// grad_input of a stride-1 convolution as the forward GEMM over grad_y.
+template <typename T>
+Status grad_input_stride1(const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y, Tensor4 w,
+                          Tensor4 grad_x) {
+  using Acc = acc_t<T>;
+  const T* wp = static_cast<const T*>(w.data);
+  Conv2dGeometry t = g;  // input grad_y (N, K, P, Q), output grad_x (N, C, H, W)
+  t.C = g.K, t.H = g.P, t.W = g.Q, t.K = g.C, t.P = g.H, t.Q = g.W;
+  t.pad_top = (g.R - 1) * g.dil_h - g.pad_top;
+  t.pad_left = (g.S - 1) * g.dil_w - g.pad_left;
+  t.activation = Activation::none;
+  const int64_t Kg = g.K_g();
+  auto weight_at = [&](int64_t gi, int64_t c, int64_t k, int64_t r, int64_t s) {
+    return to_acc(wp[w.stride.offset(gi * Kg + k, c, g.R - 1 - r, g.S - 1 - s)]);
+  };
+  auto store = [&](int64_t n, int64_t gi, const Acc* tile, int64_t ldc, int64_t j0,
+                   int64_t cols) {
+    store_tile<T>(t, grad_x, n, gi, tile, ldc, j0, cols, [](int64_t, Acc v) { return v; });
+  };
+  if (g.activation == Activation::none)
+    return forward_gemm(t, Source<T, false>{static_cast<const T*>(grad_y.data), grad_y.stride,
+                                            nullptr, {}, Activation::none},
+                        weight_at, store);
+  return forward_gemm(t, Source<T, true>{static_cast<const T*>(grad_y.data), grad_y.stride,
+                                         static_cast<const T*>(y.data), y.stride, g.activation},
+                      weight_at, store);
+}
+
+// grad_input of a strided convolution: per image and block of a group's
+// input channels, dX_cols[(c, r, s), pq] = W^T[(c, r, s), k] * dY'[k, pq]
+// (the GEMM), scattered into the block's planes (col2im) in a fixed order:
+// pixel blocks, then taps, then pixels.
+template <typename T, bool Masked>
+Status grad_input_scatter(const Conv2dGeometry& g, const Source<T, Masked>& dy, Tensor4 w,
+                          Tensor4 grad_x) {
+  using Acc = acc_t<T>;
+  const gemm::MicroKernel<Acc> mk = gemm::micro_kernel<Acc>();
+  const T* wp = static_cast<const T*>(w.data);
+  const int64_t Kg = g.K_g(), Cg = g.C_g(), RS = g.R * g.S, G = g.groups;
+  // Channel blocks: about four tasks per thread, at most 576 GEMM rows.
+  const int64_t per_image = std::max<int64_t>(1, (4 * omp_get_max_threads() + g.N * G - 1) /
+                                                     (g.N * G));
+  const int64_t channels = std::clamp<int64_t>((Cg + per_image - 1) / per_image, 1,
+                                               std::max<int64_t>(1, 576 / RS));
+  const int64_t blocks_c = (Cg + channels - 1) / channels;
+  const int64_t rows_pad = round_up(channels * RS, mk.mr);
+  const int64_t PQ = g.P * g.Q, block = std::min(PIXEL_BLOCK, PQ);
+  const int64_t blocks_p = (PQ + block - 1) / block, cols_pad = round_up(block, mk.nr);
+  // grad_y as the input of a 1 x 1 convolution: its taps are the channels k.
+  Conv2dGeometry pointwise = g;
+  pointwise.C = g.K, pointwise.H = g.P, pointwise.W = g.Q, pointwise.R = pointwise.S = 1;
+  pointwise.stride_h = pointwise.stride_w = pointwise.dil_h = pointwise.dil_w = 1;
+  pointwise.pad_top = pointwise.pad_left = 0;
+  const Taps channel_taps{Kg, 1, 1, false};
+  T* gxp = static_cast<T*>(grad_x.data);
+  return parallel_tasks<Acc>(
+      g.N * G * blocks_c,
+      rows_pad * Kg + KC * cols_pad + rows_pad * cols_pad + channels * g.H * g.W,
+      [&](int64_t task, Acc* scratch) {
+        const int64_t cb = task % blocks_c, gi = (task / blocks_c) % G;
+        const int64_t n = task / (blocks_c * G);
+        const int64_t c0 = cb * channels, count = std::min(channels, Cg - c0), rows = count * RS;
+        Acc* a = scratch;
+        Acc* b = a + rows_pad * Kg;
+        Acc* tile = b + KC * cols_pad;
+        Acc* planes = tile + rows_pad * cols_pad;
+        for (int64_t l0 = 0; l0 < Kg; l0 += KC)
+          gemm::pack_a<Acc>(rows, std::min(KC, Kg - l0), mk.mr, [&](int64_t i, int64_t k) {
+            return to_acc(wp[w.stride.offset(gi * Kg + l0 + k, c0 + i / RS,
+                                             (i % RS) / g.S, i % g.S)]);
+          }, a + l0 * rows_pad);
+        std::fill(planes, planes + count * g.H * g.W, Acc(0));
+        for (int64_t jb = 0; jb < blocks_p; ++jb) {
+          const int64_t j0 = jb * block, cols = std::min(block, PQ - j0);
+          for (int64_t l0 = 0; l0 < Kg; l0 += KC) {
+            const int64_t kc = std::min(KC, Kg - l0);
+            gather_pixels(pointwise, dy, channel_taps, n, gi * Kg, l0, kc, j0, cols, mk.nr, b);
+            gemm::zero_b_padding(kc, cols, mk.nr, b);
+            gemm::multiply_packed(mk, kc, rows_pad / mk.mr, (cols + mk.nr - 1) / mk.nr,
+                                  a + l0 * rows_pad, b, tile, cols_pad, l0 > 0);
+          }
+          for (int64_t i = 0; i < rows; ++i) {  // col2im
+            const int64_t r = (i % RS) / g.S, s = i % g.S;
+            const IndexRange valid_p = conv_valid_outputs(g.P, g.H, r, g.stride_h, g.pad_top,
+                                                          g.dil_h);
+            const IndexRange valid_q = conv_valid_outputs(g.Q, g.W, s, g.stride_w, g.pad_left,
+                                                          g.dil_w);
+            Acc* plane = planes + (i / RS) * g.H * g.W;
+            const Acc* row = tile + i * cols_pad;
+            for (int64_t j = 0, p = j0 / g.Q, q = j0 % g.Q; j < cols; j += g.Q - q, ++p, q = 0) {
+              const int64_t end = std::min(g.Q, q + cols - j);
+              if (p < valid_p.lo || p >= valid_p.hi) continue;
+              const int64_t lo = std::clamp(valid_q.lo, q, end);
+              const int64_t hi = std::clamp(valid_q.hi, lo, end);
+              Acc* out = plane + conv_input_index(p, r, g.stride_h, g.pad_top, g.dil_h) * g.W +
+                         conv_input_index(lo, s, g.stride_w, g.pad_left, g.dil_w);
+              const Acc* in = row + j + (lo - q);
+              const int64_t step = g.stride_w;
+              for (int64_t e = 0; e < hi - lo; ++e) out[e * step] += in[e];
+            }
+          }
+        }
+        for (int64_t c = 0; c < count; ++c)
+          for (int64_t h = 0; h < g.H; ++h)
+            for (int64_t iw = 0; iw < g.W; ++iw)
+              gxp[grad_x.stride.offset(n, gi * Cg + c0 + c, h, iw)] =
+                  from_acc<T>(planes[(c * g.H + h) * g.W + iw]);
+      });
+}
+
+// Packs A = dY'[k, f] for the group's K/groups rows and reduction indices
+// f in [f0, f0 + kc) of the flattened (n, pq), adding each value to its
+// row's bias sum when bias_sums is given.
+template <typename T, bool Masked>
+void gather_grad_rows(const Conv2dGeometry& g, const Source<T, Masked>& dy, int64_t k_base,
+                      int64_t f0, int64_t kc, int mr, acc_t<T>* a, acc_t<T>* bias_sums) {
+  using Acc = acc_t<T>;
+  const int64_t M = g.K_g(), PQ = g.P * g.Q;
+  for (int64_t i0 = 0; i0 < M; i0 += mr) {  // zero the padding rows
+    Acc* panel = a + i0 * kc;
+    for (int64_t l = 0; l < kc; ++l)
+      for (int64_t i = std::min<int64_t>(mr, M - i0); i < mr; ++i) panel[l * mr + i] = Acc(0);
+  }
+  for (int64_t k = 0; k < M; ++k) {
+    gemm::Cursor<Acc> cursor{a + (k / mr) * mr * kc + k % mr, 0, kc, mr, 0};
+    Acc sum = 0;
+    for (int64_t f = f0, n = f0 / PQ, pq = f0 % PQ; f < f0 + kc;) {
+      const int64_t run = std::min(PQ - pq, f0 + kc - f);
+      const int64_t p = pq / g.Q, q = pq % g.Q;
+      // One run of pixels of image n: consecutive pq, row by row.
+      for (int64_t e = 0, pp = p, qq = q; e < run;) {
+        const int64_t m = std::min(g.Q - qq, run - e);
+        const int64_t at = dy.stride.offset(n, k_base + k, pp, qq);
+        const int64_t mask_at = dy.mask_stride.offset(n, k_base + k, pp, qq);
+        cursor.put(m, [&](int64_t i) {
+          const Acc v = dy.at(at + i * dy.stride.w, mask_at + i * dy.mask_stride.w);
+          sum += v;
+          return v;
+        });
+        e += m, ++pp, qq = 0;
+      }
+      f += run, ++n, pq = 0;
+    }
+    if (bias_sums) bias_sums[k] += sum;
+  }
+}
+
+// Packs B = X[f, l] for reduction indices f in [f0, f0 + kc) (flattened
+// (n, p, q)) and taps l in [l0, l0 + cols).
+template <typename T>
+void gather_input_taps(const Conv2dGeometry& g, const Source<T, false>& x, const Taps& taps,
+                       int64_t c_base, int64_t f0, int64_t kc, int64_t l0, int64_t cols, int nr,
+                       acc_t<T>* b) {
+  using Acc = acc_t<T>;
+  const int64_t PQ = g.P * g.Q;
+  for (int64_t l = 0; l < cols; ++l) {
+    const Tap t = taps(l0 + l);
+    const IndexRange rows = conv_valid_outputs(g.P, g.H, t.r, g.stride_h, g.pad_top, g.dil_h);
+    const IndexRange valid = conv_valid_outputs(g.Q, g.W, t.s, g.stride_w, g.pad_left, g.dil_w);
+    gemm::Cursor<Acc> cursor{b + (l / nr) * kc * nr + l % nr, 0, kc, nr, 0};
+    for (int64_t f = f0, n = f0 / PQ, p = (f0 % PQ) / g.Q, q = f0 % g.Q; f < f0 + kc;) {
+      const int64_t end = std::min(g.Q, q + f0 + kc - f);
+      if (p < rows.lo || p >= rows.hi) {
+        cursor.zeros(end - q);
+      } else {
+        const int64_t lo = std::clamp(valid.lo, q, end), hi = std::clamp(valid.hi, lo, end);
+        const int64_t ih = conv_input_index(p, t.r, g.stride_h, g.pad_top, g.dil_h);
+        const int64_t iw = conv_input_index(lo, t.s, g.stride_w, g.pad_left, g.dil_w);
+        const int64_t at = x.stride.offset(n, c_base + t.c, ih, iw);
+        const int64_t step = g.stride_w * x.stride.w;
+        cursor.zeros(lo - q);
+        x.put_run(cursor, hi - lo, at, step, 0, 0);
+        cursor.zeros(end - hi);
+      }
+      f += end - q;
+      q = 0;
+      if (++p == g.P) p = 0, ++n;
+    }
+  }
+}
+
+template <typename T, bool Masked>
+Status grad_weight_gemm(const Conv2dGeometry& g, const Source<T, Masked>& dy, Tensor4 x,
+                        Tensor4 grad_w, Tensor1 grad_bias) {
+  using Acc = acc_t<T>;
+  const gemm::MicroKernel<Acc> mk = gemm::micro_kernel<Acc>();
+  const int64_t M = g.K_g(), L = g.reduction_size(), G = g.groups;
+  const int64_t m_pad = round_up(M, mk.mr), F = g.N * g.P * g.Q;
+  const Source<T, false> xs{static_cast<const T*>(x.data), x.stride, nullptr, {}, g.activation};
+  const Taps taps{g.C_g(), g.R, g.S, x.stride.c == 1 && g.C_g() > 1};
+  T* gbp = static_cast<T*>(grad_bias.data);
+
+  // Fixed chunks of the reduction; fewer when the partial sums grow large.
+  int64_t splits = std::clamp<int64_t>(F / SPLIT_MIN, 1, MAX_SPLITS);
+  while (splits > 1 && splits * G * M * L > (int64_t{1} << 26)) splits /= 2;
+  const int64_t chunk = (F + splits - 1) / splits;
+  const int64_t block = std::min(TAP_BLOCK, L), blocks = (L + block - 1) / block;
+  const int64_t cols_pad = round_up(block, mk.nr);
+  auto partial = gemm::try_allocate<Acc>(splits * G * (M * L + M));
+  if (partial == nullptr) return Status::out_of_memory;
+  Acc* bias_partial = partial.get() + splits * G * M * L;
+
+  Status status = parallel_tasks<Acc>(
+      G * splits * blocks, m_pad * KC + KC * cols_pad + m_pad * cols_pad + M,
+      [&](int64_t task, Acc* scratch) {
+        const int64_t lb = task % blocks, split = (task / blocks) % splits;
+        const int64_t gi = task / (blocks * splits);
+        const int64_t f_begin = split * chunk, f_end = std::min(F, f_begin + chunk);
+        const int64_t l0 = lb * block, cols = std::min(block, L - l0);
+        Acc* a = scratch;
+        Acc* b = a + m_pad * KC;
+        Acc* tile = b + KC * cols_pad;
+        Acc* sums = tile + m_pad * cols_pad;
+        std::fill(sums, sums + M, Acc(0));
+        std::fill(tile, tile + m_pad * cols_pad, Acc(0));
+        for (int64_t f0 = f_begin; f0 < f_end; f0 += KC) {
+          const int64_t kc = std::min(KC, f_end - f0);
+          gather_grad_rows(g, dy, gi * M, f0, kc, mk.mr, a, lb == 0 ? sums : nullptr);
+          gather_input_taps(g, xs, taps, gi * g.C_g(), f0, kc, l0, cols, mk.nr, b);
+          gemm::zero_b_padding(kc, cols, mk.nr, b);
+          gemm::multiply_packed(mk, kc, m_pad / mk.mr, (cols + mk.nr - 1) / mk.nr, a, b, tile,
+                                cols_pad, true);
+        }
+        Acc* out = partial.get() + (split * G + gi) * M * L;
+        for (int64_t k = 0; k < M; ++k)
+          std::copy(tile + k * cols_pad, tile + k * cols_pad + cols, out + k * L + l0);
+        if (lb == 0) std::copy(sums, sums + M, bias_partial + (split * G + gi) * M);
+      });
+  if (status != Status::ok) return status;
+
+  T* gwp = static_cast<T*>(grad_w.data);
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < G * M; ++row) {  // sum the partials in chunk order
+    const int64_t gi = row / M, k = row % M;
+    for (int64_t l = 0; l < L; ++l) {
+      Acc v = 0;
+      for (int64_t split = 0; split < splits; ++split)
+        v += partial[(split * G + gi) * M * L + k * L + l];
+      const Tap t = taps(l);
+      gwp[grad_w.stride.offset(row, t.c, t.r, t.s)] = from_acc<T>(v);
+    }
+    if (gbp) {
+      Acc v = 0;
+      for (int64_t split = 0; split < splits; ++split) v += bias_partial[(split * G + gi) * M + k];
+      gbp[row * grad_bias.stride] = from_acc<T>(v);
+    }
+  }
+  return Status::ok;
+}
+
+template <typename T>
+Status grad_weight(const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y, Tensor4 x, Tensor4 grad_w,
+                   Tensor1 grad_bias) {
+  const T* gy = static_cast<const T*>(grad_y.data);
+  if (g.activation == Activation::none)
+    return grad_weight_gemm(g, Source<T, false>{gy, grad_y.stride, nullptr, {}, g.activation},
+                            x, grad_w, grad_bias);
+  return grad_weight_gemm(g, Source<T, true>{gy, grad_y.stride, static_cast<const T*>(y.data),
+                                             y.stride, g.activation},
+                          x, grad_w, grad_bias);
+}
+
+}  // namespace
+
+Status conv2d_implicit_gemm_forward(DType dtype, const Conv2dGeometry& g, Tensor4 x, Tensor4 w,
+                                    Tensor1 bias, Tensor4 y) {
+  if (Status s = check_conv2d_geometry(g); s != Status::ok) return s;
+  if (g.N == 0) return Status::ok;
+  if (!x.data || !w.data || !y.data) return Status::bad_argument;
+  return dispatch_dtype(dtype, [&](auto type) {
+    return forward<typename decltype(type)::type>(g, x, w, bias, y);
+  });
+}
+
+Status conv2d_implicit_gemm_grad_input(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y,
+                                       Tensor4 y, Tensor4 w, Tensor4 grad_x) {
+  if (Status s = check_conv2d_geometry(g); s != Status::ok) return s;
+  if (g.N == 0) return Status::ok;
+  if (!grad_y.data || !w.data || !grad_x.data) return Status::bad_argument;
+  if (g.activation != Activation::none && !y.data) return Status::bad_argument;
+  return dispatch_dtype(dtype, [&](auto type) {
+    using T = typename decltype(type)::type;
+    const T* gy = static_cast<const T*>(grad_y.data);
+    if (g.stride_h == 1 && g.stride_w == 1)
+      return grad_input_stride1<T>(g, grad_y, y, w, grad_x);
+    if (g.activation == Activation::none)
+      return grad_input_scatter(g, Source<T, false>{gy, grad_y.stride, nullptr, {}, g.activation},
+                                w, grad_x);
+    return grad_input_scatter(g, Source<T, true>{gy, grad_y.stride, static_cast<const T*>(y.data),
+                                                 y.stride, g.activation},
+                              w, grad_x);
+  });
+}
+
+Status conv2d_implicit_gemm_grad_weight(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y,
+                                        Tensor4 y, Tensor4 x, Tensor4 grad_w,
+                                        Tensor1 grad_bias) {
+  if (Status s = check_conv2d_geometry(g); s != Status::ok) return s;
+  if (g.N == 0) return conv2d_direct_grad_weight(dtype, g, grad_y, y, x, grad_w, grad_bias);
+  if (!grad_w.data || !grad_y.data || !x.data) return Status::bad_argument;
+  if (g.activation != Activation::none && !y.data) return Status::bad_argument;
+  return dispatch_dtype(dtype, [&](auto type) {
+    return grad_weight<typename decltype(type)::type>(g, grad_y, y, x, grad_w, grad_bias);
+  });
+}
+
+}  // namespace cnnk::cpu
