@@ -125,3 +125,25 @@ def launchers(backend: str, like: torch.Tensor, triton: Callable[[], ModuleType]
     (on first use, so that importing cnnkernels does not import Triton) or
     ``native(backend, like)``."""
     return triton() if backend == "triton" else native(backend, like)
+
+
+def cpu_isa() -> str | None:
+    """The instruction set of the cpu backend's GEMM micro-kernels
+    ("avx512", "avx2" or "portable"; chosen at run time, CNNK_CPU_ISA asks
+    for a lower one), or None without ``_C``."""
+    return None if _C is None else _C.cpu.gemm_isa()
+
+
+def cpu_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` on the cpu backend's GEMM core (2-D CPU tensors of one
+    floating-point dtype, any strides): the core on its own, for its tests
+    and the benchmark's GEMM row."""
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"cpu_matmul takes (M, K) and (K, N) matrices, got {tuple(a.shape)} "
+                         f"and {tuple(b.shape)}")
+    if a.dtype != b.dtype or not a.dtype.is_floating_point or a.is_cuda or b.is_cuda:
+        raise TypeError(f"cpu_matmul takes CPU floating-point tensors of one dtype, got "
+                        f"{a.dtype} on {a.device} and {b.dtype} on {b.device}")
+    c = torch.empty(a.shape[0], b.shape[1], dtype=a.dtype)
+    cpu_kernels().gemm_matmul(dtype_code(a.dtype), a.shape[0], b.shape[1], a.shape[1], a, b, c)
+    return c

@@ -35,6 +35,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <memory>
 
 #include "cnnk/conv2d.h"
 #include "cnnk/cpu_gemm.h"
@@ -68,6 +69,15 @@ struct Taps {
   }
 };
 
+// taps(l) for every l < count, computed once per call (no divisions in the
+// packing loops); nullptr when out of memory.
+inline std::unique_ptr<Tap[]> tap_table(const Taps& taps, int64_t count) {
+  auto table = gemm::try_allocate<Tap>(count);
+  if (table != nullptr)
+    for (int64_t l = 0; l < count; ++l) table[l] = taps(l);
+  return table;
+}
+
 // A gathered tensor: x, or grad_y through the activation's derivative at y.
 template <typename T, bool Masked>
 struct Source {
@@ -99,14 +109,14 @@ struct Source {
 // for output pixel j = (p, q) and tap l = (c, r, s).
 template <typename T, bool Masked>
 void gather_pixels(const Conv2dGeometry& g, const Source<T, Masked>& src, const Taps& taps,
-                   int64_t n, int64_t c_base, int64_t l0, int64_t kc, int64_t j0, int64_t cols,
-                   int nr, acc_t<T>* b) {
+                   const Tap* table, int64_t n, int64_t c_base, int64_t l0, int64_t kc,
+                   int64_t j0, int64_t cols, int nr, acc_t<T>* b) {
   using Acc = acc_t<T>;
   if (taps.channels_fast) {  // per pixel, runs of channels
     for (int64_t j = 0, p = j0 / g.Q, q = j0 % g.Q; j < cols; ++j) {
       Acc* column = b + ((j / nr) * kc) * nr + j % nr;
       for (int64_t l = 0; l < kc;) {
-        const Tap t = taps(l0 + l);
+        const Tap& t = table[l0 + l];
         const int64_t run = std::min(taps.C - t.c, kc - l);
         const int64_t ih = conv_input_index(p, t.r, g.stride_h, g.pad_top, g.dil_h);
         const int64_t iw = conv_input_index(q, t.s, g.stride_w, g.pad_left, g.dil_w);
@@ -126,7 +136,7 @@ void gather_pixels(const Conv2dGeometry& g, const Source<T, Masked>& src, const 
     return;
   }
   for (int64_t l = 0; l < kc; ++l) {  // per tap, runs of an input row
-    const Tap t = taps(l0 + l);
+    const Tap& t = table[l0 + l];
     const IndexRange rows = conv_valid_outputs(g.P, g.H, t.r, g.stride_h, g.pad_top, g.dil_h);
     const IndexRange valid = conv_valid_outputs(g.Q, g.W, t.s, g.stride_w, g.pad_left, g.dil_w);
     gemm::Cursor<Acc> cursor{b + l * nr, 0, nr, 1, kc * nr};
@@ -150,13 +160,15 @@ void gather_pixels(const Conv2dGeometry& g, const Source<T, Masked>& src, const 
 }
 
 // The forward-like GEMM: for every image n, group and output channel o of
-// the group, out(n, o, pixel) = sum over taps l of weight_at(group, o, tap) *
-// (gathered source); epilogue(n, group, tile, ldc, j0, cols) stores a
-// finished tile (rows: the group's output channels, columns: pixels
-// [j0, j0 + cols) of image n).
-template <typename T, bool Masked, typename WeightAt, typename Epilogue>
-Status forward_gemm(const Conv2dGeometry& g, const Source<T, Masked>& src, WeightAt weight_at,
-                    Epilogue epilogue) {
+// the group, out(n, o, pixel) = sum over taps l of
+// weights[row_offset(group, o) + tap_offset(group, tap l)] * (gathered
+// source); epilogue(n, group, tile, ldc, j0, cols) stores a finished tile
+// (rows: the group's output channels, columns: pixels [j0, j0 + cols) of
+// image n). The weight offsets are tabulated once, so packing A is a load
+// and a conversion per element.
+template <typename T, bool Masked, typename RowOffset, typename TapOffset, typename Epilogue>
+Status forward_gemm(const Conv2dGeometry& g, const Source<T, Masked>& src, const T* weights,
+                    RowOffset row_offset, TapOffset tap_offset, Epilogue epilogue) {
   using Acc = acc_t<T>;
   const gemm::MicroKernel<Acc> mk = gemm::micro_kernel<Acc>();
   const int64_t M = g.K_g(), L = g.reduction_size(), G = g.groups;
@@ -164,14 +176,23 @@ Status forward_gemm(const Conv2dGeometry& g, const Source<T, Masked>& src, Weigh
   const Taps taps{g.C_g(), g.R, g.S, src.stride.c == 1 && g.C_g() > 1};
 
   auto a = gemm::try_allocate<Acc>(G * m_pad * L);
-  if (a == nullptr) return Status::out_of_memory;
+  const auto table = tap_table(taps, L);
+  auto offsets = gemm::try_allocate<int64_t>(G * (M + L));
+  if (a == nullptr || table == nullptr || offsets == nullptr) return Status::out_of_memory;
+  int64_t* rows = offsets.get();
+  int64_t* columns = rows + G * M;
+  for (int64_t gi = 0; gi < G; ++gi) {
+    for (int64_t i = 0; i < M; ++i) rows[gi * M + i] = row_offset(gi, i);
+    for (int64_t l = 0; l < L; ++l) columns[gi * L + l] = tap_offset(gi, table[l]);
+  }
   const int64_t chunks = (L + KC - 1) / KC;
 #pragma omp parallel for schedule(dynamic) if (G * chunks > 1)
   for (int64_t gc = 0; gc < G * chunks; ++gc) {
     const int64_t gi = gc / chunks, l0 = (gc % chunks) * KC, kc = std::min(KC, L - l0);
-    gemm::pack_a<Acc>(M, kc, mk.mr, [&](int64_t i, int64_t l) {
-      const Tap t = taps(l0 + l);
-      return weight_at(gi, i, t.c, t.r, t.s);
+    const int64_t* row = rows + gi * M;
+    const int64_t* column = columns + gi * L + l0;
+    gemm::pack_a<Acc>(M, kc, mk.mr, [weights, row, column](int64_t i, int64_t l) {
+      return to_acc(weights[row[i] + column[l]]);
     }, a.get() + gi * m_pad * L + l0 * m_pad);
   }
 
@@ -185,7 +206,7 @@ Status forward_gemm(const Conv2dGeometry& g, const Source<T, Masked>& src, Weigh
     Acc* tile = scratch + KC * cols_pad;
     for (int64_t l0 = 0; l0 < L; l0 += KC) {
       const int64_t kc = std::min(KC, L - l0);
-      gather_pixels(g, src, taps, n, gi * g.C_g(), l0, kc, j0, cols, mk.nr, b);
+      gather_pixels(g, src, taps, table.get(), n, gi * g.C_g(), l0, kc, j0, cols, mk.nr, b);
       gemm::zero_b_padding(kc, cols, mk.nr, b);
       gemm::multiply_packed(mk, kc, m_pad / mk.mr, (cols + mk.nr - 1) / mk.nr,
                             a.get() + gi * m_pad * L + l0 * m_pad, b, tile, cols_pad, l0 > 0);
@@ -232,10 +253,8 @@ Status forward(const Conv2dGeometry& g, Tensor4 x, Tensor4 w, Tensor1 bias, Tens
   const Source<T, false> src{static_cast<const T*>(x.data), x.stride, nullptr, {}, g.activation};
   const int64_t M = g.K_g();
   return forward_gemm(
-      g, src,
-      [&](int64_t gi, int64_t k, int64_t c, int64_t r, int64_t s) {
-        return to_acc(wp[w.stride.offset(gi * M + k, c, r, s)]);
-      },
+      g, src, wp, [&](int64_t gi, int64_t k) { return (gi * M + k) * w.stride.n; },
+      [&](int64_t, const Tap& t) { return w.stride.offset(0, t.c, t.r, t.s); },
       [&](int64_t n, int64_t gi, const Acc* tile, int64_t ldc, int64_t j0, int64_t cols) {
         store_tile<T>(g, y, n, gi, tile, ldc, j0, cols, [&](int64_t k, Acc v) {
           if (bp) v += to_acc(bp[(gi * M + k) * bias.stride]);
@@ -256,8 +275,11 @@ Status grad_input_stride1(const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y, Te
   t.pad_left = (g.S - 1) * g.dil_w - g.pad_left;
   t.activation = Activation::none;
   const int64_t Kg = g.K_g();
-  auto weight_at = [&](int64_t gi, int64_t c, int64_t k, int64_t r, int64_t s) {
-    return to_acc(wp[w.stride.offset(gi * Kg + k, c, g.R - 1 - r, g.S - 1 - s)]);
+  // Output channel c of the transposed problem, tap (k, r, s): w[gi * Kg + k, c,
+  // R - 1 - r, S - 1 - s].
+  auto row_offset = [&](int64_t, int64_t c) { return c * w.stride.c; };
+  auto tap_offset = [&](int64_t gi, const Tap& t) {
+    return w.stride.offset(gi * Kg + t.c, 0, g.R - 1 - t.r, g.S - 1 - t.s);
   };
   auto store = [&](int64_t n, int64_t gi, const Acc* tile, int64_t ldc, int64_t j0,
                    int64_t cols) {
@@ -266,10 +288,10 @@ Status grad_input_stride1(const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y, Te
   if (g.activation == Activation::none)
     return forward_gemm(t, Source<T, false>{static_cast<const T*>(grad_y.data), grad_y.stride,
                                             nullptr, {}, Activation::none},
-                        weight_at, store);
+                        wp, row_offset, tap_offset, store);
   return forward_gemm(t, Source<T, true>{static_cast<const T*>(grad_y.data), grad_y.stride,
                                          static_cast<const T*>(y.data), y.stride, g.activation},
-                      weight_at, store);
+                      wp, row_offset, tap_offset, store);
 }
 
 // grad_input of a strided convolution: per image and block of a group's
@@ -298,6 +320,15 @@ Status grad_input_scatter(const Conv2dGeometry& g, const Source<T, Masked>& dy, 
   pointwise.stride_h = pointwise.stride_w = pointwise.dil_h = pointwise.dil_w = 1;
   pointwise.pad_top = pointwise.pad_left = 0;
   const Taps channel_taps{Kg, 1, 1, false};
+  const auto channel_table = tap_table(channel_taps, Kg);
+  const auto row_table = tap_table(Taps{Cg, g.R, g.S, false}, Cg * RS);  // rows (c, r, s)
+  auto row_offsets = gemm::try_allocate<int64_t>(Cg * RS);
+  if (channel_table == nullptr || row_table == nullptr || row_offsets == nullptr)
+    return Status::out_of_memory;
+  for (int64_t i = 0; i < Cg * RS; ++i) {
+    const Tap& t = row_table[i];
+    row_offsets[i] = w.stride.offset(0, t.c, t.r, t.s);
+  }
   T* gxp = static_cast<T*>(grad_x.data);
   return parallel_tasks<Acc>(
       g.N * G * blocks_c,
@@ -311,22 +342,26 @@ Status grad_input_scatter(const Conv2dGeometry& g, const Source<T, Masked>& dy, 
         Acc* tile = b + KC * cols_pad;
         Acc* planes = tile + rows_pad * cols_pad;
         for (int64_t l0 = 0; l0 < Kg; l0 += KC)
-          gemm::pack_a<Acc>(rows, std::min(KC, Kg - l0), mk.mr, [&](int64_t i, int64_t k) {
-            return to_acc(wp[w.stride.offset(gi * Kg + l0 + k, c0 + i / RS,
-                                             (i % RS) / g.S, i % g.S)]);
-          }, a + l0 * rows_pad);
+          gemm::pack_a<Acc>(rows, std::min(KC, Kg - l0), mk.mr,
+                            [wp, tap = row_offsets.get() + c0 * RS,
+                             base = (gi * Kg + l0) * w.stride.n, wn = w.stride.n](int64_t i,
+                                                                                  int64_t k) {
+                              return to_acc(wp[base + k * wn + tap[i]]);
+                            },
+                            a + l0 * rows_pad);
         std::fill(planes, planes + count * g.H * g.W, Acc(0));
         for (int64_t jb = 0; jb < blocks_p; ++jb) {
           const int64_t j0 = jb * block, cols = std::min(block, PQ - j0);
           for (int64_t l0 = 0; l0 < Kg; l0 += KC) {
             const int64_t kc = std::min(KC, Kg - l0);
-            gather_pixels(pointwise, dy, channel_taps, n, gi * Kg, l0, kc, j0, cols, mk.nr, b);
+            gather_pixels(pointwise, dy, channel_taps, channel_table.get(), n, gi * Kg, l0, kc,
+                          j0, cols, mk.nr, b);
             gemm::zero_b_padding(kc, cols, mk.nr, b);
             gemm::multiply_packed(mk, kc, rows_pad / mk.mr, (cols + mk.nr - 1) / mk.nr,
                                   a + l0 * rows_pad, b, tile, cols_pad, l0 > 0);
           }
           for (int64_t i = 0; i < rows; ++i) {  // col2im
-            const int64_t r = (i % RS) / g.S, s = i % g.S;
+            const int64_t r = row_table[c0 * RS + i].r, s = row_table[c0 * RS + i].s;
             const IndexRange valid_p = conv_valid_outputs(g.P, g.H, r, g.stride_h, g.pad_top,
                                                           g.dil_h);
             const IndexRange valid_q = conv_valid_outputs(g.Q, g.W, s, g.stride_w, g.pad_left,
@@ -394,13 +429,13 @@ void gather_grad_rows(const Conv2dGeometry& g, const Source<T, Masked>& dy, int6
 // Packs B = X[f, l] for reduction indices f in [f0, f0 + kc) (flattened
 // (n, p, q)) and taps l in [l0, l0 + cols).
 template <typename T>
-void gather_input_taps(const Conv2dGeometry& g, const Source<T, false>& x, const Taps& taps,
+void gather_input_taps(const Conv2dGeometry& g, const Source<T, false>& x, const Tap* table,
                        int64_t c_base, int64_t f0, int64_t kc, int64_t l0, int64_t cols, int nr,
                        acc_t<T>* b) {
   using Acc = acc_t<T>;
   const int64_t PQ = g.P * g.Q;
   for (int64_t l = 0; l < cols; ++l) {
-    const Tap t = taps(l0 + l);
+    const Tap& t = table[l0 + l];
     const IndexRange rows = conv_valid_outputs(g.P, g.H, t.r, g.stride_h, g.pad_top, g.dil_h);
     const IndexRange valid = conv_valid_outputs(g.Q, g.W, t.s, g.stride_w, g.pad_left, g.dil_w);
     gemm::Cursor<Acc> cursor{b + (l / nr) * kc * nr + l % nr, 0, kc, nr, 0};
@@ -443,7 +478,8 @@ Status grad_weight_gemm(const Conv2dGeometry& g, const Source<T, Masked>& dy, Te
   const int64_t block = std::min(TAP_BLOCK, L), blocks = (L + block - 1) / block;
   const int64_t cols_pad = round_up(block, mk.nr);
   auto partial = gemm::try_allocate<Acc>(splits * G * (M * L + M));
-  if (partial == nullptr) return Status::out_of_memory;
+  const auto table = tap_table(taps, L);
+  if (partial == nullptr || table == nullptr) return Status::out_of_memory;
   Acc* bias_partial = partial.get() + splits * G * M * L;
 
   Status status = parallel_tasks<Acc>(
@@ -462,7 +498,7 @@ Status grad_weight_gemm(const Conv2dGeometry& g, const Source<T, Masked>& dy, Te
         for (int64_t f0 = f_begin; f0 < f_end; f0 += KC) {
           const int64_t kc = std::min(KC, f_end - f0);
           gather_grad_rows(g, dy, gi * M, f0, kc, mk.mr, a, lb == 0 ? sums : nullptr);
-          gather_input_taps(g, xs, taps, gi * g.C_g(), f0, kc, l0, cols, mk.nr, b);
+          gather_input_taps(g, xs, table.get(), gi * g.C_g(), f0, kc, l0, cols, mk.nr, b);
           gemm::zero_b_padding(kc, cols, mk.nr, b);
           gemm::multiply_packed(mk, kc, m_pad / mk.mr, (cols + mk.nr - 1) / mk.nr, a, b, tile,
                                 cols_pad, true);
@@ -482,7 +518,7 @@ Status grad_weight_gemm(const Conv2dGeometry& g, const Source<T, Masked>& dy, Te
       Acc v = 0;
       for (int64_t split = 0; split < splits; ++split)
         v += partial[(split * G + gi) * M * L + k * L + l];
-      const Tap t = taps(l);
+      const Tap& t = table[l];
       gwp[grad_w.stride.offset(row, t.c, t.r, t.s)] = from_acc<T>(v);
     }
     if (gbp) {

@@ -30,9 +30,10 @@ Status matmul(int64_t M, int64_t N, int64_t K, Tensor2 a, Tensor2 b, Tensor2 c) 
 #pragma omp parallel for schedule(dynamic) if (chunks > 1)
   for (int64_t chunk = 0; chunk < chunks; ++chunk) {
     const int64_t l0 = chunk * KC;
-    gemm::pack_a<Acc>(M, std::min(KC, K - l0), mk.mr, [&](int64_t i, int64_t l) {
-      return to_acc(ap[i * a.stride[0] + (l0 + l) * a.stride[1]]);
-    }, packed_a.get() + l0 * m_pad);
+    gemm::pack_a<Acc>(M, std::min(KC, K - l0), mk.mr,
+                      [base = ap + l0 * a.stride[1], rs = a.stride[0], cs = a.stride[1]](
+                          int64_t i, int64_t l) { return to_acc(base[i * rs + l * cs]); },
+                      packed_a.get() + l0 * m_pad);
   }
   // Column blocks: at least 4 per thread, at most 1024 columns.
   const int64_t threads = omp_get_max_threads();

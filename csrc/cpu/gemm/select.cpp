@@ -27,7 +27,7 @@ Isa choose() {
   if (wanted == nullptr) return best;
   for (Isa candidate : {Isa::portable, Isa::avx2, Isa::avx512})
     if (std::strcmp(wanted, isa_name(candidate)) == 0 && candidate <= best) return candidate;
-  return best;  // unknown or unsupported: the Python layer warns (_ext.cpu_isa)
+  return best;  // unknown, or not supported here: the best there is
 }
 
 int64_t fma_loop(bool f64, int64_t iterations) {
