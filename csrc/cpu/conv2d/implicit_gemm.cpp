@@ -71,8 +71,8 @@ struct Taps {
 
 // taps(l) for every l < count, computed once per call (no divisions in the
 // packing loops); nullptr when out of memory.
-inline std::unique_ptr<Tap[]> tap_table(const Taps& taps, int64_t count) {
-  auto table = gemm::try_allocate<Tap>(count);
+inline AlignedBuffer<Tap> tap_table(const Taps& taps, int64_t count) {
+  auto table = allocate_aligned<Tap>(count);
   if (table != nullptr)
     for (int64_t l = 0; l < count; ++l) table[l] = taps(l);
   return table;
@@ -175,9 +175,9 @@ Status forward_gemm(const Conv2dGeometry& g, const Source<T, Masked>& src, const
   const int64_t m_pad = round_up(M, mk.mr);
   const Taps taps{g.C_g(), g.R, g.S, src.stride.c == 1 && g.C_g() > 1};
 
-  auto a = gemm::try_allocate<Acc>(G * m_pad * L);
+  auto a = allocate_aligned<Acc>(G * m_pad * L);
   const auto table = tap_table(taps, L);
-  auto offsets = gemm::try_allocate<int64_t>(G * (M + L));
+  auto offsets = allocate_aligned<int64_t>(G * (M + L));
   if (a == nullptr || table == nullptr || offsets == nullptr) return Status::out_of_memory;
   int64_t* rows = offsets.get();
   int64_t* columns = rows + G * M;
@@ -322,7 +322,7 @@ Status grad_input_scatter(const Conv2dGeometry& g, const Source<T, Masked>& dy, 
   const Taps channel_taps{Kg, 1, 1, false};
   const auto channel_table = tap_table(channel_taps, Kg);
   const auto row_table = tap_table(Taps{Cg, g.R, g.S, false}, Cg * RS);  // rows (c, r, s)
-  auto row_offsets = gemm::try_allocate<int64_t>(Cg * RS);
+  auto row_offsets = allocate_aligned<int64_t>(Cg * RS);
   if (channel_table == nullptr || row_table == nullptr || row_offsets == nullptr)
     return Status::out_of_memory;
   for (int64_t i = 0; i < Cg * RS; ++i) {
@@ -332,13 +332,14 @@ Status grad_input_scatter(const Conv2dGeometry& g, const Source<T, Masked>& dy, 
   T* gxp = static_cast<T*>(grad_x.data);
   return parallel_tasks<Acc>(
       g.N * G * blocks_c,
-      rows_pad * Kg + KC * cols_pad + rows_pad * cols_pad + channels * g.H * g.W,
+      cache_lines<Acc>(rows_pad * Kg) + KC * cols_pad + rows_pad * cols_pad +
+          channels * g.H * g.W,
       [&](int64_t task, Acc* scratch) {
         const int64_t cb = task % blocks_c, gi = (task / blocks_c) % G;
         const int64_t n = task / (blocks_c * G);
         const int64_t c0 = cb * channels, count = std::min(channels, Cg - c0), rows = count * RS;
         Acc* a = scratch;
-        Acc* b = a + rows_pad * Kg;
+        Acc* b = a + cache_lines<Acc>(rows_pad * Kg);
         Acc* tile = b + KC * cols_pad;
         Acc* planes = tile + rows_pad * cols_pad;
         for (int64_t l0 = 0; l0 < Kg; l0 += KC)
@@ -477,7 +478,7 @@ Status grad_weight_gemm(const Conv2dGeometry& g, const Source<T, Masked>& dy, Te
   const int64_t chunk = (F + splits - 1) / splits;
   const int64_t block = std::min(TAP_BLOCK, L), blocks = (L + block - 1) / block;
   const int64_t cols_pad = round_up(block, mk.nr);
-  auto partial = gemm::try_allocate<Acc>(splits * G * (M * L + M));
+  auto partial = allocate_aligned<Acc>(splits * G * (M * L + M));
   const auto table = tap_table(taps, L);
   if (partial == nullptr || table == nullptr) return Status::out_of_memory;
   Acc* bias_partial = partial.get() + splits * G * M * L;

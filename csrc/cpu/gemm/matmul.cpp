@@ -25,7 +25,7 @@ Status matmul(int64_t M, int64_t N, int64_t K, Tensor2 a, Tensor2 b, Tensor2 c) 
   const T* bp = static_cast<const T*>(b.data);
   T* cp = static_cast<T*>(c.data);
   const int64_t m_pad = gemm::round_up(M, mk.mr), chunks = (K + KC - 1) / KC;
-  auto packed_a = gemm::try_allocate<Acc>(m_pad * K);
+  auto packed_a = allocate_aligned<Acc>(m_pad * K);
   if (packed_a == nullptr) return Status::out_of_memory;
 #pragma omp parallel for schedule(dynamic) if (chunks > 1)
   for (int64_t chunk = 0; chunk < chunks; ++chunk) {

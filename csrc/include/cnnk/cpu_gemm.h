@@ -24,6 +24,7 @@
 #include <new>
 
 #include "cnnk/cpu_micro_kernel.h"
+#include "cnnk/cpu_types.h"
 
 namespace cnnk::cpu::gemm {
 
@@ -123,10 +124,5 @@ void multiply_packed(const MicroKernel<Acc>& mk, int64_t kc, int64_t m_panels, i
   }
 }
 
-// A host buffer that may fail to allocate (nullptr then: Status::out_of_memory).
-template <typename Acc>
-std::unique_ptr<Acc[]> try_allocate(int64_t count) {
-  return std::unique_ptr<Acc[]>(new (std::nothrow) Acc[count > 0 ? count : 1]);
-}
 
 }  // namespace cnnk::cpu::gemm

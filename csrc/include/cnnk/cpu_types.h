@@ -114,22 +114,52 @@ Status dispatch_dtype(DType dtype, Body&& body) {
   return Status::unsupported_dtype;
 }
 
+// Host buffers aligned to a cache line, so the GEMM micro-kernels' 32- and
+// 64-byte vector loads never straddle two lines; for trivial element types.
+// Empty (nullptr) when the memory cannot be had.
+struct AlignedDelete {
+  template <typename T>
+  void operator()(T* p) const {
+    ::operator delete[](p, std::align_val_t{64});
+  }
+};
+template <typename T>
+using AlignedBuffer = std::unique_ptr<T[], AlignedDelete>;
+
+template <typename T>
+AlignedBuffer<T> allocate_aligned(int64_t count) {
+  if (count > INT64_MAX / static_cast<int64_t>(sizeof(T))) return nullptr;
+  const std::size_t bytes = sizeof(T) * static_cast<std::size_t>(count > 0 ? count : 1);
+  return AlignedBuffer<T>(
+      static_cast<T*>(::operator new[](bytes, std::align_val_t{64}, std::nothrow)));
+}
+
+// count elements rounded up to whole cache lines: the offset of the next
+// aligned sub-buffer.
+template <typename T>
+int64_t cache_lines(int64_t count) {
+  constexpr int64_t per_line = 64 / sizeof(T);
+  return (count + per_line - 1) / per_line * per_line;
+}
+
 // Runs task(i, scratch) for i in [0, count), statically scheduled over at
 // most count OpenMP threads; scratch is the thread's own buffer of
-// scratch_size uninitialised elements, reused from task to task, allocated
-// before the threads start (out_of_memory, not an abort, when it cannot be).
+// scratch_size uninitialised elements (cache-line aligned), reused from task
+// to task, allocated before the threads start (out_of_memory, not an abort,
+// when it cannot be).
 // Each task writes only what it owns, so the kernels need no atomics and sum
 // in a fixed order.
 template <typename Acc, typename Task>
 Status parallel_tasks(int64_t count, int64_t scratch_size, Task task) {
   const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(count, omp_get_max_threads()));
-  if (scratch_size > INT64_MAX / static_cast<int64_t>(sizeof(Acc)) / threads)
+  if (scratch_size > INT64_MAX / static_cast<int64_t>(sizeof(Acc)) / threads - 64)
     return Status::out_of_memory;
-  std::unique_ptr<Acc[]> scratch(new (std::nothrow) Acc[threads * scratch_size]);
+  const int64_t stride = cache_lines<Acc>(scratch_size);
+  const AlignedBuffer<Acc> scratch = allocate_aligned<Acc>(threads * stride);
   if (scratch == nullptr) return Status::out_of_memory;
 #pragma omp parallel num_threads(static_cast<int>(threads))
   {
-    Acc* own = scratch.get() + omp_get_thread_num() * scratch_size;
+    Acc* own = scratch.get() + omp_get_thread_num() * stride;
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < count; ++i) task(i, own);
   }
