@@ -54,7 +54,7 @@ from typing import Any, NamedTuple
 import torch
 
 import cnnkernels
-from cnnkernels import _backend
+from cnnkernels import _backend, _ext
 from cnnkernels.bench import report
 from cnnkernels.ops import FAMILIES
 
@@ -98,10 +98,55 @@ ROOFLINES = {
 
 
 def roofline_for(device: torch.device) -> Roofline | None:
+    if device.type == "cpu":
+        return cpu_roofline(torch.get_num_threads())
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
     return next((roof for key, roof in ROOFLINES.items() if key in name), None)
+
+
+@functools.cache
+def cpu_roofline(threads: int) -> Roofline | None:
+    """The cpu backend's roofline, measured on the machine at hand: the FMA
+    probe's throughput with ``threads`` threads (fp32 for fp16/bf16 too, which
+    the cpu kernels compute in fp32; fp64) and the bandwidth of a 128 MiB copy
+    (bytes read + written). None without the C++ extension."""
+    if not _ext.has_cpu_kernels():
+        return None
+    cpu = _ext.cpu_kernels()
+    f32, f64 = cpu.fma_peak(False, threads, 0.2), cpu.fma_peak(True, threads, 0.2)
+    source = torch.ones(2**25)
+    target = torch.empty_like(source)
+    seconds = []
+    for _ in range(5):
+        start = time.perf_counter()
+        target.copy_(source)
+        seconds.append(time.perf_counter() - start)
+    return Roofline(bandwidth=2 * source.nbytes / min(seconds),
+                    flops={torch.float32: f32, torch.bfloat16: f32, torch.float16: f32,
+                           torch.float64: f64})
+
+
+def gemm_core_rate(size: int = 1024, runs: int = 5) -> dict | None:
+    """The cpu GEMM core alone on a size^3 fp32 product against torch.mm,
+    interleaved, medians: flop/s of each and the core's fraction of the FMA
+    peak (the micro-kernels' roofline check). None without the extension."""
+    roofline = cpu_roofline(torch.get_num_threads())
+    if roofline is None:
+        return None
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    ours, theirs = [], []
+    for _ in range(runs):
+        for times, product in ((ours, _ext.cpu_matmul), (theirs, torch.mm)):
+            start = time.perf_counter()
+            product(a, b)
+            times.append(time.perf_counter() - start)
+    flops = 2 * size ** 3
+    rate = flops / statistics.median(ours)
+    return {"size": size, "gflops": rate / 1e9,
+            "torch_gflops": flops / statistics.median(theirs) / 1e9,
+            "peak_fraction": rate / roofline.flops[torch.float32]}
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -13,7 +13,14 @@ from pathlib import Path
 import torch
 
 import cnnkernels
-from cnnkernels.bench.driver import Settings, dtype_name, timer_description
+from cnnkernels import _ext
+from cnnkernels.bench.driver import (
+    Settings,
+    dtype_name,
+    gemm_core_rate,
+    roofline_for,
+    timer_description,
+)
 
 
 def _git_commit() -> str:
@@ -52,7 +59,16 @@ def environment(settings: Settings) -> dict:
         import triton
 
         triton_version = triton.__version__
+    cpu = {}
+    roofline = None if cuda else roofline_for(device)
+    if roofline is not None:  # the cpu backend's roofline and its GEMM core
+        cpu = {"cpu_isa": _ext.cpu_isa(),
+               "cpu_peak_gflops": {dtype_name(d): round(f / 1e9, 1)
+                                   for d, f in roofline.flops.items()},
+               "cpu_copy_gbps": round(roofline.bandwidth / 1e9, 1),
+               "gemm_core": gemm_core_rate()}
     return {
+        **cpu,
         "device": torch.cuda.get_device_name(device) if cuda else _cpu_name(),
         "device_type": device.type,
         "cpu_threads": torch.get_num_threads(),

@@ -59,10 +59,19 @@ def table_row(row: dict, columns: tuple) -> str:
 
 
 def heading(header: dict) -> str:
-    """The lines above the tables: where the run happens and how to read it."""
+    """The lines above the tables: where the run happens and how to read it
+    (on a CPU also the cpu backend's measured roofline and GEMM core)."""
+    cpu = ""
+    if header.get("cpu_peak_gflops"):
+        gemm = header["gemm_core"]
+        cpu = (f"cpu backend: {header['cpu_threads']} threads, {header['cpu_isa']} kernels; "
+               f"roofline {header['cpu_peak_gflops']['float32']:.0f} GFLOP/s fp32 (FMA probe), "
+               f"{header['cpu_copy_gbps']:.0f} GB/s copy; GEMM core {gemm['size']}^3: "
+               f"{gemm['gflops']:.0f} GFLOP/s = {gemm['peak_fraction']:.0%} of peak "
+               f"(torch.mm {gemm['torch_gflops']:.0f})\n")
     return (f"cnnkernels bench: {header['device']} | torch {header['torch']} | triton "
             f"{header['triton']} | CUDA {header['cuda']} | commit {header['commit']}\n"
-            f"layout {header['layout']}, batch {header['batch']}, backends "
+            f"{cpu}layout {header['layout']}, batch {header['batch']}, backends "
             f"{', '.join(header['backends'])}; speedup = torch ms / ours ms; max rel err = "
             f"max|ours - ref| / max|ref| vs float64\n")
 
