@@ -307,7 +307,9 @@ def test_cpu_algorithms_match_torch(device, backend, algorithm, seed):
     dict(N=3, C=33, K=17, H=9, W=11, R=1, S=1, stride=(1, 1), padding=0,
          layout="channels_last"),
     dict(N=2, C=5, K=9, H=6, W=7, R=2, S=3, stride=(1, 1), padding=(3, 4), dilation=(2, 1)),
-], ids=["many_tiles", "split_reduction", "strided", "pointwise_cl", "big_padding"])
+    # A padded row wider than a pixel block (the in-place path's slack).
+    dict(N=1, C=3, K=13, H=3, W=300, R=3, S=5, stride=(1, 1), padding=(1, 2)),
+], ids=["many_tiles", "split_reduction", "strided", "pointwise_cl", "big_padding", "wide"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_implicit_gemm_blocking_edges(device, backend, case, dtype):
     full = dict(dilation=(1, 1), groups=1, bias=True, activation="relu", layout="contiguous")

@@ -5,8 +5,12 @@
 //
 //   forward      per group: Y[k, pq] = W[k, l] * X_n[l, pq], l = (c, r, s);
 //                M = K/groups, reduction C/groups * R * S, columns = output
-//                pixels of one image in blocks of NC. A (the weight) is packed
-//                once; a task (n, group, pixel block) gathers its B panels.
+//                pixels of one image in blocks of PIXEL_BLOCK. A (the weight)
+//                is packed once. Stride 1: B is read in place from a
+//                zero-padded copy of the input (forward_in_place: tap (c, r, s)
+//                of nr consecutive pixels is nr consecutive values), nothing
+//                else packed. Otherwise a task (n, group, pixel block) gathers
+//                its B panels.
 //   grad_input   stride 1: the same GEMM as the forward over grad_y (masked by
 //                the activation's derivative on load) with the filter flipped
 //                and transposed, its padding (R - 1) * dil - pad: a gather,
@@ -25,10 +29,11 @@
 // change the rounding: FMA or not).
 //
 // Cost: 2 * N * K * P * Q * (C / groups) * R * S flops per pass on the
-// micro-kernel; the gather touches (C / groups) * R * S * P * Q elements per
-// image and group, each used by all K / groups output channels, so the pass
-// is compute-bound once K / groups is a few dozen (below that, the gather
-// and the epilogue bound it). fp16/bf16 convert to fp32 while packing, fp64
+// micro-kernel; the packed gather touches (C / groups) * R * S * P * Q
+// elements per image and group (the in-place path copies the input once,
+// (C / groups) * H * W), each used by all K / groups output channels, so the
+// pass is compute-bound once K / groups is a few dozen (below that, the
+// gather and the epilogue bound it). fp16/bf16 convert to fp32 while packing, fp64
 // runs the fp64 micro-kernel. Limits: the Python layer checks sizes and
 // strides; scratch is allocated before the threads start (out of memory is
 // Status::out_of_memory).
@@ -36,6 +41,7 @@
 
 #include <algorithm>
 #include <memory>
+#include <type_traits>
 
 #include "cnnk/conv2d.h"
 #include "cnnk/cpu_gemm.h"
@@ -159,6 +165,84 @@ void gather_pixels(const Conv2dGeometry& g, const Source<T, Masked>& src, const 
   }
 }
 
+// Largest zero-padded copy of the source the in-place path makes (bytes);
+// beyond it the packed path runs.
+constexpr int64_t IN_PLACE_MAX_BYTES = int64_t{1} << 30;
+
+// The forward-like GEMM of a stride-1 convolution with B read in place: the
+// source is copied once, converted and masked, into zero-padded planes
+// (hp x wp per image and channel) and the output computed on a virtual grid
+// P x wp (columns q >= Q computed and dropped). Tap (c, r, s) of virtual
+// pixel j then reads padded element c * hp * wp + r * dh * wp + s * dw + j:
+// nr consecutive pixels are nr consecutive values for every tap, so the
+// micro-kernel loads B's rows from the planes (run_rows) and nothing is
+// packed but the weights. Status::out_of_memory when the copy is too large
+// (the caller then runs the packed path).
+template <typename T, bool Masked, typename Epilogue>
+Status forward_in_place(const Conv2dGeometry& g, const Source<T, Masked>& src,
+                        const gemm::MicroKernel<acc_t<T>>& mk, const acc_t<T>* a,
+                        const Tap* table, Epilogue epilogue) {
+  using Acc = acc_t<T>;
+  const int64_t M = g.K_g(), L = g.reduction_size(), G = g.groups, Cg = g.C_g();
+  const int64_t m_pad = round_up(M, mk.mr);
+  // The rows and columns the taps read (input row h at padded row h + pad_top;
+  // the padding may be negative: grad_input's transposed problem).
+  const int64_t hp = g.P + (g.R - 1) * g.dil_h, wp = g.Q + (g.S - 1) * g.dil_w;
+  // Planes an odd number of cache lines apart: the kc rows a micro-kernel
+  // reads, one or a few per channel, then fall into every L1 set instead of
+  // a few (a 56 x 56 plane is 196 lines: 16 of 64 sets, thrashing).
+  const int64_t line = cache_lines<Acc>(1);
+  const int64_t plane = (cache_lines<Acc>(hp * wp) / line | 1) * line, planes = g.N * g.C;
+  if (planes > IN_PLACE_MAX_BYTES / static_cast<int64_t>(sizeof(Acc)) / plane)
+    return Status::out_of_memory;
+  // A tap of the last plane reads up to (R - 1) * dh rows + (S - 1) * dw +
+  // P * wp rounded up to nr past the plane's start: at most wp + nr past its end.
+  const int64_t slack = wp + mk.nr;
+  auto padded = allocate_aligned<Acc>(planes * plane + slack);
+  auto rows = allocate_aligned<int64_t>(L);
+  if (padded == nullptr || rows == nullptr) return Status::out_of_memory;
+  std::fill(padded.get() + planes * plane, padded.get() + planes * plane + slack, Acc(0));
+#pragma omp parallel for schedule(static)
+  for (int64_t nc = 0; nc < planes; ++nc) {
+    const int64_t n = nc / g.C, c = nc % g.C;
+    Acc* out = padded.get() + nc * plane;
+    std::fill(out, out + plane, Acc(0));
+    const int64_t w_lo = std::max<int64_t>(0, -g.pad_left);
+    const int64_t w_hi = std::min(g.W, wp - g.pad_left);
+    for (int64_t ph = std::max<int64_t>(0, g.pad_top); ph < std::min(hp, g.pad_top + g.H); ++ph) {
+      Acc* row = out + ph * wp + g.pad_left;
+      const int64_t at = src.stride.offset(n, c, ph - g.pad_top, 0);
+      const int64_t mask_at = src.mask_stride.offset(n, c, ph - g.pad_top, 0);
+      if constexpr (!Masked && std::is_same_v<T, Acc>) {
+        if (src.stride.w == 1) {
+          std::copy(src.data + at + w_lo, src.data + at + w_hi, row + w_lo);
+          continue;
+        }
+      }
+      if (src.stride.w == 1 && (!Masked || src.mask_stride.w == 1))
+        for (int64_t w = w_lo; w < w_hi; ++w) row[w] = src.at(at + w, mask_at + w);
+      else
+        for (int64_t w = w_lo; w < w_hi; ++w)
+          row[w] = src.at(at + w * src.stride.w, mask_at + w * src.mask_stride.w);
+    }
+  }
+  for (int64_t l = 0; l < L; ++l)
+    rows[l] = table[l].c * plane + table[l].r * g.dil_h * wp + table[l].s * g.dil_w;
+
+  const int64_t pixels = g.P * wp, block = std::min(PIXEL_BLOCK, round_up(pixels, mk.nr));
+  const int64_t blocks = (pixels + block - 1) / block;
+  return parallel_tasks<Acc>(g.N * G * blocks, m_pad * block, [&](int64_t task, Acc* tile) {
+    const int64_t jb = task % blocks, gi = (task / blocks) % G, n = task / (blocks * G);
+    const int64_t j0 = jb * block, cols = std::min(block, pixels - j0);
+    const Acc* image = padded.get() + (n * g.C + gi * Cg) * plane + j0;
+    for (int64_t l0 = 0; l0 < L; l0 += KC)
+      gemm::multiply_rows(mk, std::min(KC, L - l0), m_pad / mk.mr, (cols + mk.nr - 1) / mk.nr,
+                          a + gi * m_pad * L + l0 * m_pad, image, rows.get() + l0, tile, block,
+                          l0 > 0);
+    epilogue(n, gi, tile, block, j0, cols, wp);
+  });
+}
+
 // The forward-like GEMM: for every image n, group and output channel o of
 // the group, out(n, o, pixel) = sum over taps l of
 // weights[row_offset(group, o) + tap_offset(group, tap l)] * (gathered
@@ -196,6 +280,11 @@ Status forward_gemm(const Conv2dGeometry& g, const Source<T, Masked>& src, const
     }, a.get() + gi * m_pad * L + l0 * m_pad);
   }
 
+  if (g.stride_h == 1 && g.stride_w == 1) {
+    const Status status = forward_in_place(g, src, mk, a.get(), table.get(), epilogue);
+    if (status != Status::out_of_memory) return status;  // else: the packed path
+  }
+
   const int64_t PQ = g.P * g.Q, block = std::min(PIXEL_BLOCK, PQ);
   const int64_t blocks = (PQ + block - 1) / block, cols_pad = round_up(block, mk.nr);
   return parallel_tasks<Acc>(g.N * G * blocks, KC * cols_pad + m_pad * cols_pad,
@@ -211,37 +300,61 @@ Status forward_gemm(const Conv2dGeometry& g, const Source<T, Masked>& src, const
       gemm::multiply_packed(mk, kc, m_pad / mk.mr, (cols + mk.nr - 1) / mk.nr,
                             a.get() + gi * m_pad * L + l0 * m_pad, b, tile, cols_pad, l0 > 0);
     }
-    epilogue(n, gi, tile, cols_pad, j0, cols);
+    epilogue(n, gi, tile, cols_pad, j0, cols, g.Q);
   });
 }
 
 // Stores a finished tile of the forward-like GEMM into out (N, K, P, Q):
-// value(k, v) maps the group's channel k and its sum v to the stored value.
-template <typename T, typename Value>
-void store_tile(const Conv2dGeometry& g, Tensor4 out, int64_t n, int64_t gi,
-                const acc_t<T>* tile, int64_t ldc, int64_t j0, int64_t cols, Value value) {
+// tile column j is pixel j0 + j of a grid `width` wide (Q, or the padded
+// width of the in-place path, whose columns q >= Q are dropped); row i (the
+// group's channel i) gets bias[i] (bias may be null) and the activation Act.
+template <typename T, Activation Act>
+void store_tile_as(const Conv2dGeometry& g, Tensor4 out, int64_t n, int64_t gi,
+                   const acc_t<T>* tile, int64_t ldc, int64_t j0, int64_t cols, int64_t width,
+                   const acc_t<T>* bias) {
+  using Acc = acc_t<T>;
   T* base = static_cast<T*>(out.data) + n * out.stride.n + gi * g.K_g() * out.stride.c;
   const int64_t M = g.K_g();
   if (out.stride.c == 1) {  // channels_last: the channels of a pixel are contiguous
-    for (int64_t j = 0, p = j0 / g.Q, q = j0 % g.Q; j < cols; ++j) {
-      T* pixel = base + p * out.stride.h + q * out.stride.w;
-      for (int64_t i = 0; i < M; ++i) pixel[i] = from_acc<T>(value(i, tile[i * ldc + j]));
-      if (++q == g.Q) q = 0, ++p;
+    for (int64_t j = 0, p = j0 / width, q = j0 % width; j < cols; ++j) {
+      if (q < g.Q) {
+        T* pixel = base + p * out.stride.h + q * out.stride.w;
+        for (int64_t i = 0; i < M; ++i)
+          pixel[i] = from_acc<T>(apply_activation(tile[i * ldc + j] + (bias ? bias[i] : Acc(0)),
+                                                  Act));
+      }
+      if (++q == width) q = 0, ++p;
     }
     return;
   }
-  const bool rows_contiguous = out.stride.w == 1 && out.stride.h == g.Q;
   for (int64_t i = 0; i < M; ++i) {
     T* plane = base + i * out.stride.c;
-    const acc_t<T>* row = tile + i * ldc;
-    if (rows_contiguous) {  // pixels j0.. are consecutive elements
-      for (int64_t j = 0; j < cols; ++j) plane[j0 + j] = from_acc<T>(value(i, row[j]));
-      continue;
+    const Acc* row = tile + i * ldc;
+    const Acc b = bias ? bias[i] : Acc(0);
+    for (int64_t j = 0, p = j0 / width, q = j0 % width; j < cols; j += width - q, ++p, q = 0) {
+      const int64_t run = std::min(g.Q, q + cols - j) - q;  // one output row's pixels
+      T* __restrict dst = plane + p * out.stride.h + q * out.stride.w;
+      const Acc* __restrict src = row + j;
+      if (out.stride.w == 1)  // vectorised
+        for (int64_t e = 0; e < run; ++e) dst[e] = from_acc<T>(apply_activation(src[e] + b, Act));
+      else
+        for (int64_t e = 0; e < run; ++e)
+          dst[e * out.stride.w] = from_acc<T>(apply_activation(src[e] + b, Act));
     }
-    for (int64_t j = 0, p = j0 / g.Q, q = j0 % g.Q; j < cols; ++j) {
-      plane[p * out.stride.h + q * out.stride.w] = from_acc<T>(value(i, row[j]));
-      if (++q == g.Q) q = 0, ++p;
-    }
+  }
+}
+
+template <typename T>
+void store_tile(const Conv2dGeometry& g, Tensor4 out, int64_t n, int64_t gi,
+                const acc_t<T>* tile, int64_t ldc, int64_t j0, int64_t cols, int64_t width,
+                const acc_t<T>* bias, Activation activation) {
+  switch (activation) {
+    case Activation::relu:
+      return store_tile_as<T, Activation::relu>(g, out, n, gi, tile, ldc, j0, cols, width, bias);
+    case Activation::relu6:
+      return store_tile_as<T, Activation::relu6>(g, out, n, gi, tile, ldc, j0, cols, width, bias);
+    default:
+      return store_tile_as<T, Activation::none>(g, out, n, gi, tile, ldc, j0, cols, width, bias);
   }
 }
 
@@ -252,14 +365,16 @@ Status forward(const Conv2dGeometry& g, Tensor4 x, Tensor4 w, Tensor1 bias, Tens
   const T* bp = static_cast<const T*>(bias.data);
   const Source<T, false> src{static_cast<const T*>(x.data), x.stride, nullptr, {}, g.activation};
   const int64_t M = g.K_g();
+  auto biases = allocate_aligned<Acc>(g.K);
+  if (biases == nullptr) return Status::out_of_memory;
+  for (int64_t k = 0; k < g.K; ++k) biases[k] = bp ? to_acc(bp[k * bias.stride]) : Acc(0);
   return forward_gemm(
       g, src, wp, [&](int64_t gi, int64_t k) { return (gi * M + k) * w.stride.n; },
       [&](int64_t, const Tap& t) { return w.stride.offset(0, t.c, t.r, t.s); },
-      [&](int64_t n, int64_t gi, const Acc* tile, int64_t ldc, int64_t j0, int64_t cols) {
-        store_tile<T>(g, y, n, gi, tile, ldc, j0, cols, [&](int64_t k, Acc v) {
-          if (bp) v += to_acc(bp[(gi * M + k) * bias.stride]);
-          return apply_activation(v, g.activation);
-        });
+      [&](int64_t n, int64_t gi, const Acc* tile, int64_t ldc, int64_t j0, int64_t cols,
+          int64_t width) {
+        store_tile<T>(g, y, n, gi, tile, ldc, j0, cols, width, biases.get() + gi * M,
+                      g.activation);
       });
 }
 
@@ -282,8 +397,8 @@ Status grad_input_stride1(const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y, Te
     return w.stride.offset(gi * Kg + t.c, 0, g.R - 1 - t.r, g.S - 1 - t.s);
   };
   auto store = [&](int64_t n, int64_t gi, const Acc* tile, int64_t ldc, int64_t j0,
-                   int64_t cols) {
-    store_tile<T>(t, grad_x, n, gi, tile, ldc, j0, cols, [](int64_t, Acc v) { return v; });
+                   int64_t cols, int64_t width) {
+    store_tile<T>(t, grad_x, n, gi, tile, ldc, j0, cols, width, nullptr, Activation::none);
   };
   if (g.activation == Activation::none)
     return forward_gemm(t, Source<T, false>{static_cast<const T*>(grad_y.data), grad_y.stride,

@@ -16,10 +16,12 @@ namespace {
 
 // MR x (NV * lanes) tile, accumulators in registers: per reduction step NV
 // vector loads of b, MR broadcasts of a and MR * NV FMAs (cnnk/cpu_micro_kernel.h).
-template <typename V, int MR, int NV>
-void micro_kernel(int64_t kc, const typename V::scalar* a, const typename V::scalar* b,
-                  typename V::scalar* c, int64_t ldc, bool accumulate) {
-  constexpr int NR = NV * V::lanes;
+// B's row l starts at b + row(l): the packed micro-panel (l * NR) or a row
+// of an input plane (rows[l]).
+template <typename V, int MR, int NV, typename Row>
+inline __attribute__((always_inline)) void micro_tile(
+    int64_t kc, const typename V::scalar* a, const typename V::scalar* b, Row row,
+    typename V::scalar* c, int64_t ldc, bool accumulate) {
   typename V::type acc[MR][NV];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i)
@@ -29,8 +31,9 @@ void micro_kernel(int64_t kc, const typename V::scalar* a, const typename V::sca
 #pragma GCC unroll 4
   for (int64_t l = 0; l < kc; ++l) {
     typename V::type bv[NV];
+    const typename V::scalar* b_row = b + row(l);
 #pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) bv[j] = V::load(b + l * NR + j * V::lanes);
+    for (int j = 0; j < NV; ++j) bv[j] = V::load(b_row + j * V::lanes);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
       const typename V::type av = V::set1(a[l * MR + i]);
@@ -45,8 +48,22 @@ void micro_kernel(int64_t kc, const typename V::scalar* a, const typename V::sca
 }
 
 template <typename V, int MR, int NV>
+void micro_kernel(int64_t kc, const typename V::scalar* a, const typename V::scalar* b,
+                  typename V::scalar* c, int64_t ldc, bool accumulate) {
+  micro_tile<V, MR, NV>(kc, a, b, [](int64_t l) { return l * NV * V::lanes; }, c, ldc,
+                        accumulate);
+}
+
+template <typename V, int MR, int NV>
+void micro_kernel_rows(int64_t kc, const typename V::scalar* a, const typename V::scalar* b,
+                       const int64_t* rows, typename V::scalar* c, int64_t ldc,
+                       bool accumulate) {
+  micro_tile<V, MR, NV>(kc, a, b, [rows](int64_t l) { return rows[l]; }, c, ldc, accumulate);
+}
+
+template <typename V, int MR, int NV>
 cnnk::cpu::gemm::MicroKernel<typename V::scalar> make_micro_kernel() {
-  return {MR, NV * V::lanes, &micro_kernel<V, MR, NV>};
+  return {MR, NV * V::lanes, &micro_kernel<V, MR, NV>, &micro_kernel_rows<V, MR, NV>};
 }
 
 // `iterations` rounds of 12 independent vector FMA chains (enough to cover

@@ -125,4 +125,20 @@ void multiply_packed(const MicroKernel<Acc>& mk, int64_t kc, int64_t m_panels, i
 }
 
 
+// The same with B read in place: micro-panel jp's row l is the nr values at
+// b + jp * nr + rows[l] (MicroKernel::run_rows).
+template <typename Acc>
+void multiply_rows(const MicroKernel<Acc>& mk, int64_t kc, int64_t m_panels, int64_t n_panels,
+                   const Acc* a, const Acc* b, const int64_t* rows, Acc* c, int64_t ldc,
+                   bool accumulate) {
+  const int64_t block = MC / mk.mr;
+  for (int64_t ib = 0; ib < m_panels; ib += block) {
+    const int64_t ie = ib + block < m_panels ? ib + block : m_panels;
+    for (int64_t jp = 0; jp < n_panels; ++jp)
+      for (int64_t ip = ib; ip < ie; ++ip)
+        mk.run_rows(kc, a + ip * mk.mr * kc, b + jp * mk.nr, rows,
+                    c + ip * mk.mr * ldc + jp * mk.nr, ldc, accumulate);
+  }
+}
+
 }  // namespace cnnk::cpu::gemm

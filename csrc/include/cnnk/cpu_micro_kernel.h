@@ -13,12 +13,17 @@ namespace cnnk::cpu::gemm {
 // for l < kc, i < mr, j < nr, the sum in order of l (so the result does not
 // depend on how a caller splits the reduction into kc chunks). a and b are
 // packed panels (cpu_gemm.h), c a row-major scratch tile.
+// run_rows: the same tile with B's rows read where they lie, row l being
+// the nr values at b + rows[l] (any alignment): nr consecutive pixels of a
+// zero-padded input plane, so a stride-1 convolution needs no packed B.
 template <typename Acc>
 struct MicroKernel {
   int mr = 0;
   int nr = 0;
   void (*run)(int64_t kc, const Acc* a, const Acc* b, Acc* c, int64_t ldc,
               bool accumulate) = nullptr;
+  void (*run_rows)(int64_t kc, const Acc* a, const Acc* b, const int64_t* rows, Acc* c,
+                   int64_t ldc, bool accumulate) = nullptr;
 };
 
 // <isa>_fma_loop(f64, iterations) issues independent vector FMAs (the
