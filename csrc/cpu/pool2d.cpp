@@ -20,8 +20,9 @@
 //     threads.
 // Max backward goes through the indices. Disjoint windows (stride >= kernel,
 // no dilation; adaptive windows when the size divides) give every input
-// element at most one window: a gather writes each element once, no zero
-// fill. Overlapping windows: each plane (channels_last: each image's channel
+// element at most one window: each input row is built alone (zeroed, then
+// the gradients of its windows placed at their indices), no plane of
+// scratch and any row split among the threads. Overlapping windows: each plane (channels_last: each image's channel
 // block) is zeroed and the gradients scattered at their indices in output
 // order; one item owns the plane, so no atomics. Only an index inside its
 // window counts (as in the GPU gathers): a window with no tap inside the
@@ -471,29 +472,26 @@ Status max_forward(const Pool2dGeometry& g, Tensor4 x, Tensor4 y, Tensor4 indice
 
 // --------------------------------------------------------------- max backward
 
-// Disjoint windows: the one output (p, q) whose window holds input (h, w), -1
-// for none, per input row and column.
-bool disjoint_owners(const Pool2dGeometry& g, std::vector<int64_t>& row_owner,
-                     std::vector<int64_t>& col_owner) {
+// Disjoint windows (each input element in at most one window): the output
+// row whose window holds each input row, -1 for none; false when windows
+// overlap. The backward then builds each input row alone: zeros, and every
+// window's gradient placed at its index when that lies in the row (and in
+// the window's columns).
+bool disjoint_row_owners(const Pool2dGeometry& g, std::vector<int64_t>& owner) {
   const bool disjoint =
       g.adaptive ? g.H % g.P == 0 && g.W % g.Q == 0
                  : g.dil_h == 1 && g.dil_w == 1 && g.stride_h >= g.kernel_h &&
                        g.stride_w >= g.kernel_w;
   if (!disjoint) return false;
-  auto owners = [&](int64_t in, int64_t out, int64_t kernel, int64_t stride, int64_t pad,
-                    std::vector<int64_t>& owner) {
-    owner.resize(in);
-    for (int64_t i = 0; i < in; ++i) {
-      if (g.adaptive) {
-        owner[i] = i / (in / out);
-        continue;
-      }
-      const int64_t o = (i + pad) / stride;
-      owner[i] = (i + pad) % stride < kernel && o < out ? o : -1;
+  owner.resize(g.H);
+  for (int64_t h = 0; h < g.H; ++h) {
+    if (g.adaptive) {
+      owner[h] = h / (g.H / g.P);
+      continue;
     }
-  };
-  owners(g.H, g.P, g.kernel_h, g.stride_h, g.pad_h, row_owner);
-  owners(g.W, g.Q, g.kernel_w, g.stride_w, g.pad_w, col_owner);
+    const int64_t p = (h + g.pad_h) / g.stride_h;
+    owner[h] = (h + g.pad_h) % g.stride_h < g.kernel_h && p < g.P ? p : -1;
+  }
   return true;
 }
 
@@ -505,40 +503,48 @@ Status max_backward_planes(const Pool2dGeometry& g, Tensor4 grad_y, Tensor4 indi
   const int64_t* ip = static_cast<const int64_t*>(indices.data);
   T* gxp = static_cast<T*>(grad_x.data);
   const int64_t planes = g.N * g.C, plane = g.H * g.W;
-  std::vector<int64_t> row_owner, col_owner;
-  if (disjoint_owners(g, row_owner, col_owner)) {
-    // A gather: grad_x[h, w] = grad_y[p, q] where the index of the window
-    // (p, q) holding (h, w) is h * W + w, else 0.
+  std::vector<int64_t> row_owner;
+  if (disjoint_row_owners(g, row_owner)) {
     const double work = static_cast<double>(planes) * static_cast<double>(plane);
     const int threads = parallel_threads(work, planes * g.H);
     const PlaneItems items(planes, g.H, threads);
-    const ThreadScratch<Acc> scratch(threads, g.W);
-    if (!scratch.ok()) return Status::out_of_memory;
     const bool direct = std::is_same_v<T, Acc> && grad_x.stride.w == 1;
+    const ThreadScratch<Acc> scratch(threads, direct ? 1 : items.block * g.W);
+    if (!scratch.ok()) return Status::out_of_memory;
+    const FastDiv by_width(g.W);
     parallel_chunks(threads, items.count, items.block * g.W, [&](int64_t begin, int64_t end,
                                                                  int t) {
       for (int64_t item = begin; item < end; ++item) {
         const int64_t nc = item / items.blocks, h0 = item % items.blocks * items.block;
-        const int64_t n = nc / g.C, c = nc % g.C;
-        for (int64_t h = h0; h < std::min(g.H, h0 + items.block); ++h) {
-          T* dst = gxp + grad_x.stride.offset(n, c, h, 0);
-          Acc* out = direct ? reinterpret_cast<Acc*>(dst) : scratch.of(t);
-          const int64_t p = row_owner[h];
-          if (p < 0) {
-            std::fill(out, out + g.W, Acc(0));
-          } else {
-            const int64_t* irow = ip + indices.stride.offset(n, c, p, 0);
-            const T* grow = gyp + grad_y.stride.offset(n, c, p, 0);
-            const int64_t base = h * g.W;
-            for (int64_t w = 0; w < g.W; ++w) {
-              const int64_t q = col_owner[w];
-              out[w] = q >= 0 && irow[q * indices.stride.w] == base + w
-                           ? to_acc(grow[q * grad_y.stride.w])
-                           : Acc(0);
-            }
+        const int64_t h1 = std::min(g.H, h0 + items.block), n = nc / g.C, c = nc % g.C;
+        auto row = [&](int64_t h) -> Acc* {
+          return direct ? reinterpret_cast<Acc*>(gxp + grad_x.stride.offset(n, c, h, 0))
+                        : scratch.of(t) + (h - h0) * g.W;
+        };
+        for (int64_t h = h0; h < h1; ++h) std::fill(row(h), row(h) + g.W, Acc(0));
+        // The windows of the block's rows, each index placed when it lies in
+        // the block and in its window (almost always: a predictable branch).
+        int64_t p0 = g.P, p1 = 0;
+        for (int64_t h = h0; h < h1; ++h)
+          if (row_owner[h] >= 0) {
+            p0 = std::min(p0, row_owner[h]);
+            p1 = std::max(p1, row_owner[h] + 1);
           }
-          if (!direct) store_row<T>(out, g.W, dst, grad_x.stride.w);
+        for (int64_t p = p0; p < p1; ++p) {
+          const int64_t* irow = ip + indices.stride.offset(n, c, p, 0);
+          const T* grow = gyp + grad_y.stride.offset(n, c, p, 0);
+          for (int64_t q = 0; q < g.Q; ++q) {
+            const int64_t i = irow[q * indices.stride.w];
+            if (i < 0 || i >= plane) continue;
+            const int64_t h = by_width(i), w = i - h * g.W;
+            if (h >= h0 && h < h1 && row_owner[h] == p && w >= win.cols[q].start &&
+                w < win.cols[q].end)
+              row(h)[w] = to_acc(grow[q * grad_y.stride.w]);
+          }
         }
+        if (!direct)
+          for (int64_t h = h0; h < h1; ++h)
+            store_row<T>(row(h), g.W, gxp + grad_x.stride.offset(n, c, h, 0), grad_x.stride.w);
       }
     });
     return Status::ok;
@@ -582,29 +588,42 @@ Status max_backward_channels(const Pool2dGeometry& g, Tensor4 grad_y, Tensor4 in
   const T* gyp = static_cast<const T*>(grad_y.data);
   const int64_t* ip = static_cast<const int64_t*>(indices.data);
   T* gxp = static_cast<T*>(grad_x.data);
-  std::vector<int64_t> row_owner, col_owner;
-  if (disjoint_owners(g, row_owner, col_owner)) {
-    // The gather of max_backward_planes, per (n, input row), along C.
+  std::vector<int64_t> row_owner;
+  if (disjoint_row_owners(g, row_owner)) {
+    // Per (n, input row): the row zeroed, then its window row's gradients
+    // placed along C (into grad_x itself for float types).
+    constexpr bool direct = std::is_same_v<T, Acc>;
     const int64_t items = g.N * g.H;
     const int threads = parallel_threads(
         static_cast<double>(items) * static_cast<double>(g.W * g.C), items);
-    const ThreadScratch<Acc> scratch(threads, g.C);
+    const ThreadScratch<Acc> scratch(threads, direct ? 1 : g.W * g.C);
     if (!scratch.ok()) return Status::out_of_memory;
     parallel_chunks(threads, items, g.W * g.C, [&](int64_t begin, int64_t end, int t) {
-      Acc* out = scratch.of(t);
       for (int64_t item = begin; item < end; ++item) {
         const int64_t n = item / g.H, h = item % g.H, p = row_owner[h];
-        for (int64_t w = 0; w < g.W; ++w) {
-          const int64_t q = col_owner[w], tap = h * g.W + w;
-          if (p < 0 || q < 0) {
-            std::fill(out, out + g.C, Acc(0));
-          } else {
+        auto at = [&](int64_t w) -> Acc* {
+          if constexpr (direct)
+            return reinterpret_cast<Acc*>(gxp + grad_x.stride.offset(n, 0, h, w));
+          else
+            return scratch.of(t) + w * g.C;
+        };
+        for (int64_t w = 0; w < g.W; ++w) std::fill(at(w), at(w) + g.C, Acc(0));
+        if (p >= 0)
+          for (int64_t q = 0; q < g.Q; ++q) {
             const int64_t* idx = ip + indices.stride.offset(n, 0, p, q);
             const T* grad = gyp + grad_y.stride.offset(n, 0, p, q);
-            for (int64_t c = 0; c < g.C; ++c) out[c] = idx[c] == tap ? to_acc(grad[c]) : Acc(0);
+            const int64_t first = h * g.W + win.cols[q].start, last = h * g.W + win.cols[q].end;
+            // Branch-free: a miss (another row of the window) writes its
+            // current value back to column `first`.
+            for (int64_t c = 0; c < g.C; ++c) {
+              const bool inside = idx[c] >= first && idx[c] < last;
+              Acc* dst = at((inside ? idx[c] : first) - h * g.W) + c;
+              *dst = inside ? to_acc(grad[c]) : *dst;
+            }
           }
-          store_row<T>(out, g.C, gxp + grad_x.stride.offset(n, 0, h, w), 1);
-        }
+        if constexpr (!direct)
+          for (int64_t w = 0; w < g.W; ++w)
+            store_row<T>(at(w), g.C, gxp + grad_x.stride.offset(n, 0, h, w), 1);
       }
     });
     return Status::ok;
