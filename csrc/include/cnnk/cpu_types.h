@@ -218,9 +218,9 @@ class ThreadScratch {
 // Runs task(i, scratch) for i in [0, count) through parallel_chunks, given
 // an estimate of each task's work in steps (serial when the whole is small;
 // without one, every task is worth a thread); scratch is the thread's own
-// buffer of scratch_size uninitialised elements, reused from task to task,
-// allocated before the threads start (out_of_memory, not an abort, when it
-// cannot be). Each task writes only what it owns, so the kernels need no
+// buffer of scratch_size uninitialised elements (cache-line aligned), reused
+// from task to task, allocated before the threads start (out_of_memory, not
+// an abort, when it cannot be). Each task writes only what it owns, so the kernels need no
 // atomics and sum in a fixed order, whatever the number of threads.
 template <typename Acc, typename Task>
 Status parallel_tasks(int64_t count, int64_t scratch_size, Task task,
