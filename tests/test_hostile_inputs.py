@@ -272,16 +272,18 @@ def test_other_argument_forms_torch_takes():
 
 def test_scratch_memory_exhaustion_is_an_error_not_an_abort():
     """The cpu kernels allocate their scratch before the threads start: out
-    of memory is a RuntimeError (in a subprocess with a capped address space)."""
+    of memory is a RuntimeError (in a subprocess with a capped address space).
+    Overlapping windows, so that the float16 max backward scatters into a
+    float plane of scratch (disjoint windows gather without one)."""
     code = ("import resource, torch, cnnkernels as ck\n"
             "from cnnkernels.ops.pool2d import max_pool2d_op, max_pool2d_backward_op\n"
             "x = torch.randn(1, 1, 8192, 8192, dtype=torch.float16)\n"
-            "y, i = max_pool2d_op(x, [4096, 4096], [4096, 4096], [0, 0], [1, 1], False, True,"
+            "y, i = max_pool2d_op(x, [4096, 4096], [2048, 2048], [0, 0], [1, 1], False, True,"
             " 'cpu')\n"
             "used = int(open('/proc/self/statm').read().split()[0]) * resource.getpagesize()\n"
             "resource.setrlimit(resource.RLIMIT_AS, (used + 300 * 2**20,) * 2)\n"
             "try:\n"
-            "    max_pool2d_backward_op(torch.ones_like(y), i, x, [4096, 4096], [4096, 4096],"
+            "    max_pool2d_backward_op(torch.ones_like(y), i, x, [4096, 4096], [2048, 2048],"
             " [0, 0], [1, 1], False, 'cpu')\n"
             "except RuntimeError as error:\n"
             "    print(error)\n")

@@ -257,6 +257,101 @@ def test_global_average_pool(device, backend):
     run_case(device, backend, case, dtypes_for(device, backend)[0], seed=41)
 
 
+LAYOUTS = ("contiguous", "channels_last", "noncontiguous")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["adaptive_avg", "adaptive_max"])
+@pytest.mark.parametrize("size", [7, 40])
+def test_cpu_global_pooling_every_layout(kind, dtype, layout, size):
+    """The cpu backend's global (1x1) pooling: a lane-wise reduction of each
+    plane (a 40x40 plane is read in pieces), or along the channels for
+    channels_last; indices, ties and gradients as torch's."""
+    case = dict(kind=kind, N=2, C=6, H=size, W=size + 1, layout=layout, unbatched=False,
+                output_size=1)
+    run_case("cpu", "cpu", case, dtype, seed=47)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("window", [
+    dict(kind="max", kernel_size=2, stride=2, padding=0),
+    dict(kind="max", kernel_size=3, stride=4, padding=1),   # gaps no window reads
+    dict(kind="max", kernel_size=(3, 2), stride=(3, 5), padding=(1, 0)),
+    dict(kind="adaptive_max", output_size=(3, 2)),           # 9 x 8: sizes divide
+])
+def test_cpu_max_backward_disjoint_windows_every_layout(window, layout):
+    """Disjoint windows (stride >= kernel, or adaptive windows whose size
+    divides the input): the cpu max backward gathers each input element from
+    its one window instead of scattering."""
+    case = dict(N=2, C=5, H=9, W=8, layout=layout, unbatched=False, dilation=1,
+                ceil_mode=False, **window)
+    run_case("cpu", "cpu", case, torch.float32, seed=53)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("window", [
+    dict(kernel_size=5, stride=1, padding=2, dilation=1),    # SPP-like: separable rows
+    dict(kernel_size=3, stride=2, padding=1, dilation=2),
+])
+def test_ties_and_nan_overlapping_windows_every_layout(window, layout):
+    """Overlapping windows, where the cpu forward reduces rows then columns
+    (planes) or runs along the channels (channels_last): the first maximum
+    in row-major window order still wins a tie and the last NaN wins."""
+    def values(shape):
+        generator = torch.Generator().manual_seed(59)
+        v = torch.randint(-1, 2, shape, generator=generator).double()
+        flat = v.view(-1)
+        flat[torch.randperm(flat.numel(), generator=generator)[:6]] = float("nan")
+        v[:, :, :3, :3] = float("-inf")
+        return v
+
+    case = dict(kind="max", N=2, C=4, H=11, W=10, layout=layout, unbatched=False,
+                ceil_mode=True, **window)
+    run_case("cpu", "cpu", case, torch.float32, seed=59, values=values)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", [
+    dict(kind="max", kernel_size=3, stride=2, padding=1, dilation=1, ceil_mode=False),
+    dict(kind="max", kernel_size=7, stride=1, padding=3, dilation=1, ceil_mode=False),
+    dict(kind="max", kernel_size=2, stride=2, padding=0, dilation=1, ceil_mode=False),
+    dict(kind="avg", kernel_size=3, stride=1, padding=1, ceil_mode=True,
+         count_include_pad=False, divisor_override=None),
+    dict(kind="adaptive_avg", output_size=1),
+    dict(kind="adaptive_max", output_size=1),
+    dict(kind="adaptive_avg", output_size=(5, 3)),
+    dict(kind="adaptive_max", output_size=(5, 3)),
+], ids=lambda case: "-".join(str(v) for v in case.values()))
+def test_cpu_results_do_not_depend_on_the_thread_count(case, layout):
+    """The cpu kernels run serially below a work threshold and in dynamically
+    taken chunks above it; the sums run in an order the geometry fixes, so
+    one thread and two give the same bits (outputs, indices, gradients)."""
+    case = dict(N=4, C=16, H=48, W=47, layout=layout, unbatched=False, **case)
+    generator = torch.Generator().manual_seed(61)
+    x = make_input(case, torch.float32, "cpu", generator)
+    grad = None
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            xg = x.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+            with ck.use(backend="cpu"):
+                out = pool(ck, case, xg, return_indices=case["kind"].endswith("max"))
+                y = out[0] if isinstance(out, tuple) else out
+                grad = torch.randn(y.shape, generator=generator) if grad is None else grad
+                y.backward(grad)
+            results.append((out, xg.grad))
+    finally:
+        torch.set_num_threads(threads)
+    (out1, grad1), (out2, grad2) = results
+    for a, b in zip(out1 if isinstance(out1, tuple) else (out1,),
+                    out2 if isinstance(out2, tuple) else (out2,), strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(grad1, grad2)
+
+
 @pytest.mark.parametrize("divisor", [-2, 1, 7])
 def test_any_nonzero_divisor_override(divisor):
     """torch divides by any non-zero divisor_override, negative too."""

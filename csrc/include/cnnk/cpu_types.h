@@ -1,5 +1,6 @@
 // Element types of the C++ CPU kernels, their dtype dispatch, and the
-// OpenMP task loop the kernels share.
+// OpenMP scheduling the kernels share (serial below a work threshold,
+// dynamically scheduled chunks above it).
 //
 // float16 and bfloat16 are storage types here: kernels load an element into
 // the accumulator type (float; double for float64), compute there and round
@@ -142,27 +143,96 @@ int64_t cache_lines(int64_t count) {
   return (count + per_line - 1) / per_line * per_line;
 }
 
-// Runs task(i, scratch) for i in [0, count), statically scheduled over at
-// most count OpenMP threads; scratch is the thread's own buffer of
-// scratch_size uninitialised elements (cache-line aligned), reused from task
-// to task, allocated before the threads start (out_of_memory, not an abort,
-// when it cannot be).
-// Each task writes only what it owns, so the kernels need no atomics and sum
-// in a fixed order.
-template <typename Acc, typename Task>
-Status parallel_tasks(int64_t count, int64_t scratch_size, Task task) {
-  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(count, omp_get_max_threads()));
-  if (scratch_size > INT64_MAX / static_cast<int64_t>(sizeof(Acc)) / threads - 64)
-    return Status::out_of_memory;
-  const int64_t stride = cache_lines<Acc>(scratch_size);
-  const AlignedBuffer<Acc> scratch = allocate_aligned<Acc>(threads * stride);
-  if (scratch == nullptr) return Status::out_of_memory;
-#pragma omp parallel num_threads(static_cast<int>(threads))
-  {
-    Acc* own = scratch.get() + omp_get_thread_num() * stride;
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < count; ++i) task(i, own);
+// Scheduling. A parallel region costs microseconds to open and join, and
+// under load (another process on the cores) a thread can be descheduled for
+// a whole time slice: a statically split loop then waits for it while the
+// other threads idle. So small work runs on the calling thread, and larger
+// work is split into chunks of a few tens of microseconds that the threads
+// take dynamically, several per thread, so that the threads still running
+// take over the work of one that is not.
+
+// Work, in elementary steps (an element loaded and compared or added),
+// below which a loop runs serially: about 20 us on one core.
+inline constexpr int64_t kSerialWork = int64_t{1} << 16;
+// Work of one dynamically scheduled chunk (one atomic increment to take).
+inline constexpr int64_t kChunkWork = int64_t{1} << 15;
+// The work assumed of a task whose caller gives no estimate: big enough for
+// two tasks to be worth two threads, and each a chunk of its own.
+inline constexpr int64_t kUnknownWork = 2 * kSerialWork;
+
+// Threads worth starting for total_work steps split into at most items
+// independent pieces: 1 below kSerialWork or inside a parallel region,
+// else at most one per kSerialWork steps.
+inline int parallel_threads(double total_work, int64_t items) {
+  if (omp_in_parallel() || total_work < static_cast<double>(2 * kSerialWork) || items < 2)
+    return 1;
+  const double by_work = total_work / static_cast<double>(kSerialWork);
+  const int64_t most = std::min<int64_t>(items, omp_get_max_threads());
+  return static_cast<int>(by_work < static_cast<double>(most) ? static_cast<int64_t>(by_work)
+                                                                : most);
+}
+
+// Runs body(begin, end, thread) over [0, count) on `threads` threads (thread
+// is the caller's index in [0, threads), for its scratch), in chunks of
+// about kChunkWork steps (work_per_item each), at least four per thread,
+// taken dynamically. Serial (one call, thread 0) when threads is 1.
+template <typename Body>
+void parallel_chunks(int threads, int64_t count, int64_t work_per_item, Body body) {
+  if (count <= 0) return;
+  if (threads <= 1 || count == 1) {
+    body(int64_t{0}, count, 0);
+    return;
   }
+  const int64_t balanced = std::max<int64_t>(1, ceil_div(count, int64_t{4} * threads));
+  const int64_t chunk =
+      std::min(balanced, std::max<int64_t>(1, kChunkWork / std::max<int64_t>(1, work_per_item)));
+  const int64_t chunks = ceil_div(count, chunk);
+#pragma omp parallel num_threads(threads)
+  {
+    const int thread = omp_get_thread_num();
+#pragma omp for schedule(dynamic, 1) nowait
+    for (int64_t k = 0; k < chunks; ++k) body(k * chunk, std::min(count, (k + 1) * chunk), thread);
+  }
+}
+
+// One buffer of `size` uninitialised elements per thread, allocated before
+// the threads start (ok() is false when it cannot be: the caller returns
+// Status::out_of_memory rather than abort inside a thread). Each buffer
+// starts on its own cache line: threads writing neighbouring small buffers
+// would otherwise pass the lines back and forth (false sharing).
+template <typename E>
+class ThreadScratch {
+ public:
+  ThreadScratch(int threads, int64_t size) : stride_(cache_lines<E>(std::max<int64_t>(size, 1))) {
+    if (stride_ <= INT64_MAX / static_cast<int64_t>(sizeof(E)) / threads)
+      data_ = allocate_aligned<E>(threads * stride_);
+  }
+  bool ok() const { return data_ != nullptr; }
+  E* of(int thread) const { return data_.get() + thread * stride_; }
+
+ private:
+  int64_t stride_;
+  AlignedBuffer<E> data_;
+};
+
+// Runs task(i, scratch) for i in [0, count) through parallel_chunks, given
+// an estimate of each task's work in steps (serial when the whole is small;
+// without one, every task is worth a thread); scratch is the thread's own
+// buffer of scratch_size uninitialised elements (cache-line aligned), reused
+// from task to task, allocated before the threads start (out_of_memory, not
+// an abort, when it cannot be). Each task writes only what it owns, so the kernels need no
+// atomics and sum in a fixed order, whatever the number of threads.
+template <typename Acc, typename Task>
+Status parallel_tasks(int64_t count, int64_t scratch_size, Task task,
+                      int64_t work_per_task = kUnknownWork) {
+  const int threads =
+      parallel_threads(static_cast<double>(count) * static_cast<double>(work_per_task), count);
+  const ThreadScratch<Acc> scratch(threads, scratch_size);
+  if (!scratch.ok()) return Status::out_of_memory;
+  parallel_chunks(threads, count, work_per_task, [&](int64_t begin, int64_t end, int thread) {
+    Acc* own = scratch.of(thread);
+    for (int64_t i = begin; i < end; ++i) task(i, own);
+  });
   return Status::ok;
 }
 
