@@ -202,7 +202,7 @@ Status forward_in_place(const Conv2dGeometry& g, const Source<T, Masked>& src,
   auto rows = allocate_aligned<int64_t>(L);
   if (padded == nullptr || rows == nullptr) return Status::out_of_memory;
   std::fill(padded.get() + planes * plane, padded.get() + planes * plane + slack, Acc(0));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(parallel_threads(planes * plane, planes))
   for (int64_t nc = 0; nc < planes; ++nc) {
     const int64_t n = nc / g.C, c = nc % g.C;
     Acc* out = padded.get() + nc * plane;
@@ -240,7 +240,8 @@ Status forward_in_place(const Conv2dGeometry& g, const Source<T, Masked>& src,
                           a + gi * m_pad * L + l0 * m_pad, image, rows.get() + l0, tile, block,
                           l0 > 0);
     epilogue(n, gi, tile, block, j0, cols, wp);
-  });
+  },
+      gemm::tile_work(m_pad, block, L));
 }
 
 // The forward-like GEMM: for every image n, group and output channel o of
@@ -270,7 +271,7 @@ Status forward_gemm(const Conv2dGeometry& g, const Source<T, Masked>& src, const
     for (int64_t l = 0; l < L; ++l) columns[gi * L + l] = tap_offset(gi, table[l]);
   }
   const int64_t chunks = (L + KC - 1) / KC;
-#pragma omp parallel for schedule(dynamic) if (G * chunks > 1)
+#pragma omp parallel for schedule(dynamic) num_threads(parallel_threads(G * m_pad * L, G * chunks))
   for (int64_t gc = 0; gc < G * chunks; ++gc) {
     const int64_t gi = gc / chunks, l0 = (gc % chunks) * KC, kc = std::min(KC, L - l0);
     const int64_t* row = rows + gi * M;
@@ -301,7 +302,8 @@ Status forward_gemm(const Conv2dGeometry& g, const Source<T, Masked>& src, const
                             a.get() + gi * m_pad * L + l0 * m_pad, b, tile, cols_pad, l0 > 0);
     }
     epilogue(n, gi, tile, cols_pad, j0, cols, g.Q);
-  });
+  },
+      gemm::tile_work(m_pad, cols_pad, L));
 }
 
 // Stores a finished tile of the forward-like GEMM into out (N, K, P, Q):
@@ -502,7 +504,8 @@ Status grad_input_scatter(const Conv2dGeometry& g, const Source<T, Masked>& dy, 
             for (int64_t iw = 0; iw < g.W; ++iw)
               gxp[grad_x.stride.offset(n, gi * Cg + c0 + c, h, iw)] =
                   from_acc<T>(planes[(c * g.H + h) * g.W + iw]);
-      });
+      },
+      gemm::tile_work(rows_pad, PQ, Kg));
 }
 
 // Packs A = dY'[k, f] for the group's K/groups rows and reduction indices
@@ -623,11 +626,12 @@ Status grad_weight_gemm(const Conv2dGeometry& g, const Source<T, Masked>& dy, Te
         for (int64_t k = 0; k < M; ++k)
           std::copy(tile + k * cols_pad, tile + k * cols_pad + cols, out + k * L + l0);
         if (lb == 0) std::copy(sums, sums + M, bias_partial + (split * G + gi) * M);
-      });
+      },
+      gemm::tile_work(m_pad, cols_pad, chunk));
   if (status != Status::ok) return status;
 
   T* gwp = static_cast<T*>(grad_w.data);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(parallel_threads(splits * G * M * L, G * M))
   for (int64_t row = 0; row < G * M; ++row) {  // sum the partials in chunk order
     const int64_t gi = row / M, k = row % M;
     for (int64_t l = 0; l < L; ++l) {

@@ -27,7 +27,7 @@ Status matmul(int64_t M, int64_t N, int64_t K, Tensor2 a, Tensor2 b, Tensor2 c) 
   const int64_t m_pad = gemm::round_up(M, mk.mr), chunks = (K + KC - 1) / KC;
   auto packed_a = allocate_aligned<Acc>(m_pad * K);
   if (packed_a == nullptr) return Status::out_of_memory;
-#pragma omp parallel for schedule(dynamic) if (chunks > 1)
+#pragma omp parallel for schedule(dynamic) num_threads(parallel_threads(m_pad * K, chunks))
   for (int64_t chunk = 0; chunk < chunks; ++chunk) {
     const int64_t l0 = chunk * KC;
     gemm::pack_a<Acc>(M, std::min(KC, K - l0), mk.mr,
@@ -66,7 +66,8 @@ Status matmul(int64_t M, int64_t N, int64_t K, Tensor2 a, Tensor2 b, Tensor2 c) 
       else
         for (int64_t j = 0; j < cols; ++j) row[j * c.stride[1]] = from_acc<T>(tile[i * block + j]);
     }
-  });
+  },
+      gemm::tile_work(m_pad, block, K));
 }
 
 }  // namespace

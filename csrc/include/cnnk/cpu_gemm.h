@@ -55,6 +55,11 @@ inline constexpr int64_t MC = 144;
 
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
+// The work of an m x n tile over a reduction of k, in the steps of
+// parallel_tasks (cnnk/cpu_types.h: about a nanosecond each): vector FMAs
+// plus the tile's stores.
+inline int64_t tile_work(int64_t m, int64_t n, int64_t k) { return m * n * (k / 16 + 1); }
+
 // Packs rows [0, m) x reduction [0, kc) of A, a(i, l) giving the element.
 template <typename Acc, typename Element>
 void pack_a(int64_t m, int64_t kc, int mr, Element a, Acc* out) {
