@@ -169,38 +169,36 @@ void gather_pixels(const Conv2dGeometry& g, const Source<T, Masked>& src, const 
 // beyond it the packed path runs.
 constexpr int64_t IN_PLACE_MAX_BYTES = int64_t{1} << 30;
 
-// The forward-like GEMM of a stride-1 convolution with B read in place: the
-// source is copied once, converted and masked, into zero-padded planes
-// (hp x wp per image and channel) and the output computed on a virtual grid
-// P x wp (columns q >= Q computed and dropped). Tap (c, r, s) of virtual
-// pixel j then reads padded element c * hp * wp + r * dh * wp + s * dw + j:
-// nr consecutive pixels are nr consecutive values for every tap, so the
-// micro-kernel loads B's rows from the planes (run_rows) and nothing is
-// packed but the weights. Status::out_of_memory when the copy is too large
-// (the caller then runs the packed path).
-template <typename T, bool Masked, typename Epilogue>
-Status forward_in_place(const Conv2dGeometry& g, const Source<T, Masked>& src,
-                        const gemm::MicroKernel<acc_t<T>>& mk, const acc_t<T>* a,
-                        const Tap* table, Epilogue epilogue) {
+// A zero-padded copy of the source of a stride-1 convolution, converted
+// (and masked) to Acc, for reading taps in place: per image and channel a
+// plane of hp = P + (R - 1) * dh rows of wp = Q + (S - 1) * dw values (the
+// rows and columns the taps read; input row h at padded row h + pad_top,
+// the padding possibly negative: grad_input's transposed problem), planes an
+// odd number of cache lines apart (the kc rows a micro-kernel reads, one or
+// a few per channel, then fall into every L1 set instead of a few: a 56 x 56
+// plane is 196 lines, 16 of 64 sets). Virtual pixel j = p * wp + q of a
+// plane reads tap (r, s) at j + r * dh * wp + s * dw. data is null when the
+// copy would pass IN_PLACE_MAX_BYTES or memory is short.
+template <typename Acc>
+struct PaddedPlanes {
+  AlignedBuffer<Acc> data;
+  int64_t hp, wp, plane;
+};
+
+template <typename T, bool Masked>
+PaddedPlanes<acc_t<T>> pad_planes(const Conv2dGeometry& g, const Source<T, Masked>& src,
+                                  int nr) {
   using Acc = acc_t<T>;
-  const int64_t M = g.K_g(), L = g.reduction_size(), G = g.groups, Cg = g.C_g();
-  const int64_t m_pad = round_up(M, mk.mr);
-  // The rows and columns the taps read (input row h at padded row h + pad_top;
-  // the padding may be negative: grad_input's transposed problem).
   const int64_t hp = g.P + (g.R - 1) * g.dil_h, wp = g.Q + (g.S - 1) * g.dil_w;
-  // Planes an odd number of cache lines apart: the kc rows a micro-kernel
-  // reads, one or a few per channel, then fall into every L1 set instead of
-  // a few (a 56 x 56 plane is 196 lines: 16 of 64 sets, thrashing).
   const int64_t line = cache_lines<Acc>(1);
   const int64_t plane = (cache_lines<Acc>(hp * wp) / line | 1) * line, planes = g.N * g.C;
   if (planes > IN_PLACE_MAX_BYTES / static_cast<int64_t>(sizeof(Acc)) / plane)
-    return Status::out_of_memory;
+    return {nullptr, hp, wp, plane};
   // A tap of the last plane reads up to (R - 1) * dh rows + (S - 1) * dw +
   // P * wp rounded up to nr past the plane's start: at most wp + nr past its end.
-  const int64_t slack = wp + mk.nr;
+  const int64_t slack = wp + nr;
   auto padded = allocate_aligned<Acc>(planes * plane + slack);
-  auto rows = allocate_aligned<int64_t>(L);
-  if (padded == nullptr || rows == nullptr) return Status::out_of_memory;
+  if (padded == nullptr) return {nullptr, hp, wp, plane};
   std::fill(padded.get() + planes * plane, padded.get() + planes * plane + slack, Acc(0));
 #pragma omp parallel for schedule(static) num_threads(parallel_threads(planes * plane, planes))
   for (int64_t nc = 0; nc < planes; ++nc) {
@@ -226,6 +224,27 @@ Status forward_in_place(const Conv2dGeometry& g, const Source<T, Masked>& src,
           row[w] = src.at(at + w * src.stride.w, mask_at + w * src.mask_stride.w);
     }
   }
+  return {std::move(padded), hp, wp, plane};
+}
+
+// The forward-like GEMM of a stride-1 convolution with B read in place: the
+// source copied once into padded planes (pad_planes) and the output computed
+// on the virtual grid P x wp (columns q >= Q computed and dropped): nr
+// consecutive pixels are nr consecutive values for every tap, so the
+// micro-kernel loads B's rows from the planes (run_rows) and nothing is
+// packed but the weights. Status::out_of_memory when the copy is too large
+// (the caller then runs the packed path).
+template <typename T, bool Masked, typename Epilogue>
+Status forward_in_place(const Conv2dGeometry& g, const Source<T, Masked>& src,
+                        const gemm::MicroKernel<acc_t<T>>& mk, const acc_t<T>* a,
+                        const Tap* table, Epilogue epilogue) {
+  using Acc = acc_t<T>;
+  const int64_t M = g.K_g(), L = g.reduction_size(), G = g.groups, Cg = g.C_g();
+  const int64_t m_pad = round_up(M, mk.mr);
+  const PaddedPlanes<Acc> padded = pad_planes(g, src, mk.nr);
+  auto rows = allocate_aligned<int64_t>(L);
+  if (padded.data == nullptr || rows == nullptr) return Status::out_of_memory;
+  const int64_t plane = padded.plane, wp = padded.wp;
   for (int64_t l = 0; l < L; ++l)
     rows[l] = table[l].c * plane + table[l].r * g.dil_h * wp + table[l].s * g.dil_w;
 
@@ -234,7 +253,7 @@ Status forward_in_place(const Conv2dGeometry& g, const Source<T, Masked>& src,
   return parallel_tasks<Acc>(g.N * G * blocks, m_pad * block, [&](int64_t task, Acc* tile) {
     const int64_t jb = task % blocks, gi = (task / blocks) % G, n = task / (blocks * G);
     const int64_t j0 = jb * block, cols = std::min(block, pixels - j0);
-    const Acc* image = padded.get() + (n * g.C + gi * Cg) * plane + j0;
+    const Acc* image = padded.data.get() + (n * g.C + gi * Cg) * plane + j0;
     for (int64_t l0 = 0; l0 < L; l0 += KC)
       gemm::multiply_rows(mk, std::min(KC, L - l0), m_pad / mk.mr, (cols + mk.nr - 1) / mk.nr,
                           a + gi * m_pad * L + l0 * m_pad, image, rows.get() + l0, tile, block,
