@@ -300,7 +300,9 @@ Status forward_gemm(const Conv2dGeometry& g, const Source<T, Masked>& src, const
     }, a.get() + gi * m_pad * L + l0 * m_pad);
   }
 
-  if (g.stride_h == 1 && g.stride_w == 1) {
+  // In place for stride 1 when taps share the copy (a 1 x 1 filter reads
+  // each input value once: packing it costs one pass, the copy two).
+  if (g.stride_h == 1 && g.stride_w == 1 && g.R * g.S > 1) {
     const Status status = forward_in_place(g, src, mk, a.get(), table.get(), epilogue);
     if (status != Status::out_of_memory) return status;  // else: the packed path
   }
