@@ -263,14 +263,18 @@ def _geometry(C, K, R, groups):
 
 
 def test_router():
-    """Implicit GEMM on the cpu for dense convolutions, direct for depthwise
-    and thin groups, and on the GPU backends (direct is all they have)."""
+    """Implicit GEMM on the cpu, but for the backward of depthwise-like
+    convolutions; direct on the GPU backends (all they have)."""
     dense, pointwise = _geometry(64, 64, 3, 1), _geometry(256, 64, 1, 1)
-    depthwise, thin = _geometry(32, 32, 3, 32), _geometry(3, 4, 1, 1)
-    assert route(dense, "cpu") == route(pointwise, "cpu") == "implicit_gemm"
-    assert route(depthwise, "cpu") == route(thin, "cpu") == "direct"
+    depthwise, grouped = _geometry(32, 32, 3, 32), _geometry(64, 64, 3, 16)
+    for g in (dense, pointwise, depthwise, grouped):
+        assert route(g, "cpu") == "implicit_gemm"
+    for direction in ("grad_input", "grad_weight"):
+        assert route(dense, "cpu", direction) == route(grouped, "cpu", direction) == "implicit_gemm"
+        assert route(depthwise, "cpu", direction) == "direct"
     for backend in ("cuda", "triton"):
-        assert route(dense, backend) == "direct"
+        for direction in ("forward", "grad_input", "grad_weight"):
+            assert route(dense, backend, direction) == "direct"
 
 
 def test_implicit_gemm_only_on_the_cpu():

@@ -167,9 +167,7 @@ Status grad_weight(const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y, Tensor4 x
 
 Status conv2d_direct_forward(DType dtype, const Conv2dGeometry& g, Tensor4 x, Tensor4 w,
                              Tensor1 bias, Tensor4 y) {
-  if (Status s = check_conv2d_geometry(g); s != Status::ok) return s;
-  if (g.N == 0) return Status::ok;
-  if (!x.data || !w.data || !y.data) return Status::bad_argument;
+  if (Status s = check_forward_launch(g, x, w, y); s != Status::ok || g.N == 0) return s;
   return dispatch_dtype(dtype, [&](auto type) {
     return forward<typename decltype(type)::type>(g, x, w, bias, y);
   });
@@ -177,10 +175,8 @@ Status conv2d_direct_forward(DType dtype, const Conv2dGeometry& g, Tensor4 x, Te
 
 Status conv2d_direct_grad_input(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y,
                                 Tensor4 w, Tensor4 grad_x) {
-  if (Status s = check_conv2d_geometry(g); s != Status::ok) return s;
-  if (g.N == 0) return Status::ok;
-  if (!grad_y.data || !w.data || !grad_x.data) return Status::bad_argument;
-  if (g.activation != Activation::none && !y.data) return Status::bad_argument;
+  if (Status s = check_grad_input_launch(g, grad_y, y, w, grad_x); s != Status::ok || g.N == 0)
+    return s;
   return dispatch_dtype(dtype, [&](auto type) {
     return grad_input<typename decltype(type)::type>(g, grad_y, y, w, grad_x);
   });
@@ -188,9 +184,7 @@ Status conv2d_direct_grad_input(DType dtype, const Conv2dGeometry& g, Tensor4 gr
 
 Status conv2d_direct_grad_weight(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y,
                                  Tensor4 y, Tensor4 x, Tensor4 grad_w, Tensor1 grad_bias) {
-  if (Status s = check_conv2d_geometry(g); s != Status::ok) return s;
-  if (!grad_w.data || (g.N > 0 && (!grad_y.data || !x.data))) return Status::bad_argument;
-  if (g.N > 0 && g.activation != Activation::none && !y.data) return Status::bad_argument;
+  if (Status s = check_grad_weight_launch(g, grad_y, y, x, grad_w); s != Status::ok) return s;
   return dispatch_dtype(dtype, [&](auto type) {
     return grad_weight<typename decltype(type)::type>(g, grad_y, y, x, grad_w, grad_bias);
   });

@@ -69,6 +69,31 @@ inline Status check_conv2d_geometry(const Conv2dGeometry& g) {
   return Status::ok;
 }
 
+// Every launcher's checks of its geometry and tensors (an empty batch needs
+// no data but grad_weight's output, which it zeroes).
+inline Status check_forward_launch(const Conv2dGeometry& g, const Tensor4& x, const Tensor4& w,
+                                   const Tensor4& y) {
+  if (Status s = check_conv2d_geometry(g); s != Status::ok) return s;
+  return g.N == 0 || (x.data && w.data && y.data) ? Status::ok : Status::bad_argument;
+}
+
+inline Status check_grad_input_launch(const Conv2dGeometry& g, const Tensor4& grad_y,
+                                      const Tensor4& y, const Tensor4& w, const Tensor4& grad_x) {
+  if (Status s = check_conv2d_geometry(g); s != Status::ok) return s;
+  if (g.N == 0) return Status::ok;
+  if (!grad_y.data || !w.data || !grad_x.data) return Status::bad_argument;
+  return g.activation == Activation::none || y.data ? Status::ok : Status::bad_argument;
+}
+
+inline Status check_grad_weight_launch(const Conv2dGeometry& g, const Tensor4& grad_y,
+                                       const Tensor4& y, const Tensor4& x,
+                                       const Tensor4& grad_w) {
+  if (Status s = check_conv2d_geometry(g); s != Status::ok) return s;
+  if (!grad_w.data || (g.N > 0 && (!grad_y.data || !x.data))) return Status::bad_argument;
+  return g.N == 0 || g.activation == Activation::none || y.data ? Status::ok
+                                                                 : Status::bad_argument;
+}
+
 namespace cpu {
 // Direct algorithm (csrc/cpu/conv2d/direct.cpp).
 // y = act(conv(x, w) + bias). bias.data may be null.
