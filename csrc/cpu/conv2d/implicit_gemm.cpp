@@ -62,25 +62,33 @@ constexpr int64_t TAP_BLOCK = 256;
 constexpr int64_t SPLIT_MIN = 4096;
 constexpr int64_t MAX_SPLITS = 32;
 
-// The reduction index l of a group's filter taps as (c, r, s).
+// The reduction index l of a group's filter taps as (c, r, s), with the
+// output rows and columns whose tap reads inside the input (tap_table).
 struct Tap {
   int64_t c, r, s;
+  IndexRange rows, cols;
 };
 struct Taps {
   int64_t C, R, S;
   bool channels_fast;
   Tap operator()(int64_t l) const {
-    if (channels_fast) return {l % C, l / (S * C), (l / C) % S};
-    return {l / (R * S), (l / S) % R, l % S};
+    if (channels_fast) return {l % C, l / (S * C), (l / C) % S, {}, {}};
+    return {l / (R * S), (l / S) % R, l % S, {}, {}};
   }
 };
 
-// taps(l) for every l < count, computed once per call (no divisions in the
-// packing loops); nullptr when out of memory.
-inline AlignedBuffer<Tap> tap_table(const Taps& taps, int64_t count) {
+// taps(l) for every l < count with its valid output rows and columns in g,
+// computed once per call (no divisions in the packing loops); nullptr when
+// out of memory.
+inline AlignedBuffer<Tap> tap_table(const Taps& taps, int64_t count, const Conv2dGeometry& g) {
   auto table = allocate_aligned<Tap>(count);
   if (table != nullptr)
-    for (int64_t l = 0; l < count; ++l) table[l] = taps(l);
+    for (int64_t l = 0; l < count; ++l) {
+      Tap t = taps(l);
+      t.rows = conv_valid_outputs(g.P, g.H, t.r, g.stride_h, g.pad_top, g.dil_h);
+      t.cols = conv_valid_outputs(g.Q, g.W, t.s, g.stride_w, g.pad_left, g.dil_w);
+      table[l] = t;
+    }
   return table;
 }
 
@@ -143,8 +151,7 @@ void gather_pixels(const Conv2dGeometry& g, const Source<T, Masked>& src, const 
   }
   for (int64_t l = 0; l < kc; ++l) {  // per tap, runs of an input row
     const Tap& t = table[l0 + l];
-    const IndexRange rows = conv_valid_outputs(g.P, g.H, t.r, g.stride_h, g.pad_top, g.dil_h);
-    const IndexRange valid = conv_valid_outputs(g.Q, g.W, t.s, g.stride_w, g.pad_left, g.dil_w);
+    const IndexRange rows = t.rows, valid = t.cols;
     gemm::Cursor<Acc> cursor{b + l * nr, 0, nr, 1, kc * nr};
     for (int64_t j = 0, p = j0 / g.Q, q = j0 % g.Q; j < cols; j += g.Q - q, ++p, q = 0) {
       const int64_t end = std::min(g.Q, q + cols - j);
@@ -280,7 +287,7 @@ Status forward_gemm(const Conv2dGeometry& g, const Source<T, Masked>& src, const
   const Taps taps{g.C_g(), g.R, g.S, src.stride.c == 1 && g.C_g() > 1};
 
   auto a = allocate_aligned<Acc>(G * m_pad * L);
-  const auto table = tap_table(taps, L);
+  const auto table = tap_table(taps, L, g);
   auto offsets = allocate_aligned<int64_t>(G * (M + L));
   if (a == nullptr || table == nullptr || offsets == nullptr) return Status::out_of_memory;
   int64_t* rows = offsets.get();
@@ -458,8 +465,8 @@ Status grad_input_scatter(const Conv2dGeometry& g, const Source<T, Masked>& dy, 
   pointwise.stride_h = pointwise.stride_w = pointwise.dil_h = pointwise.dil_w = 1;
   pointwise.pad_top = pointwise.pad_left = 0;
   const Taps channel_taps{Kg, 1, 1, false};
-  const auto channel_table = tap_table(channel_taps, Kg);
-  const auto row_table = tap_table(Taps{Cg, g.R, g.S, false}, Cg * RS);  // rows (c, r, s)
+  const auto channel_table = tap_table(channel_taps, Kg, pointwise);
+  const auto row_table = tap_table(Taps{Cg, g.R, g.S, false}, Cg * RS, g);  // rows (c, r, s)
   auto row_offsets = allocate_aligned<int64_t>(Cg * RS);
   if (channel_table == nullptr || row_table == nullptr || row_offsets == nullptr)
     return Status::out_of_memory;
@@ -500,12 +507,10 @@ Status grad_input_scatter(const Conv2dGeometry& g, const Source<T, Masked>& dy, 
                                   a + l0 * rows_pad, b, tile, cols_pad, l0 > 0);
           }
           for (int64_t i = 0; i < rows; ++i) {  // col2im
-            const int64_t r = row_table[c0 * RS + i].r, s = row_table[c0 * RS + i].s;
-            const IndexRange valid_p = conv_valid_outputs(g.P, g.H, r, g.stride_h, g.pad_top,
-                                                          g.dil_h);
-            const IndexRange valid_q = conv_valid_outputs(g.Q, g.W, s, g.stride_w, g.pad_left,
-                                                          g.dil_w);
-            Acc* plane = planes + (i / RS) * g.H * g.W;
+            const Tap& t = row_table[c0 * RS + i];
+            const int64_t r = t.r, s = t.s;
+            const IndexRange valid_p = t.rows, valid_q = t.cols;
+            Acc* plane = planes + (t.c - c0) * g.H * g.W;
             const Acc* row = tile + i * cols_pad;
             for (int64_t j = 0, p = j0 / g.Q, q = j0 % g.Q; j < cols; j += g.Q - q, ++p, q = 0) {
               const int64_t end = std::min(g.Q, q + cols - j);
@@ -576,8 +581,7 @@ void gather_input_taps(const Conv2dGeometry& g, const Source<T, false>& x, const
   const int64_t PQ = g.P * g.Q;
   for (int64_t l = 0; l < cols; ++l) {
     const Tap& t = table[l0 + l];
-    const IndexRange rows = conv_valid_outputs(g.P, g.H, t.r, g.stride_h, g.pad_top, g.dil_h);
-    const IndexRange valid = conv_valid_outputs(g.Q, g.W, t.s, g.stride_w, g.pad_left, g.dil_w);
+    const IndexRange rows = t.rows, valid = t.cols;
     gemm::Cursor<Acc> cursor{b + (l / nr) * kc * nr + l % nr, 0, kc, nr, 0};
     for (int64_t f = f0, n = f0 / PQ, p = (f0 % PQ) / g.Q, q = f0 % g.Q; f < f0 + kc;) {
       const int64_t end = std::min(g.Q, q + f0 + kc - f);
@@ -618,7 +622,7 @@ Status grad_weight_gemm(const Conv2dGeometry& g, const Source<T, Masked>& dy, Te
   const int64_t block = std::min(TAP_BLOCK, L), blocks = (L + block - 1) / block;
   const int64_t cols_pad = round_up(block, mk.nr);
   auto partial = allocate_aligned<Acc>(splits * G * (M * L + M));
-  const auto table = tap_table(taps, L);
+  const auto table = tap_table(taps, L, g);
   if (partial == nullptr || table == nullptr) return Status::out_of_memory;
   Acc* bias_partial = partial.get() + splits * G * M * L;
 
