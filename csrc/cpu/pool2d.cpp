@@ -256,6 +256,29 @@ struct PlaneItems {
   }
 };
 
+// The work of a separable forward pass over planes: each input row over
+// the column windows, each output row over its window's rows.
+double plane_pass_work(const Pool2dGeometry& g, const Windows& win) {
+  const int64_t taps_w = g.adaptive ? win.max_cols : static_cast<int64_t>(win.col_taps.size());
+  return static_cast<double>(g.N * g.C) *
+         static_cast<double>(g.H * (g.W + g.Q * taps_w) + g.P * g.Q * win.max_rows);
+}
+
+// Its parallel split: threads, items of output rows, the input rows an item
+// reads at most and the work of one item.
+struct PlanePass {
+  double work;
+  int threads;
+  PlaneItems items;
+  int64_t span, work_per_item;
+  PlanePass(const Pool2dGeometry& g, const Windows& win)
+      : work(plane_pass_work(g, win)),
+        threads(parallel_threads(work, g.N * g.C * g.P)),
+        items(g.N * g.C, g.P, threads),
+        span(rows_read_max(win, g.P, items.block)),
+        work_per_item(static_cast<int64_t>(work / static_cast<double>(items.count)) + 1) {}
+};
+
 // Channels-contiguous: every tensor's channel stride is 1 (channels_last
 // and its views), with more than one channel to run along.
 bool channels_inner(const Pool2dGeometry& g, std::initializer_list<const Tensor4*> tensors) {
@@ -315,17 +338,14 @@ Status max_forward_planes(const Pool2dGeometry& g, Tensor4 x, Tensor4 y, Tensor4
     });
     return Status::ok;
   }
-  const int64_t taps_w = g.adaptive ? win.max_cols : static_cast<int64_t>(win.col_taps.size());
-  const double work = static_cast<double>(planes) *
-                      static_cast<double>(g.H * (g.W + g.Q * taps_w) + g.P * g.Q * win.max_rows);
-  const int threads = parallel_threads(work, planes * g.P);
-  const PlaneItems items(planes, g.P, threads);
-  const int64_t span = rows_read_max(win, g.P, items.block);
+  const PlanePass pass(g, win);
+  const int threads = pass.threads;
+  const PlaneItems& items = pass.items;
+  const int64_t span = pass.span, work_per_item = pass.work_per_item;
   const int64_t values_size = span * g.Q + g.Q + g.W, index_size = span * g.Q + g.Q;
   const ThreadScratch<Acc> values(threads, values_size);
   const ThreadScratch<Index> index_scratch(threads, index_size);
   if (!values.ok() || !index_scratch.ok()) return Status::out_of_memory;
-  const int64_t work_per_item = static_cast<int64_t>(work / static_cast<double>(items.count)) + 1;
   parallel_chunks(threads, items.count, work_per_item, [&](int64_t begin, int64_t end, int t) {
     Acc* rv = values.of(t);  // row results, span x Q
     Acc* best = rv + span * g.Q;
@@ -761,16 +781,13 @@ Status avg_forward_planes(const Pool2dGeometry& g, Tensor4 x, Tensor4 y, const W
     });
     return Status::ok;
   }
-  const int64_t taps_w = g.adaptive ? win.max_cols : static_cast<int64_t>(win.col_taps.size());
-  const double work = static_cast<double>(planes) *
-                      static_cast<double>(g.H * (g.W + g.Q * taps_w) + g.P * g.Q * win.max_rows);
-  const int threads = parallel_threads(work, planes * g.P);
-  const PlaneItems items(planes, g.P, threads);
-  const int64_t span = rows_read_max(win, g.P, items.block);
+  const PlanePass pass(g, win);
+  const int threads = pass.threads;
+  const PlaneItems& items = pass.items;
+  const int64_t span = pass.span, work_per_item = pass.work_per_item;
   const int64_t size = span * g.Q + 2 * g.Q + g.W;
   const ThreadScratch<Acc> scratch(threads, size);
   if (!scratch.ok()) return Status::out_of_memory;
-  const int64_t work_per_item = static_cast<int64_t>(work / static_cast<double>(items.count)) + 1;
   parallel_chunks(threads, items.count, work_per_item, [&](int64_t begin, int64_t end, int t) {
     Acc* rs = scratch.of(t);  // row sums, span x Q
     Acc* sum = rs + span * g.Q;
