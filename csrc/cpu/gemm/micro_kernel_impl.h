@@ -91,3 +91,14 @@ int64_t fma_loop(int64_t iterations) {
 }
 
 }  // namespace
+
+// Defines an instruction-set file's entry points (cnnk/cpu_micro_kernel.h):
+// <isa>_f32, <isa>_f64 (tiles of MR rows and NV vectors) and <isa>_fma_loop.
+#define CNNK_MICRO_KERNELS(isa, F32, F64, MR, NV)                                 \
+  namespace cnnk::cpu::gemm {                                                     \
+  MicroKernel<float> isa##_f32() { return make_micro_kernel<F32, MR, NV>(); }     \
+  MicroKernel<double> isa##_f64() { return make_micro_kernel<F64, MR, NV>(); }    \
+  int64_t isa##_fma_loop(bool f64, int64_t iterations) {                          \
+    return f64 ? fma_loop<F64>(iterations) : fma_loop<F32>(iterations);           \
+  }                                                                               \
+  }

@@ -26,16 +26,11 @@ struct Vec16 {
   static void store(S* p, type v) { std::memcpy(p, &v, sizeof v); }
 };
 
+using F32x4 = Vec16<float, f32x4>;
+using F64x2 = Vec16<double, f64x2>;
+
 }  // namespace
 
 #include "micro_kernel_impl.h"
 
-namespace cnnk::cpu::gemm {
-
-MicroKernel<float> portable_f32() { return make_micro_kernel<Vec16<float, f32x4>, 4, 4>(); }
-MicroKernel<double> portable_f64() { return make_micro_kernel<Vec16<double, f64x2>, 4, 4>(); }
-int64_t portable_fma_loop(bool f64, int64_t iterations) {
-  return f64 ? fma_loop<Vec16<double, f64x2>>(iterations) : fma_loop<Vec16<float, f32x4>>(iterations);
-}
-
-}  // namespace cnnk::cpu::gemm
+CNNK_MICRO_KERNELS(portable, F32x4, F64x2, 4, 4)
