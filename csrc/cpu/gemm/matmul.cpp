@@ -35,10 +35,15 @@ Status matmul(int64_t M, int64_t N, int64_t K, Tensor2 a, Tensor2 b, Tensor2 c) 
                           int64_t i, int64_t l) { return to_acc(base[i * rs + l * cs]); },
                       packed_a.get() + l0 * m_pad);
   }
-  // Column blocks: at least 4 per thread, at most 1024 columns.
+  // Column blocks: a multiple of the thread count, of nearly equal width, at
+  // most 1024 columns (a KC x 1024 B panel fills L2). Every block streams all
+  // of packed A, so wider blocks mean less A traffic (blocks of 128 made a
+  // 1024^3 product bound by memory bandwidth).
   const int64_t threads = omp_get_max_threads();
-  const int64_t block = std::clamp(gemm::round_up((N + 4 * threads - 1) / (4 * threads), mk.nr),
-                                   int64_t{mk.nr}, int64_t{1024});
+  const int64_t rounds = (N + threads * 1024 - 1) / (threads * 1024);
+  const int64_t block = std::clamp(
+      gemm::round_up((N + threads * rounds - 1) / (threads * rounds), mk.nr), int64_t{mk.nr},
+      int64_t{1024});
   const int64_t blocks = (N + block - 1) / block;
   return parallel_tasks<Acc>(blocks, KC * block + m_pad * block, [&](int64_t task, Acc* scratch) {
     const int64_t j0 = task * block, cols = std::min(block, N - j0);
