@@ -246,13 +246,22 @@ bool global_window(const Pool2dGeometry& g) { return g.adaptive && g.P == 1 && g
 // Items of a plane loop: `planes` planes of `rows` rows each, split into
 // blocks of rows only when the planes are too few to share among the threads.
 struct PlaneItems {
-  int64_t block, blocks, count;
-  PlaneItems(int64_t planes, int64_t rows, int threads) {
+  int64_t rows, block, blocks, count;
+  PlaneItems(int64_t planes, int64_t rows_, int threads) : rows(rows_) {
     block = rows;
     if (threads > 1 && planes < int64_t{4} * threads)
       block = ceil_div(rows, std::min(rows, ceil_div(int64_t{4} * threads, planes)));
     blocks = ceil_div(rows, block);
     count = planes * blocks;
+  }
+
+  // Item `item`: the plane (n, c) of C channels and its rows [lo, hi).
+  struct Item {
+    int64_t n, c, lo, hi;
+  };
+  Item at(int64_t item, int64_t C) const {
+    const int64_t nc = item / blocks, lo = item % blocks * block;
+    return {nc / C, nc % C, lo, std::min(rows, lo + block)};
   }
 };
 
@@ -353,8 +362,8 @@ Status max_forward_planes(const Pool2dGeometry& g, Tensor4 x, Tensor4 y, Tensor4
     Index* rc = index_scratch.of(t);
     Index* best_index = rc + span * g.Q;
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t nc = item / items.blocks, p0 = item % items.blocks * items.block;
-      const int64_t p1 = std::min(g.P, p0 + items.block), n = nc / g.C, c = nc % g.C;
+      const PlaneItems::Item block = items.at(item, g.C);
+      const int64_t n = block.n, c = block.c, p0 = block.lo, p1 = block.hi;
       const IndexRange read = rows_read(win, p0, p1);
       const int64_t h0 = read.lo, h1 = read.hi;
       for (int64_t h = h0; h < h1; ++h) {
@@ -535,8 +544,8 @@ Status max_backward_planes(const Pool2dGeometry& g, Tensor4 grad_y, Tensor4 indi
     parallel_chunks(threads, items.count, items.block * g.W, [&](int64_t begin, int64_t end,
                                                                  int t) {
       for (int64_t item = begin; item < end; ++item) {
-        const int64_t nc = item / items.blocks, h0 = item % items.blocks * items.block;
-        const int64_t h1 = std::min(g.H, h0 + items.block), n = nc / g.C, c = nc % g.C;
+        const PlaneItems::Item block = items.at(item, g.C);
+        const int64_t n = block.n, c = block.c, h0 = block.lo, h1 = block.hi;
         auto row = [&](int64_t h) -> Acc* {
           return direct ? reinterpret_cast<Acc*>(gxp + grad_x.stride.offset(n, c, h, 0))
                         : scratch.of(t) + (h - h0) * g.W;
@@ -794,8 +803,8 @@ Status avg_forward_planes(const Pool2dGeometry& g, Tensor4 x, Tensor4 y, const W
     Acc* divisor = sum + g.Q;
     Acc* buf = divisor + g.Q;
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t nc = item / items.blocks, p0 = item % items.blocks * items.block;
-      const int64_t p1 = std::min(g.P, p0 + items.block), n = nc / g.C, c = nc % g.C;
+      const PlaneItems::Item block = items.at(item, g.C);
+      const int64_t n = block.n, c = block.c, p0 = block.lo, p1 = block.hi;
       const IndexRange read = rows_read(win, p0, p1);
       const int64_t h0 = read.lo, h1 = read.hi;
       for (int64_t h = h0; h < h1; ++h) {
@@ -976,8 +985,8 @@ Status avg_backward_planes(const Pool2dGeometry& g, Tensor4 grad_y, Tensor4 grad
     Acc* grad = spread + span * g.W;
     Acc* buf = grad + g.Q;
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t nc = item / items.blocks, h0 = item % items.blocks * items.block;
-      const int64_t h1 = std::min(g.H, h0 + items.block), n = nc / g.C, c = nc % g.C;
+      const PlaneItems::Item block = items.at(item, g.C);
+      const int64_t n = block.n, c = block.c, h0 = block.lo, h1 = block.hi;
       const int64_t p0 = covering_rows(g, h0).lo;
       const int64_t p1 = std::max(p0, covering_rows(g, h1 - 1).hi);
       for (int64_t p = p0; p < p1; ++p) {

@@ -71,11 +71,6 @@ void pack_a(int64_t m, int64_t kc, int mr, Element a, Acc* out) {
   }
 }
 
-// Where column j of reduction row l goes in a packed B block of kc rows.
-inline int64_t packed_b_index(int64_t l, int64_t j, int64_t kc, int nr) {
-  return (j / nr) * kc * nr + l * nr + j % nr;
-}
-
 // Writes consecutive columns of one packed-B row (or consecutive rows of one
 // packed-A column) across micro-panels: `step` apart within a panel, the
 // next panel `panel_step` further on.
