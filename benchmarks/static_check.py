@@ -158,7 +158,8 @@ def compile_triton_spec(module: str, index: int, arch: int) -> list[Row]:
     try:
         with contextlib.redirect_stdout(log):
             compiled = triton.compile(
-                ASTSource(spec["fn"], spec["signature"], constexprs=spec["constexprs"]),
+                ASTSource(spec["fn"], spec["signature"], constexprs=spec["constexprs"],
+                          attrs=spec["attrs"]),
                 target=GPUTarget("cuda", arch, 32),
                 options={"num_warps": spec["num_warps"], "num_stages": spec["num_stages"]},
             )

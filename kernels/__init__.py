@@ -29,10 +29,13 @@ TORCH_TO_TRITON_POINTER = {"float16": "*fp16", "bfloat16": "*bf16", "float32": "
 
 
 def compile_spec(name: str, fn, *, pointers: dict, constexprs: dict, num_warps: int,
-                 num_stages: int = 3) -> dict:
+                 num_stages: int = 3, divisible: tuple[str, ...] = (),
+                 tensor_cores: bool = False) -> dict:
     """One static-check compilation: ``pointers`` maps each pointer argument
     to its Triton type ("*fp32", ...); every other non-constexpr argument is
-    an i32 scalar."""
+    an i32 scalar. ``divisible`` names the arguments to compile as Triton
+    specialises 16-divisible values at a launch (``attrs``); ``tensor_cores``
+    declares a kernel whose SASS must contain tensor-core instructions."""
     signature = {}
     for arg in fn.arg_names:
         if arg in constexprs:
@@ -41,5 +44,7 @@ def compile_spec(name: str, fn, *, pointers: dict, constexprs: dict, num_warps: 
             signature[arg] = pointers[arg]
         else:
             signature[arg] = "i32"
+    attrs = {(fn.arg_names.index(arg),): [["tt.divisibility", 16]] for arg in divisible}
     return {"name": name, "fn": fn, "signature": signature, "constexprs": constexprs,
-            "num_warps": num_warps, "num_stages": num_stages}
+            "attrs": attrs,
+            "num_warps": num_warps, "num_stages": num_stages, "tensor_cores": tensor_cores}

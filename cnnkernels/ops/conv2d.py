@@ -28,12 +28,14 @@ from cnnkernels._ext import Activation
 from cnnkernels.ops._define import Family, Launch, define_op, save
 
 FAMILY = Family(name="conv2d", public=("conv2d",),
-                triton_modules=("cnnkernels.kernels.conv2d.direct",),
+                triton_modules=("cnnkernels.kernels.conv2d.direct",
+                                "cnnkernels.kernels.conv2d.implicit_gemm",
+                                "cnnkernels.kernels.conv2d.im2col"),
                 bench_module="cnnkernels.bench.conv2d")
 
 __all__ = list(FAMILY.public)
 
-ALGORITHMS = ("direct", "implicit_gemm")
+ALGORITHMS = ("direct", "implicit_gemm", "pointwise", "im2col")
 
 
 @dataclass(frozen=True)
@@ -84,17 +86,41 @@ class Conv2dGeometry:
                    + self.pad_left)
 
 
-def route(g: Conv2dGeometry, backend: str, direction: str = "forward") -> str:
+def is_pointwise(g: Conv2dGeometry) -> bool:
+    """A 1x1 convolution with stride 1 and no padding: a plain GEMM over the
+    N*H*W pixels (what the ``pointwise`` algorithm takes)."""
+    return (g.R == 1 and g.S == 1 and g.stride_h == 1 and g.stride_w == 1 and g.pad_top == 0
+            and g.pad_left == 0 and g.P == g.H and g.Q == g.W)
+
+
+def route(g: Conv2dGeometry, backend: str, direction: str = "forward",
+          dtype: torch.dtype = torch.float32) -> str:
     """The algorithm ``auto`` runs for ``g`` on ``backend`` in ``direction``
-    (forward, grad_input or grad_weight). On the cpu, implicit GEMM, except
-    the backward of depthwise-like convolutions (one input channel per
-    group), where the direct kernel wins (README: measured, 2 threads: a
-    depthwise 3x3, 144 channels at 56x56, forward 8.1 ms implicit GEMM vs
-    13.0 ms direct, forward + backward 47 vs 32 ms). The GPU backends have
-    only the direct algorithm."""
-    if backend != "cpu" or (direction != "forward" and g.C_g == 1):
+    (forward, grad_input or grad_weight) for inputs of ``dtype``.
+
+    cpu: implicit GEMM (the GEMM core; 1x1 convolutions included, its
+    pointwise path), except the backward of depthwise-like convolutions (one
+    input channel per group), where the direct kernel wins (README: measured,
+    2 threads: a depthwise 3x3, 144 channels at 56x56, forward 8.1 ms implicit
+    GEMM vs 13.0 ms direct, forward + backward 47 vs 32 ms).
+
+    GPU (triton, and cuda where the build has the kernels): the tensor-core
+    algorithms, pointwise for 1x1 stride-1 unpadded convolutions and implicit
+    GEMM otherwise, except where they cannot win or cannot be exact: one input
+    channel per group (depthwise-like: a GEMM of reduction length R*S wastes
+    the tensor cores; direct until the depthwise algorithm exists), fp64 (no
+    fp64 tensor-core path) and fp32 when ``torch.backends.cudnn.allow_tf32`` is
+    off (exact fp32 is the direct kernels' FMA). im2col is never chosen by
+    ``auto``: it is the reference formulation the implicit GEMM is measured
+    against.
+    """
+    if backend == "cpu":
+        return "direct" if direction != "forward" and g.C_g == 1 else "implicit_gemm"
+    exact_fp32 = dtype == torch.float32 and not torch.backends.cudnn.allow_tf32
+    if (g.C_g == 1 or dtype == torch.float64 or exact_fp32
+            or "implicit_gemm" not in _available(backend)):
         return "direct"
-    return "implicit_gemm"
+    return "pointwise" if is_pointwise(g) else "implicit_gemm"
 
 
 def _geometry(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int],
@@ -176,7 +202,7 @@ class _Direct:
     BACKENDS = ("cpu", "cuda", "triton")
 
     @staticmethod
-    def forward(backend: str, g: Conv2dGeometry, x, w, bias, y) -> None:
+    def forward(backend: str, g: Conv2dGeometry, x, w, bias, residual, y, preact) -> None:
         _ext.launchers(backend, x, _triton_direct).conv2d_direct_forward(g, x, w, bias, y)
 
     @staticmethod
@@ -196,38 +222,187 @@ class _Direct:
             g, grad_y, y, x, grad_w, grad_bias, *workspace)
 
 
+def _triton_implicit_gemm():
+    from cnnkernels.kernels.conv2d import implicit_gemm
+
+    return implicit_gemm
+
+
 class _ImplicitGemm:
-    """The implicit_gemm algorithm: csrc/cpu/conv2d/implicit_gemm.cpp on the
-    cpu backend's GEMM core (launchers ``conv2d_implicit_gemm_*``); the cpu
-    backend only, so far."""
+    """The implicit_gemm algorithm (launchers ``conv2d_implicit_gemm_*``):
+    kernels/conv2d/implicit_gemm.py (Triton, tensor cores),
+    csrc/cpu/conv2d/implicit_gemm.cpp (the cpu GEMM core) and
+    csrc/cuda/conv2d/implicit_gemm.cu (mma.sync)."""
 
-    BACKENDS = ("cpu",)
+    BACKENDS = ("cpu", "cuda", "triton")
+    PREFIX = "conv2d_implicit_gemm"
+
+    @classmethod
+    def _launchers(cls, backend, like):
+        return _ext.launchers(backend, like, _triton_implicit_gemm)
+
+    @classmethod
+    def forward(cls, backend: str, g: Conv2dGeometry, x, w, bias, residual, y, preact) -> None:
+        getattr(cls._launchers(backend, x), f"{cls.PREFIX}_forward")(
+            g, x, w, bias, residual, y, preact, *_tf32_flag(backend))
+
+    @classmethod
+    def grad_input(cls, backend: str, g: Conv2dGeometry, grad_y, y, w, grad_x) -> None:
+        getattr(cls._launchers(backend, grad_y), f"{cls.PREFIX}_grad_input")(
+            g, grad_y, y, w, grad_x, *_tf32_flag(backend))
+
+    @classmethod
+    def grad_weight(cls, backend: str, g: Conv2dGeometry, grad_y, y, x, grad_w,
+                    grad_bias) -> None:
+        workspace = ()
+        if backend == "cuda":
+            nbytes = getattr(_ext.cuda_kernels(), f"{cls.PREFIX}_grad_weight_workspace_bytes")(
+                _ext.dtype_code(x.dtype), g)
+            workspace = (torch.empty(nbytes, dtype=torch.uint8, device=x.device),)
+        getattr(cls._launchers(backend, x), f"{cls.PREFIX}_grad_weight")(
+            g, grad_y, y, x, grad_w, grad_bias, *workspace, *_tf32_flag(backend))
+
+
+def _tf32_flag(backend: str) -> tuple:
+    """The CUDA tensor-core launchers take torch's TF32 switch for
+    convolutions; Triton's read it themselves, the cpu's have no TF32."""
+    return (torch.backends.cudnn.allow_tf32,) if backend == "cuda" else ()
+
+
+class _Pointwise(_ImplicitGemm):
+    """The pointwise algorithm: 1x1 convolutions with stride 1 and no
+    padding as a plain GEMM over the N*H*W pixels, no gather (launchers
+    ``conv2d_pointwise_*``: the implicit GEMM kernels specialised for that
+    shape). On the cpu it is the implicit GEMM launcher, whose 1x1 path
+    already is that GEMM."""
+
+    PREFIX = "conv2d_pointwise"
+
+    @classmethod
+    def _launchers(cls, backend, like):
+        if backend == "cpu":
+            return _CpuPointwise(_ext.native(backend, like))
+        return super()._launchers(backend, like)
+
+
+class _CpuPointwise:
+    """``conv2d_pointwise_*`` on the cpu: the GEMM core's launchers."""
+
+    def __init__(self, native):
+        self._native = native
+
+    def __getattr__(self, name: str):
+        return getattr(self._native, name.replace("conv2d_pointwise", "conv2d_implicit_gemm"))
+
+
+def _triton_im2col():
+    from cnnkernels.kernels.conv2d import im2col
+
+    return im2col
+
+
+class _Im2col:
+    """The im2col algorithm, the course's formulation: the patch matrix
+    (N, groups*C/groups*R*S, P, Q) written by ``conv2d_im2col`` (our kernel
+    on each backend), then the backend's pointwise GEMM with the fused
+    epilogue; grad_weight runs the pointwise grad_weight on recomputed
+    patches, grad_input the pointwise grad_input into patch gradients that
+    ``conv2d_col2im`` gathers back onto the input (no atomics). The patch
+    matrix costs N*P*Q*C*R*S elements of memory and two passes over it: the
+    baseline the implicit GEMM, which never writes it, is measured against.
+
+    The patch channels follow the weight's memory order, (c, r, s) for a
+    contiguous weight and (r, s, c) for a channels_last one, so that the
+    weight is the GEMM's (K, C/groups*R*S) operand without a copy; any other
+    weight layout is copied to contiguous first."""
+
+    BACKENDS = ("cpu", "cuda", "triton")
 
     @staticmethod
-    def forward(backend: str, g: Conv2dGeometry, x, w, bias, y) -> None:
-        _ext.native(backend, x).conv2d_implicit_gemm_forward(g, x, w, bias, y)
+    def _pointwise_geometry(g: Conv2dGeometry, activation=None) -> Conv2dGeometry:
+        J = g.C_g * g.R * g.S
+        return Conv2dGeometry(g.N, g.groups * J, g.P, g.Q, g.K, 1, 1, g.P, g.Q, 1, 1, 0, 0, 1, 1,
+                              g.groups, g.activation if activation is None else activation)
 
     @staticmethod
-    def grad_input(backend: str, g: Conv2dGeometry, grad_y, y, w, grad_x) -> None:
-        _ext.native(backend, grad_y).conv2d_implicit_gemm_grad_input(g, grad_y, y, w, grad_x)
+    def _patches(backend: str, g: Conv2dGeometry, x: Tensor, taps_channels_last: bool) -> Tensor:
+        J = g.C_g * g.R * g.S
+        patches = _args.empty_4d((g.N, g.groups * J, g.P, g.Q), x, True)
+        _ext.launchers(backend, x, _triton_im2col).conv2d_im2col(g, x, patches,
+                                                                 taps_channels_last)
+        return patches
+
+    @classmethod
+    def _weight_operand(cls, w: Tensor) -> tuple[Tensor, bool]:
+        taps_channels_last = _args.is_channels_last(w)
+        if not (taps_channels_last or w.is_contiguous()):
+            w = w.contiguous()
+        return cls._gemm_view(w, taps_channels_last), taps_channels_last
 
     @staticmethod
-    def grad_weight(backend: str, g: Conv2dGeometry, grad_y, y, x, grad_w, grad_bias) -> None:
-        _ext.native(backend, x).conv2d_implicit_gemm_grad_weight(g, grad_y, y, x, grad_w,
-                                                                 grad_bias)
+    def _gemm_view(w: Tensor, taps_channels_last: bool) -> Tensor:
+        """The (K, C/groups*R*S, 1, 1) GEMM view of a contiguous or
+        channels_last weight (or weight gradient), no copy."""
+        K, C_g, R, S = w.shape
+        return w.as_strided((K, C_g * R * S, 1, 1), (w.stride(0), 1, 1, 1))
+
+    @classmethod
+    def forward(cls, backend: str, g: Conv2dGeometry, x, w, bias, residual, y, preact) -> None:
+        w_gemm, taps_channels_last = cls._weight_operand(w)
+        patches = cls._patches(backend, g, x, taps_channels_last)
+        _Pointwise.forward(backend, cls._pointwise_geometry(g), patches, w_gemm, bias, residual,
+                           y, preact)
+
+    @classmethod
+    def grad_input(cls, backend: str, g: Conv2dGeometry, grad_y, y, w, grad_x) -> None:
+        w_gemm, taps_channels_last = cls._weight_operand(w)
+        g1 = cls._pointwise_geometry(g)
+        grad_patches = _args.empty_4d((g1.N, g1.C, g1.H, g1.W), grad_y, True)
+        _Pointwise.grad_input(backend, g1, grad_y, y, w_gemm, grad_patches)
+        _ext.launchers(backend, grad_y, _triton_im2col).conv2d_col2im(
+            g, grad_patches, grad_x, taps_channels_last)
+
+    @classmethod
+    def grad_weight(cls, backend: str, g: Conv2dGeometry, grad_y, y, x, grad_w,
+                    grad_bias) -> None:
+        taps_channels_last = _args.is_channels_last(grad_w)
+        target = grad_w if taps_channels_last or grad_w.is_contiguous() else None
+        gemm_grad = torch.empty_like(grad_w, memory_format=torch.contiguous_format) \
+            if target is None else target
+        patches = cls._patches(backend, g, x, taps_channels_last)
+        _Pointwise.grad_weight(backend, cls._pointwise_geometry(g), grad_y, y, patches,
+                               cls._gemm_view(gemm_grad, taps_channels_last), grad_bias)
+        if target is None:
+            grad_w.copy_(gemm_grad)
 
 
-_ALGORITHM_KERNELS = {"direct": _Direct, "implicit_gemm": _ImplicitGemm}
+_ALGORITHM_KERNELS = {"direct": _Direct, "implicit_gemm": _ImplicitGemm, "pointwise": _Pointwise,
+                      "im2col": _Im2col}
 
 
-def _kernels(g: Conv2dGeometry, algorithm: str, backend: str, direction: str):
-    chosen = route(g, backend, direction) if algorithm == "auto" else algorithm
-    kernels = _ALGORITHM_KERNELS[chosen]
-    if backend not in kernels.BACKENDS:
-        raise ValueError(f"conv_algorithm {algorithm!r} runs on the backends "
-                         f"{', '.join(kernels.BACKENDS)} only, not on {backend!r}; use "
-                         f"conv_algorithm='auto' or 'direct' there")
-    return kernels
+def _available(backend: str) -> tuple[str, ...]:
+    """The algorithms whose kernels exist on ``backend`` in this build (the
+    CUDA build may predate the tensor-core kernels)."""
+    if backend != "cuda":
+        return tuple(a for a, k in _ALGORITHM_KERNELS.items() if backend in k.BACKENDS)
+    if not _ext.has_cuda_kernels():
+        return ("direct",)
+    return tuple(a for a in _ALGORITHM_KERNELS
+                 if a == "direct" or hasattr(_ext.cuda_kernels(), f"conv2d_{a}_forward"))
+
+
+def _kernels(g: Conv2dGeometry, algorithm: str, backend: str, direction: str, dtype):
+    chosen = route(g, backend, direction, dtype) if algorithm == "auto" else algorithm
+    if chosen not in _available(backend):
+        raise ValueError(f"conv_algorithm {algorithm!r} does not run on the {backend!r} backend, "
+                         f"which has {', '.join(_available(backend))}; use "
+                         f"conv_algorithm='auto' or one of those")
+    if chosen == "pointwise" and not is_pointwise(g):
+        raise ValueError(f"conv_algorithm 'pointwise' takes 1x1 convolutions with stride 1 and "
+                         f"no padding, got a {g.R}x{g.S} kernel, stride "
+                         f"({g.stride_h}, {g.stride_w}), padding ({g.pad_top}, {g.pad_left}); "
+                         f"use 'implicit_gemm' or 'auto'")
+    return _ALGORITHM_KERNELS[chosen]
 
 
 def _channels_last(input: Tensor, weight: Tensor) -> bool:
@@ -245,8 +420,8 @@ def conv2d_op(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Seq
     g = _geometry(input, weight, bias, stride, padding, dilation, groups, activation, algorithm)
     output = _args.empty_4d((g.N, g.K, g.P, g.Q), input, _channels_last(input, weight))
     return Launch(output, {"input": input, "weight": weight, "bias": bias, "output": output},
-                  lambda b: _kernels(g, algorithm, b, "forward").forward(b, g, input, weight, bias,
-                                                                        output),
+                  lambda b: _kernels(g, algorithm, b, "forward", input.dtype).forward(
+                      b, g, input, weight, bias, None, output, None),
                   g.index_extent())
 
 
@@ -282,7 +457,7 @@ def conv2d_grad_input_op(grad_output: Tensor, output: Optional[Tensor], input: T
     grad_input = _args.empty_4d(input.shape, input, _channels_last(input, weight))
     return Launch(grad_input, {"grad_output": grad_output, "output": output, "weight": weight,
                                "grad_input": grad_input},
-                  lambda b: _kernels(g, algorithm, b, "grad_input").grad_input(
+                  lambda b: _kernels(g, algorithm, b, "grad_input", grad_output.dtype).grad_input(
                       b, g, grad_output, output, weight, grad_input),
                   g.index_extent())
 
@@ -301,7 +476,7 @@ def conv2d_grad_weight_op(grad_output: Tensor, output: Optional[Tensor], input: 
     return Launch((grad_weight, grad_bias),
                   {"grad_output": grad_output, "output": output, "input": input,
                    "grad_weight": grad_weight},
-                  lambda b: _kernels(g, algorithm, b, "grad_weight").grad_weight(
+                  lambda b: _kernels(g, algorithm, b, "grad_weight", input.dtype).grad_weight(
                       b, g, grad_output, output, input, grad_weight, grad_bias),
                   g.index_extent(), empty_sum=g.N == 0)
 
