@@ -1,11 +1,112 @@
-// HEADER
+// conv2d, "implicit_gemm" CUDA algorithm on tensor cores: forward, input
+// gradient and weight (+ bias) gradient as GEMMs whose operands are gathered
+// from the tensors as they are loaded (no patch matrix), plus the im2col
+// algorithm's patch kernels. f16 and bf16 run mma.sync.m16n8k16 (fp32
+// accumulators); f32 runs mma.sync.m16n8k8 on TF32 (inputs rounded with
+// cvt.rna) when allow_tf32, and is Status::unsupported_dtype otherwise, as
+// is f64: Python routes those to the direct algorithm. Built for sm_80 and
+// sm_90a (mma.sync runs on Hopper's tensor cores at Ampere's instruction
+// shape; no wgmma). Every tensor is read and written through its Strides4.
+// No atomics: results are bitwise reproducible for a geometry, dtype and GPU.
+//
+// Notation: N batch, C/K input/output channels, G groups, C_g = C/G,
+// K_g = K/G, H x W input, P x Q output, R x S filter.
+// FLOPs = 2*N*K*P*Q*C_g*R*S for each of the three GEMMs.
+//
+// The GEMM core (one for the three kernels). A block computes a BM x BN tile
+// of C = A * B over the reduction in k-tiles of 64 bytes (32 f16/bf16 or 16
+// f32 elements). Operands go global -> shared through a 3-stage ring
+// (cp.async.cg 16-byte copies, the tile two ahead in flight while one is
+// computed; operand chunks that need arithmetic on the way -- the
+// activation derivative, the bias column -- are stored from registers),
+// shared -> registers by ldmatrix.x4 (.trans for reduction-major tiles;
+// 4-byte loads for reduction-major f32, which ldmatrix cannot transpose),
+// then MI x NI mma per warp and 32-byte k-step. Tiles are rows of 16-byte
+// chunks with an XOR swizzle (cnnk/implicit_gemm.h), so cp.async stores and
+// ldmatrix phases are free of bank conflicts without padding.
+//   tile   BM x BN   warps (each)      stage    3 stages  HMMA per k-tile-loop
+//   big    128 x 128  8 (64 x 32)      16 KiB   48 KiB    32 (sm_80 and sm_90a)
+//   small  64 x 64    4 (32 x 32)       8 KiB   24 KiB    16 (sm_80 and sm_90a)
+// Static shared memory (<= 48 KiB, no opt-in). Registers (ptxas, sm_80 /
+// sm_90a) and resident blocks per SM (64 K registers, >= 164 KiB shared):
+//   forward      big 128/128 -> 2 (16 warps)   small 112/112 -> 4 (16 warps)
+//   grad_input   big 151/159 -> 1 (8 warps)    small 112/116 -> 4 (16 warps)
+//   grad_weight  big 182/175 -> 1 (8 warps)    small 160/160 -> 3 (12 warps)
+//   (f32/TF32 within a few registers of these; no spills anywhere.)
+// The big tile is used when the GEMM's N side exceeds 64 and it still
+// yields >= 264 blocks (two per H100 SM); else the small one. Blocks run
+// N tiles fastest, so the blocks in flight share their A rows in L2.
+//
+// Operand loads. Each operand has a 16-byte path and a generic one, chosen
+// per launch: the 16-byte path when the reduction's channel (the GEMM row's
+// channel for grad_weight) has stride 1, the channel count per group is a
+// multiple of 8 (f32: 4), and the pointer and the other strides are
+// multiples of 16 bytes -- channels_last tensors; everything else (NCHW,
+// odd channel counts, non-contiguous views) gathers element by element,
+// adjacent threads on adjacent pixels (coalesced in NCHW), into the same
+// shared tiles. Anything outside the input (padding, partial tiles) is 0:
+// cp.async with src-size 0, or a zero element.
+//
+// implicit_gemm_mma_forward_kernel<T, Tile>.
+//   GEMM per group (blockIdx.y): M = N*P*Q output pixels, N = K_g, reduction
+//   j = (r*S + s)*C_g + c (channel innermost: contiguous in channels_last).
+//   A[m, j] = x[n, grp*C_g + c, p*sh - ph + r*dh, q*sw - pw + s*dw];
+//   B[j, k] = w[grp*K_g + k, c, r, s] (16-byte path: channels_last weight).
+//   Epilogue, one pass: z = acc + bias[k] + residual[n, k, p, q]; preact = z;
+//   y = act(z); element stores through y's strides.
+//   Bytes: x (re-read per N tile, from L2) + w + y (+ residual, preact).
+//   Arithmetic intensity ~ C_g*R*S*K_g / (C_g + K_g) FLOP per byte in 16-bit
+//   (ResNet-50 3x3, C = K = 64: ~290): tensor-core bound for wide layers,
+//   memory- and latency-bound for narrow ones (small C_g, K_g).
+//
+// implicit_gemm_mma_grad_input_kernel<T, Tile>.
+//   The transposed problem as a gather (no scatter, no atomics): M = N*H*W
+//   input pixels, N = C_g, reduction j = (r*S + s)*K_g + k.
+//   A[m, j] = act'(gy)[n, grp*K_g + k, p, q] with p*sh - ph + r*dh = h (exact
+//   and in [0, P); likewise q), else 0, the derivative applied from `y` as
+//   it is loaded (16-byte loads of gy and y in registers when vectorisable);
+//   B[j, c] = w[grp*K_g + k, c, r, s] (16-byte path only for a weight whose
+//   k has stride 1, e.g. a (C, K, R, S)-permuted copy; else element-wise,
+//   from L2).
+//   Bytes: gy (+ y) + w + grad_x. Limit: with stride > 1 only
+//   1/(sh*sw) of the taps are exact; the others are zero chunks that still
+//   go through the tensor cores.
+//
+// implicit_gemm_mma_grad_weight_kernel<T, Tile> +
+// implicit_gemm_grad_weight_reduce_kernel<T>.
+//   GEMM per group (blockIdx.z): M = K_g, N = J + 1 columns, J = C_g*R*S
+//   (j = (r*S + s)*C_g + c), reduction over the N*P*Q output pixels, with
+//   reduction-major (transposed) tiles: A[k, m] = act'(gy)[n, k, p, q],
+//   B[m, j] = x[n, c, ih, iw] for j < J, and B[m, J] = 1, so that column J
+//   of the product is grad_bias (fused, same fixed-order scheme; left out
+//   when no bias gradient is asked for). Split over the pixels
+//   (blockIdx.y): the split count depends on the geometry and dtype only
+//   (tiles * splits ~ 264 blocks, >= 8 k-tiles per split); with one split the
+//   kernel writes grad_w / grad_bias, else fp32 partials [split][K][J + 1]
+//   in the workspace, which the reduce kernel (one thread per element) sums
+//   in split order.
+//   Bytes: gy (+ y) re-read per column tile, x per row tile (mostly L2),
+//   + 2 * splits * K * (J + 1) * 4 of workspace.
+//
+// conv2d_im2col_kernel<T> / conv2d_col2im_kernel<T> (all four dtypes).
+//   patches (N, G*J, P, Q), patches[n, grp*J + (c*R + r)*S + s, p, q] =
+//   x[n, grp*C_g + c, ih, iw] or 0; col2im is its adjoint as a gather: each
+//   grad_x element sums, in (r, s) order, the patch entries that read it.
+//   Memory-bound, one thread per written element: im2col reads <= x once per
+//   tap (N*C*R*S*P*Q reads, mostly L1/L2 hits) and writes N*C*R*S*P*Q
+//   elements; col2im reads the N*C*R*S*P*Q patch elements and writes N*C*H*W.
+//
+// Limits (else Status::index_overflow): every size, N*P*Q, N*H*W, C*R*S,
+// K*R*S and K*(C_g*R*S + 1) below 2^30, the furthest row/column a tap
+// addresses within int, G <= 65535 and (grad_weight) splits <= 65535;
+// memory offsets are int64.
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <algorithm>
 #include <initializer_list>
 
 #include "cnnk/conv2d.h"
@@ -805,7 +906,7 @@ struct GradWeightArgs {
   float* partial;  // [split][K][J + 1], or null with one split
   int M, J, K;     // N*P*Q pixels, C_g*R*S, all output channels
   int columns;     // GEMM columns: J + 1 with the bias, J without
-  int tiles_n;     // BN tiles over the columns
+  int tiles_n;     // BN tiles over J + 1 columns
   int kt_per_split, kt_total;
   LoadMode gy_mode, x_mode;
 };
@@ -1112,7 +1213,9 @@ template <typename T, typename Tile>
 Status grad_weight_launch(const Conv2dGeometry& g, const GradWeightPlan& plan,
                           const GradWeightArgs& args, cudaStream_t stream) {
   GradWeightArgs a = args;
-  a.tiles_n = static_cast<int>(ceil_div(a.columns, Tile::BN));
+  // Tiled over J + 1 columns with or without the bias, as the plan (and so
+  // the workspace size) is; without it the last column is never stored.
+  a.tiles_n = static_cast<int>(ceil_div(a.J + 1, Tile::BN));
   a.kt_total = static_cast<int>(plan.kt_total), a.kt_per_split = static_cast<int>(plan.kt_per_split);
   const int64_t reduce_blocks = ceil_div(g.K * (a.J + 1), 256);
   if (plan.tiles > kMaxGridX || plan.splits > kMaxGridY || g.groups > kMaxGridY ||
