@@ -20,12 +20,20 @@ CNNK_BINDINGS(conv2d, m) {
   CNNK_LAUNCHER(m, conv2d_direct_forward);
   CNNK_LAUNCHER(m, conv2d_direct_grad_input);
   CNNK_LAUNCHER(m, conv2d_direct_grad_weight);
-  m.launcher("conv2d_implicit_gemm_forward", &cpu::conv2d_implicit_gemm_forward, nullptr);
-  m.launcher("conv2d_implicit_gemm_grad_input", &cpu::conv2d_implicit_gemm_grad_input, nullptr);
-  m.launcher("conv2d_implicit_gemm_grad_weight", &cpu::conv2d_implicit_gemm_grad_weight, nullptr);
+  // The cuda implicit_gemm launchers also take the forward epilogue's
+  // residual and preact and allow_tf32 (csrc/include/cnnk/conv2d.h).
+  CNNK_LAUNCHER(m, conv2d_implicit_gemm_forward);
+  CNNK_LAUNCHER(m, conv2d_implicit_gemm_grad_input);
+  CNNK_LAUNCHER(m, conv2d_implicit_gemm_grad_weight);
 #if defined(CNNK_WITH_CUDA)
-  m.cuda.cast<py::module_>().def("conv2d_direct_grad_weight_workspace_bytes",
-                                 &cuda::conv2d_direct_grad_weight_workspace_bytes);
+  // CUDA only: the workspace sizes and the im2col patch kernels.
+  py::module_ cuda_module = m.cuda.cast<py::module_>();
+  cuda_module.def("conv2d_direct_grad_weight_workspace_bytes",
+                  &cuda::conv2d_direct_grad_weight_workspace_bytes);
+  cuda_module.def("conv2d_implicit_gemm_grad_weight_workspace_bytes",
+                  &cuda::conv2d_implicit_gemm_grad_weight_workspace_bytes);
+  def_launcher(cuda_module, "conv2d_im2col", &cuda::conv2d_im2col);
+  def_launcher(cuda_module, "conv2d_col2im", &cuda::conv2d_col2im);
 #endif
 }
 

@@ -64,7 +64,7 @@ inline Status check_conv2d_geometry(const Conv2dGeometry& g) {
       g.K % g.groups != 0)
     return Status::bad_argument;
   if (g.activation != Activation::none && g.activation != Activation::relu &&
-      g.activation != Activation::relu6)
+      g.activation != Activation::relu6 && g.activation != Activation::silu)
     return Status::bad_argument;
   return Status::ok;
 }
@@ -129,6 +129,39 @@ size_t conv2d_direct_grad_weight_workspace_bytes(DType dtype, const Conv2dGeomet
 Status conv2d_direct_grad_weight(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y,
                                  Tensor4 x, Tensor4 grad_w, Tensor1 grad_bias,
                                  Workspace workspace, cudaStream_t stream);
+// The implicit_gemm algorithm on tensor cores (csrc/cuda/conv2d/
+// implicit_gemm.cu): f16 and bf16, and f32 as TF32 when allow_tf32 (Python
+// passes torch.backends.cudnn.allow_tf32); f32 without TF32 and f64 return
+// Status::unsupported_dtype, and Python routes them to the direct algorithm.
+// Forward epilogue, one pass over the output: z = conv(x, w) + bias[k] +
+// residual[n, k, p, q]; preact = z; y = act(z) (bias, residual, preact may
+// be absent; residual and preact have y's shape, any strides).
+Status conv2d_implicit_gemm_forward(DType dtype, const Conv2dGeometry& g, Tensor4 x, Tensor4 w,
+                                    Tensor1 bias, Tensor4 residual, Tensor4 y, Tensor4 preact,
+                                    bool allow_tf32, cudaStream_t stream);
+// grad_x; `y` is the tensor the activation's derivative is read from (the
+// forward output for relu/relu6, the pre-activation for silu).
+Status conv2d_implicit_gemm_grad_input(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y,
+                                       Tensor4 y, Tensor4 w, Tensor4 grad_x, bool allow_tf32,
+                                       cudaStream_t stream);
+// Bytes of device scratch conv2d_implicit_gemm_grad_weight needs for its
+// split reduction (f32 sized as TF32; 0 for a dtype it does not take).
+size_t conv2d_implicit_gemm_grad_weight_workspace_bytes(DType dtype, const Conv2dGeometry& g);
+// grad_w and (when grad_bias.data is set) grad_bias; `y` as in grad_input.
+// Deterministic: the split partial sums are added in split order.
+Status conv2d_implicit_gemm_grad_weight(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y,
+                                        Tensor4 y, Tensor4 x, Tensor4 grad_w, Tensor1 grad_bias,
+                                        Workspace workspace, bool allow_tf32,
+                                        cudaStream_t stream);
+// The im2col algorithm's patch matrix, every dtype: patches (N, G*J, P, Q),
+// J = C/G*R*S, patches[n, grp*J + (c*R + r)*S + s, p, q] =
+// x[n, grp*C/G + c, p*stride_h - pad_top + r*dil_h, q*stride_w - pad_left + s*dil_w]
+// (0 outside the input). col2im is its adjoint: each grad_x element sums the
+// patch entries that read it (a gather in fixed tap order, no atomics).
+Status conv2d_im2col(DType dtype, const Conv2dGeometry& g, Tensor4 x, Tensor4 patches,
+                     cudaStream_t stream);
+Status conv2d_col2im(DType dtype, const Conv2dGeometry& g, Tensor4 grad_patches, Tensor4 grad_x,
+                     cudaStream_t stream);
 }  // namespace cuda
 #endif
 
