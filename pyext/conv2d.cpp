@@ -25,15 +25,15 @@ CNNK_BINDINGS(conv2d, m) {
   CNNK_LAUNCHER(m, conv2d_implicit_gemm_forward);
   CNNK_LAUNCHER(m, conv2d_implicit_gemm_grad_input);
   CNNK_LAUNCHER(m, conv2d_implicit_gemm_grad_weight);
+  CNNK_LAUNCHER(m, conv2d_im2col);
+  CNNK_LAUNCHER(m, conv2d_col2im);
 #if defined(CNNK_WITH_CUDA)
-  // CUDA only: the workspace sizes and the im2col patch kernels.
+  // CUDA only: the workspace sizes.
   py::module_ cuda_module = m.cuda.cast<py::module_>();
   cuda_module.def("conv2d_direct_grad_weight_workspace_bytes",
                   &cuda::conv2d_direct_grad_weight_workspace_bytes);
   cuda_module.def("conv2d_implicit_gemm_grad_weight_workspace_bytes",
                   &cuda::conv2d_implicit_gemm_grad_weight_workspace_bytes);
-  def_launcher(cuda_module, "conv2d_im2col", &cuda::conv2d_im2col);
-  def_launcher(cuda_module, "conv2d_col2im", &cuda::conv2d_col2im);
 #endif
 }
 

@@ -89,8 +89,8 @@
 //   + 2 * splits * K * (J + 1) * 4 of workspace.
 //
 // conv2d_im2col_kernel<T> / conv2d_col2im_kernel<T> (all four dtypes).
-//   patches (N, G*J, P, Q), patches[n, grp*J + (c*R + r)*S + s, p, q] =
-//   x[n, grp*C_g + c, ih, iw] or 0; col2im is its adjoint as a gather: each
+//   patches (N, G*J, P, Q), patches[n, grp*J + j, p, q] = x[n, grp*C_g + c, ih, iw]
+//   or 0, j = patch_column_index(c, r, s) (cnnk/conv2d.h); col2im is its adjoint as a gather: each
 //   grad_x element sums, in (r, s) order, the patch entries that read it.
 //   Memory-bound, one thread per written element: im2col reads <= x once per
 //   tap (N*C*R*S*P*Q reads, mostly L1/L2 hits) and writes N*C*R*S*P*Q
@@ -993,9 +993,10 @@ struct PatchArgs {
   Tensor4 x, patches;  // x: the image (grad_x for col2im), patches (N, G*J, P, Q)
   int J, C, columns;  // columns: G * J
   int64_t count;      // elements of the written tensor
+  bool taps_channels_last;  // the patch columns' order (cnnk::patch_column)
 };
 
-// patches[n, grp*J + (c*R + r)*S + s, p, q] = x[n, grp*C_g + c, ih, iw] or 0.
+// patches[n, grp*J + j, p, q] = x[n, grp*C_g + c, ih, iw] or 0, j naming (c, r, s).
 template <typename T>
 __global__ void __launch_bounds__(256, 4) conv2d_im2col_kernel(const PatchArgs a) {
   const Geom& g = a.g;
@@ -1008,7 +1009,8 @@ __global__ void __launch_bounds__(256, 4) conv2d_im2col_kernel(const PatchArgs a
     const int n = static_cast<int>(row / a.columns);
     const int col = static_cast<int>(row - int64_t{n} * a.columns);
     const int grp = col / a.J, jj = col - grp * a.J;
-    const int c = jj / (g.R * g.S), rs = jj - c * g.R * g.S, r = rs / g.S, s = rs - r * g.S;
+    const PatchColumn tap = patch_column(jj, g.Cg, g.R, g.S, a.taps_channels_last);
+    const int c = static_cast<int>(tap.c), r = static_cast<int>(tap.r), s = static_cast<int>(tap.s);
     const int p = pq / g.Q, q = pq - p * g.Q;
     const int ih = p * g.sh - g.ph + r * g.dh, iw = q * g.sw - g.pw + s * g.dw;
     T v = zero<T>();
@@ -1020,7 +1022,7 @@ __global__ void __launch_bounds__(256, 4) conv2d_im2col_kernel(const PatchArgs a
 }
 
 // grad_x[n, ch, h, w] = sum over the taps (r, s) whose output (p, q) reads
-// it of grad_patches[n, grp*J + (c*R + r)*S + s, p, q], in (r, s) order.
+// it of grad_patches[n, grp*J + j(c, r, s), p, q], in (r, s) order.
 template <typename T>
 __global__ void __launch_bounds__(256, 4) conv2d_col2im_kernel(const PatchArgs a) {
   const Geom& g = a.g;
@@ -1034,14 +1036,16 @@ __global__ void __launch_bounds__(256, 4) conv2d_col2im_kernel(const PatchArgs a
     const int n = static_cast<int>(plane / a.C), ch = static_cast<int>(plane - int64_t{n} * a.C);
     const int h = hw / g.W, w = hw - h * g.W;
     const int grp = ch / g.Cg, c = ch - grp * g.Cg;
-    const int col0 = grp * a.J + c * g.R * g.S;
+    const int col0 = grp * a.J;
     acc_t<T> sum = acc_t<T>(0);
     for (int r = 0; r < g.R; ++r) {
       const int p = transposed_source(h + g.ph, r, g.sh, g.dh, g.P);
       if (p < 0) continue;
       for (int s = 0; s < g.S; ++s) {
         const int q = transposed_source(w + g.pw, s, g.sw, g.dw, g.Q);
-        if (q >= 0) sum += load(patches, a.patches.stride.offset(n, col0 + r * g.S + s, p, q));
+        const int col = col0 + static_cast<int>(patch_column_index(c, r, s, g.Cg, g.R, g.S,
+                                                                    a.taps_channels_last));
+        if (q >= 0) sum += load(patches, a.patches.stride.offset(n, col, p, q));
       }
     }
     gx[a.x.stride.offset(n, ch, h, w)] = from_acc<T>(sum);
@@ -1262,7 +1266,7 @@ Status patch_launch(bool to_patches, const PatchArgs& a, cudaStream_t stream) {
 }
 
 Status patch_impl(bool to_patches, DType dtype, const Conv2dGeometry& g, Tensor4 x,
-                  Tensor4 patches, cudaStream_t stream) {
+                  Tensor4 patches, bool taps_channels_last, cudaStream_t stream) {
   if (Status s = check_conv2d_geometry(g); s != Status::ok) return s;
   if (!supported_dtype(dtype)) return Status::unsupported_dtype;
   if (g.N == 0) return Status::ok;
@@ -1273,6 +1277,7 @@ Status patch_impl(bool to_patches, DType dtype, const Conv2dGeometry& g, Tensor4
   a.J = static_cast<int>(g.reduction_size()), a.C = static_cast<int>(g.C);
   a.columns = static_cast<int>(g.groups) * a.J;
   a.count = to_patches ? g.N * g.C * g.R * g.S * g.P * g.Q : g.N * g.C * g.H * g.W;
+  a.taps_channels_last = taps_channels_last;
   return dispatch_dtype(dtype, [&](auto type) {
     return patch_launch<typename decltype(type)::type>(to_patches, a, stream);
   });
@@ -1328,13 +1333,13 @@ Status conv2d_implicit_gemm_grad_weight(DType dtype, const Conv2dGeometry& g, Te
 }
 
 Status conv2d_im2col(DType dtype, const Conv2dGeometry& g, Tensor4 x, Tensor4 patches,
-                     cudaStream_t stream) {
-  return patch_impl(true, dtype, g, x, patches, stream);
+                     bool taps_channels_last, cudaStream_t stream) {
+  return patch_impl(true, dtype, g, x, patches, taps_channels_last, stream);
 }
 
 Status conv2d_col2im(DType dtype, const Conv2dGeometry& g, Tensor4 grad_patches, Tensor4 grad_x,
-                     cudaStream_t stream) {
-  return patch_impl(false, dtype, g, grad_x, grad_patches, stream);
+                     bool taps_channels_last, cudaStream_t stream) {
+  return patch_impl(false, dtype, g, grad_x, grad_patches, taps_channels_last, stream);
 }
 
 }  // namespace cuda

@@ -56,6 +56,24 @@ CNNK_HOST_DEVICE IndexRange conv_valid_outputs(int64_t out_size, int64_t in_size
   return {lo, hi < lo ? lo : hi};
 }
 
+// Column j of one group's patch matrix (the im2col algorithm) is filter tap
+// (r, s) of channel c, in the order of the weight's memory so that the weight
+// is the GEMM operand without a copy: j = (c * R + r) * S + s for a contiguous
+// weight, j = (r * S + s) * C_g + c for a channels_last one.
+struct PatchColumn {
+  int64_t c, r, s;
+};
+CNNK_HOST_DEVICE PatchColumn patch_column(int64_t j, int64_t C_g, int64_t R, int64_t S,
+                                          bool taps_channels_last) {
+  const int64_t tap = taps_channels_last ? j / C_g : j % (R * S);
+  const int64_t c = taps_channels_last ? j - tap * C_g : j / (R * S);
+  return {c, tap / S, tap % S};
+}
+CNNK_HOST_DEVICE int64_t patch_column_index(int64_t c, int64_t r, int64_t s, int64_t C_g,
+                                            int64_t R, int64_t S, bool taps_channels_last) {
+  return taps_channels_last ? (r * S + s) * C_g + c : (c * R + r) * S + s;
+}
+
 // Checks every launcher does before touching memory.
 inline Status check_conv2d_geometry(const Conv2dGeometry& g) {
   if (g.N < 0 || g.C <= 0 || g.H <= 0 || g.W <= 0 || g.K <= 0 || g.R <= 0 || g.S <= 0 ||
@@ -114,6 +132,16 @@ Status conv2d_implicit_gemm_grad_input(DType dtype, const Conv2dGeometry& g, Ten
                                        Tensor4 y, Tensor4 w, Tensor4 grad_x);
 Status conv2d_implicit_gemm_grad_weight(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y,
                                         Tensor4 y, Tensor4 x, Tensor4 grad_w, Tensor1 grad_bias);
+// The im2col algorithm's patch matrix (csrc/cpu/conv2d/im2col.cpp), every
+// dtype: patches (N, G*J, P, Q), J = C/G*R*S, patches[n, grp*J + j, p, q] =
+// x[n, grp*C/G + c, p*stride_h - pad_top + r*dil_h, q*stride_w - pad_left + s*dil_w]
+// (0 outside the input) for column j = patch_column_index(c, r, s, ...).
+// col2im is its adjoint: each grad_x element sums the patch entries that
+// read it (a gather in fixed tap order, no atomics).
+Status conv2d_im2col(DType dtype, const Conv2dGeometry& g, Tensor4 x, Tensor4 patches,
+                     bool taps_channels_last);
+Status conv2d_col2im(DType dtype, const Conv2dGeometry& g, Tensor4 grad_patches, Tensor4 grad_x,
+                     bool taps_channels_last);
 }  // namespace cpu
 
 #if defined(CNNK_WITH_CUDA)
@@ -153,15 +181,11 @@ Status conv2d_implicit_gemm_grad_weight(DType dtype, const Conv2dGeometry& g, Te
                                         Tensor4 y, Tensor4 x, Tensor4 grad_w, Tensor1 grad_bias,
                                         Workspace workspace, bool allow_tf32,
                                         cudaStream_t stream);
-// The im2col algorithm's patch matrix, every dtype: patches (N, G*J, P, Q),
-// J = C/G*R*S, patches[n, grp*J + (c*R + r)*S + s, p, q] =
-// x[n, grp*C/G + c, p*stride_h - pad_top + r*dil_h, q*stride_w - pad_left + s*dil_w]
-// (0 outside the input). col2im is its adjoint: each grad_x element sums the
-// patch entries that read it (a gather in fixed tap order, no atomics).
+// The im2col algorithm's patch kernels (the cpu's contracts).
 Status conv2d_im2col(DType dtype, const Conv2dGeometry& g, Tensor4 x, Tensor4 patches,
-                     cudaStream_t stream);
+                     bool taps_channels_last, cudaStream_t stream);
 Status conv2d_col2im(DType dtype, const Conv2dGeometry& g, Tensor4 grad_patches, Tensor4 grad_x,
-                     cudaStream_t stream);
+                     bool taps_channels_last, cudaStream_t stream);
 }  // namespace cuda
 #endif
 

@@ -2,9 +2,7 @@
 // (csrc/cuda/conv2d/implicit_gemm.cu): how a GEMM row or column names a
 // pixel, how a reduction index names a filter tap and channel, which output
 // pixel the transposed problem reads, and where an operand tile keeps each
-// 16-byte chunk in shared memory. Host and device share it, so the host
-// test hook (cpu::conv2d_implicit_gemm_gather_offsets) checks the very
-// functions the kernels run.
+// 16-byte chunk in shared memory.
 #pragma once
 
 #include <cstdint>
