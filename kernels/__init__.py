@@ -29,10 +29,12 @@ TORCH_TO_TRITON_POINTER = {"float16": "*fp16", "bfloat16": "*bf16", "float32": "
 
 
 def compile_spec(name: str, fn, *, pointers: dict, constexprs: dict, num_warps: int,
-                 num_stages: int = 3) -> dict:
+                 num_stages: int = 3, tensor_cores: bool = False) -> dict:
     """One static-check compilation: ``pointers`` maps each pointer argument
     to its Triton type ("*fp32", ...); every other non-constexpr argument is
-    an i32 scalar."""
+    an i32 scalar. ``tensor_cores`` declares that this compilation must run
+    its dots on tensor cores (fp16/bf16, or fp32 as TF32): the static check
+    fails it when its SASS has no MMA instruction."""
     signature = {}
     for arg in fn.arg_names:
         if arg in constexprs:
@@ -42,4 +44,4 @@ def compile_spec(name: str, fn, *, pointers: dict, constexprs: dict, num_warps: 
         else:
             signature[arg] = "i32"
     return {"name": name, "fn": fn, "signature": signature, "constexprs": constexprs,
-            "num_warps": num_warps, "num_stages": num_stages}
+            "num_warps": num_warps, "num_stages": num_stages, "tensor_cores": tensor_cores}
