@@ -30,7 +30,7 @@ Tensor cores, shared memory per pipeline stage and occupancy:
   declared tensor-core kernel is disassembled. CUDA: ``cuobjdump -sass`` of the extension, per
   function and architecture, in the same process pool. A kernel declared a tensor-core kernel
   (Triton: ``compile_spec(..., tensor_cores=True)``; CUDA: ``mma`` in its function name) fails
-  when its count is 0.
+  when its count is 0, and any kernel missing from the disassembly fails.
 * ``stage``: Triton only, the shared memory of one pipeline stage, read from the kernel's TTGIR:
   the software pipeliner gives each pipelined load a buffer ``ttg.local_alloc`` of shape
   ``stages x tile`` (mutable, no initial value); one stage is one tile of each of them, and
@@ -166,7 +166,8 @@ def occupancy(limits: SmLimits, threads: int, registers: int, shared: int) -> tu
 # A SASS instruction line of cuobjdump -sass / nvdisasm: "/*0a30*/  @!P0 HMMA.16816.F32 R4, ...".
 _SASS_INSTRUCTION = re.compile(r"^\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P(?:T|\d+)\s+)?([A-Z][A-Z0-9_]*)")
 _SASS_FUNCTION = re.compile(r"^\s*Function : (\S+)")
-_SASS_ARCH = re.compile(r"^\s*(?:arch = |code for )(sm_\w+)")
+# The fatbin entry's header; its "code for sm_90" line drops the "a" with CUDA 12's cuobjdump.
+_SASS_ARCH = re.compile(r"^arch = (sm_\w+)")
 # The PTX instructions that ptxas turns into tensor-core instructions.
 _PTX_MMA = re.compile(r"\b(?:mma\.s|wmma\.mma|wgmma\.mma_async|tcgen05\.mma)")
 
@@ -275,7 +276,9 @@ class Row:
             problems.append("shared memory")
         if self.blocks == 0:
             problems.append("no block fits an SM")
-        if self.tensor_cores and not self.mma:
+        if self.registers is not None and self.mma is None:
+            problems.append("no SASS")  # a kernel the disassembly lacks: the check is blind
+        elif self.tensor_cores and not self.mma:
             problems.append("no mma")
         return problems
 

@@ -75,7 +75,7 @@ arch = sm_80
 Fatbin elf code:
 ================
 arch = sm_90a
-	code for sm_90a
+	code for sm_90
 		Function : _Z8gemm_mmav
         /*0000*/                   HGMMA.64x128x16.F32.BF16 R24, gdesc[UR4], R24 ;
         /*0010*/                   WARPGROUP.ARRIVE ;
@@ -209,3 +209,14 @@ def test_probe_stage_and_occupancy(probe_rows, static_check, arch):
                                       row["shared"])
     assert (row["blocks"], row["warps"]) == expected
     assert row["blocks"] > 0
+
+
+def test_a_kernel_missing_from_the_disassembly_or_without_declared_mma_fails(static_check):
+    def row(**fields):
+        return static_check.Row("k", "sm_90a", registers=32, spill_stores=0, spill_loads=0,
+                                shared=0, shared_limit=49152, **fields)
+
+    assert row(mma=0).problems() == []
+    assert row().problems() == ["no SASS"]
+    assert row(mma=0, tensor_cores=True).problems() == ["no mma"]
+    assert row(mma=12, tensor_cores=True).problems() == []
