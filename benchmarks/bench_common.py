@@ -13,6 +13,7 @@ model's layers). Not collected by the default test run (pyproject.toml:
 testpaths = ["tests"]).
 """
 
+import contextlib
 from dataclasses import replace
 from types import ModuleType
 
@@ -36,28 +37,41 @@ def select(cases, wanted: set) -> list:
             for case in cases if (case.group, case.name) in wanted]
 
 
-def params(cases, interpreter_smoke_case):
-    """(impl, case) params: torch and every backend that runs here, plus the
-    Triton interpreter on one tiny case (it is thousands of times slower)."""
-    impls = ["torch", *driver.default_backends(DEVICE)]
+def params(family: ModuleType, cases, interpreter_smoke_case):
+    """(impl, algorithm, case) params: torch, and every backend that runs here
+    with each of the family's algorithms (None for a family without), plus
+    the Triton interpreter on one tiny case (it is thousands of times slower)."""
+    algorithms = list(family.ALGORITHMS) or [None]
+    impls = [("torch", None)] + [(backend, algorithm)
+                                 for backend in driver.default_backends(DEVICE)
+                                 for algorithm in algorithms]
     for case in cases:
-        for impl in impls:
-            yield pytest.param(impl, case, id=f"{case.group}-{case.name}-{impl}")
+        for impl, algorithm in impls:
+            label = impl if algorithm is None else f"{impl}-{algorithm}"
+            yield pytest.param(impl, algorithm, case, id=f"{case.group}-{case.name}-{label}")
     if not CUDA and _backend.backend_problem("triton", DEVICE) is None:
-        yield pytest.param("triton", replace(interpreter_smoke_case, height=8, width=8),
+        yield pytest.param("triton", None, replace(interpreter_smoke_case, height=8, width=8),
                            id="interpreter-smoke-triton")
 
 
-def run(benchmark, family: ModuleType, impl: str, case, direction: str) -> None:
-    """Time ``family.prepare``'s function for torch or a cnnkernels backend,
-    recording the case's flops (its bytes for a memory-bound op)."""
+def run(benchmark, family: ModuleType, impl: str, algorithm: str | None, case,
+        direction: str) -> None:
+    """Time ``family.prepare``'s function for torch or a cnnkernels backend
+    (with ``algorithm``, skipped where the op rejects it), recording the
+    case's flops (its bytes for a memory-bound op)."""
     inputs = family.make_inputs(case, BATCH, DTYPE, DEVICE, channels_last=False)
     flops, nbytes = case.work(BATCH, DTYPE, direction)
     work = {"bytes": nbytes} if flops is None else {"flops": flops}
     interpreted = impl == "triton" and not CUDA
-    with cnnkernels.use(backend=None if impl == "torch" else impl):
-        fn, _ = family.prepare(family.torch_impl if impl == "torch" else family.ours_impl, case,
-                               inputs, direction)
+    choice = family.ALGORITHMS[algorithm]() if algorithm else contextlib.nullcontext()
+    with cnnkernels.use(backend=None if impl == "torch" else impl), choice:
+        try:
+            fn, _ = family.prepare(family.torch_impl if impl == "torch" else family.ours_impl,
+                                   case, inputs, direction)
+        except (ValueError, driver.Unsupported) as error:
+            if algorithm is None and not isinstance(error, driver.Unsupported):
+                raise
+            pytest.skip(str(error))
 
         def timed():
             fn()
@@ -65,7 +79,8 @@ def run(benchmark, family: ModuleType, impl: str, case, direction: str) -> None:
                 torch.cuda.synchronize()
 
         benchmark.group = f"{case.group} {case.name} {case.describe()} {direction}"
-        benchmark.extra_info.update(impl=impl, dtype=str(DTYPE), batch=BATCH, **work)
+        benchmark.extra_info.update(impl=impl, algorithm=algorithm, dtype=str(DTYPE),
+                                    batch=BATCH, **work)
         benchmark.pedantic(timed, rounds=1 if interpreted else ROUNDS,
                            warmup_rounds=0 if interpreted else 1)
 
@@ -76,9 +91,9 @@ def family_benchmark(family: ModuleType, wanted: set):
     forward and backward."""
 
     @pytest.mark.parametrize("direction", driver.DIRECTIONS)
-    @pytest.mark.parametrize(("impl", "case"),
-                             params(select(family.CASES, wanted), family.CASES[0]))
-    def test(benchmark, impl, case, direction):
-        run(benchmark, family, impl, case, direction)
+    @pytest.mark.parametrize(("impl", "algorithm", "case"),
+                             params(family, select(family.CASES, wanted), family.CASES[0]))
+    def test(benchmark, impl, algorithm, case, direction):
+        run(benchmark, family, impl, algorithm, case, direction)
 
     return test

@@ -1,7 +1,7 @@
 """pytest-benchmark suite for conv2d: torch and every cnnkernels backend that
-runs here, on a few reference-model layers, forward (with the fused
-activation) and backward (grad_input + grad_weight). How it runs:
-bench_common.py.
+runs here, with each conv2d algorithm (skipped where the op rejects it), on a
+few reference-model layers, forward (with the fused activation) and backward
+(grad_input + grad_weight). How it runs: bench_common.py.
 
     pytest benchmarks/bench_conv2d.py --benchmark-only
 """

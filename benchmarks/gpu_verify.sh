@@ -4,8 +4,10 @@
 # on the reference models' layers and writes one results file plus its JSON:
 #     ${OUT:-benchmarks/results}/gpu_verify_<gpu-slug>_<YYYYmmdd>.md / .json
 # Every step runs even when an earlier one failed; the failures are listed in
-# the results file and the exit status is 1 if there were any. About 8
-# minutes on an H100 (build ~0.5, tests ~3, benchmarks at most ~5). The
+# the results file and the exit status is 1 if there were any. About 9
+# minutes on an H100 (build ~0.5, tests ~3, benchmarks ~5-6: conv2d runs every
+# algorithm on every backend, in bfloat16 and float16 in both layouts and in
+# float32 with and without TF32). The
 # benchmark configurations, and any targets a family states for them, come
 # from the families' bench modules (VERIFY_CONFIGS and VERIFY_TARGETS in
 # cnnkernels/bench/<family>.py, listed by cnnkernels.bench.verify). Each

@@ -35,7 +35,9 @@ def compile_spec(name: str, fn, *, pointers: dict, constexprs: dict, num_warps: 
     to its Triton type ("*fp32", ...); every other non-constexpr argument is
     an i32 scalar. ``divisible`` names the arguments to compile as Triton
     specialises 16-divisible values at a launch (``attrs``); ``tensor_cores``
-    declares a kernel whose SASS must contain tensor-core instructions."""
+    declares that this compilation must run its dots on tensor cores
+    (fp16/bf16, or fp32 as TF32): the static check fails it when its SASS has
+    no MMA instruction."""
     signature = {}
     for arg in fn.arg_names:
         if arg in constexprs:

@@ -62,8 +62,8 @@ def test_registered_family_has_its_whole_column(family):
     for module in family.triton_modules:
         assert callable(importlib.import_module(module).static_check_specs)
     bench = importlib.import_module(family.bench_module)
-    for name in ("CASES", "make_inputs", "reference", "torch_impl", "ours_impl", "prepare",
-                 "COLUMNS", "LEGEND", "VERIFY_CONFIGS", "VERIFY_TARGETS"):
+    for name in ("CASES", "ALGORITHMS", "make_inputs", "reference", "torch_impl", "ours_impl",
+                 "prepare", "COLUMNS", "LEGEND", "VERIFY_CONFIGS", "VERIFY_TARGETS"):
         assert hasattr(bench, name), f"{family.bench_module} lacks {name}"
     for path in (f"cnnkernels/ops/{family.name}.py", f"tests/test_{family.name}.py",
                  f"benchmarks/bench_{family.name}.py", f"pyext/{family.name}.cpp",

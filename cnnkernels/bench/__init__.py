@@ -19,6 +19,12 @@ reference computed on the same device. One table per op family (``--op``):
     cnnkernels bench --quick                # a smoke run: small layers, batch 1
     cnnkernels bench --op pool2d --model vgg unet --dtype bfloat16 --channels-last
     cnnkernels bench --model resnet --dtype bfloat16 --channels-last --json out.json
+    cnnkernels bench --op conv2d --algorithm implicit_gemm --dtype float32 --tf32
+
+conv2d runs every algorithm (``cnnkernels.ops.conv2d.ALGORITHMS``) on every
+backend: one row each; an algorithm the op rejects for the backend or the
+layer is a skipped row with the op's reason. float32 is true float32 for
+ours and torch's unless ``--tf32`` lets both use TF32.
 
 Timing: on CUDA ``triton.testing.do_bench`` (median after warm-up, L2
 flushed between runs); on the CPU the median of repeated ``perf_counter``
@@ -76,6 +82,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default=list(driver.DIRECTIONS))
     parser.add_argument("--channels-last", action="store_true",
                         help="inputs, weights and gradients in channels_last memory format")
+    parser.add_argument("--algorithm", nargs="+", metavar="NAME",
+                        help="only these algorithms of the ops that have several (conv2d: "
+                             "direct, implicit_gemm, ...); default: every one, each on every "
+                             "backend that has it (the others are listed as skipped)")
+    parser.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=False,
+                        help="let float32 convolutions and matmuls run as TF32 on tensor "
+                             "cores, ours and torch's alike (torch.backends.cudnn.allow_tf32 "
+                             "and torch.backends.cuda.matmul.allow_tf32); default: off, true "
+                             "float32 for both")
     parser.add_argument("--budget", type=float, metavar="SECONDS",
                         help="start no new case after this many seconds (the rest are "
                              "listed as skipped)")
@@ -88,7 +103,7 @@ def main(args: argparse.Namespace) -> int:
     settings = driver.settings_from_args(args)
     if settings.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # torch at its best: cuDNN picks its algorithm
-    tables = driver.select_tables(settings.ops, args.model, args.quick)
+    tables = driver.select_tables(settings.ops, args.model, args.quick, settings.algorithms)
     torch.manual_seed(0)
     header = environment(settings)
     if "triton" in settings.backends and settings.device.type == "cpu":

@@ -19,6 +19,12 @@ family runs. A family's bench module exports, under these names:
   result}) for one implementation; the result names match the reference's;
 - ``COLUMNS`` and ``LEGEND``: its table's columns (see report.py) and the
   text printed above the table;
+- ``ALGORITHMS``: {name: () -> context manager that makes the op use that
+  algorithm} for a family with several ({} for one with a single way): each
+  backend runs each case once per algorithm (``--algorithm`` selects); an
+  algorithm the op rejects for the backend or the shape (ValueError) gives a
+  skipped row. ``ours_impl`` may also raise ``Unsupported`` for a case the
+  library cannot run yet: a skipped row with the reason.
 - ``VERIFY_CONFIGS`` and ``VERIFY_TARGETS``: the configurations gpu_verify.sh
   runs for the family and the targets its results file states (see verify.py).
 
@@ -70,6 +76,8 @@ LARGE_CASE_BYTES = 100e6
 # broken kernels; tests/ holds the tight, reduction-length-scaled tolerances.
 TOLERANCES = {torch.float16: 5e-2, torch.bfloat16: 5e-2, torch.float32: 1e-3,
               torch.float64: 1e-9}
+# float32 computed as TF32 (10-bit mantissa, like fp16's) when --tf32 allows it.
+TF32_TOLERANCE = 5e-2
 
 DTYPE_NAMES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
                "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -88,12 +96,13 @@ class Roofline:
 
 
 # Matched as a substring of torch.cuda.get_device_name(). H100: measured on
-# the lent machines (DESIGN.md); fp32 is the CUDA-core rate (nominal), since
-# the kernels compute fp32 with IEEE FMAs, not TF32 tensor cores. A GPU not
-# listed gets no roofline column rather than a guessed one.
+# the lent machines (DESIGN.md); fp32 is the CUDA-core rate and "tf32" the
+# dense TF32 tensor-core rate (both nominal, H100 SXM datasheet), the peak of
+# float32 with --tf32. A GPU not listed gets no roofline column rather than a
+# guessed one.
 ROOFLINES = {
     "H100": Roofline(bandwidth=3.0e12, flops={torch.bfloat16: 790e12, torch.float16: 790e12,
-                                              torch.float32: 67e12}),
+                                              torch.float32: 67e12, "tf32": 495e12}),
 }
 
 
@@ -153,6 +162,24 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+class Unsupported(Exception):
+    """Raised by a family's ``ours_impl`` for a case cnnkernels cannot run yet
+    (the row is skipped, with the message as the reason)."""
+
+
+@contextlib.contextmanager
+def tf32_allowed(allowed: bool):
+    """torch's two TF32 switches (convolutions: cudnn.allow_tf32; matmuls:
+    cuda.matmul.allow_tf32) set for the block: cnnkernels reads the same
+    ones, so ours and torch's run under the same rule."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = allowed
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 # ---------------------------------------------------------------------------
 # Settings and cases
 
@@ -170,6 +197,8 @@ class Settings:
     channels_last: bool
     quick: bool
     budget_s: float | None
+    algorithms: list[str] | None = None  # None: every algorithm of each family
+    tf32: bool = False  # float32 may run as TF32 (ours and torch's alike)
 
 
 def default_backends(device: torch.device) -> list[str]:
@@ -202,9 +231,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                             for b in ("cpu", "cuda", "triton"))
         raise SystemExit(f"no cnnkernels backend runs on {device_type} here ({reasons})")
     ops = [family.name for family in FAMILIES] if args.op == "all" else [args.op]
+    algorithms = list(dict.fromkeys(args.algorithm)) if args.algorithm else None
     return Settings(device=device, ops=ops, dtypes=dtypes, batch=batch, backends=backends,
                     directions=list(dict.fromkeys(args.direction)),
-                    channels_last=args.channels_last, quick=args.quick, budget_s=args.budget)
+                    channels_last=args.channels_last, quick=args.quick, budget_s=args.budget,
+                    algorithms=algorithms, tf32=args.tf32)
 
 
 def _group_key(name: str) -> str:
@@ -231,26 +262,45 @@ def select_cases(cases: tuple, groups: list[str] | None = None, quick: bool = Fa
 
 @dataclass(frozen=True)
 class Table:
-    """One family's table: its name (the rows' ``op``), its bench module and
-    the cases selected from it."""
+    """One family's table: its name (the rows' ``op``), its bench module, the
+    cases selected from it and the algorithms each backend runs them with
+    ([None] for a family with a single way)."""
 
     op: str
     family: ModuleType
     cases: list
+    algorithms: list = (None,)
 
 
-def select_tables(ops: list[str], groups: list[str] | None, quick: bool) -> list[Table]:
+def select_algorithms(family: ModuleType, wanted: list[str] | None) -> list:
+    """The family's algorithms named in ``wanted`` (all when None), in its
+    order; [None] for a family without algorithms."""
+    if not family.ALGORITHMS:
+        return [None]
+    return [name for name in family.ALGORITHMS if wanted is None or name in wanted]
+
+
+def select_tables(ops: list[str], groups: list[str] | None, quick: bool,
+                  algorithms: list[str] | None = None) -> list[Table]:
     """The tables of the families named ``ops`` that keep a case after
-    select_cases; none raises SystemExit naming the groups there are."""
+    select_cases (and an algorithm named in ``algorithms``, for a family that
+    has algorithms); none raises SystemExit naming the groups there are. An
+    algorithm no selected family has raises SystemExit naming those there are."""
     modules = {family.name: family.bench_module for family in FAMILIES}
     families = [(op, importlib.import_module(modules[op])) for op in ops]
-    tables = [Table(op, family, select_cases(family.CASES, groups, quick))
+    known = [name for _, family in families for name in family.ALGORITHMS]
+    unknown = [name for name in algorithms or () if name not in known]
+    if unknown:
+        raise SystemExit(f"unknown --algorithm {unknown[0]!r}; the selected ops have "
+                         f"{', '.join(known) or 'none'}")
+    tables = [Table(op, family, select_cases(family.CASES, groups, quick),
+                    select_algorithms(family, algorithms))
               for op, family in families]
-    tables = [table for table in tables if table.cases]
+    tables = [table for table in tables if table.cases and table.algorithms]
     if not tables:
         names = dict.fromkeys(case.group for _, family in families for case in family.CASES)
         raise SystemExit(f"no {' or '.join(ops)} layer matches --model "
-                         f"{' '.join(groups)}; models: {', '.join(names)}")
+                         f"{' '.join(groups or ())}; models: {', '.join(names)}")
     return tables
 
 
@@ -339,16 +389,17 @@ def compare(results: dict, reference: dict) -> tuple[dict, int | None]:
     return errors, mismatches
 
 
-def _roofline_fraction(flops: int | None, nbytes: int, dtype: torch.dtype,
+def _roofline_fraction(flops: int | None, nbytes: int, precision,
                        roofline: Roofline | None, seconds: float) -> float | None:
     """The time at the roofline over the time taken: the memory bound, or the
-    compute bound where that takes longer (an op with flops). None without a
-    roofline for the device, or with flops but no compute peak for dtype."""
-    if roofline is None or (flops is not None and dtype not in roofline.flops):
+    compute bound where that takes longer (an op with flops). ``precision``
+    is the dtype, or "tf32" for float32 allowed to run as TF32. None without
+    a roofline for the device, or with flops but no compute peak for it."""
+    if roofline is None or (flops is not None and precision not in roofline.flops):
         return None
     bound_s = nbytes / roofline.bandwidth
     if flops is not None:
-        bound_s = max(bound_s, flops / roofline.flops[dtype])
+        bound_s = max(bound_s, flops / roofline.flops[precision])
     return bound_s / seconds
 
 
@@ -359,17 +410,18 @@ def _one_line(error: Exception) -> str:
 
 def case_rows(table: Table, case, dtype: torch.dtype, direction: str, settings: Settings,
               timer, roofline: Roofline | None) -> list[dict]:
-    """One row per backend for this case, dtype and direction."""
+    """One row per backend and algorithm for this case, dtype and direction."""
     family, device, batch = table.family, settings.device, settings.batch
     inputs = family.make_inputs(case, batch, dtype, device, settings.channels_last)
     with _cudnn_autotuning_off():
         reference = family.reference(case, inputs, direction)
     flops, nbytes = case.work(batch, dtype, direction)
+    tf32 = settings.tf32 and dtype == torch.float32
     base = {"op": table.op, **asdict(case), "shape": case.describe(), "batch": batch,
-            "dtype": dtype_name(dtype),
+            "dtype": dtype_name(dtype), "tf32": tf32,
             "layout": "channels_last" if settings.channels_last else "nchw",
             "direction": direction, "flops": flops, "bytes": nbytes,
-            "tolerance": TOLERANCES[dtype]}
+            "tolerance": TF32_TOLERANCE if tf32 else TOLERANCES[dtype]}
     try:
         torch_fn, torch_results = family.prepare(family.torch_impl, case, inputs, direction)
         torch_errors, torch_mismatches = compare(torch_results, reference)
@@ -379,11 +431,12 @@ def case_rows(table: Table, case, dtype: torch.dtype, direction: str, settings: 
         torch_ms, torch_errors, torch_mismatches = None, {"message": _one_line(error)}, None
 
     rows = []
-    for backend in settings.backends:
-        row = {**base, "backend": backend, "ours_ms": None, "torch_ms": torch_ms,
-               "speedup": None, "tflops": None, "gbps": None, "roofline_fraction": None,
-               "errors": {}, "index_mismatches": None, "torch_errors": torch_errors,
-               "torch_index_mismatches": torch_mismatches, "status": "ok", "message": ""}
+    for backend, algorithm in ((b, a) for b in settings.backends for a in table.algorithms):
+        row = {**base, "backend": backend, "algorithm": algorithm, "ours_ms": None,
+               "torch_ms": torch_ms, "speedup": None, "tflops": None, "gbps": None,
+               "roofline_fraction": None, "errors": {}, "index_mismatches": None,
+               "torch_errors": torch_errors, "torch_index_mismatches": torch_mismatches,
+               "status": "ok", "message": ""}
         supported = _backend.SUPPORTED_DTYPES.get((backend, device.type))
         if supported is not None and dtype not in supported:
             row.update(status="unsupported",
@@ -391,20 +444,32 @@ def case_rows(table: Table, case, dtype: torch.dtype, direction: str, settings: 
                                f"on {device.type}")
             rows.append(row)
             continue
+        choice = (family.ALGORITHMS[algorithm]() if algorithm is not None
+                  else contextlib.nullcontext())
         try:
-            with cnnkernels.use(backend=backend):
+            with cnnkernels.use(backend=backend), choice:
                 fn, results = family.prepare(family.ours_impl, case, inputs, direction)
                 row["errors"], row["index_mismatches"] = compare(results, reference)
                 del results
                 ours_ms = timer(fn)
                 del fn
+        except (Unsupported, ValueError) as error:
+            # An explicit algorithm the op rejects for this backend or shape, or a
+            # case the library cannot run yet; a ValueError without an explicit
+            # algorithm is a failure like any other.
+            skipped = isinstance(error, Unsupported) or algorithm is not None
+            row.update(status="skipped" if skipped else "error", message=_one_line(error))
+            rows.append(row)
+            continue
         except Exception as error:
             row.update(status="error", message=_one_line(error))
             rows.append(row)
             continue
         seconds = ours_ms * 1e-3
+        precision = "tf32" if tf32 else dtype
         row.update(ours_ms=ours_ms, gbps=nbytes / seconds / 1e9,
-                   roofline_fraction=_roofline_fraction(flops, nbytes, dtype, roofline, seconds))
+                   roofline_fraction=_roofline_fraction(flops, nbytes, precision, roofline,
+                                                        seconds))
         if flops is not None:
             row["tflops"] = flops / seconds / 1e12
         if torch_ms is not None:
@@ -437,6 +502,11 @@ def run(tables: list[Table], settings: Settings, out=sys.stdout) -> list[Result]
     printing rows as they complete; cases not started within
     ``settings.budget_s`` of the start are skipped (one row each with status
     "skipped", no backend run)."""
+    with tf32_allowed(settings.tf32):
+        return _run(tables, settings, out)
+
+
+def _run(tables: list[Table], settings: Settings, out) -> list[Result]:
     timer = make_timer(settings.device, settings.quick)
     roofline = roofline_for(settings.device)
     start = time.perf_counter()
@@ -464,11 +534,21 @@ def run(tables: list[Table], settings: Settings, out=sys.stdout) -> list[Result]
     return results
 
 
+def _variant(row: dict) -> str:
+    """What a geometric mean is taken over: op, backend, algorithm and dtype
+    ("tf32" for float32 allowed to run as TF32)."""
+    algorithm = f" {row['algorithm']}" if row.get("algorithm") else ""
+    dtype = "tf32" if row.get("tf32") else row["dtype"]
+    return f"{row['op']} {row.get('backend')}{algorithm} {dtype}"
+
+
 def summary(results: list[Result], elapsed_s: float) -> tuple[str, bool]:
     """(text to print after the tables, whether every case passed): status
-    counts, geometric-mean speedups, for memory-bound ops the fraction of the
-    copy bandwidth reached on the cases of at least LARGE_CASE_BYTES, and
-    the failures."""
+    counts, geometric-mean speedups per direction and of forward + backward
+    (the sums of both rows' times of each case: a training step's
+    convolution), for memory-bound ops the fraction of the copy bandwidth
+    reached on the cases of at least LARGE_CASE_BYTES, the reasons for
+    skipped rows, and the failures."""
     counts = {}
     for _, row in results:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
@@ -476,27 +556,43 @@ def summary(results: list[Result], elapsed_s: float) -> tuple[str, bool]:
              + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))]
     speedups: dict[tuple, list[float]] = {}
     bandwidth: dict[tuple, list[Result]] = {}
+    timed: dict[tuple, dict[str, dict]] = {}  # (variant, case) -> {direction: row}
     for result in results:
         row = result.row
-        key = (row["op"], row.get("backend"), row["dtype"], row["direction"])
+        if row["status"] != "ok":
+            continue
+        key = (_variant(row), row["direction"])
         if row.get("speedup"):
             speedups.setdefault(key, []).append(row["speedup"])
+            timed.setdefault((_variant(row), result.case), {})[row["direction"]] = row
         if (row.get("roofline_fraction") is not None and row["flops"] is None
                 and row["bytes"] >= LARGE_CASE_BYTES):
             bandwidth.setdefault(key, []).append(result)
-    for (op, backend, dtype, direction), values in sorted(speedups.items()):
-        lines.append(f"geometric-mean speedup {op} {backend} {dtype} {direction}: "
+    for (variant, _), rows in timed.items():
+        if set(rows) == set(DIRECTIONS):
+            torch_ms = sum(row["torch_ms"] for row in rows.values())
+            speedups.setdefault((variant, "forward+backward"), []).append(
+                torch_ms / sum(row["ours_ms"] for row in rows.values()))
+    for (variant, direction), values in sorted(speedups.items()):
+        lines.append(f"geometric-mean speedup {variant} {direction}: "
                      f"{statistics.geometric_mean(values):.2f}x over {len(values)} layers")
-    for (op, backend, dtype, direction), large in sorted(bandwidth.items()):
+    for (variant, direction), large in sorted(bandwidth.items()):
         fractions = [r.row["roofline_fraction"] for r in large]
         lowest = min(large, key=lambda r: r.row["roofline_fraction"]).case
-        lines.append(f"copy bandwidth {op} {backend} {dtype} {direction}: median "
+        lines.append(f"copy bandwidth {variant} {direction}: median "
                      f"{statistics.median(fractions):.0%}, lowest {min(fractions):.0%} "
                      f"({lowest.group} {lowest.name}) over the {len(large)} layers "
                      f"moving >= {LARGE_CASE_BYTES / 1e6:g} MB")
+    skipped: dict[str, list[dict]] = {}
+    for _, row in results:
+        if row["status"] == "skipped" and row.get("backend"):
+            skipped.setdefault(_variant(row), []).append(row)
+    for variant, rows in sorted(skipped.items()):
+        reasons = dict.fromkeys(row["message"] for row in rows)
+        lines.append(f"skipped {variant}: {len(rows)} rows ({'; '.join(reasons)})")
     for case, row in results:
         if row["status"] in ("error", "wrong"):
-            lines.append(f"{row['status'].upper()} {row['op']} {case.group} {case.name} "
-                         f"{row['dtype']} {row['direction']} {row['backend']}: {row['message']}")
+            lines.append(f"{row['status'].upper()} {case.group} {case.name} {_variant(row)} "
+                         f"{row['direction']}: {row['message']}")
     ok = not any(row["status"] in ("error", "wrong") for _, row in results)
     return "\n".join(lines), ok

@@ -77,7 +77,8 @@ def environment(settings: Settings) -> dict:
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "cudnn_benchmark": torch.backends.cudnn.benchmark if cuda else None,
-        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32 if cuda else None,
+        "tf32": settings.tf32,  # cudnn.allow_tf32 and cuda.matmul.allow_tf32, set for the run
+        "algorithms": settings.algorithms,
         "python": platform.python_version(),
         "cnnkernels": cnnkernels.__version__,
         "commit": _git_commit(),

@@ -34,7 +34,8 @@ class ConvLayer(Layer):
     """One convolution of a reference model: input C x H x W, K filters of
     R x R, and the activation the model applies right after it (a ReLU that
     follows a batch norm counts: at inference the norm folds into the
-    convolution's weight and bias)."""
+    convolution's weight and bias); ``residual``: a shortcut tensor of the
+    output's shape is added before the activation (a ResNet block's end)."""
 
     in_channels: int
     height: int
@@ -45,6 +46,7 @@ class ConvLayer(Layer):
     padding: int = 0
     groups: int = 1
     activation: str | None = None
+    residual: bool = False
 
     def output_size(self) -> tuple[int, int]:
         def size(n: int) -> int:
@@ -60,14 +62,15 @@ class ConvLayer(Layer):
 
     def min_bytes(self, batch: int, dtype: torch.dtype, direction: str) -> int:
         """DRAM traffic if every tensor moved exactly once: forward reads x, w, b
-        and writes y; backward reads gy (and y, for the activation's gradient)
-        in each of its two passes, reads w and writes gx, reads x and writes gw."""
+        (and the residual) and writes y; backward reads gy (and y, for the
+        activation's gradient) in each of its two passes, reads w and writes
+        gx, reads x and writes gw."""
         p, q = self.output_size()
         x = batch * self.in_channels * self.height * self.width
         w = self.out_channels * (self.in_channels // self.groups) * self.kernel ** 2
         y = batch * self.out_channels * p * q
         if direction == "forward":
-            elements = x + w + self.out_channels + y
+            elements = x + w + self.out_channels + y * (2 if self.residual else 1)
         else:
             per_pass_y = y * (2 if self.activation else 1)
             elements = 2 * per_pass_y + (w + x) + (x + w)
@@ -108,13 +111,27 @@ CONV_LAYERS: tuple[ConvLayer, ...] = (
     _L("VGG-16",      "conv3_2",   256,  56,  56, 256,  3,  1,  1,   1, "relu"),
     _L("VGG-16",      "conv4_2",   512,  28,  28, 512,  3,  1,  1,   1, "relu"),
     _L("VGG-16",      "conv5_2",   512,  14,  14, 512,  3,  1,  1,   1, "relu"),
+    # ResNet-50 (torchvision, stride on the 3x3): every distinct 3x3, the 1x1s
+    # of a block of each stage (1x1b: the block's end, without and with its
+    # shortcut added before the ReLU, fused) and the strided 1x1 downsamples.
     _L("ResNet-50",   "conv1",       3, 224, 224,  64,  7,  2,  3,   1, "relu"),
     _L("ResNet-50",   "layer1.1x1a",64,  56,  56,  64,  1,  1,  0,   1, "relu"),
     _L("ResNet-50",   "layer1.3x3", 64,  56,  56,  64,  3,  1,  1,   1, "relu"),
-    _L("ResNet-50",   "layer1.1x1b",64,  56,  56, 256,  1),  # the residual add follows
-    _L("ResNet-50",   "layer2.3x3",128,  56,  56, 128,  3,  2,  1,   1, "relu"),
+    _L("ResNet-50",   "layer1.1x1b",64,  56,  56, 256,  1),
+    _L("ResNet-50",   "layer1.1x1b",64,  56,  56, 256,  1,  1,  0,   1, "relu", True),
+    _L("ResNet-50",   "layer2.3x3.s2",128, 56, 56, 128, 3,  2,  1,   1, "relu"),
+    _L("ResNet-50",   "layer2.1x1a",512, 28,  28, 128,  1,  1,  0,   1, "relu"),
+    _L("ResNet-50",   "layer2.3x3",128,  28,  28, 128,  3,  1,  1,   1, "relu"),
+    _L("ResNet-50",   "layer2.1x1b",128, 28,  28, 512,  1,  1,  0,   1, "relu", True),
+    _L("ResNet-50",   "layer2.down",256, 56,  56, 512,  1,  2),
+    _L("ResNet-50",   "layer3.3x3.s2",256, 28, 28, 256, 3,  2,  1,   1, "relu"),
+    _L("ResNet-50",   "layer3.1x1a",1024, 14, 14, 256,  1,  1,  0,   1, "relu"),
     _L("ResNet-50",   "layer3.3x3",256,  14,  14, 256,  3,  1,  1,   1, "relu"),
+    _L("ResNet-50",   "layer3.1x1b",256, 14,  14,1024,  1,  1,  0,   1, "relu", True),
+    _L("ResNet-50",   "layer3.down",512, 28,  28,1024,  1,  2),
+    _L("ResNet-50",   "layer4.3x3.s2",512, 14, 14, 512, 3,  2,  1,   1, "relu"),
     _L("ResNet-50",   "layer4.3x3",512,   7,   7, 512,  3,  1,  1,   1, "relu"),
+    _L("ResNet-50",   "layer4.1x1b",512,  7,   7,2048,  1,  1,  0,   1, "relu", True),
     _L("Inception",   "3a.1x1",    192,  28,  28,  64,  1,  1,  0,   1, "relu"),
     _L("Inception",   "3a.3x3",     96,  28,  28, 128,  3,  1,  1,   1, "relu"),
     _L("Inception",   "3a.5x5",     16,  28,  28,  32,  5,  1,  2,   1, "relu"),
@@ -123,8 +140,23 @@ CONV_LAYERS: tuple[ConvLayer, ...] = (
     _L("MobileNet",   "dw512",     512,  14,  14, 512,  3,  1,  1, 512, "relu6"),
     _L("MobileNet",   "pw32-64",    32, 112, 112,  64,  1,  1,  0,   1, "relu6"),
     _L("MobileNet",   "pw512",     512,  14,  14, 512,  1,  1,  0,   1, "relu6"),
+    # MobileNetV2's pointwise convolutions: the expansions (ReLU6) and the linear
+    # projections of the bottlenecks at 56, 14 and 7, and the last 1x1.
+    _L("MobileNet",   "v2.pw24-144",24,  56,  56, 144,  1,  1,  0,   1, "relu6"),
+    _L("MobileNet",   "v2.pw144-24",144, 56,  56,  24,  1),
+    _L("MobileNet",   "v2.pw96-576",96,  14,  14, 576,  1,  1,  0,   1, "relu6"),
+    _L("MobileNet",   "v2.pw576-96",576, 14,  14,  96,  1),
+    _L("MobileNet",   "v2.pw960-160",960, 7,   7, 160,  1),
+    _L("MobileNet",   "v2.pw320-1280",320, 7,  7,1280,  1,  1,  0,   1, "relu6"),
     _L("YOLO",        "conv1",       3, 416, 416,  32,  3,  1,  1),
     _L("YOLO",        "conv2.s2",   32, 416, 416,  64,  3,  2,  1),
+    # Darknet-53's residual blocks (a 1x1 halving the channels, a 3x3 restoring
+    # them) at 104, 26 and 13.
+    _L("YOLO",        "s104.1x1",  128, 104, 104,  64,  1),
+    _L("YOLO",        "s104.3x3",   64, 104, 104, 128,  3,  1,  1),
+    _L("YOLO",        "s26.3x3",   256,  26,  26, 512,  3,  1,  1),
+    _L("YOLO",        "s13.1x1",  1024,  13,  13, 512,  1),
+    _L("YOLO",        "s13.3x3",   512,  13,  13,1024,  3,  1,  1),
     _L("YOLO",        "head",      512,  13,  13, 255,  1),
     _L("U-Net",       "enc1",       64, 256, 256,  64,  3,  1,  1,   1, "relu"),
     _L("U-Net",       "enc2",      128, 128, 128, 128,  3,  1,  1,   1, "relu"),
@@ -228,6 +260,6 @@ del _P
 # (title, width, row -> text): the columns that name a layer in a table.
 LAYER_COLUMNS = (
     ("model", 10, lambda r: r["model"]),
-    ("layer", 11, lambda r: r["name"]),
+    ("layer", 13, lambda r: r["name"]),
     ("shape", 24, lambda r: r["shape"]),
 )

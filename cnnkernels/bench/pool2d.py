@@ -15,6 +15,7 @@ from cnnkernels.bench.layers import LAYER_COLUMNS, POOL_LAYERS, PoolLayer
 from cnnkernels.bench.verify import VerifyConfig
 
 CASES = POOL_LAYERS
+ALGORITHMS = {}  # one way per pooling op
 
 LEGEND = ("pool2d: forward and backward as in training (max pooling writes, then reads, int64 "
           "indices);\nGB/s = minimum DRAM traffic / ours ms; bw% = fraction of the copy "

@@ -33,7 +33,7 @@ def indices(row: dict) -> str:
 
 CASE_COLUMNS = (
     ("dir", 4, lambda r: {"forward": "fwd", "backward": "bwd"}[r["direction"]]),
-    ("dtype", 8, lambda r: r["dtype"]),
+    ("dtype", 8, lambda r: "tf32" if r.get("tf32") else r["dtype"]),
     ("backend", 7, lambda r: r["backend"]),
     ("ours ms", 9, lambda r: number(r["ours_ms"], ".3f")),
     ("torch ms", 9, lambda r: number(r["torch_ms"], ".3f")),
@@ -72,8 +72,9 @@ def heading(header: dict) -> str:
     return (f"cnnkernels bench: {header['device']} | torch {header['torch']} | triton "
             f"{header['triton']} | CUDA {header['cuda']} | commit {header['commit']}\n"
             f"{cpu}layout {header['layout']}, batch {header['batch']}, backends "
-            f"{', '.join(header['backends'])}; speedup = torch ms / ours ms; max rel err = "
-            f"max|ours - ref| / max|ref| vs float64\n")
+            f"{', '.join(header['backends'])}, float32 as TF32 "
+            f"{'allowed' if header['tf32'] else 'off'} (ours and torch's); speedup = torch ms "
+            f"/ ours ms; max rel err = max|ours - ref| / max|ref| vs float64\n")
 
 
 def write_json(path: Path, header: dict, rows: list[dict]) -> None:
