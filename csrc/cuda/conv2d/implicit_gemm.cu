@@ -164,7 +164,7 @@ __device__ __forceinline__ uint32_t smem_address(const void* p) {
 // nothing; src is then any mapped address).
 __device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_address(dst)),
-               "l"(src), "r"(valid ? 16 : 0)
+               "l"(__cvta_generic_to_global(src)), "r"(valid ? 16 : 0)
                : "memory");
 }
 __device__ __forceinline__ void cp_async_commit() {
@@ -181,12 +181,14 @@ __device__ __forceinline__ void cp_async_wait() {
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_address(p)));
+               : "r"(smem_address(p))
+               : "memory");
 }
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_address(p)));
+               : "r"(smem_address(p))
+               : "memory");
 }
 
 // D += A * B on one 16 x 8 tile, A 16 x kK row-major, B kK x 8 column-major,
@@ -390,6 +392,9 @@ __device__ __forceinline__ void gemm_main_loop(Accumulators<Tile>& acc, char* sm
       lb.load(stage + Tile::BM * kTileBytes, kt_begin + next);
     }
     cp_async_commit();
+    // The loaders branch per thread; the .sync.aligned ldmatrix/mma below
+    // need the whole warp together.
+    __syncwarp();
     compute_stage<T, Tile, kTransposed>(acc, smem + (i % kStages) * Tile::kStageBytes, wm, wn,
                                         lane);
   }
