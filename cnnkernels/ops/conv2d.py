@@ -256,7 +256,7 @@ class _ImplicitGemm:
                     grad_bias) -> None:
         workspace = ()
         if backend == "cuda":
-            nbytes = getattr(_ext.cuda_kernels(), f"{cls.PREFIX}_grad_weight_workspace_bytes")(
+            nbytes = _ext.cuda_kernels().conv2d_implicit_gemm_grad_weight_workspace_bytes(
                 _ext.dtype_code(x.dtype), g)
             workspace = (torch.empty(nbytes, dtype=torch.uint8, device=x.device),)
         getattr(cls._launchers(backend, x), f"{cls.PREFIX}_grad_weight")(
@@ -271,22 +271,24 @@ def _tf32_flag(backend: str) -> tuple:
 
 class _Pointwise(_ImplicitGemm):
     """The pointwise algorithm: 1x1 convolutions with stride 1 and no
-    padding as a plain GEMM over the N*H*W pixels, no gather (launchers
-    ``conv2d_pointwise_*``: the implicit GEMM kernels specialised for that
-    shape). On the cpu it is the implicit GEMM launcher, whose 1x1 path
-    already is that GEMM."""
+    padding as a plain GEMM over the N*H*W pixels (launchers
+    ``conv2d_pointwise_*``): in Triton the implicit GEMM kernels specialised
+    for that shape (no gather); on the cpu and cuda backends the implicit
+    GEMM launchers, whose 1x1 path already is that GEMM (the cpu packs pixel
+    panels directly; the cuda kernel's tap loop has one tap)."""
 
     PREFIX = "conv2d_pointwise"
 
     @classmethod
     def _launchers(cls, backend, like):
-        if backend == "cpu":
-            return _CpuPointwise(_ext.native(backend, like))
-        return super()._launchers(backend, like)
+        if backend == "triton":
+            return super()._launchers(backend, like)
+        return _ImplicitGemmLaunchers(_ext.native(backend, like))
 
 
-class _CpuPointwise:
-    """``conv2d_pointwise_*`` on the cpu: the GEMM core's launchers."""
+class _ImplicitGemmLaunchers:
+    """``conv2d_pointwise_*`` on the cpu and cuda backends: the implicit GEMM
+    launchers."""
 
     def __init__(self, native):
         self._native = native
@@ -387,8 +389,10 @@ def _available(backend: str) -> tuple[str, ...]:
         return tuple(a for a, k in _ALGORITHM_KERNELS.items() if backend in k.BACKENDS)
     if not _ext.has_cuda_kernels():
         return ("direct",)
-    return tuple(a for a in _ALGORITHM_KERNELS
-                 if a == "direct" or hasattr(_ext.cuda_kernels(), f"conv2d_{a}_forward"))
+    launchers = {"direct": "conv2d_direct_forward", "implicit_gemm": "conv2d_implicit_gemm_forward",
+                 "pointwise": "conv2d_implicit_gemm_forward", "im2col": "conv2d_im2col"}
+    return tuple(a for a, launcher in launchers.items()
+                 if hasattr(_ext.cuda_kernels(), launcher))
 
 
 def _kernels(g: Conv2dGeometry, algorithm: str, backend: str, direction: str, dtype):
