@@ -108,6 +108,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <initializer_list>
+#include <type_traits>
 
 #include "cnnk/conv2d.h"
 #include "cnnk/cuda_elements.cuh"
@@ -228,14 +229,15 @@ __device__ __forceinline__ uint32_t to_tf32(uint32_t bits) {
   asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(__uint_as_float(bits)));
   return r;
 }
+// Its operands are TF32 bit patterns already (compute_stage converts each
+// fragment once, not once per MMA it feeds).
 template <>
 struct Mma<float> {
   __device__ static void run(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
     asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, "
         "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(to_tf32(a[0])), "r"(to_tf32(a[1])), "r"(to_tf32(a[2])), "r"(to_tf32(a[3])),
-          "r"(to_tf32(b[0])), "r"(to_tf32(b[1])));
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
   }
 };
 
@@ -349,6 +351,16 @@ __device__ __forceinline__ void compute_stage(Accumulators<Tile>& acc, const cha
       transposed_fragments_16<Tile>(af, bf, as, bs, wm, wn, ks, lane);
     else
       transposed_fragments_32<Tile>(af, bf, as, bs, wm, wn, ks, lane);
+    if constexpr (std::is_same_v<T, float>) {
+#pragma unroll
+      for (int mi = 0; mi < Tile::MI; ++mi)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) af[mi][e] = to_tf32(af[mi][e]);
+#pragma unroll
+      for (int ni = 0; ni < Tile::NI; ++ni)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) bf[ni][e] = to_tf32(bf[ni][e]);
+    }
 #pragma unroll
     for (int mi = 0; mi < Tile::MI; ++mi)
 #pragma unroll
