@@ -20,6 +20,7 @@ CNNK_BINDINGS(conv2d, m) {
   CNNK_LAUNCHER(m, conv2d_direct_forward);
   CNNK_LAUNCHER(m, conv2d_direct_grad_input);
   CNNK_LAUNCHER(m, conv2d_direct_grad_weight);
+  CNNK_LAUNCHER(m, conv2d_activation_grad);
   m.launcher("conv2d_implicit_gemm_forward", &cpu::conv2d_implicit_gemm_forward, nullptr);
   m.launcher("conv2d_implicit_gemm_grad_input", &cpu::conv2d_implicit_gemm_grad_input, nullptr);
   m.launcher("conv2d_implicit_gemm_grad_weight", &cpu::conv2d_implicit_gemm_grad_weight, nullptr);
