@@ -146,8 +146,8 @@ def test_w6_registered_ops_validate_like_the_public_functions():
     with pytest.raises(ValueError, match="kernel_size must be in"):
         avg_pool2d_op.custom_op(x, [2**40, 2], [1, 1], [0, 0], False, True, None, "cpu")
     with pytest.raises(ValueError, match="padded input height"):
-        torch.ops.cnnk.conv2d(x, torch.randn(3, 2, 3, 3), None, [1, 1], [2**62] * 4, [2**62, 1],
-                              1, "none", "auto", "cpu")
+        torch.ops.cnnk.conv2d(x, torch.randn(3, 2, 3, 3), None, None, [1, 1], [2**62] * 4,
+                              [2**62, 1], 1, "none", False, "auto", "cpu")
 
 
 def test_ubsan_largest_stride_is_torchs_answer():
@@ -392,7 +392,7 @@ UNCLEAR_ERRORS = [
      ValueError, "kernel_size must fit a 64-bit integer"),
     ("activation_list", lambda: ck.conv2d(torch.randn(1, 2, 6, 6), torch.randn(3, 2, 3, 3),
                                           activation=["relu"]),
-     ValueError, "activation must be None, 'relu' or 'relu6', got ['relu']"),
+     ValueError, "activation must be None, 'relu', 'relu6' or 'silu', got ['relu']"),
     ("bias_list", lambda: ck.conv2d(torch.randn(1, 2, 6, 6), torch.randn(3, 2, 3, 3),
                                     [1.0, 2.0, 3.0]),
      TypeError, "bias must be a torch.Tensor, got list"),
