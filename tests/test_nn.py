@@ -74,5 +74,5 @@ def test_patched_model_under_autocast_returns_what_torch_returns(dtype):
 
 
 def test_module_rejects_unknown_activation():
-    with pytest.raises(ValueError, match="activation must be None, 'relu' or 'relu6'"):
+    with pytest.raises(ValueError, match="activation must be None, 'relu', 'relu6' or 'silu'"):
         ck.nn.Conv2d(1, 1, 1, activation="tanh")

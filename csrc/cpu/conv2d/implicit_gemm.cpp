@@ -341,13 +341,16 @@ struct ResidualPreact {
   Tensor4 residual, preact;
 };
 
-// z = acc + bias + residual at output (n, k, p, q), stored to preact when
-// kept: the epilogue before the activation, for a tile with residual or preact.
+// The epilogue between the bias and the activation, for a tile with a
+// residual or a kept pre-activation: z (acc + bias) plus the residual at
+// output (n, k, p, q), stored to preact when kept.
 template <typename T>
 acc_t<T> pre_activation(const ResidualPreact& extra, acc_t<T> z, int64_t n, int64_t k,
                         int64_t p, int64_t q) {
-  if (extra.residual.data)
-    z += to_acc(static_cast<const T*>(extra.residual.data)[extra.residual.stride.offset(n, k, p, q)]);
+  if (extra.residual.data) {
+    const T* residual = static_cast<const T*>(extra.residual.data);
+    z += to_acc(residual[extra.residual.stride.offset(n, k, p, q)]);
+  }
   if (extra.preact.data)
     static_cast<T*>(extra.preact.data)[extra.preact.stride.offset(n, k, p, q)] = from_acc<T>(z);
   return z;

@@ -11,7 +11,8 @@
 // over the grid (no divergence). Memory-bound: reads grad_y and saved,
 // writes grad_z once (3 element transfers per element; 2 without an
 // activation); f16/bf16/f32 compute in float, f64 in double.
-// Limits: element indices are int64; offsets int64.
+// Limits: the element count fits int (the indices are split with 32-bit
+// divisions; else Status::index_overflow); offsets are int64.
 #include <cstdint>
 
 #include "cnnk/conv2d.h"
@@ -27,7 +28,8 @@ constexpr int64_t kMaxBlocks = 132 * 32;  // H100: 132 SMs; the grid strides pas
 
 struct ActGradArgs {
   Tensor4 gy, saved, gz;
-  int64_t E, K, P, Q;
+  int64_t E;
+  int K, P, Q;
   bool channels_fast;  // grad_z is channels_last: k is the fastest index
   Activation act;
 };
@@ -39,13 +41,14 @@ __global__ void __launch_bounds__(kThreads) conv2d_activation_grad_kernel(const 
   T* gz = static_cast<T*>(a.gz.data);
   for (int64_t e = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; e < a.E;
        e += static_cast<int64_t>(gridDim.x) * kThreads) {
-    int64_t n, k, p, q, rest;
+    const int i = static_cast<int>(e);
+    int n, k, p, q, rest;
     if (a.channels_fast) {
-      k = e % a.K, rest = e / a.K;
+      k = i % a.K, rest = i / a.K;
       q = rest % a.Q, rest /= a.Q;
       p = rest % a.P, n = rest / a.P;
     } else {
-      q = e % a.Q, rest = e / a.Q;
+      q = i % a.Q, rest = i / a.Q;
       p = rest % a.P, rest /= a.P;
       k = rest % a.K, n = rest / a.K;
     }
@@ -64,10 +67,11 @@ Status conv2d_activation_grad(DType dtype, const Conv2dGeometry& g, Tensor4 grad
     return s;
   if (!supported_dtype(dtype)) return Status::unsupported_dtype;
   if (g.N == 0) return Status::ok;
-  if (!product_le({g.N, g.K, g.P, g.Q}, INT64_MAX / 2)) return Status::index_overflow;
+  if (!product_le({g.N, g.K, g.P, g.Q}, kIntMax)) return Status::index_overflow;
   ActGradArgs a{};
   a.gy = grad_y, a.saved = saved, a.gz = grad_z;
-  a.E = g.N * g.K * g.P * g.Q, a.K = g.K, a.P = g.P, a.Q = g.Q;
+  a.E = g.N * g.K * g.P * g.Q;
+  a.K = static_cast<int>(g.K), a.P = static_cast<int>(g.P), a.Q = static_cast<int>(g.Q);
   a.channels_fast = grad_z.stride.c == 1 && g.K > 1;
   a.act = g.activation;
   const int64_t blocks = ceil_div(a.E, kThreads);

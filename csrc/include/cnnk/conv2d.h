@@ -134,6 +134,7 @@ Status conv2d_implicit_gemm_grad_input(DType dtype, const Conv2dGeometry& g, Ten
                                        Tensor4 y, Tensor4 w, Tensor4 grad_x);
 Status conv2d_implicit_gemm_grad_weight(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y,
                                         Tensor4 y, Tensor4 x, Tensor4 grad_w, Tensor1 grad_bias);
+// grad_z (csrc/cpu/conv2d/activation.cpp).
 Status conv2d_activation_grad(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y,
                               Tensor4 saved, Tensor4 grad_z);
 }  // namespace cpu
@@ -152,6 +153,7 @@ size_t conv2d_direct_grad_weight_workspace_bytes(DType dtype, const Conv2dGeomet
 Status conv2d_direct_grad_weight(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y,
                                  Tensor4 x, Tensor4 grad_w, Tensor1 grad_bias,
                                  Workspace workspace, cudaStream_t stream);
+// grad_z (csrc/cuda/conv2d/activation.cu).
 Status conv2d_activation_grad(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y,
                               Tensor4 saved, Tensor4 grad_z, cudaStream_t stream);
 }  // namespace cuda
