@@ -213,8 +213,10 @@ PaddedPlanes<acc_t<T>> pad_planes(const Conv2dGeometry& g, const Source<T, Maske
     const int64_t n = nc / g.C, c = nc % g.C;
     Acc* out = padded.get() + nc * plane;
     std::fill(out, out + plane, Acc(0));
+    // Input columns inside the plane; none when the padding alone is wider
+    // than the plane (a single output column, its stride taken as 1).
     const int64_t w_lo = std::max<int64_t>(0, -g.pad_left);
-    const int64_t w_hi = std::min(g.W, wp - g.pad_left);
+    const int64_t w_hi = std::max(w_lo, std::min(g.W, wp - g.pad_left));
     for (int64_t ph = std::max<int64_t>(0, g.pad_top); ph < std::min(hp, g.pad_top + g.H); ++ph) {
       Acc* row = out + ph * wp + g.pad_left;
       const int64_t at = src.stride.offset(n, c, ph - g.pad_top, 0);
