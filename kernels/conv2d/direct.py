@@ -317,7 +317,8 @@ def conv2d_direct_grad_weight(g, grad_y, y, x, grad_w, grad_bias) -> None:
 
 def static_check_specs():
     """Every kernel in every launch configuration (block table entry x dtype),
-    for the static GPU check."""
+    for the static GPU check; each in its heaviest epilogue (silu, and in
+    the forward bias, residual and the kept pre-activation)."""
     specs = []
     block_m, block_k, block_j = _GRAD_WEIGHT_BLOCKS
     for dtype in ("float32", "float16", "bfloat16"):
