@@ -372,18 +372,21 @@ def test_cpu_algorithms_match_torch(device, backend, algorithm, seed):
 @pytest.mark.parametrize(("device", "backend"), CPU_ALGORITHMS)
 @pytest.mark.parametrize("case", [
     # One image of many pixels: several pixel blocks, several reduction
-    # chunks (C/groups * R * S > 256), rows past one A block (K > 144).
-    dict(N=1, C=40, K=150, H=19, W=17, R=3, S=3, stride=(1, 1), padding=1),
+    # chunks (C/groups * R * S > 256), rows past one A block (K > 144); a
+    # residual into the in-place path's tiles.
+    dict(N=1, C=40, K=150, H=19, W=17, R=3, S=3, stride=(1, 1), padding=1,
+         residual="contiguous"),
     # grad_weight's split reduction (N * P * Q > 4096) and a strided grad_input.
     dict(N=5, C=8, K=12, H=30, W=31, R=3, S=2, stride=(1, 1), padding=(1, 0)),
     dict(N=2, C=16, K=24, H=21, W=20, R=3, S=3, stride=(2, 2), padding=1),
     # Pointwise, channels_last, a large-padding stride-1 grad_input (negative
     # padding of the transposed problem).
     dict(N=3, C=33, K=17, H=9, W=11, R=1, S=1, stride=(1, 1), padding=0,
-         layout="channels_last"),
+         layout="channels_last", activation="silu", residual="channels_last"),
     dict(N=2, C=5, K=9, H=6, W=7, R=2, S=3, stride=(1, 1), padding=(3, 4), dilation=(2, 1)),
     # A padded row wider than a pixel block (the in-place path's slack).
-    dict(N=1, C=3, K=13, H=3, W=300, R=3, S=5, stride=(1, 1), padding=(1, 2)),
+    dict(N=1, C=3, K=13, H=3, W=300, R=3, S=5, stride=(1, 1), padding=(1, 2),
+         activation="silu", residual="noncontiguous"),
 ], ids=["many_tiles", "split_reduction", "strided", "pointwise_cl", "big_padding", "wide"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_implicit_gemm_blocking_edges(device, backend, case, dtype):

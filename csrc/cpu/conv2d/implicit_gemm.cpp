@@ -343,27 +343,20 @@ struct ResidualPreact {
   Tensor4 residual, preact;
 };
 
-// The epilogue between the bias and the activation, for a tile with a
-// residual or a kept pre-activation: z (acc + bias) plus the residual at
-// output (n, k, p, q), stored to preact when kept.
-template <typename T>
-acc_t<T> pre_activation(const ResidualPreact& extra, acc_t<T> z, int64_t n, int64_t k,
-                        int64_t p, int64_t q) {
-  if (extra.residual.data) {
-    const T* residual = static_cast<const T*>(extra.residual.data);
-    z += to_acc(residual[extra.residual.stride.offset(n, k, p, q)]);
-  }
-  if (extra.preact.data)
-    static_cast<T*>(extra.preact.data)[extra.preact.stride.offset(n, k, p, q)] = from_acc<T>(z);
-  return z;
+// Where output (n, k, p, q) of a forward tensor with `stride` is; null for
+// an absent tensor.
+template <typename P>
+P* element_at(P* data, const Strides4& stride, int64_t n, int64_t k, int64_t p, int64_t q) {
+  return data ? data + stride.offset(n, k, p, q) : nullptr;
 }
 
 // Stores a finished tile of the forward-like GEMM into out (N, K, P, Q):
 // tile column j is pixel j0 + j of a grid `width` wide (Q, or the padded
 // width of the in-place path, whose columns q >= Q are dropped); row i (the
-// group's channel i) gets bias[i] (bias may be null), with Extra the
-// residual and the pre-activation's store (pre_activation), and the
-// activation Act. Without Extra the loops are the plain vectorisable ones.
+// group's channel i) gets z = acc + bias[i] (bias may be null), with Extra
+// plus the residual and z stored to preact (either may be absent), and the
+// activation Act. The loops without Extra, and with a residual alone in
+// unit-stride rows (a residual block's usual case), vectorise.
 template <typename T, Activation Act, bool Extra>
 void store_tile_as(const Conv2dGeometry& g, Tensor4 out, const ResidualPreact& extra, int64_t n,
                    int64_t gi, const acc_t<T>* tile, int64_t ldc, int64_t j0, int64_t cols,
@@ -371,13 +364,21 @@ void store_tile_as(const Conv2dGeometry& g, Tensor4 out, const ResidualPreact& e
   using Acc = acc_t<T>;
   const int64_t M = g.K_g(), k0 = gi * M;
   T* base = static_cast<T*>(out.data) + n * out.stride.n + k0 * out.stride.c;
+  const T* residual = static_cast<const T*>(extra.residual.data);
+  T* preact = static_cast<T*>(extra.preact.data);
+  const Strides4 rs = extra.residual.stride, zs = extra.preact.stride;
   if (out.stride.c == 1) {  // channels_last: the channels of a pixel are contiguous
     for (int64_t j = 0, p = j0 / width, q = j0 % width; j < cols; ++j) {
       if (q < g.Q) {
         T* pixel = base + p * out.stride.h + q * out.stride.w;
+        const T* res = element_at(residual, rs, n, k0, p, q);
+        T* pre = element_at(preact, zs, n, k0, p, q);
         for (int64_t i = 0; i < M; ++i) {
           Acc z = tile[i * ldc + j] + (bias ? bias[i] : Acc(0));
-          if constexpr (Extra) z = pre_activation<T>(extra, z, n, k0 + i, p, q);
+          if constexpr (Extra) {
+            if (res) z += to_acc(res[i * rs.c]);
+            if (pre) pre[i * zs.c] = from_acc<T>(z);
+          }
           pixel[i] = from_acc<T>(apply_activation(z, Act));
         }
       }
@@ -394,9 +395,19 @@ void store_tile_as(const Conv2dGeometry& g, Tensor4 out, const ResidualPreact& e
       T* __restrict dst = plane + p * out.stride.h + q * out.stride.w;
       const Acc* __restrict src = row + j;
       if constexpr (Extra) {
-        for (int64_t e = 0; e < run; ++e)
-          dst[e * out.stride.w] = from_acc<T>(
-              apply_activation(pre_activation<T>(extra, src[e] + b, n, k0 + i, p, q + e), Act));
+        const T* __restrict res = element_at(residual, rs, n, k0 + i, p, q);
+        T* __restrict pre = element_at(preact, zs, n, k0 + i, p, q);
+        if (res && !pre && out.stride.w == 1 && rs.w == 1) {  // vectorised
+          for (int64_t e = 0; e < run; ++e)
+            dst[e] = from_acc<T>(apply_activation(src[e] + b + to_acc(res[e]), Act));
+        } else {
+          for (int64_t e = 0; e < run; ++e) {
+            Acc z = src[e] + b;
+            if (res) z += to_acc(res[e * rs.w]);
+            if (pre) pre[e * zs.w] = from_acc<T>(z);
+            dst[e * out.stride.w] = from_acc<T>(apply_activation(z, Act));
+          }
+        }
       } else if (out.stride.w == 1) {  // vectorised
         for (int64_t e = 0; e < run; ++e) dst[e] = from_acc<T>(apply_activation(src[e] + b, Act));
       } else {
