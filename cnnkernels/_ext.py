@@ -40,7 +40,7 @@ BUILD_HINT = (
 )
 
 # cnnk::Activation's codes, for a build without _C.
-ACTIVATION_CODES = {"none": 0, "relu": 1, "relu6": 2}
+ACTIVATION_CODES = {"none": 0, "relu": 1, "relu6": 2, "silu": 3}
 
 Activation = enum.IntEnum(
     "Activation",

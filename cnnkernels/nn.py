@@ -16,7 +16,7 @@ __all__ = ["AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "AvgPool2d", "Conv2d", "Max
 
 class Conv2d(_torch.nn.Conv2d):
     """``torch.nn.Conv2d`` on cnnkernels' kernels. ``activation`` (None,
-    "relu", "relu6") is applied in the convolution's epilogue."""
+    "relu", "relu6", "silu") is applied in the convolution's epilogue."""
 
     def __init__(self, *args, activation: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)

@@ -17,6 +17,7 @@ from cnnkernels._ext import Activation
 
 RELU = tl.constexpr(int(Activation.relu))
 RELU6 = tl.constexpr(int(Activation.relu6))
+SILU = tl.constexpr(int(Activation.silu))
 
 
 def acc_type(dtype: torch.dtype):
@@ -55,24 +56,34 @@ def channel_tile(pid, channels_per_group, BLOCK: tl.constexpr):
 
 @triton.jit
 def apply_activation(v, ACTIVATION: tl.constexpr):
-    """relu / relu6 as torch computes them: a NaN passes through (selects,
-    not tl.maximum, whose NaN handling is not torch's)."""
+    """relu / relu6 / silu as torch computes them (cnnk::apply_activation),
+    in v's type (the accumulator's): a NaN passes through (selects, not
+    tl.maximum, whose NaN handling is not torch's); silu is v / (1 + e^-v),
+    whose e^-v overflowing to infinity gives -0 for a large negative v and
+    NaN for -inf, as torch's."""
     if ACTIVATION == RELU:
         v = tl.where(v < 0, 0.0, v)
     elif ACTIVATION == RELU6:
         v = tl.where(v < 0, 0.0, tl.where(v > 6, 6.0, v))
+    elif ACTIVATION == SILU:
+        v = v / (1.0 + tl.exp(-v))
     return v
 
 
 @triton.jit
-def masked_grad(gy, y, ACTIVATION: tl.constexpr):
-    """gy through the activation, from its output y, as torch selects it
+def masked_grad(gy, saved, ACTIVATION: tl.constexpr):
+    """gy through the activation, from ``saved`` (its output y for relu and
+    relu6, its input z for silu), as torch computes it
     (cnnk::activation_grad): relu passes gy unless y <= 0 (a NaN y passes
-    it), relu6 only where 0 < y < 6."""
+    it), relu6 only where 0 < y < 6; silu multiplies it by
+    s (1 + z (1 - s)), s = 1 / (1 + e^-z)."""
     if ACTIVATION == RELU:
-        gy = tl.where(y <= 0, 0.0, gy)
+        gy = tl.where(saved <= 0, 0.0, gy)
     elif ACTIVATION == RELU6:
-        gy = tl.where((y > 0) & (y < 6), gy, 0.0)
+        gy = tl.where((saved > 0) & (saved < 6), gy, 0.0)
+    elif ACTIVATION == SILU:
+        s = 1.0 / (1.0 + tl.exp(-saved))
+        gy = gy * s * (1.0 + saved * (1.0 - s))
     return gy
 
 

@@ -20,8 +20,9 @@ CNNK_BINDINGS(conv2d, m) {
   CNNK_LAUNCHER(m, conv2d_direct_forward);
   CNNK_LAUNCHER(m, conv2d_direct_grad_input);
   CNNK_LAUNCHER(m, conv2d_direct_grad_weight);
-  // The cuda implicit_gemm launchers also take the forward epilogue's
-  // residual and preact and allow_tf32 (csrc/include/cnnk/conv2d.h).
+  CNNK_LAUNCHER(m, conv2d_activation_grad);
+  // The cuda implicit_gemm launchers also take allow_tf32
+  // (csrc/include/cnnk/conv2d.h).
   CNNK_LAUNCHER(m, conv2d_implicit_gemm_forward);
   CNNK_LAUNCHER(m, conv2d_implicit_gemm_grad_input);
   CNNK_LAUNCHER(m, conv2d_implicit_gemm_grad_weight);

@@ -49,7 +49,8 @@ PYBIND11_MODULE(_C, m) {
   py::enum_<Activation>(m, "Activation")
       .value("none", Activation::none)
       .value("relu", Activation::relu)
-      .value("relu6", Activation::relu6);
+      .value("relu6", Activation::relu6)
+      .value("silu", Activation::silu);
 
   pyext::Modules modules{m.def_submodule("cpu", "C++ CPU kernels"), py::none(), py::dict()};
 #if defined(CNNK_WITH_CUDA)

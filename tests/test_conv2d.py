@@ -1,9 +1,10 @@
 """cnnkernels.conv2d against torch.nn.functional.conv2d in float64, on every
-backend that runs here: forward, grad_input, grad_weight, grad_bias, fused
-activations, layouts, double backward, autocast. The tests every family gets
-come from tests/harness.py; this module adds conv2d's own: the split
-weight-gradient reduction, unbatched input, the op-level validation, the
-algorithm router."""
+backend that runs here: forward, grad_input, grad_weight, grad_bias, the
+fused epilogue (activations and residual, with grad_residual), layouts,
+double backward, autocast. The tests every family gets come from
+tests/harness.py; this module adds conv2d's own: the split weight-gradient
+reduction, unbatched input, every epilogue on every algorithm, silu at
+extreme values, the op-level validation, the algorithm router."""
 
 import random
 
@@ -18,14 +19,17 @@ import cnnkernels as ck
 from cnnkernels import _args
 from cnnkernels._ext import Activation
 from cnnkernels.ops.conv2d import (
+    _ALGORITHM_KERNELS,
     Conv2dGeometry,
+    conv2d_activation_grad_op,
     conv2d_grad_input_op,
     conv2d_grad_weight_op,
     conv2d_op,
     route,
 )
 
-ACTIVATIONS = {None: lambda t: t, "relu": F.relu, "relu6": F.relu6}
+ACTIVATIONS = {None: lambda t: t, "relu": F.relu, "relu6": F.relu6, "silu": F.silu}
+RESIDUAL_LAYOUTS = (None, "contiguous", "channels_last", "noncontiguous")
 
 
 def random_case(seed: int, tiny: bool) -> dict:
@@ -61,8 +65,9 @@ def random_case(seed: int, tiny: bool) -> dict:
         N=rng.choice((1, 2) if tiny else (1, 2, 3)),
         C=in_per_group * groups, K=out_per_group * groups, H=H, W=W, R=R, S=S,
         stride=stride, padding=padding, dilation=dilation, groups=groups,
-        bias=rng.random() < 0.7, activation=rng.choice((None, "relu", "relu6")),
+        bias=rng.random() < 0.7, activation=rng.choice(tuple(ACTIVATIONS)),
         layout=rng.choice(("contiguous", "channels_last", "noncontiguous", "weight_channels_last")),
+        residual=rng.choice(RESIDUAL_LAYOUTS),
     )
 
 
@@ -89,8 +94,20 @@ def make_inputs(case: dict, dtype: torch.dtype, device: str, generator: torch.Ge
     return x, w, b
 
 
+def make_residual(layout, shape, dtype, device, generator):
+    """A residual of the output's shape in ``layout`` (None: no residual)."""
+    if layout is None:
+        return None
+    if layout == "noncontiguous":  # every other column of a wider tensor
+        wide = random_tensor((*shape[:3], 2 * shape[3]), dtype, device, generator=generator)
+        return wide[..., ::2]
+    residual = random_tensor(shape, dtype, device, generator=generator)
+    return residual.to(memory_format=torch.channels_last) if layout == "channels_last" \
+        else residual
+
+
 def reference_forward(case, x, w, b):
-    """float64 CPU leaves and the pre-activation output through torch's conv2d."""
+    """float64 CPU leaves and the convolution through torch's conv2d."""
     leaves = [None if t is None else float64_cpu(t).requires_grad_() for t in (x, w, b)]
     pre = F.conv2d(*leaves, case["stride"], case["padding"], case["dilation"], case["groups"])
     return leaves, pre
@@ -100,9 +117,10 @@ def output_gradient(case, pre, dtype, device, generator, tol):
     """Random grad_y, zero where the reference pre-activation lies within the
     output tolerance of a kink of the activation (0 for relu, 0 and 6 for
     relu6): there a result that is correct to within rounding (a bf16 5.99
-    stored as 6.0) may legitimately take the other branch of the derivative."""
+    stored as 6.0) may legitimately take the other branch of the derivative.
+    silu's derivative is smooth: nothing to zero."""
     grad_y = random_tensor(pre.shape, dtype, device, generator=generator)
-    if case["activation"] is None:
+    if case["activation"] not in ("relu", "relu6"):
         return grad_y
     margin = tol * pre.abs().max().item()
     near = pre.detach().abs() <= margin
@@ -115,16 +133,19 @@ def run_case(device, backend, case, dtype, seed):
     generator = torch.Generator().manual_seed(seed)
     x, w, b = make_inputs(case, dtype, device, generator)
     (x64, w64, b64), pre64 = reference_forward(case, x, w, b)
+    r = make_residual(case.get("residual"), pre64.shape, dtype, device, generator)
+    if r is not None:
+        r64 = float64_cpu(r).requires_grad_()
+        pre64 = pre64 + r64
     reduction = (case["C"] // case["groups"]) * case["R"] * case["S"]
     grad_y = output_gradient(case, pre64, dtype, device, generator, tolerance(dtype, reduction))
 
-    x.requires_grad_()
-    w.requires_grad_()
-    if b is not None:
-        b.requires_grad_()
+    for t in (x, w, b, r):
+        if t is not None:
+            t.requires_grad_()
     with ck.use(backend=backend):
         y = ck.conv2d(x, w, b, case["stride"], case["padding"], case["dilation"], case["groups"],
-                      activation=case["activation"])
+                      activation=case["activation"], residual=r)
         y.backward(grad_y)
     y64 = ACTIVATIONS[case["activation"]](pre64)
     y64.backward(float64_cpu(grad_y))
@@ -140,17 +161,33 @@ def run_case(device, backend, case, dtype, seed):
     assert_close(w.grad, w64.grad, dtype, n_pq, "grad_weight")
     if b is not None:
         assert_close(b.grad, b64.grad, dtype, n_pq, "grad_bias")
+    if r is not None:
+        # grad_y * act'(z): z's rounding (a sum of `reduction` terms) moves it.
+        assert_close(r.grad, r64.grad, dtype, reduction, "grad_residual")
 
 
+
+
+def _plus(y, residual):
+    """torch's y + residual with the residual in y's dtype: what the fused
+    epilogue computes under autocast too (it casts the residual like the
+    input), where torch's addition would promote to float32."""
+    return y + residual.to(y.dtype)
 
 
 def _samples():
     """A grouped, strided, dilated, asymmetrically padded convolution with a
-    fused relu6 and bias; a plain one without bias."""
+    fused relu6 and bias; the same with silu and a channels_last residual; a
+    plain one without bias."""
     def fused_inputs(dtype, device, generator, batch):
         return (random_tensor((batch, 4, 5, 4), dtype, device, generator=generator),
                 random_tensor((4, 2, 3, 2), dtype, device, generator=generator),
                 random_tensor((4,), dtype, device, generator=generator))
+
+    def residual_inputs(dtype, device, generator, batch):
+        residual = random_tensor((batch, 4, 3, 6), dtype, device, generator=generator)
+        return (*fused_inputs(dtype, device, generator, batch),
+                residual.to(memory_format=torch.channels_last))
 
     def plain_inputs(dtype, device, generator, batch):
         return (random_tensor((batch, 3, 4, 4), dtype, device, generator=generator),
@@ -160,22 +197,39 @@ def _samples():
     return (
         Sample("fused", lambda x, w, b: ck.conv2d(x, w, b, **params, activation="relu6"),
                lambda x, w, b: F.relu6(F.conv2d(x, w, b, **params)), fused_inputs, 12),
+        Sample("residual_silu",
+               lambda x, w, b, r: ck.conv2d(x, w, b, **params, activation="silu", residual=r),
+               lambda x, w, b, r: F.silu(_plus(F.conv2d(x, w, b, **params), r)),
+               residual_inputs, 12),
         Sample("plain", lambda x, w: ck.conv2d(x, w, padding=1),
                lambda x, w: F.conv2d(x, w, padding=1), plain_inputs, 12),
     )
 
 
 def _op_calls(device, backend, dtype):
+    """Every op: the forward with a residual and silu (z kept) and with relu
+    (z not kept), the backward ops reading silu's pre-activation and relu's
+    output, the activation's gradient."""
     generator = torch.Generator().manual_seed(5)
     x = random_tensor((2, 4, 6, 5), dtype, device, generator=generator).requires_grad_()
     w = random_tensor((6, 2, 3, 2), dtype, device, generator=generator).requires_grad_()
     b = random_tensor((6,), dtype, device, generator=generator).requires_grad_()
-    params = ([2, 1], [1, 1, 0, 1], [1, 2], 2, "relu", "auto", backend)
-    y = conv2d_op(x.detach(), w.detach(), b.detach(), *params)
+    geometry = ([2, 1], [1, 1, 0, 1], [1, 2], 2)
+    r = random_tensor((2, 6, 3, 4), dtype, device, generator=generator).requires_grad_()
+    y, z = conv2d_op(x.detach(), w.detach(), b.detach(), r.detach(), *geometry, "silu", True,
+                     "auto", backend)
+    relu_y, _ = conv2d_op(x.detach(), w.detach(), b.detach(), None, *geometry, "relu", False,
+                          "auto", backend)
     grad_y = random_tensor(y.shape, dtype, device, generator=generator)
-    return [(conv2d_op, (x, w, b, *params)),
-            *((op, (grad_y, y, x.detach(), w.detach(), *params))
-              for op in (conv2d_grad_input_op, conv2d_grad_weight_op))]
+    backward = [(op, (grad_y, saved, x.detach(), w.detach(), *geometry, activation, "auto",
+                      backend))
+                for op in (conv2d_grad_input_op, conv2d_grad_weight_op)
+                for saved, activation in ((z, "silu"), (relu_y, "relu"))]
+    return [(conv2d_op, (x, w, b, r, *geometry, "silu", True, "auto", backend)),
+            (conv2d_op, (x, w, b, None, *geometry, "relu", False, "auto", backend)),
+            *backward,
+            (conv2d_activation_grad_op, (grad_y.clone().requires_grad_(),
+                                         z.clone().requires_grad_(), "silu", backend))]
 
 
 def _conv_args(**overrides):
@@ -217,14 +271,31 @@ BAD_INPUTS = tuple((name, lambda overrides=overrides: ck.conv2d(**_conv_args(**o
     ("device_mismatch", dict(weight=_W.to("meta")), ValueError,
      "weight must be on input's device cpu"),
     ("activation", dict(activation="gelu"), ValueError,
-     "activation must be None, 'relu' or 'relu6', got 'gelu'"),
+     "activation must be None, 'relu', 'relu6' or 'silu', got 'gelu'"),
+    ("residual_shape", dict(residual=torch.randn(2, 6, 6, 5)), ValueError,
+     "residual must have the output's shape (2, 6, 6, 6) (it is not broadcast), "
+     "got (2, 6, 6, 5)"),
+    ("residual_broadcast", dict(residual=torch.randn(1, 6, 1, 1)), ValueError,
+     "residual must have the output's shape (2, 6, 6, 6) (it is not broadcast), "
+     "got (1, 6, 1, 1)"),
+    ("residual_rank", dict(residual=torch.randn(6, 6, 6)), ValueError,
+     "residual must be 4-D, got a 3-D tensor of shape (6, 6, 6)"),
+    ("residual_dtype", dict(residual=torch.randn(2, 6, 6, 6, dtype=torch.float64)), TypeError,
+     "residual must have input's dtype torch.float32, got torch.float64"),
+    ("residual_device", dict(residual=torch.randn(2, 6, 6, 6, device="meta")), ValueError,
+     "residual must be on input's device cpu, got meta"),
+    ("residual_type", dict(residual=[[1.0]]), TypeError,
+     "residual must be a torch.Tensor, got list"),
 ))
 
 SPEC = FamilySpec(
     random_case=random_case, run_case=run_case,
     dtype_cases=(dict(N=2, C=4, K=6, H=7, W=5, R=3, S=3, stride=(1, 2), padding=1,
                       dilation=(1, 1), groups=2, bias=True, activation="relu",
-                      layout="channels_last"),),
+                      layout="channels_last"),
+                 dict(N=2, C=4, K=6, H=7, W=5, R=3, S=3, stride=(1, 2), padding=1,
+                      dilation=(1, 1), groups=2, bias=True, activation="silu",
+                      layout="contiguous", residual="noncontiguous")),
     samples=_samples(), op_calls=_op_calls, bad_inputs=BAD_INPUTS)
 
 globals().update(common_tests(SPEC))
@@ -301,18 +372,21 @@ def test_cpu_algorithms_match_torch(device, backend, algorithm, seed):
 @pytest.mark.parametrize(("device", "backend"), CPU_ALGORITHMS)
 @pytest.mark.parametrize("case", [
     # One image of many pixels: several pixel blocks, several reduction
-    # chunks (C/groups * R * S > 256), rows past one A block (K > 144).
-    dict(N=1, C=40, K=150, H=19, W=17, R=3, S=3, stride=(1, 1), padding=1),
+    # chunks (C/groups * R * S > 256), rows past one A block (K > 144); a
+    # residual into the in-place path's tiles.
+    dict(N=1, C=40, K=150, H=19, W=17, R=3, S=3, stride=(1, 1), padding=1,
+         residual="contiguous"),
     # grad_weight's split reduction (N * P * Q > 4096) and a strided grad_input.
     dict(N=5, C=8, K=12, H=30, W=31, R=3, S=2, stride=(1, 1), padding=(1, 0)),
     dict(N=2, C=16, K=24, H=21, W=20, R=3, S=3, stride=(2, 2), padding=1),
     # Pointwise, channels_last, a large-padding stride-1 grad_input (negative
     # padding of the transposed problem).
     dict(N=3, C=33, K=17, H=9, W=11, R=1, S=1, stride=(1, 1), padding=0,
-         layout="channels_last"),
+         layout="channels_last", activation="silu", residual="channels_last"),
     dict(N=2, C=5, K=9, H=6, W=7, R=2, S=3, stride=(1, 1), padding=(3, 4), dilation=(2, 1)),
     # A padded row wider than a pixel block (the in-place path's slack).
-    dict(N=1, C=3, K=13, H=3, W=300, R=3, S=5, stride=(1, 1), padding=(1, 2)),
+    dict(N=1, C=3, K=13, H=3, W=300, R=3, S=5, stride=(1, 1), padding=(1, 2),
+         activation="silu", residual="noncontiguous"),
 ], ids=["many_tiles", "split_reduction", "strided", "pointwise_cl", "big_padding", "wide"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_implicit_gemm_blocking_edges(device, backend, case, dtype):
@@ -367,17 +441,97 @@ def test_direct_op_call_is_validated():
     """torch.ops.cnnk.conv2d checks its arguments too (no kernel sees them)."""
     x, w = torch.randn(2, 4, 8, 8), torch.randn(6, 4, 3, 3)
     with pytest.raises(ValueError, match="padding must be >= 0"):
-        torch.ops.cnnk.conv2d(x, w, None, [1, 1], [0, -1, 0, 0], [1, 1], 1, "none", "auto",
-                              "cpu")
+        torch.ops.cnnk.conv2d(x, w, None, None, [1, 1], [0, -1, 0, 0], [1, 1], 1, "none", False,
+                              "auto", "cpu")
     with pytest.raises(ValueError, match="conv_algorithm must be one of"):
-        torch.ops.cnnk.conv2d(x, w, None, [1, 1], [0, 0, 0, 0], [1, 1], 1, "none", "winograd",
-                              "cpu")
+        torch.ops.cnnk.conv2d(x, w, None, None, [1, 1], [0, 0, 0, 0], [1, 1], 1, "none", False,
+                              "winograd", "cpu")
     with pytest.raises(ValueError, match="backend must be one of"):
-        torch.ops.cnnk.conv2d(x, w, None, [1, 1], [0, 0, 0, 0], [1, 1], 1, "none", "auto",
-                              "gpu")
+        torch.ops.cnnk.conv2d(x, w, None, None, [1, 1], [0, 0, 0, 0], [1, 1], 1, "none", False,
+                              "auto", "gpu")
+    with pytest.raises(ValueError, match=r"residual must have the output's shape \(2, 6, 6, 6\)"):
+        torch.ops.cnnk.conv2d(x, w, None, torch.randn(2, 6, 8, 8), [1, 1], [0, 0, 0, 0], [1, 1],
+                              1, "none", False, "auto", "cpu")
     with pytest.raises(ValueError, match="grad_output must have the output's shape"):
         torch.ops.cnnk.conv2d_grad_input(torch.randn(2, 6, 5, 5), None, x, w, [1, 1],
                                          [0, 0, 0, 0], [1, 1], 1, "none", "auto", "cpu")
-    with pytest.raises(ValueError, match=r"output \(the forward result\) is needed"):
+    with pytest.raises(ValueError, match=r"output \(the forward output; for silu the "
+                                         r"pre-activation\) is needed"):
         torch.ops.cnnk.conv2d_grad_weight(torch.randn(2, 6, 6, 6), None, x, w, [1, 1],
                                           [0, 0, 0, 0], [1, 1], 1, "relu", "auto", "cpu")
+
+
+def _algorithm_params():
+    """(device, backend, algorithm) for every algorithm on every backend."""
+    params = []
+    for p in backend_params():
+        for algorithm, kernels in _ALGORITHM_KERNELS.items():
+            if p.values[1] in kernels.BACKENDS:
+                params.append(pytest.param(*p.values, algorithm, id=f"{p.id}-{algorithm}",
+                                           marks=p.marks))
+    return params
+
+
+# Small enough for the interpreter; grouped, strided, padded, non-square.
+EPILOGUE_CASE = dict(N=2, C=4, K=4, H=5, W=6, R=3, S=2, stride=(1, 2), padding=(1, 0),
+                     dilation=(1, 1), groups=2, bias=True, layout="noncontiguous")
+
+
+@pytest.mark.parametrize(("device", "backend", "algorithm"), _algorithm_params())
+@pytest.mark.parametrize("activation", list(ACTIVATIONS), ids=str)
+@pytest.mark.parametrize("residual", RESIDUAL_LAYOUTS, ids=str)
+def test_every_epilogue_on_every_algorithm(device, backend, algorithm, activation, residual):
+    """Every activation with and without a residual (in every layout):
+    output, grad_input, grad_weight, grad_bias and grad_residual against
+    torch's chain act(conv2d + residual) in float64."""
+    case = dict(EPILOGUE_CASE, activation=activation, residual=residual)
+    with ck.use(conv_algorithm=algorithm):
+        run_case(device, backend, case, dtypes_for(device, backend)[0], seed=21)
+
+
+# The interpreter's numpy warns of the overflows the test asks for.
+@pytest.mark.filterwarnings("ignore:(overflow|invalid value) encountered:RuntimeWarning")
+@pytest.mark.parametrize(("device", "backend", "algorithm"), _algorithm_params())
+def test_silu_at_extreme_values_is_torchs(device, backend, algorithm):
+    """silu of +-inf, NaN and values whose e^-z overflows float32 (+-100,
+    +-1000), reached through the residual: torch's values (NaN at -inf and
+    NaN, inf at inf, -0 far below zero) and torch's gradient with respect to
+    the residual (NaN at +-inf and NaN)."""
+    generator = torch.Generator().manual_seed(4)
+    x = random_tensor((1, 2, 4, 4), torch.float32, device, generator=generator)
+    w = random_tensor((3, 2, 1, 1), torch.float32, device, generator=generator)
+    residual = random_tensor((1, 3, 4, 4), torch.float32, device, generator=generator)
+    extremes = [float("inf"), float("-inf"), float("nan"), 100.0, -100.0, 1000.0, -1000.0]
+    residual.view(-1)[:len(extremes)] = torch.tensor(extremes)
+    residual.requires_grad_()
+    with ck.use(backend=backend, conv_algorithm=algorithm):
+        y = ck.conv2d(x, w, activation="silu", residual=residual)
+        grad_residual, = torch.autograd.grad(y.sum(), residual)
+    r = residual.detach().cpu().requires_grad_()
+    expected = F.silu(F.conv2d(x.cpu(), w.cpu()) + r)
+    expected_grad, = torch.autograd.grad(expected.sum(), r)
+    for actual, reference, what in ((y, expected, "output"),
+                                    (grad_residual, expected_grad, "grad_residual")):
+        actual, reference = actual.detach().cpu(), reference.detach()
+        for special in (torch.isnan, torch.isposinf, torch.isneginf):
+            assert torch.equal(special(actual), special(reference)), f"{what}: {special}"
+        finite = torch.isfinite(reference)
+        torch.testing.assert_close(actual[finite], reference[finite], atol=1e-5, rtol=1e-5)
+
+
+def test_preactivation_is_kept_only_for_silu_when_asked():
+    """The op returns silu's pre-activation conv + bias + residual when
+    asked (the public function asks only when derivatives will be taken),
+    else an empty tensor; differentiating silu without it is an error."""
+    generator = torch.Generator().manual_seed(9)
+    x = random_tensor((2, 3, 5, 5), torch.float64, "cpu", generator=generator)
+    w = random_tensor((4, 3, 3, 3), torch.float64, "cpu", generator=generator)
+    b = random_tensor((4,), torch.float64, "cpu", generator=generator)
+    r = random_tensor((2, 4, 3, 3), torch.float64, "cpu", generator=generator)
+    geometry = ([1, 1], [0, 0, 0, 0], [1, 1], 1)
+    _, z = conv2d_op(x, w, b, r, *geometry, "silu", True, "auto", "cpu")
+    assert_close(z, F.conv2d(x, w, b) + r, torch.float64, 27, "preactivation")
+    for activation, keep in (("silu", False), ("relu", True), ("none", True)):
+        assert conv2d_op(x, w, b, r, *geometry, activation, keep, "auto", "cpu")[1].numel() == 0
+    with pytest.raises(ValueError, match="call it with keep_preactivation=True"):
+        conv2d_op(x.requires_grad_(), w, b, r, *geometry, "silu", False, "auto", "cpu")

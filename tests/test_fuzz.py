@@ -131,8 +131,8 @@ def conv_cases(draw, backend):
     stride = draw(st.sampled_from((1, 1, 2, 2, 3, 3, 2**62)))
     kwargs = dict(stride=1 if padding == "same" else stride, padding=padding,
                   dilation=draw(st.integers(1, 3)), groups=groups)
-    activation = draw(st.sampled_from((None, "relu", "relu6")))
-    act = {None: lambda t: t, "relu": F.relu, "relu6": F.relu6}[activation]
+    activation = draw(st.sampled_from((None, "relu", "relu6", "silu")))
+    act = {None: lambda t: t, "relu": F.relu, "relu6": F.relu6, "silu": F.silu}[activation]
 
     def ours(*t):
         return ck.conv2d(*t, **kwargs, activation=activation)

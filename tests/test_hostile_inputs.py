@@ -27,10 +27,10 @@ def _escape(message: str) -> str:
     return re.escape(message)
 
 
-# W1: a fused activation keeps NaN (and inf - inf) like torch's relu / relu6.
+# W1: a fused activation keeps NaN (and inf - inf) like torch's relu / relu6 / silu.
 
 @pytest.mark.parametrize(("device", "backend"), backend_params())
-@pytest.mark.parametrize("activation", ["relu", "relu6"])
+@pytest.mark.parametrize("activation", ["relu", "relu6", "silu"])
 def test_w1_fused_activation_propagates_nan(device, backend, activation):
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(1, 2, 4, 4, generator=generator, dtype=torch.float64)
@@ -41,8 +41,7 @@ def test_w1_fused_activation_propagates_nan(device, backend, activation):
     w[1, 1, 0, 0] = 1.0  # output channel 1 sums inf and -inf somewhere: NaN
     x.requires_grad_()
     w.requires_grad_()
-    act = F.relu if activation == "relu" else F.relu6
-    expected = act(F.conv2d(x, w, padding=1))
+    expected = getattr(F, activation)(F.conv2d(x, w, padding=1))
     assert expected.isnan().any()
     dtype = torch.float64 if backend != "triton" or device == "cpu" else torch.float32
     with ck.use(backend=backend):
@@ -52,9 +51,9 @@ def test_w1_fused_activation_propagates_nan(device, backend, activation):
                                rtol=1e-5, atol=1e-5)
     if device != "cpu":
         return  # the gradients below compare leaves on the CPU
-    # Gradients as torch's threshold / hardtanh backward select them: a flat
-    # activation stops a NaN gradient; a NaN output passes it through relu
-    # and stops it at relu6.
+    # Gradients as torch's threshold / hardtanh / silu backward give them: a
+    # flat activation stops a NaN gradient; a NaN output passes it through
+    # relu and stops it at relu6; silu passes both.
     grad_y = torch.randn(expected.shape, generator=generator, dtype=torch.float64)
     grad_y[expected.detach() <= 0] = float("nan")
     with ck.use(backend=backend):
@@ -146,8 +145,20 @@ def test_w6_registered_ops_validate_like_the_public_functions():
     with pytest.raises(ValueError, match="kernel_size must be in"):
         avg_pool2d_op.custom_op(x, [2**40, 2], [1, 1], [0, 0], False, True, None, "cpu")
     with pytest.raises(ValueError, match="padded input height"):
-        torch.ops.cnnk.conv2d(x, torch.randn(3, 2, 3, 3), None, [1, 1], [2**62] * 4, [2**62, 1],
-                              1, "none", "auto", "cpu")
+        torch.ops.cnnk.conv2d(x, torch.randn(3, 2, 3, 3), None, None, [1, 1], [2**62] * 4,
+                              [2**62, 1], 1, "none", False, "auto", "cpu")
+
+
+def test_asan_left_padding_wider_than_the_padded_row():
+    """One output column (a huge stride, taken as 1) and a left padding wider
+    than the rows the taps read: the cpu implicit GEMM's zero-padded copy
+    copied a negative range of input columns (heap corruption, an abort)."""
+    generator = torch.Generator().manual_seed(8)
+    x = torch.randn(1, 9, 4, 6, generator=generator, dtype=torch.float64)
+    w = torch.randn(6, 3, 2, 1, generator=generator, dtype=torch.float64)
+    params = dict(stride=2**62, padding=(1, 3), dilation=2, groups=3)
+    with ck.use(backend="cpu", conv_algorithm="implicit_gemm"):
+        torch.testing.assert_close(ck.conv2d(x, w, **params), F.conv2d(x, w, **params))
 
 
 def test_ubsan_largest_stride_is_torchs_answer():
@@ -392,7 +403,7 @@ UNCLEAR_ERRORS = [
      ValueError, "kernel_size must fit a 64-bit integer"),
     ("activation_list", lambda: ck.conv2d(torch.randn(1, 2, 6, 6), torch.randn(3, 2, 3, 3),
                                           activation=["relu"]),
-     ValueError, "activation must be None, 'relu' or 'relu6', got ['relu']"),
+     ValueError, "activation must be None, 'relu', 'relu6' or 'silu', got ['relu']"),
     ("bias_list", lambda: ck.conv2d(torch.randn(1, 2, 6, 6), torch.randn(3, 2, 3, 3),
                                     [1.0, 2.0, 3.0]),
      TypeError, "bias must be a torch.Tensor, got list"),

@@ -41,12 +41,12 @@ def test_patch_matches_torch_forward_and_backward():
         assert_close(p.grad, q.grad, torch.float64, 1000, f"grad of {name}")
 
 
-@pytest.mark.parametrize("activation", ["relu", "relu6"])
+@pytest.mark.parametrize("activation", ["relu", "relu6", "silu"])
 def test_module_fuses_activation(activation):
     torch.manual_seed(1)
     conv = ck.nn.Conv2d(4, 6, 3, padding=1, activation=activation).double()
     x = torch.randn(2, 4, 7, 7, dtype=torch.float64) * 4
-    act = torch.nn.functional.relu if activation == "relu" else torch.nn.functional.relu6
+    act = getattr(torch.nn.functional, activation)
     expected = act(torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=1))
     assert_close(conv(x), expected, torch.float64, 36, "output")
     assert f"activation={activation!r}" in repr(conv)
@@ -74,5 +74,5 @@ def test_patched_model_under_autocast_returns_what_torch_returns(dtype):
 
 
 def test_module_rejects_unknown_activation():
-    with pytest.raises(ValueError, match="activation must be None, 'relu' or 'relu6'"):
+    with pytest.raises(ValueError, match="activation must be None, 'relu', 'relu6' or 'silu'"):
         ck.nn.Conv2d(1, 1, 1, activation="tanh")

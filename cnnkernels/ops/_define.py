@@ -226,6 +226,16 @@ def _differentiated(args) -> bool:
         isinstance(a, torch.Tensor) and a.requires_grad for a in args)
 
 
+def derivatives_needed(args) -> bool:
+    """Whether an Operator called with ``args`` records derivatives (what a
+    public function checks to ask an op for what its derivatives read):
+    ``_differentiated``, and under torch.compile reverse mode only."""
+    if torch.compiler.is_compiling():
+        return torch.is_grad_enabled() and any(
+            isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+    return _differentiated(args)
+
+
 def _register_autocast(op, name: str) -> None:
     """Under autocast, cast floating-point tensors (not float64) on the
     autocast device to its current dtype and run the op with autocast off:

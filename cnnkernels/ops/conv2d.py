@@ -1,14 +1,30 @@
 """conv2d: 2-D convolution (``torch.nn.functional.conv2d``) with a fused
-activation.
+epilogue: bias, a residual and an activation (cnnk/conv2d.h:
+z = conv + bias + residual, y = act(z), one pass over the output).
 
 Operators (``torch.ops.cnnk.*``), each a plan (cnnkernels/ops/_define.py):
-``conv2d`` (forward, with autocast), ``conv2d_grad_input`` and
-``conv2d_grad_weight`` (which also gives grad_bias). All three have autograd
-formulas built from the three themselves, so second and higher derivatives
-run on our kernels too: grad_input and grad_weight are linear in grad_output
-and bilinear with the weight and the input; the fused activation's
-derivative is a 0/1 mask of the forward output (torch's convention at the
-kinks), applied with ``torch.where``.
+``conv2d`` (forward, with autocast; returns y and, when kept, z),
+``conv2d_grad_input`` and ``conv2d_grad_weight`` (which also gives
+grad_bias), and ``conv2d_activation_grad`` (grad_z = grad_y * act'(saved):
+the residual's gradient). All four have autograd formulas built from the
+four themselves, so second and higher derivatives run on our kernels too:
+grad_input and grad_weight are linear in grad_output and bilinear with the
+weight and the input; the activation's derivative is read from a saved
+tensor (cnnk/conv2d.h): the forward output for relu and relu6 (a 0/1 mask,
+torch's convention at the kinks, whose own derivative is 0), the
+pre-activation z for silu (silu is not invertible from its output), whose
+derivative through z takes silu'' (computed with torch: elementwise glue
+in a derivative formula).
+
+Why the forward op returns z: silu's backward needs it, and recomputing it
+would cost a second convolution; the public function asks for it
+(``keep_preactivation``) only when derivatives will be taken, so inference
+writes the output once. z is a differentiable output: in silu's double
+backward the derivative of the backward ops with respect to z flows back
+through it. Why the residual's gradient is an op: it is grad_z, which
+the backward materialises once (our kernel) and then hands to the
+grad_input / grad_weight kernels with no activation left to apply, instead
+of having each of them re-read grad_y and the saved tensor.
 
 Algorithms: ``ALGORITHMS`` lists those implemented; ``route`` picks one for
 ``auto``; each has one module per backend (kernels/conv2d/<algorithm>.py,
@@ -25,12 +41,13 @@ from torch import Tensor
 
 from cnnkernels import _args, _backend, _ext
 from cnnkernels._ext import Activation
-from cnnkernels.ops._define import Family, Launch, define_op, save
+from cnnkernels.ops._define import Family, Launch, define_op, derivatives_needed, save
 
 FAMILY = Family(name="conv2d", public=("conv2d",),
                 triton_modules=("cnnkernels.kernels.conv2d.direct",
                                 "cnnkernels.kernels.conv2d.implicit_gemm",
-                                "cnnkernels.kernels.conv2d.im2col"),
+                                "cnnkernels.kernels.conv2d.im2col",
+                                "cnnkernels.kernels.conv2d.activation"),
                 bench_module="cnnkernels.bench.conv2d")
 
 __all__ = list(FAMILY.public)
@@ -125,15 +142,18 @@ def route(g: Conv2dGeometry, backend: str, direction: str = "forward",
 
 def _geometry(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int],
               padding: Sequence[int], dilation: Sequence[int], groups: int,
-              activation: str, algorithm: str) -> Conv2dGeometry:
+              activation: str, algorithm: str,
+              residual: Optional[Tensor] = None) -> Conv2dGeometry:
     """Validate everything that does not depend on the backend."""
     _args.check_tensor(input, "input", ndim=4)
     _args.check_tensor(weight, "weight", ndim=4)
     if bias is not None:
         _args.check_tensor(bias, "bias", ndim=1)
+    if residual is not None:
+        _args.check_tensor(residual, "residual", ndim=4)
     if not input.dtype.is_floating_point:
         raise TypeError(f"input must be a floating-point tensor, got {input.dtype}")
-    _args.check_same(input, "input", {"weight": weight, "bias": bias})
+    _args.check_same(input, "input", {"weight": weight, "bias": bias, "residual": residual})
     if len(stride) != 2 or len(dilation) != 2 or len(padding) != 4:
         raise ValueError(f"stride and dilation take 2 values and padding 4 (top, bottom, left, "
                          f"right), got {list(stride)}, {list(dilation)}, {list(padding)}")
@@ -184,14 +204,31 @@ def _geometry(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Seq
     # dilation up to 2^63 - 1 (torch takes them) out of the kernels' arithmetic.
     sh, sw = (1 if P == 1 else sh), (1 if Q == 1 else sw)
     dh, dw = (1 if R == 1 else dh), (1 if S == 1 else dw)
+    if residual is not None and tuple(residual.shape) != (N, K, P, Q):
+        raise ValueError(f"residual must have the output's shape {(N, K, P, Q)} (it is not "
+                         f"broadcast), got {tuple(residual.shape)}")
     act = _args.activation(None if activation == "none" else activation)
     return Conv2dGeometry(N, C, H, W, K, R, S, P, Q, sh, sw, pt, pl, dh, dw, groups, act)
+
+
+def _output_geometry(output_shape, activation: str) -> Conv2dGeometry:
+    """The output (N, K, P, Q) and the activation as the geometry of a 1 x 1
+    convolution producing it: all conv2d_activation_grad reads."""
+    N, K, P, Q = output_shape
+    return Conv2dGeometry(N, K, P, Q, K, 1, 1, P, Q, 1, 1, 0, 0, 1, 1, 1,
+                          _args.activation(None if activation == "none" else activation))
 
 
 def _triton_direct():
     from cnnkernels.kernels.conv2d import direct
 
     return direct
+
+
+def _triton_activation():
+    from cnnkernels.kernels.conv2d import activation
+
+    return activation
 
 
 class _Direct:
@@ -203,7 +240,8 @@ class _Direct:
 
     @staticmethod
     def forward(backend: str, g: Conv2dGeometry, x, w, bias, residual, y, preact) -> None:
-        _ext.launchers(backend, x, _triton_direct).conv2d_direct_forward(g, x, w, bias, y)
+        _ext.launchers(backend, x, _triton_direct).conv2d_direct_forward(g, x, w, bias, residual,
+                                                                         y, preact)
 
     @staticmethod
     def grad_input(backend: str, g: Conv2dGeometry, grad_y, y, w, grad_x) -> None:
@@ -417,15 +455,28 @@ def _channels_last(input: Tensor, weight: Tensor) -> bool:
             and not (input.is_cuda and input.dtype == torch.float64))
 
 
-@define_op("cnnk::conv2d", returns=Tensor, autocast=True)
-def conv2d_op(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int],
-              padding: Sequence[int], dilation: Sequence[int], groups: int, activation: str,
-              algorithm: str, backend: str) -> Launch:
-    g = _geometry(input, weight, bias, stride, padding, dilation, groups, activation, algorithm)
-    output = _args.empty_4d((g.N, g.K, g.P, g.Q), input, _channels_last(input, weight))
-    return Launch(output, {"input": input, "weight": weight, "bias": bias, "output": output},
+@define_op("cnnk::conv2d", returns=tuple[Tensor, Tensor], autocast=True)
+def conv2d_op(input: Tensor, weight: Tensor, bias: Optional[Tensor], residual: Optional[Tensor],
+              stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int], groups: int,
+              activation: str, keep_preactivation: bool, algorithm: str,
+              backend: str) -> Launch:
+    """(output, preactivation): output = act(conv + bias + residual); the
+    preactivation z = conv + bias + residual when the activation is silu and
+    ``keep_preactivation`` (what silu's derivative reads), else an empty
+    tensor."""
+    g = _geometry(input, weight, bias, stride, padding, dilation, groups, activation, algorithm,
+                  residual)
+    channels_last = _channels_last(input, weight)
+    output = _args.empty_4d((g.N, g.K, g.P, g.Q), input, channels_last)
+    kept = activation == "silu" and keep_preactivation
+    preactivation = (_args.empty_4d(output.shape, input, channels_last) if kept
+                     else input.new_empty(0))
+    preact = preactivation if kept else None
+    return Launch((output, preactivation),
+                  {"input": input, "weight": weight, "bias": bias, "residual": residual,
+                   "output": output, "preactivation": preact},
                   lambda b: _kernels(g, algorithm, b, "forward", input.dtype).forward(
-                      b, g, input, weight, bias, None, output, None),
+                      b, g, input, weight, bias, residual, output, preact),
                   g.index_extent())
 
 
@@ -438,15 +489,21 @@ def _grad_geometry(grad_output, output, input, weight, stride, padding, dilation
     if tuple(grad_output.shape) != expected:
         raise ValueError(f"grad_output must have the output's shape {expected}, "
                          f"got {tuple(grad_output.shape)}")
+    _check_saved(output, activation, expected)
+    return g
+
+
+def _check_saved(output: Optional[Tensor], activation: str, expected: tuple) -> None:
+    """The tensor an activation's derivative is read from: the forward
+    output, or for silu the pre-activation (cnnk/conv2d.h)."""
     if output is not None:
         _args.check_tensor(output, "output", ndim=4)
     if activation != "none":
         if output is None:
-            raise ValueError(f"output (the forward result) is needed to differentiate the fused "
-                             f"activation {activation!r}")
+            raise ValueError(f"output (the forward output; for silu the pre-activation) is "
+                             f"needed to differentiate the fused activation {activation!r}")
         if tuple(output.shape) != expected:
             raise ValueError(f"output must have shape {expected}, got {tuple(output.shape)}")
-    return g
 
 
 @define_op("cnnk::conv2d_grad_input", returns=Tensor)
@@ -454,8 +511,9 @@ def conv2d_grad_input_op(grad_output: Tensor, output: Optional[Tensor], input: T
                          weight: Tensor, stride: Sequence[int], padding: Sequence[int],
                          dilation: Sequence[int], groups: int, activation: str, algorithm: str,
                          backend: str) -> Launch:
-    """grad_output (masked by the activation's derivative at ``output``)
-    back through the convolution; ``input`` gives only the shape and format."""
+    """grad_output (through the activation's derivative at ``output``: the
+    forward output, or for silu the pre-activation) back through the
+    convolution; ``input`` gives only the shape and format."""
     g = _grad_geometry(grad_output, output, input, weight, stride, padding, dilation, groups,
                        activation, algorithm)
     grad_input = _args.empty_4d(input.shape, input, _channels_last(input, weight))
@@ -485,14 +543,83 @@ def conv2d_grad_weight_op(grad_output: Tensor, output: Optional[Tensor], input: 
                   g.index_extent(), empty_sum=g.N == 0)
 
 
-def _mask(grad: Tensor, output: Optional[Tensor], activation: str) -> Tensor:
-    """grad through the fused activation, selected as the kernels select it
-    (cnnk::activation_grad: torch's threshold / hardtanh backward)."""
-    if activation == "relu":
-        return torch.where(output <= 0, 0, grad)
-    if activation == "relu6":
-        return torch.where((output > 0) & (output < 6), grad, 0)
-    return grad
+@define_op("cnnk::conv2d_activation_grad", returns=Tensor)
+def conv2d_activation_grad_op(grad_output: Tensor, output: Optional[Tensor], activation: str,
+                              backend: str) -> Launch:
+    """grad_output * act'(output), elementwise: the gradient of the
+    pre-activation z (and of the residual). ``output`` is the forward
+    output for relu and relu6, the pre-activation for silu."""
+    _args.check_tensor(grad_output, "grad_output", ndim=4)
+    if not grad_output.dtype.is_floating_point:
+        raise TypeError(f"grad_output must be a floating-point tensor, got {grad_output.dtype}")
+    _args.check_same(grad_output, "grad_output", {"output": output})
+    g = _output_geometry(tuple(grad_output.shape), activation)
+    _check_saved(output, activation, tuple(grad_output.shape))
+    grad_z = _args.empty_4d(grad_output.shape, grad_output, _args.is_channels_last(grad_output))
+    return Launch(grad_z, {"grad_output": grad_output, "output": output, "grad_z": grad_z},
+                  lambda b: _ext.launchers(b, grad_output, _triton_activation)
+                  .conv2d_activation_grad(g, grad_output, output, grad_z),
+                  g.index_extent())
+
+
+def _activation_grad(grad: Tensor, saved: Optional[Tensor], activation: str,
+                     backend: str) -> Tensor:
+    """grad through the fused activation (cnnk::activation_grad, our
+    kernels): itself without one."""
+    if activation == "none":
+        return grad
+    return conv2d_activation_grad_op(grad, saved, activation, backend)
+
+
+def _silu_second_derivative(z: Tensor) -> Tensor:
+    """silu''(z) = s (1 - s) (2 + z (1 - 2 s)), s = sigmoid(z); torch
+    differentiates it further."""
+    s = torch.sigmoid(z)
+    return s * (1 - s) * (2 + z * (1 - 2 * s))
+
+
+def _through_saved(grad: Tensor, saved: Tensor, saved_term: Optional[Tensor],
+                   activation: str) -> Optional[Tensor]:
+    """The derivative of grad * act'(saved) with respect to saved, applied
+    to ``saved_term`` (a tangent or a cotangent): grad * act''(saved) *
+    saved_term for silu; None (zero) for relu and relu6, whose derivative
+    is piecewise constant."""
+    if activation != "silu" or saved_term is None:
+        return None
+    return grad * _silu_second_derivative(saved) * saved_term
+
+
+def _activation_grad_vjp(cotangent: Tensor, grad: Tensor, saved: Optional[Tensor],
+                         activation: str, backend: str):
+    """The reverse-mode derivative of grad * act'(saved) with respect to
+    (grad, saved), for the cotangent."""
+    return (_activation_grad(cotangent, saved, activation, backend),
+            _through_saved(grad, saved, cotangent, activation))
+
+
+def _activation_grad_setup(ctx, inputs, output) -> None:
+    grad_output, saved, activation, backend = inputs
+    save(ctx, grad_output, saved)
+    ctx.params = (activation, backend)
+
+
+def _activation_grad_backward(ctx, cotangent):
+    grad_output, saved = ctx.saved_tensors
+    return (*_activation_grad_vjp(cotangent, grad_output, saved, *ctx.params), None, None)
+
+
+def _activation_grad_jvp(ctx, grad_output_tangent, saved_tangent, *_):
+    grad_output, saved = ctx.saved_tensors
+    activation, backend = ctx.params
+    return _sum(
+        None if grad_output_tangent is None
+        else _activation_grad(grad_output_tangent, saved, activation, backend),
+        _through_saved(grad_output, saved, saved_tangent, activation))
+
+
+conv2d_activation_grad_op.register_derivatives(setup_context=_activation_grad_setup,
+                                               backward=_activation_grad_backward,
+                                               jvp=_activation_grad_jvp)
 
 
 def _sum(*terms: Optional[Tensor]) -> Optional[Tensor]:
@@ -501,42 +628,77 @@ def _sum(*terms: Optional[Tensor]) -> Optional[Tensor]:
     return None if not present else sum(present[1:], present[0])
 
 
-def _conv2d_setup(ctx, inputs, output) -> None:
-    input, weight, bias, stride, padding, dilation, groups, activation, algorithm, backend = inputs
-    save(ctx, input, weight, output if activation != "none" else None)
+def _unmasked(params: tuple) -> tuple:
+    """The backward ops' trailing parameters with no activation to apply."""
+    stride, padding, dilation, groups, _, algorithm, backend = params
+    return (stride, padding, dilation, groups, "none", algorithm, backend)
+
+
+def _conv2d_setup(ctx, inputs, outputs) -> None:
+    (input, weight, bias, _residual, stride, padding, dilation, groups, activation, keep,
+     algorithm, backend) = inputs
+    output, preactivation = outputs
+    if activation == "silu" and not keep:
+        raise ValueError("conv2d with activation 'silu' is differentiated from its "
+                         "pre-activation: call it with keep_preactivation=True")
+    saved = {"none": None, "silu": preactivation}.get(activation, output)
+    save(ctx, input, weight, saved)
     ctx.params = (stride, padding, dilation, groups, activation, algorithm, backend)
     ctx.has_bias = bias is not None
+    ctx.kept_preactivation = activation == "silu"
     ctx.output_shape = output.shape
+    # Unused outputs' gradients arrive as None (the pre-activation's, but in
+    # silu's double backward), not as tensors of zeros.
+    ctx.set_materialize_grads(False)
 
 
-def _conv2d_backward(ctx, grad_output):
-    input, weight, output = ctx.saved_tensors
-    grad_input = grad_weight = grad_bias = None
-    if ctx.needs_input_grad[0]:
-        grad_input = conv2d_grad_input_op(grad_output, output, input, weight, *ctx.params)
-    if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-        grad_weight, grad_bias = conv2d_grad_weight_op(grad_output, output, input, weight,
-                                                       *ctx.params)
+def _conv2d_backward(ctx, grad_output, grad_preactivation):
+    input, weight, saved = ctx.saved_tensors
+    params = ctx.params
+    activation, backend = params[4], params[6]
+    needs = ctx.needs_input_grad
+    if grad_preactivation is not None and grad_preactivation.numel() == 0:
+        grad_preactivation = None
+    grad_input = grad_weight = grad_bias = grad_residual = None
+    if grad_output is None and grad_preactivation is None:
+        return grad_input, grad_weight, grad_bias, grad_residual, *([None] * 8)
+    if needs[3] or grad_preactivation is not None:
+        # grad_z once (the residual's gradient), read by the kernels below
+        # with no activation left to apply.
+        grad_z = _sum(None if grad_output is None
+                      else _activation_grad(grad_output, saved, activation, backend),
+                      grad_preactivation)
+        grad, saved, params = grad_z, None, _unmasked(params)
+        grad_residual = grad_z if needs[3] else None
+    else:
+        grad = grad_output
+    if needs[0]:
+        grad_input = conv2d_grad_input_op(grad, saved, input, weight, *params)
+    if needs[1] or needs[2]:
+        grad_weight, grad_bias = conv2d_grad_weight_op(grad, saved, input, weight, *params)
         if not ctx.has_bias:
             grad_bias = None
-    return grad_input, grad_weight, grad_bias, *([None] * 7)
+    return grad_input, grad_weight, grad_bias, grad_residual, *([None] * 8)
 
 
-def _conv2d_jvp(ctx, input_tangent, weight_tangent, bias_tangent, *_):
-    """The convolution is bilinear in (input, weight) and affine in the bias;
-    the fused activation multiplies by its 0/1 derivative."""
-    input, weight, output = ctx.saved_tensors
+def _conv2d_jvp(ctx, input_tangent, weight_tangent, bias_tangent, residual_tangent, *_):
+    """The convolution is bilinear in (input, weight) and affine in the bias
+    and the residual: that gives z's tangent; y's is act'(z) times it."""
+    input, weight, saved = ctx.saved_tensors
     stride, padding, dilation, groups, activation, algorithm, backend = ctx.params
 
     def conv(x, w, b):
-        return conv2d_op(x, w, b, stride, padding, dilation, groups, "none", algorithm, backend)
+        return conv2d_op(x, w, b, None, stride, padding, dilation, groups, "none", False,
+                         algorithm, backend)[0]
 
     tangent = _sum(
         None if input_tangent is None else conv(input_tangent, weight, None),
         None if weight_tangent is None else conv(input, weight_tangent, bias_tangent),
         None if bias_tangent is None or weight_tangent is not None
-        else bias_tangent[None, :, None, None].expand(ctx.output_shape))
-    return _mask(tangent, output, activation)
+        else bias_tangent[None, :, None, None].expand(ctx.output_shape),
+        residual_tangent)
+    preactivation_tangent = tangent if ctx.kept_preactivation else tangent.new_zeros(0)
+    return _activation_grad(tangent, saved, activation, backend), preactivation_tangent
 
 
 conv2d_op.register_derivatives(setup_context=_conv2d_setup, backward=_conv2d_backward,
@@ -546,33 +708,46 @@ conv2d_op.register_derivatives(setup_context=_conv2d_setup, backward=_conv2d_bac
 def _grad_setup(ctx, inputs, output) -> None:
     grad_output, output, input, weight, *params = inputs
     save(ctx, grad_output, output, input, weight)
-    ctx.params = params
+    ctx.params = tuple(params)
+
+
+def _forward_conv(params: tuple, x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
+    """The plain forward convolution with the backward ops' parameters."""
+    stride, padding, dilation, groups, _, algorithm, backend = params
+    return conv2d_op(x, w, b, None, stride, padding, dilation, groups, "none", False, algorithm,
+                     backend)[0]
 
 
 def _grad_input_backward(ctx, grad_grad_input):
-    """grad_input is linear in grad_output (its adjoint is the forward
-    convolution) and in the weight (its adjoint is grad_weight)."""
-    grad_output, output, _, weight = ctx.saved_tensors
-    stride, padding, dilation, groups, activation, algorithm, backend = ctx.params
-    grad_grad_output = grad_weight = None
-    if ctx.needs_input_grad[0]:
-        forward = conv2d_op(grad_grad_input, weight, None, stride, padding, dilation, groups,
-                            "none", algorithm, backend)
-        grad_grad_output = _mask(forward, output, activation)
+    """grad_input is linear in grad_output' = grad_output * act'(output)
+    (its adjoint is the forward convolution, taken back through
+    grad_output' to grad_output and output) and in the weight (its adjoint
+    is grad_weight)."""
+    grad_output, saved, _, weight = ctx.saved_tensors
+    activation, backend = ctx.params[4], ctx.params[6]
+    grad_grad_output = grad_saved = grad_weight = None
+    if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+        grad_grad_output, grad_saved = _activation_grad_vjp(
+            _forward_conv(ctx.params, grad_grad_input, weight, None), grad_output, saved,
+            activation, backend)
     if ctx.needs_input_grad[3]:
-        grad_weight, _ = conv2d_grad_weight_op(grad_output, output, grad_grad_input, weight,
+        grad_weight, _ = conv2d_grad_weight_op(grad_output, saved, grad_grad_input, weight,
                                                *ctx.params)
-    return grad_grad_output, None, None, grad_weight, *([None] * 7)
+    return grad_grad_output, grad_saved, None, grad_weight, *([None] * 7)
 
 
-def _grad_input_jvp(ctx, grad_output_tangent, _output, _input, weight_tangent, *_):
-    """Linear in grad_output and in the weight (the mask's derivative is 0)."""
-    grad_output, output, input, weight = ctx.saved_tensors
+def _grad_input_jvp(ctx, grad_output_tangent, saved_tangent, _input, weight_tangent, *_):
+    """Linear in grad_output and in the weight; through the saved tensor
+    only for silu."""
+    grad_output, saved, input, weight = ctx.saved_tensors
+    through_saved = _through_saved(grad_output, saved, saved_tangent, ctx.params[4])
     return _sum(
         None if grad_output_tangent is None else
-        conv2d_grad_input_op(grad_output_tangent, output, input, weight, *ctx.params),
+        conv2d_grad_input_op(grad_output_tangent, saved, input, weight, *ctx.params),
         None if weight_tangent is None else
-        conv2d_grad_input_op(grad_output, output, input, weight_tangent, *ctx.params))
+        conv2d_grad_input_op(grad_output, saved, input, weight_tangent, *ctx.params),
+        None if through_saved is None else
+        conv2d_grad_input_op(through_saved, None, input, weight, *_unmasked(ctx.params)))
 
 
 conv2d_grad_input_op.register_derivatives(setup_context=_grad_setup,
@@ -580,33 +755,39 @@ conv2d_grad_input_op.register_derivatives(setup_context=_grad_setup,
 
 
 def _grad_weight_backward(ctx, grad_grad_weight, grad_grad_bias):
-    """grad_weight is linear in grad_output (its adjoint is the forward
-    convolution of the input, grad_bias's the broadcast) and in the input
-    (its adjoint is grad_input)."""
-    grad_output, output, input, _ = ctx.saved_tensors
-    stride, padding, dilation, groups, activation, algorithm, backend = ctx.params
-    grad_grad_output = grad_input = None
-    if ctx.needs_input_grad[0]:
-        forward = conv2d_op(input, grad_grad_weight, grad_grad_bias, stride, padding, dilation,
-                            groups, "none", algorithm, backend)
-        grad_grad_output = _mask(forward, output, activation)
+    """grad_weight is linear in grad_output' (its adjoint is the forward
+    convolution of the input, grad_bias's the broadcast, taken back as in
+    grad_input) and in the input (its adjoint is grad_input)."""
+    grad_output, saved, input, _ = ctx.saved_tensors
+    activation, backend = ctx.params[4], ctx.params[6]
+    grad_grad_output = grad_saved = grad_input = None
+    if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+        grad_grad_output, grad_saved = _activation_grad_vjp(
+            _forward_conv(ctx.params, input, grad_grad_weight, grad_grad_bias), grad_output,
+            saved, activation, backend)
     if ctx.needs_input_grad[2]:
-        grad_input = conv2d_grad_input_op(grad_output, output, input, grad_grad_weight,
+        grad_input = conv2d_grad_input_op(grad_output, saved, input, grad_grad_weight,
                                           *ctx.params)
-    return grad_grad_output, None, grad_input, None, *([None] * 7)
+    return grad_grad_output, grad_saved, grad_input, None, *([None] * 7)
 
 
-def _grad_weight_jvp(ctx, grad_output_tangent, _output, input_tangent, *_):
+def _grad_weight_jvp(ctx, grad_output_tangent, saved_tangent, input_tangent, *_):
     """Linear in grad_output; grad_weight (not grad_bias) is also linear in
-    the input (the mask's derivative is 0)."""
-    grad_output, output, input, weight = ctx.saved_tensors
+    the input; through the saved tensor only for silu."""
+    grad_output, saved, input, weight = ctx.saved_tensors
     weight_tangent = bias_tangent = None
     if grad_output_tangent is not None:
-        weight_tangent, bias_tangent = conv2d_grad_weight_op(grad_output_tangent, output, input,
+        weight_tangent, bias_tangent = conv2d_grad_weight_op(grad_output_tangent, saved, input,
                                                              weight, *ctx.params)
     if input_tangent is not None:
         weight_tangent = _sum(weight_tangent, conv2d_grad_weight_op(
-            grad_output, output, input_tangent, weight, *ctx.params)[0])
+            grad_output, saved, input_tangent, weight, *ctx.params)[0])
+    through_saved = _through_saved(grad_output, saved, saved_tangent, ctx.params[4])
+    if through_saved is not None:
+        extra_weight, extra_bias = conv2d_grad_weight_op(through_saved, None, input, weight,
+                                                         *_unmasked(ctx.params))
+        weight_tangent, bias_tangent = (_sum(weight_tangent, extra_weight),
+                                        _sum(bias_tangent, extra_bias))
     return weight_tangent, bias_tangent
 
 
@@ -615,29 +796,41 @@ conv2d_grad_weight_op.register_derivatives(setup_context=_grad_setup,
 
 
 def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=1, padding=0,
-           dilation=1, groups: int = 1, *, activation: Optional[str] = None) -> Tensor:
-    """``torch.nn.functional.conv2d`` on cnnkernels' kernels.
+           dilation=1, groups: int = 1, *, activation: Optional[str] = None,
+           residual: Optional[Tensor] = None) -> Tensor:
+    """``torch.nn.functional.conv2d`` on cnnkernels' kernels, with a fused
+    epilogue: ``activation(conv2d(input, weight, bias, ...) + residual)``.
 
     Same arguments, defaults and result (shape, dtype, memory format) as
     torch: stride/padding/dilation take an int or a pair, padding also
     "same" or "valid"; input may be 3-D (unbatched); under autocast it runs
-    in the autocast dtype. ``activation`` (None, "relu" or "relu6") is
-    applied in the kernel's epilogue, and its gradient in the backward
-    kernels. Backend and algorithm come from ``cnnkernels.use`` /
-    ``CNNK_BACKEND``.
+    in the autocast dtype. ``residual`` (a ResNet block's shortcut) is a
+    tensor of exactly the output's shape (it is not broadcast), any layout,
+    of the input's dtype and device, added before the activation;
+    ``activation`` is None, "relu", "relu6" or "silu". Both are applied in
+    the kernel's epilogue (one pass over the output) and their gradients in
+    the backward kernels; the residual's gradient is grad_output through the
+    activation's derivative. Backend and algorithm come from
+    ``cnnkernels.use`` / ``CNNK_BACKEND``.
     """
     _args.check_tensor(input, "input", ndim=(3, 4))
     _args.check_tensor(weight, "weight", ndim=4)
     if bias is not None:
         _args.check_tensor(bias, "bias", ndim=1)
+    if residual is not None:
+        _args.check_tensor(residual, "residual", ndim=input.dim())
     unbatched = input.dim() == 3
     if unbatched:
         input = input.unsqueeze(0)
+        residual = None if residual is None else residual.unsqueeze(0)
     groups = _args.positive_int(groups, "groups")
     stride = _args.pair(stride, "stride", minimum=1)
     dilation = _args.pair(dilation, "dilation", minimum=1)
     padding = _args.conv_padding(padding, tuple(weight.shape[2:]), stride, dilation)
     act = _args.activation(activation).name
-    output = conv2d_op(input, weight, bias, list(stride), list(padding), list(dilation), groups,
-                       act, _backend.current_conv_algorithm(), _backend.current_backend())
+    # silu's derivative reads the pre-activation: kept only when needed.
+    keep = act == "silu" and derivatives_needed((input, weight, bias, residual))
+    output, _ = conv2d_op(input, weight, bias, residual, list(stride), list(padding),
+                          list(dilation), groups, act, keep, _backend.current_conv_algorithm(),
+                          _backend.current_backend())
     return output.squeeze(0) if unbatched else output

@@ -14,16 +14,19 @@ Kernels (all deterministic: no atomics, fixed summation order):
 ``_forward_kernel``: a program owns BLOCK_M output pixels (flattened n, p, q)
 x BLOCK_K output channels of one group and accumulates rank-1 updates
 x[m] * w[k] over the filter taps (c, r, s) in registers, taps outer (bounds
-mask computed once per tap) and channels inner; bias and the activation are
-applied in the epilogue, so the output is written once.
+mask computed once per tap) and channels inner. The epilogue
+(cnnk/conv2d.h: z = acc + bias + residual, z kept in ``preact`` when asked,
+y = act(z)) runs on the tile in registers, so the output is written once.
 Cost 2*N*K*P*Q*(C/groups)*R*S flops; each tap loads BLOCK_M + BLOCK_K values
 for BLOCK_M*BLOCK_K FMAs, so it is bound by load issue and FMA rate, not by
-DRAM (x is re-read R*S*K/BLOCK_K times, mostly from L1/L2).
+DRAM (x is re-read R*S*K/BLOCK_K times, mostly from L1/L2; the epilogue
+reads the residual and writes z once each when given).
 
 ``_grad_input_kernel``: the same structure over input pixels: each input
 element gathers gy'[n, k, p, q] * w[k, c, r, s] over the taps with
 h + pad - r*dil = p*stride (no scatter). gy' = gy * act'(y) is formed on
-load. Same flop count as the forward.
+load (y: the saved tensor, the pre-activation z for silu). Same flop count
+as the forward.
 
 ``_grad_weight_kernel``: a program owns BLOCK_K output channels x BLOCK_J
 flattened filter taps j = (c, r, s) and reduces over a slice of the
@@ -58,14 +61,17 @@ from cnnkernels._ext import Activation
 
 @triton.jit
 def _forward_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr,
+    x_ptr, w_ptr, b_ptr, r_ptr, y_ptr, z_ptr,
     xs_n, xs_c, xs_h, xs_w,
     ws_k, ws_c, ws_r, ws_s,
     bs,
+    rs_n, rs_k, rs_p, rs_q,
     ys_n, ys_k, ys_p, ys_q,
+    zs_n, zs_k, zs_p, zs_q,
     N, H, W, P, Q, R, S, C_g, K_g,
     stride_h, stride_w, pad_top, pad_left, dil_h, dil_w,
-    HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, ACC: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, KEEP_PREACT: tl.constexpr,
+    ACTIVATION: tl.constexpr, ACC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -99,12 +105,18 @@ def _forward_kernel(
             wv = tl.load(w_tap + c * ws_c, mask=k_mask, other=0.0)
             acc += xv.to(ACC)[:, None] * wv.to(ACC)[None, :]
 
+    out_mask = m_mask[:, None] & k_mask[None, :]
     if HAS_BIAS:
         acc += tl.load(b_ptr + k * bs, mask=k_mask, other=0.0).to(ACC)[None, :]
+    if HAS_RESIDUAL:
+        r_off = (n * rs_n + p * rs_p + q * rs_q)[:, None] + (k * rs_k)[None, :]
+        acc += tl.load(r_ptr + r_off, mask=out_mask, other=0.0).to(ACC)
+    if KEEP_PREACT:
+        z_off = (n * zs_n + p * zs_p + q * zs_q)[:, None] + (k * zs_k)[None, :]
+        tl.store(z_ptr + z_off, acc.to(z_ptr.dtype.element_ty), mask=out_mask)
     acc = apply_activation(acc, ACTIVATION)
     y_off = (n * ys_n + p * ys_p + q * ys_q)[:, None] + (k * ys_k)[None, :]
-    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty),
-             mask=m_mask[:, None] & k_mask[None, :])
+    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=out_mask)
 
 
 @triton.jit
@@ -239,14 +251,21 @@ _GRAD_WEIGHT_TARGET_PROGRAMS = 512
 _GRAD_WEIGHT_MIN_CHUNKS_PER_SPLIT = 8
 
 
-def conv2d_direct_forward(g, x, w, bias, y) -> None:
+def conv2d_direct_forward(g, x, w, bias, residual, y, preact) -> None:
+    """y = act(conv(x, w) + bias + residual), z kept in preact; bias,
+    residual and preact may be None (cnnk/conv2d.h's epilogue)."""
     block_k = channel_block(g.K_g, _FORWARD_BLOCK_K)
     grid = (triton.cdiv(g.N * g.P * g.Q, _FORWARD_BLOCK_M), g.groups * triton.cdiv(g.K_g, block_k))
+    # An absent tensor's pointer and strides are never read: y stands in.
     _forward_kernel[grid](
-        x, w, bias if bias is not None else w, y,
-        *x.stride(), *w.stride(), bias.stride(0) if bias is not None else 0, *y.stride(),
+        x, w, bias if bias is not None else w, residual if residual is not None else y, y,
+        preact if preact is not None else y,
+        *x.stride(), *w.stride(), bias.stride(0) if bias is not None else 0,
+        *(residual if residual is not None else y).stride(), *y.stride(),
+        *(preact if preact is not None else y).stride(),
         **geometry_args(_forward_kernel, g),
-        HAS_BIAS=bias is not None, ACTIVATION=int(g.activation), ACC=acc_type(x.dtype),
+        HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None,
+        KEEP_PREACT=preact is not None, ACTIVATION=int(g.activation), ACC=acc_type(x.dtype),
         BLOCK_M=_FORWARD_BLOCK_M, BLOCK_K=block_k, num_warps=_NUM_WARPS,
     )
 
@@ -298,7 +317,8 @@ def conv2d_direct_grad_weight(g, grad_y, y, x, grad_w, grad_bias) -> None:
 
 def static_check_specs():
     """Every kernel in every launch configuration (block table entry x dtype),
-    for the static GPU check."""
+    for the static GPU check; each in its heaviest epilogue (silu, and in
+    the forward bias, residual and the kept pre-activation)."""
     specs = []
     block_m, block_k, block_j = _GRAD_WEIGHT_BLOCKS
     for dtype in ("float32", "float16", "bfloat16"):
@@ -306,22 +326,24 @@ def static_check_specs():
         for block in _FORWARD_BLOCK_K:
             specs.append(compile_spec(
                 f"conv2d_forward[{dtype},BLOCK_K={block}]", _forward_kernel,
-                pointers=dict.fromkeys(("x_ptr", "w_ptr", "b_ptr", "y_ptr"), ptr),
-                constexprs={"HAS_BIAS": True, "ACTIVATION": int(Activation.relu6),
-                            "ACC": tl.float32, "BLOCK_M": _FORWARD_BLOCK_M, "BLOCK_K": block},
+                pointers=dict.fromkeys(("x_ptr", "w_ptr", "b_ptr", "r_ptr", "y_ptr", "z_ptr"),
+                                       ptr),
+                constexprs={"HAS_BIAS": True, "HAS_RESIDUAL": True, "KEEP_PREACT": True,
+                            "ACTIVATION": int(Activation.silu), "ACC": tl.float32,
+                            "BLOCK_M": _FORWARD_BLOCK_M, "BLOCK_K": block},
                 num_warps=_NUM_WARPS))
         for block in _GRAD_INPUT_BLOCK_C:
             specs.append(compile_spec(
                 f"conv2d_grad_input[{dtype},BLOCK_C={block}]", _grad_input_kernel,
                 pointers=dict.fromkeys(("gy_ptr", "y_ptr", "w_ptr", "gx_ptr"), ptr),
-                constexprs={"ACTIVATION": int(Activation.relu6), "ACC": tl.float32,
+                constexprs={"ACTIVATION": int(Activation.silu), "ACC": tl.float32,
                             "BLOCK_M": _GRAD_INPUT_BLOCK_M, "BLOCK_C": block},
                 num_warps=_NUM_WARPS))
         specs.append(compile_spec(
             f"conv2d_grad_weight[{dtype}]", _grad_weight_kernel,
             pointers={"gy_ptr": ptr, "y_ptr": ptr, "x_ptr": ptr,
                       "partial_w_ptr": "*fp32", "partial_b_ptr": "*fp32"},
-            constexprs={"ACTIVATION": int(Activation.relu6), "ACC": tl.float32,
+            constexprs={"ACTIVATION": int(Activation.silu), "ACC": tl.float32,
                         "BLOCK_M": block_m, "BLOCK_K": block_k, "BLOCK_J": block_j},
             num_warps=_NUM_WARPS))
         specs += sum_splits_specs("conv2d", dtype)

@@ -9,8 +9,9 @@
 //
 // Parallel work and layout:
 //   forward      one task per (n, k) output plane; accumulates the plane in a
-//                contiguous scratch row-major buffer, then applies bias and the
-//                activation while writing through y's strides.
+//                contiguous scratch row-major buffer, then applies the epilogue
+//                (bias, residual, the pre-activation's store, the activation)
+//                while writing through y's strides.
 //   grad_input   one task per (n, c) input plane; gathers every (k, r, s) that
 //                reads the plane into a scratch buffer. Each task owns its
 //                plane, so no atomics and a fixed summation order.
@@ -48,12 +49,15 @@ void masked_grad_plane(const Conv2dGeometry& g, const Tensor4& grad_y, const Ten
 }
 
 template <typename T>
-Status forward(const Conv2dGeometry& g, Tensor4 x, Tensor4 w, Tensor1 bias, Tensor4 y) {
+Status forward(const Conv2dGeometry& g, Tensor4 x, Tensor4 w, Tensor1 bias, Tensor4 residual,
+               Tensor4 y, Tensor4 preact) {
   using Acc = acc_t<T>;
   const T* xp = static_cast<const T*>(x.data);
   const T* wp = static_cast<const T*>(w.data);
   const T* bp = static_cast<const T*>(bias.data);
+  const T* rp = static_cast<const T*>(residual.data);
   T* yp = static_cast<T*>(y.data);
+  T* zp = static_cast<T*>(preact.data);
   const int64_t cg = g.C_g(), kg = g.K_g();
   return parallel_tasks<Acc>(g.N * g.K, g.P * g.Q, [&](int64_t nk, Acc* acc) {
     const int64_t n = nk / g.K, k = nk % g.K;
@@ -77,9 +81,12 @@ Status forward(const Conv2dGeometry& g, Tensor4 x, Tensor4 w, Tensor1 bias, Tens
         }
       }
     for (int64_t p = 0; p < g.P; ++p)
-      for (int64_t q = 0; q < g.Q; ++q)
-        yp[y.stride.offset(n, k, p, q)] =
-            from_acc<T>(apply_activation(acc[p * g.Q + q], g.activation));
+      for (int64_t q = 0; q < g.Q; ++q) {
+        Acc z = acc[p * g.Q + q];
+        if (rp) z += to_acc(rp[residual.stride.offset(n, k, p, q)]);
+        if (zp) zp[preact.stride.offset(n, k, p, q)] = from_acc<T>(z);
+        yp[y.stride.offset(n, k, p, q)] = from_acc<T>(apply_activation(z, g.activation));
+      }
   });
 }
 
@@ -166,10 +173,10 @@ Status grad_weight(const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y, Tensor4 x
 }  // namespace
 
 Status conv2d_direct_forward(DType dtype, const Conv2dGeometry& g, Tensor4 x, Tensor4 w,
-                             Tensor1 bias, Tensor4 y) {
+                             Tensor1 bias, Tensor4 residual, Tensor4 y, Tensor4 preact) {
   if (Status s = check_forward_launch(g, x, w, y); s != Status::ok || g.N == 0) return s;
   return dispatch_dtype(dtype, [&](auto type) {
-    return forward<typename decltype(type)::type>(g, x, w, bias, y);
+    return forward<typename decltype(type)::type>(g, x, w, bias, residual, y, preact);
   });
 }
 

@@ -1,7 +1,8 @@
 // conv2d, implicit_gemm algorithm, C++ CPU kernels on the GEMM core
 // (cnnk/cpu_gemm.h): each pass is a GEMM whose operands are gathered from the
 // tensors straight into packed panels (no patch matrix in memory), with the
-// epilogue (bias, activation, conversion, store) applied to the finished tile.
+// epilogue (bias, residual, the pre-activation's store, activation,
+// conversion, store) applied to the finished tile.
 //
 //   forward      per group: Y[k, pq] = W[k, l] * X_n[l, pq], l = (c, r, s);
 //                M = K/groups, reduction C/groups * R * S, columns = output
@@ -97,7 +98,7 @@ template <typename T, bool Masked>
 struct Source {
   const T* data;
   Strides4 stride;
-  const T* mask;  // y, when Masked
+  const T* mask;  // the activation's saved tensor (cnnk/conv2d.h), when Masked
   Strides4 mask_stride;
   Activation activation;
 
@@ -212,8 +213,10 @@ PaddedPlanes<acc_t<T>> pad_planes(const Conv2dGeometry& g, const Source<T, Maske
     const int64_t n = nc / g.C, c = nc % g.C;
     Acc* out = padded.get() + nc * plane;
     std::fill(out, out + plane, Acc(0));
+    // Input columns inside the plane; none when the padding alone is wider
+    // than the plane (a single output column, its stride taken as 1).
     const int64_t w_lo = std::max<int64_t>(0, -g.pad_left);
-    const int64_t w_hi = std::min(g.W, wp - g.pad_left);
+    const int64_t w_hi = std::max(w_lo, std::min(g.W, wp - g.pad_left));
     for (int64_t ph = std::max<int64_t>(0, g.pad_top); ph < std::min(hp, g.pad_top + g.H); ++ph) {
       Acc* row = out + ph * wp + g.pad_left;
       const int64_t at = src.stride.offset(n, c, ph - g.pad_top, 0);
@@ -334,24 +337,50 @@ Status forward_gemm(const Conv2dGeometry& g, const Source<T, Masked>& src, const
       gemm::tile_work(m_pad, cols_pad, L));
 }
 
+// The forward epilogue's optional tensors (cnnk/conv2d.h): the residual
+// added to z, and where z is kept; null data for an absent one.
+struct ResidualPreact {
+  Tensor4 residual, preact;
+};
+
+// Where output (n, k, p, q) of a forward tensor with `stride` is; null for
+// an absent tensor.
+template <typename P>
+P* element_at(P* data, const Strides4& stride, int64_t n, int64_t k, int64_t p, int64_t q) {
+  return data ? data + stride.offset(n, k, p, q) : nullptr;
+}
+
 // Stores a finished tile of the forward-like GEMM into out (N, K, P, Q):
 // tile column j is pixel j0 + j of a grid `width` wide (Q, or the padded
 // width of the in-place path, whose columns q >= Q are dropped); row i (the
-// group's channel i) gets bias[i] (bias may be null) and the activation Act.
-template <typename T, Activation Act>
-void store_tile_as(const Conv2dGeometry& g, Tensor4 out, int64_t n, int64_t gi,
-                   const acc_t<T>* tile, int64_t ldc, int64_t j0, int64_t cols, int64_t width,
-                   const acc_t<T>* bias) {
+// group's channel i) gets z = acc + bias[i] (bias may be null), with Extra
+// plus the residual and z stored to preact (either may be absent), and the
+// activation Act. The loops without Extra, and with a residual alone in
+// unit-stride rows (a residual block's usual case), vectorise.
+template <typename T, Activation Act, bool Extra>
+void store_tile_as(const Conv2dGeometry& g, Tensor4 out, const ResidualPreact& extra, int64_t n,
+                   int64_t gi, const acc_t<T>* tile, int64_t ldc, int64_t j0, int64_t cols,
+                   int64_t width, const acc_t<T>* bias) {
   using Acc = acc_t<T>;
-  T* base = static_cast<T*>(out.data) + n * out.stride.n + gi * g.K_g() * out.stride.c;
-  const int64_t M = g.K_g();
+  const int64_t M = g.K_g(), k0 = gi * M;
+  T* base = static_cast<T*>(out.data) + n * out.stride.n + k0 * out.stride.c;
+  const T* residual = static_cast<const T*>(extra.residual.data);
+  T* preact = static_cast<T*>(extra.preact.data);
+  const Strides4 rs = extra.residual.stride, zs = extra.preact.stride;
   if (out.stride.c == 1) {  // channels_last: the channels of a pixel are contiguous
     for (int64_t j = 0, p = j0 / width, q = j0 % width; j < cols; ++j) {
       if (q < g.Q) {
         T* pixel = base + p * out.stride.h + q * out.stride.w;
-        for (int64_t i = 0; i < M; ++i)
-          pixel[i] = from_acc<T>(apply_activation(tile[i * ldc + j] + (bias ? bias[i] : Acc(0)),
-                                                  Act));
+        const T* res = element_at(residual, rs, n, k0, p, q);
+        T* pre = element_at(preact, zs, n, k0, p, q);
+        for (int64_t i = 0; i < M; ++i) {
+          Acc z = tile[i * ldc + j] + (bias ? bias[i] : Acc(0));
+          if constexpr (Extra) {
+            if (res) z += to_acc(res[i * rs.c]);
+            if (pre) pre[i * zs.c] = from_acc<T>(z);
+          }
+          pixel[i] = from_acc<T>(apply_activation(z, Act));
+        }
       }
       if (++q == width) q = 0, ++p;
     }
@@ -365,35 +394,70 @@ void store_tile_as(const Conv2dGeometry& g, Tensor4 out, int64_t n, int64_t gi,
       const int64_t run = std::min(g.Q, q + cols - j) - q;  // one output row's pixels
       T* __restrict dst = plane + p * out.stride.h + q * out.stride.w;
       const Acc* __restrict src = row + j;
-      if (out.stride.w == 1)  // vectorised
+      if constexpr (Extra) {
+        const T* __restrict res = element_at(residual, rs, n, k0 + i, p, q);
+        T* __restrict pre = element_at(preact, zs, n, k0 + i, p, q);
+        if (res && !pre && out.stride.w == 1 && rs.w == 1) {  // vectorised
+          for (int64_t e = 0; e < run; ++e)
+            dst[e] = from_acc<T>(apply_activation(src[e] + b + to_acc(res[e]), Act));
+        } else {
+          for (int64_t e = 0; e < run; ++e) {
+            Acc z = src[e] + b;
+            if (res) z += to_acc(res[e * rs.w]);
+            if (pre) pre[e * zs.w] = from_acc<T>(z);
+            dst[e * out.stride.w] = from_acc<T>(apply_activation(z, Act));
+          }
+        }
+      } else if (out.stride.w == 1) {  // vectorised
         for (int64_t e = 0; e < run; ++e) dst[e] = from_acc<T>(apply_activation(src[e] + b, Act));
-      else
+      } else {
         for (int64_t e = 0; e < run; ++e)
           dst[e * out.stride.w] = from_acc<T>(apply_activation(src[e] + b, Act));
+      }
     }
   }
 }
 
-template <typename T>
-void store_tile(const Conv2dGeometry& g, Tensor4 out, int64_t n, int64_t gi,
-                const acc_t<T>* tile, int64_t ldc, int64_t j0, int64_t cols, int64_t width,
-                const acc_t<T>* bias, Activation activation) {
+template <typename T, bool Extra>
+void store_tile_with(const Conv2dGeometry& g, Tensor4 out, const ResidualPreact& extra,
+                     int64_t n, int64_t gi, const acc_t<T>* tile, int64_t ldc, int64_t j0,
+                     int64_t cols, int64_t width, const acc_t<T>* bias, Activation activation) {
   switch (activation) {
     case Activation::relu:
-      return store_tile_as<T, Activation::relu>(g, out, n, gi, tile, ldc, j0, cols, width, bias);
+      return store_tile_as<T, Activation::relu, Extra>(g, out, extra, n, gi, tile, ldc, j0, cols,
+                                                       width, bias);
     case Activation::relu6:
-      return store_tile_as<T, Activation::relu6>(g, out, n, gi, tile, ldc, j0, cols, width, bias);
+      return store_tile_as<T, Activation::relu6, Extra>(g, out, extra, n, gi, tile, ldc, j0,
+                                                        cols, width, bias);
+    case Activation::silu:
+      return store_tile_as<T, Activation::silu, Extra>(g, out, extra, n, gi, tile, ldc, j0, cols,
+                                                       width, bias);
     default:
-      return store_tile_as<T, Activation::none>(g, out, n, gi, tile, ldc, j0, cols, width, bias);
+      return store_tile_as<T, Activation::none, Extra>(g, out, extra, n, gi, tile, ldc, j0, cols,
+                                                       width, bias);
   }
 }
 
+// store_tile_as for a run-time activation, with the residual and
+// pre-activation loops only when `extra` has either.
 template <typename T>
-Status forward(const Conv2dGeometry& g, Tensor4 x, Tensor4 w, Tensor1 bias, Tensor4 y) {
+void store_tile(const Conv2dGeometry& g, Tensor4 out, const ResidualPreact& extra, int64_t n,
+                int64_t gi, const acc_t<T>* tile, int64_t ldc, int64_t j0, int64_t cols,
+                int64_t width, const acc_t<T>* bias, Activation activation) {
+  if (extra.residual.data || extra.preact.data)
+    return store_tile_with<T, true>(g, out, extra, n, gi, tile, ldc, j0, cols, width, bias,
+                                    activation);
+  store_tile_with<T, false>(g, out, extra, n, gi, tile, ldc, j0, cols, width, bias, activation);
+}
+
+template <typename T>
+Status forward(const Conv2dGeometry& g, Tensor4 x, Tensor4 w, Tensor1 bias, Tensor4 residual,
+               Tensor4 y, Tensor4 preact) {
   using Acc = acc_t<T>;
   const T* wp = static_cast<const T*>(w.data);
   const T* bp = static_cast<const T*>(bias.data);
   const Source<T, false> src{static_cast<const T*>(x.data), x.stride, nullptr, {}, g.activation};
+  const ResidualPreact extra{residual, preact};
   const int64_t M = g.K_g();
   auto biases = allocate_aligned<Acc>(g.K);
   if (biases == nullptr) return Status::out_of_memory;
@@ -403,7 +467,7 @@ Status forward(const Conv2dGeometry& g, Tensor4 x, Tensor4 w, Tensor1 bias, Tens
       [&](int64_t, const Tap& t) { return w.stride.offset(0, t.c, t.r, t.s); },
       [&](int64_t n, int64_t gi, const Acc* tile, int64_t ldc, int64_t j0, int64_t cols,
           int64_t width) {
-        store_tile<T>(g, y, n, gi, tile, ldc, j0, cols, width, biases.get() + gi * M,
+        store_tile<T>(g, y, extra, n, gi, tile, ldc, j0, cols, width, biases.get() + gi * M,
                       g.activation);
       });
 }
@@ -428,7 +492,8 @@ Status grad_input_stride1(const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y, Te
   };
   auto store = [&](int64_t n, int64_t gi, const Acc* tile, int64_t ldc, int64_t j0,
                    int64_t cols, int64_t width) {
-    store_tile<T>(t, grad_x, n, gi, tile, ldc, j0, cols, width, nullptr, Activation::none);
+    store_tile<T>(t, grad_x, ResidualPreact{}, n, gi, tile, ldc, j0, cols, width, nullptr,
+                  Activation::none);
   };
   if (g.activation == Activation::none)
     return forward_gemm(t, Source<T, false>{static_cast<const T*>(grad_y.data), grad_y.stride,
@@ -690,10 +755,10 @@ Status grad_weight(const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y, Tensor4 x
 }  // namespace
 
 Status conv2d_implicit_gemm_forward(DType dtype, const Conv2dGeometry& g, Tensor4 x, Tensor4 w,
-                                    Tensor1 bias, Tensor4 y) {
+                                    Tensor1 bias, Tensor4 residual, Tensor4 y, Tensor4 preact) {
   if (Status s = check_forward_launch(g, x, w, y); s != Status::ok || g.N == 0) return s;
   return dispatch_dtype(dtype, [&](auto type) {
-    return forward<typename decltype(type)::type>(g, x, w, bias, y);
+    return forward<typename decltype(type)::type>(g, x, w, bias, residual, y, preact);
   });
 }
 

@@ -24,11 +24,13 @@
 //   part of one filter). Loops: filter rows and columns restricted to the
 //   thread's in-image range (computed once, no per-tap test), innermost the
 //   chunk's channels (constant address steps, 4 loads in flight). Epilogue
-//   fuses bias and activation: one pass writes y. Blocks are ordered channel
+//   (cnnk/conv2d.h) fuses bias, residual and activation and keeps z when
+//   asked: one pass writes y (and z). Blocks are ordered channel
 //   tile fastest, so the blocks in flight share their x pixels in L2.
 //   Bound: instruction issue and load latency of the inner loop (1 global +
 //   KT/4 shared loads per KT FMAs); DRAM bytes ~ x + y + w (x is re-read
-//   K/KT times, mostly from L2). Depthwise-like shapes (C_g*R*S small) are
+//   K/KT times, mostly from L2; + residual and z when given). Depthwise-like
+//   shapes (C_g*R*S small) are
 //   latency-bound: few taps per thread to overlap.
 //
 // conv2d_grad_input_kernel<T, CT> (CT = 8, 4 or 1 input channels per thread).
@@ -164,6 +166,7 @@ struct FwdArgs {
   Geom g;
   Tensor4 x, w, y;
   Tensor1 bias;
+  Tensor4 residual, preact;  // optional (null data): added to z; where z is kept
   int64_t x_dh, x_dw;   // x offset between adjacent filter taps
   int M, PQ;            // output pixels in all, per image
   int ktiles, ctiles;   // KT-channel tiles per group, in all
@@ -231,13 +234,19 @@ __global__ void __launch_bounds__(kThreads, 2) conv2d_forward_kernel(const FwdAr
 
   if (active) {
     const T* bias = static_cast<const T*>(a.bias.data);
+    const T* residual = static_cast<const T*>(a.residual.data);
+    T* preact = static_cast<T*>(a.preact.data);
     T* y = static_cast<T*>(a.y.data);
+    const Strides4 rs = a.residual.stride, zs = a.preact.stride;
     const int64_t yoff = n * ys.n + kb * ys.c + p * ys.h + q * ys.w;
+    const int64_t roff = rs.offset(n, kb, p, q), zoff = zs.offset(n, kb, p, q);
 #pragma unroll
     for (int i = 0; i < KT; ++i) {
       if (i < kcnt) {
         Acc v = acc[i];
         if (bias != nullptr) v += load(bias, (kb + i) * a.bias.stride);
+        if (residual != nullptr) v += load(residual, roff + i * rs.c);
+        if (preact != nullptr) preact[zoff + i * zs.c] = from_acc<T>(v);
         y[yoff + i * ys.c] = from_acc<T>(apply_activation(v, g.act));
       }
     }
@@ -360,6 +369,8 @@ __global__ void __launch_bounds__(kThreads, 2) conv2d_grad_input_kernel(const Bw
     reduce(ActTag<Activation::relu>{});
   else if (g.act == Activation::relu6)
     reduce(ActTag<Activation::relu6>{});
+  else if (g.act == Activation::silu)
+    reduce(ActTag<Activation::silu>{});
   else
     reduce(ActTag<Activation::none>{});
 
@@ -666,11 +677,12 @@ size_t acc_size(DType dtype) {
 }
 
 template <typename T, int KT>
-Status forward_launch(const Conv2dGeometry& g, Tensor4 x, Tensor4 w, Tensor1 bias, Tensor4 y,
-                      cudaStream_t stream) {
+Status forward_launch(const Conv2dGeometry& g, Tensor4 x, Tensor4 w, Tensor1 bias,
+                      Tensor4 residual, Tensor4 y, Tensor4 preact, cudaStream_t stream) {
   constexpr int kTaps = kWeightSmemBytes / (KT * static_cast<int>(sizeof(acc_t<T>)));
   FwdArgs a{};
   a.g = to_geom(g), a.x = x, a.w = w, a.y = y, a.bias = bias;
+  a.residual = residual, a.preact = preact;
   a.x_dh = g.dil_h * x.stride.h, a.x_dw = g.dil_w * x.stride.w;
   a.PQ = a.g.P * a.g.Q, a.M = a.g.N * a.PQ;
   a.ktiles = static_cast<int>(ceil_div(a.g.Kg, KT));
@@ -682,12 +694,12 @@ Status forward_launch(const Conv2dGeometry& g, Tensor4 x, Tensor4 w, Tensor1 bia
 }
 
 template <typename T>
-Status forward_impl(const Conv2dGeometry& g, Tensor4 x, Tensor4 w, Tensor1 bias, Tensor4 y,
-                    cudaStream_t stream) {
+Status forward_impl(const Conv2dGeometry& g, Tensor4 x, Tensor4 w, Tensor1 bias,
+                    Tensor4 residual, Tensor4 y, Tensor4 preact, cudaStream_t stream) {
   const int64_t kg = g.K_g();
-  if (kg >= 5) return forward_launch<T, 8>(g, x, w, bias, y, stream);
-  if (kg >= 2) return forward_launch<T, 4>(g, x, w, bias, y, stream);
-  return forward_launch<T, 1>(g, x, w, bias, y, stream);
+  if (kg >= 5) return forward_launch<T, 8>(g, x, w, bias, residual, y, preact, stream);
+  if (kg >= 2) return forward_launch<T, 4>(g, x, w, bias, residual, y, preact, stream);
+  return forward_launch<T, 1>(g, x, w, bias, residual, y, preact, stream);
 }
 
 template <typename T, int CT>
@@ -799,14 +811,16 @@ Status grad_weight_impl(const Conv2dGeometry& g, const GwPlan& plan, Tensor4 gra
 }  // namespace
 
 Status conv2d_direct_forward(DType dtype, const Conv2dGeometry& g, Tensor4 x, Tensor4 w,
-                             Tensor1 bias, Tensor4 y, cudaStream_t stream) {
+                             Tensor1 bias, Tensor4 residual, Tensor4 y, Tensor4 preact,
+                             cudaStream_t stream) {
   if (Status s = check_conv2d_geometry(g); s != Status::ok) return s;
   if (!supported_dtype(dtype)) return Status::unsupported_dtype;
   if (g.N == 0) return Status::ok;
   if (x.data == nullptr || w.data == nullptr || y.data == nullptr) return Status::bad_argument;
   if (!fits_int(g)) return Status::index_overflow;
   return dispatch_dtype(dtype, [&](auto type) {
-    return forward_impl<typename decltype(type)::type>(g, x, w, bias, y, stream);
+    return forward_impl<typename decltype(type)::type>(g, x, w, bias, residual, y, preact,
+                                                       stream);
   });
 }
 

@@ -62,32 +62,35 @@ using acc_t = typename AccOf<T>::type;
 // Activations fused into epilogues.
 enum class Activation : int { none = 0, relu = 1, relu6 = 2, silu = 3 };
 
+// e^v for the accumulator types, on the host and on the device.
+CNNK_HOST_DEVICE float exp_acc(float v) { return expf(v); }
+CNNK_HOST_DEVICE double exp_acc(double v) { return exp(v); }
+
 // Activation applied to an accumulator, as torch computes relu (clamp at 0),
-// relu6 (hardtanh to [0, 6]) and silu (z * sigmoid(z) = z / (1 + exp(-z))):
-// a NaN passes through, never becomes 0.
+// relu6 (hardtanh to [0, 6]) and silu (v / (1 + e^-v)): a NaN passes
+// through, never becomes 0; e^-v overflowing to infinity gives silu -0 for
+// a large negative v and NaN for -inf, as torch's.
 template <typename T>
 CNNK_HOST_DEVICE T apply_activation(T v, Activation act) {
-  using std::exp;
   if (act == Activation::relu) return v < T(0) ? T(0) : v;
   if (act == Activation::relu6) return v < T(0) ? T(0) : (v > T(6) ? T(6) : v);
-  if (act == Activation::silu) return v / (T(1) + exp(-v));
+  if (act == Activation::silu) return v / (T(1) + exp_acc(-v));
   return v;
 }
 
-// grad through the activation, from `saved`: the activation's output y for
-// relu and relu6, its input z for silu. relu and relu6 select as torch's
-// backward kernels select (a NaN grad where the activation is flat becomes
-// 0; the kinks take 0): relu (threshold_backward) passes grad unless
-// y <= 0, so a NaN y passes it; relu6 (hardtanh_backward, vectorised) passes
-// it only where 0 < y < 6, so a NaN y stops it. silu: with s = sigmoid(z),
-// grad * s * (1 + z * (1 - s)), as torch's silu_backward.
+// grad through the activation, from `saved` (the activation's output y for
+// relu and relu6, its input z for silu), selected as torch's backward
+// kernels select it (a NaN grad where the activation is flat becomes 0; the
+// kinks take 0): relu (threshold_backward) passes grad unless y <= 0, so a
+// NaN y passes it; relu6 (hardtanh_backward, vectorised) passes it only
+// where 0 < y < 6, so a NaN y stops it; silu (silu_backward) multiplies it by
+// s (1 + z (1 - s)), s = 1 / (1 + e^-z).
 template <typename T>
 CNNK_HOST_DEVICE T activation_grad(T grad, T saved, Activation act) {
-  using std::exp;
   if (act == Activation::relu) return saved <= T(0) ? T(0) : grad;
   if (act == Activation::relu6) return (saved > T(0) && saved < T(6)) ? grad : T(0);
   if (act == Activation::silu) {
-    const T s = T(1) / (T(1) + exp(-saved));
+    const T s = T(1) / (T(1) + exp_acc(-saved));
     return grad * s * (T(1) + saved * (T(1) - s));
   }
   return grad;

@@ -88,11 +88,20 @@ inline Status check_conv2d_geometry(const Conv2dGeometry& g) {
 }
 
 // Every launcher's checks of its geometry and tensors (an empty batch needs
-// no data but grad_weight's output, which it zeroes).
+// no data but grad_weight's output, which it zeroes). The forward's bias,
+// residual and preact are optional: any of them may be null.
 inline Status check_forward_launch(const Conv2dGeometry& g, const Tensor4& x, const Tensor4& w,
                                    const Tensor4& y) {
   if (Status s = check_conv2d_geometry(g); s != Status::ok) return s;
   return g.N == 0 || (x.data && w.data && y.data) ? Status::ok : Status::bad_argument;
+}
+
+inline Status check_activation_grad_launch(const Conv2dGeometry& g, const Tensor4& grad_y,
+                                           const Tensor4& saved, const Tensor4& grad_z) {
+  if (Status s = check_conv2d_geometry(g); s != Status::ok) return s;
+  if (g.N == 0) return Status::ok;
+  if (!grad_y.data || !grad_z.data) return Status::bad_argument;
+  return g.activation == Activation::none || saved.data ? Status::ok : Status::bad_argument;
 }
 
 inline Status check_grad_input_launch(const Conv2dGeometry& g, const Tensor4& grad_y,
@@ -112,13 +121,24 @@ inline Status check_grad_weight_launch(const Conv2dGeometry& g, const Tensor4& g
                                                                  : Status::bad_argument;
 }
 
+// The epilogue, every algorithm's forward (the launchers below):
+//   z = conv(x, w) + bias[k] + residual[n, k, p, q];  preact = z;  y = act(z)
+// in the accumulator type, in one pass over the output. bias.data,
+// residual.data and preact.data may be null (no bias, no residual, z not
+// kept); residual and preact have the output's shape, any strides.
+// The backward launchers read the activation's derivative from `y`: the
+// forward output for relu and relu6, the pre-activation z for silu; it may
+// be null when no activation was fused.
+//
+// conv2d_activation_grad (every backend, csrc/{cpu,cuda}/conv2d/activation.*):
+// grad_z = activation_grad(grad_y, saved, g.activation) elementwise over the
+// output (N, K, P, Q) of g: the gradient of z, hence of the residual.
+
 namespace cpu {
 // Direct algorithm (csrc/cpu/conv2d/direct.cpp).
-// y = act(conv(x, w) + bias). bias.data may be null.
 Status conv2d_direct_forward(DType dtype, const Conv2dGeometry& g, Tensor4 x, Tensor4 w,
-                             Tensor1 bias, Tensor4 y);
-// grad_x from grad_y; y (the forward output) is read only when an activation
-// was fused, to mask grad_y with its derivative.
+                             Tensor1 bias, Tensor4 residual, Tensor4 y, Tensor4 preact);
+// grad_x from grad_y, masked by the activation's derivative at y.
 Status conv2d_direct_grad_input(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y,
                                 Tensor4 w, Tensor4 grad_x);
 // grad_w and (when grad_bias.data is set) grad_bias, in one pass over grad_y.
@@ -127,7 +147,7 @@ Status conv2d_direct_grad_weight(DType dtype, const Conv2dGeometry& g, Tensor4 g
 // The implicit_gemm algorithm (csrc/cpu/conv2d/implicit_gemm.cpp): the
 // same contracts.
 Status conv2d_implicit_gemm_forward(DType dtype, const Conv2dGeometry& g, Tensor4 x, Tensor4 w,
-                                    Tensor1 bias, Tensor4 y);
+                                    Tensor1 bias, Tensor4 residual, Tensor4 y, Tensor4 preact);
 Status conv2d_implicit_gemm_grad_input(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y,
                                        Tensor4 y, Tensor4 w, Tensor4 grad_x);
 Status conv2d_implicit_gemm_grad_weight(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y,
@@ -142,6 +162,9 @@ Status conv2d_im2col(DType dtype, const Conv2dGeometry& g, Tensor4 x, Tensor4 pa
                      bool taps_channels_last);
 Status conv2d_col2im(DType dtype, const Conv2dGeometry& g, Tensor4 grad_patches, Tensor4 grad_x,
                      bool taps_channels_last);
+// grad_z (csrc/cpu/conv2d/activation.cpp).
+Status conv2d_activation_grad(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y,
+                              Tensor4 saved, Tensor4 grad_z);
 }  // namespace cpu
 
 #if defined(CNNK_WITH_CUDA)
@@ -149,7 +172,8 @@ namespace cuda {
 // Direct algorithm (csrc/cuda/conv2d/direct.cu): the CPU launchers'
 // contracts; work is queued on `stream`.
 Status conv2d_direct_forward(DType dtype, const Conv2dGeometry& g, Tensor4 x, Tensor4 w,
-                             Tensor1 bias, Tensor4 y, cudaStream_t stream);
+                             Tensor1 bias, Tensor4 residual, Tensor4 y, Tensor4 preact,
+                             cudaStream_t stream);
 Status conv2d_direct_grad_input(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y,
                                 Tensor4 w, Tensor4 grad_x, cudaStream_t stream);
 // Bytes of device scratch conv2d_direct_grad_weight needs for its split reduction.
@@ -186,6 +210,9 @@ Status conv2d_im2col(DType dtype, const Conv2dGeometry& g, Tensor4 x, Tensor4 pa
                      bool taps_channels_last, cudaStream_t stream);
 Status conv2d_col2im(DType dtype, const Conv2dGeometry& g, Tensor4 grad_patches, Tensor4 grad_x,
                      bool taps_channels_last, cudaStream_t stream);
+// grad_z (csrc/cuda/conv2d/activation.cu).
+Status conv2d_activation_grad(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y,
+                              Tensor4 saved, Tensor4 grad_z, cudaStream_t stream);
 }  // namespace cuda
 #endif
 
