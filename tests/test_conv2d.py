@@ -6,6 +6,7 @@ tests/harness.py; this module adds conv2d's own: the split weight-gradient
 reduction, unbatched input, every epilogue on every algorithm, silu at
 extreme values, the op-level validation, the algorithm router."""
 
+import importlib
 import random
 
 import pytest
@@ -27,6 +28,9 @@ from cnnkernels.ops.conv2d import (
     conv2d_op,
     route,
 )
+
+# The module (cnnkernels.ops exports the function conv2d under the same name).
+conv2d_ops = importlib.import_module("cnnkernels.ops.conv2d")
 
 ACTIVATIONS = {None: lambda t: t, "relu": F.relu, "relu6": F.relu6, "silu": F.silu}
 RESIDUAL_LAYOUTS = (None, "contiguous", "channels_last", "noncontiguous")
@@ -333,27 +337,6 @@ def _geometry(C, K, R, groups):
                           Activation.relu)
 
 
-def test_router():
-    """Implicit GEMM on the cpu, but for the backward of depthwise-like
-    convolutions; direct on the GPU backends (all they have)."""
-    dense, pointwise = _geometry(64, 64, 3, 1), _geometry(256, 64, 1, 1)
-    depthwise, grouped = _geometry(32, 32, 3, 32), _geometry(64, 64, 3, 16)
-    for g in (dense, pointwise, depthwise, grouped):
-        assert route(g, "cpu") == "implicit_gemm"
-    for direction in ("grad_input", "grad_weight"):
-        assert route(dense, "cpu", direction) == route(grouped, "cpu", direction) == "implicit_gemm"
-        assert route(depthwise, "cpu", direction) == "direct"
-    for backend in ("cuda", "triton"):
-        for direction in ("forward", "grad_input", "grad_weight"):
-            assert route(dense, backend, direction) == "direct"
-
-
-def test_implicit_gemm_only_on_the_cpu():
-    with ck.use(backend="triton", conv_algorithm="implicit_gemm"), \
-            pytest.raises(ValueError, match="runs on the backends cpu only, not on 'triton'"):
-        ck.conv2d(**_conv_args())
-
-
 CPU_ALGORITHMS = [p for p in backend_params() if p.values[1] == "cpu"]
 
 
@@ -485,6 +468,8 @@ def test_every_epilogue_on_every_algorithm(device, backend, algorithm, activatio
     output, grad_input, grad_weight, grad_bias and grad_residual against
     torch's chain act(conv2d + residual) in float64."""
     case = dict(EPILOGUE_CASE, activation=activation, residual=residual)
+    if algorithm == "pointwise":
+        case.update(R=1, S=1, stride=(1, 1), padding=0)
     with ck.use(conv_algorithm=algorithm):
         run_case(device, backend, case, dtypes_for(device, backend)[0], seed=21)
 
@@ -535,3 +520,127 @@ def test_preactivation_is_kept_only_for_silu_when_asked():
         assert conv2d_op(x, w, b, r, *geometry, activation, keep, "auto", "cpu")[1].numel() == 0
     with pytest.raises(ValueError, match="call it with keep_preactivation=True"):
         conv2d_op(x.requires_grad_(), w, b, r, *geometry, "silu", False, "auto", "cpu")
+
+
+def test_router():
+    """Each branch of the rule written in ``route``: the cpu's implicit GEMM
+    (direct for the backward of depthwise-like convolutions); on the GPU
+    backends pointwise for 1x1, implicit GEMM otherwise, direct for one
+    channel per group, fp64 and exact fp32."""
+    dense, pointwise = _geometry(64, 64, 3, 1), _geometry(256, 64, 1, 1)
+    depthwise, grouped = _geometry(32, 32, 3, 32), _geometry(64, 64, 3, 16)
+    for g in (dense, pointwise, depthwise, grouped):
+        assert route(g, "cpu") == "implicit_gemm"
+    for direction in ("grad_input", "grad_weight"):
+        assert route(dense, "cpu", direction) == route(grouped, "cpu", direction) == "implicit_gemm"
+        assert route(depthwise, "cpu", direction) == "direct"
+    tf32 = torch.backends.cudnn.allow_tf32
+    try:
+        for direction in ("forward", "grad_input", "grad_weight"):
+            for dtype in (torch.bfloat16, torch.float16):
+                assert route(dense, "triton", direction, dtype) == "implicit_gemm"
+                assert route(grouped, "triton", direction, dtype) == "implicit_gemm"
+                assert route(pointwise, "triton", direction, dtype) == "pointwise"
+                assert route(depthwise, "triton", direction, dtype) == "direct"
+            assert route(dense, "triton", direction, torch.float64) == "direct"
+            torch.backends.cudnn.allow_tf32 = True
+            assert route(dense, "triton", direction, torch.float32) == "implicit_gemm"
+            torch.backends.cudnn.allow_tf32 = False
+            assert route(dense, "triton", direction, torch.float32) == "direct"
+            assert route(dense, "triton", direction, torch.bfloat16) == "implicit_gemm"
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+
+
+def test_router_on_a_cuda_build_without_the_tensor_core_kernels(monkeypatch):
+    """A CUDA build that predates the tensor-core kernels routes to direct."""
+    monkeypatch.setattr(conv2d_ops, "_available", lambda backend: ("direct",))
+    assert route(_geometry(64, 64, 3, 1), "cuda", "forward", torch.bfloat16) == "direct"
+
+
+def test_algorithm_errors_name_what_runs():
+    with ck.use(backend="cpu", conv_algorithm="pointwise"), \
+            pytest.raises(ValueError, match="'pointwise' takes 1x1 convolutions with stride 1"):
+        ck.conv2d(**_conv_args())
+    if not ck.info()["cuda_kernels_built"]:
+        with ck.use(backend="cuda", conv_algorithm="implicit_gemm"), \
+                pytest.raises((ValueError, RuntimeError)):
+            ck.conv2d(**_conv_args())
+
+
+POINTWISE_CASE = dict(N=2, C=6, K=10, H=5, W=7, R=1, S=1, stride=(1, 1), padding=0,
+                      dilation=(1, 1), groups=2, bias=True, activation="relu")
+
+
+def _algorithm_case(algorithm: str, seed: int, tiny: bool) -> dict:
+    """A random case the algorithm takes (pointwise: a 1x1 stride-1 unpadded
+    one in the random case's layout)."""
+    case = random_case(seed, tiny)
+    if algorithm == "pointwise":
+        case.update(POINTWISE_CASE)
+    return case
+
+
+@pytest.mark.parametrize(("device", "backend"), CPU_ALGORITHMS)
+@pytest.mark.parametrize("algorithm", ["im2col", "pointwise"])
+@pytest.mark.parametrize("seed", range(8))
+def test_cpu_patch_and_pointwise_algorithms_match_torch(device, backend, algorithm, seed):
+    dtypes = dtypes_for(device, backend)
+    with ck.use(conv_algorithm=algorithm):
+        run_case(device, backend, _algorithm_case(algorithm, 2000 + seed, False),
+                 dtypes[seed % len(dtypes)], seed)
+
+
+TRITON_PARAMS = [p for p in backend_params() if p.values[1] == "triton"]
+
+
+@pytest.mark.parametrize(("device", "backend"), TRITON_PARAMS)
+@pytest.mark.parametrize("algorithm", ["implicit_gemm", "im2col", "pointwise"])
+@pytest.mark.parametrize("seed", range(5))
+def test_triton_tensor_core_algorithms_match_torch(device, backend, algorithm, seed):
+    """The Triton tensor-core algorithms forced, over tiny random cases
+    (groups, strides, dilations, every padding form and layout) in fp32 and
+    fp64 in the interpreter (tl.dot runs there), bf16 and fp16 on a GPU."""
+    dtypes = dtypes_for(device, backend)
+    with ck.use(conv_algorithm=algorithm):
+        run_case(device, backend, _algorithm_case(algorithm, 3000 + seed, True),
+                 dtypes[seed % len(dtypes)], seed)
+
+
+@pytest.mark.parametrize(("device", "backend"), TRITON_PARAMS)
+@pytest.mark.parametrize("case", [
+    # Stride phases whose taps never align with the dilation (some phases get
+    # no tap at all) and a stride larger than the kernel.
+    dict(N=1, C=3, K=4, H=8, W=9, R=3, S=3, stride=(2, 2), padding=(2, 1), dilation=(2, 2)),
+    dict(N=2, C=4, K=6, H=9, W=9, R=3, S=3, stride=(4, 2), padding=(0, 1), dilation=(2, 3),
+         groups=2),
+    # Channels past one tile and a split pixel reduction in grad_weight.
+    dict(N=2, C=20, K=18, H=9, W=8, R=2, S=2, stride=(1, 1), padding=1, layout="channels_last"),
+], ids=["phase_without_taps", "stride_over_kernel", "tiles_and_splits"])
+def test_triton_implicit_gemm_edges(device, backend, case):
+    full = dict(dilation=(1, 1), groups=1, bias=True, activation="relu", layout="contiguous")
+    full.update(case)
+    with ck.use(conv_algorithm="implicit_gemm"):
+        run_case(device, backend, full, dtypes_for(device, backend)[0], seed=5)
+
+
+@pytest.mark.parametrize(("device", "backend"), TRITON_PARAMS)
+def test_triton_implicit_gemm_grad_weight_is_deterministic(device, backend):
+    """The split reduction's order is fixed by the shape: bit-identical runs."""
+    from cnnkernels.kernels.conv2d import implicit_gemm
+
+    generator = torch.Generator().manual_seed(4)
+    dtype = dtypes_for(device, backend)[0]
+    x = random_tensor((2, 16, 10, 9), dtype, device, generator=generator)
+    w = random_tensor((16, 16, 3, 3), dtype, device, generator=generator)
+    gy = random_tensor((2, 16, 10, 9), dtype, device, generator=generator)
+    g = conv2d_ops._geometry(x, w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1, "none", "auto")
+    assert implicit_gemm.grad_weight_splits(g, implicit_gemm._grad_weight_blocks("strided")) > 1
+    with ck.use(backend=backend, conv_algorithm="implicit_gemm"):
+        runs = [conv2d_grad_weight_op(gy, None, x, w, [1, 1], [1, 1, 1, 1], [1, 1], 1, "none",
+                                      "implicit_gemm", backend)[0] for _ in range(2)]
+    assert torch.equal(runs[0], runs[1])
+    reference = torch.ops.aten.convolution_backward(
+        float64_cpu(gy), float64_cpu(x), float64_cpu(w), None, (1, 1), (1, 1), (1, 1), False,
+        (0, 0), 1, (False, True, False))[1]
+    assert_close(runs[0], reference, dtype, 2 * 10 * 9, "grad_weight")
