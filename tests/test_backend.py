@@ -36,7 +36,8 @@ def test_use_as_statement_sets_globally():
 @pytest.mark.parametrize(("kwargs", "message"), [
     (dict(backend="gpu"), "backend must be one of 'auto', 'cpu', 'cuda', 'triton', got 'gpu'"),
     (dict(conv_algorithm="fft"),
-     "conv_algorithm must be one of 'auto', 'direct', 'implicit_gemm', got 'fft'"),
+     "conv_algorithm must be one of 'auto', 'direct', 'implicit_gemm', 'pointwise', 'im2col', "
+     "got 'fft'"),
 ])
 def test_use_rejects_unknown_choices(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -522,7 +522,7 @@ def test_preactivation_is_kept_only_for_silu_when_asked():
         conv2d_op(x.requires_grad_(), w, b, r, *geometry, "silu", False, "auto", "cpu")
 
 
-def test_router():
+def test_router(monkeypatch):
     """Each branch of the rule written in ``route``: the cpu's implicit GEMM
     (direct for the backward of depthwise-like convolutions); on the GPU
     backends pointwise for 1x1, implicit GEMM otherwise, direct for one
@@ -534,22 +534,18 @@ def test_router():
     for direction in ("grad_input", "grad_weight"):
         assert route(dense, "cpu", direction) == route(grouped, "cpu", direction) == "implicit_gemm"
         assert route(depthwise, "cpu", direction) == "direct"
-    tf32 = torch.backends.cudnn.allow_tf32
-    try:
-        for direction in ("forward", "grad_input", "grad_weight"):
-            for dtype in (torch.bfloat16, torch.float16):
-                assert route(dense, "triton", direction, dtype) == "implicit_gemm"
-                assert route(grouped, "triton", direction, dtype) == "implicit_gemm"
-                assert route(pointwise, "triton", direction, dtype) == "pointwise"
-                assert route(depthwise, "triton", direction, dtype) == "direct"
-            assert route(dense, "triton", direction, torch.float64) == "direct"
-            torch.backends.cudnn.allow_tf32 = True
-            assert route(dense, "triton", direction, torch.float32) == "implicit_gemm"
-            torch.backends.cudnn.allow_tf32 = False
-            assert route(dense, "triton", direction, torch.float32) == "direct"
-            assert route(dense, "triton", direction, torch.bfloat16) == "implicit_gemm"
-    finally:
-        torch.backends.cudnn.allow_tf32 = tf32
+    for direction in ("forward", "grad_input", "grad_weight"):
+        for dtype in (torch.bfloat16, torch.float16):
+            assert route(dense, "triton", direction, dtype) == "implicit_gemm"
+            assert route(grouped, "triton", direction, dtype) == "implicit_gemm"
+            assert route(pointwise, "triton", direction, dtype) == "pointwise"
+            assert route(depthwise, "triton", direction, dtype) == "direct"
+        assert route(dense, "triton", direction, torch.float64) == "direct"
+        monkeypatch.setattr(conv2d_ops, "tf32_allowed", lambda: True)
+        assert route(dense, "triton", direction, torch.float32) == "implicit_gemm"
+        monkeypatch.setattr(conv2d_ops, "tf32_allowed", lambda: False)
+        assert route(dense, "triton", direction, torch.float32) == "direct"
+        assert route(dense, "triton", direction, torch.bfloat16) == "implicit_gemm"
 
 
 def test_router_on_a_cuda_build_without_the_tensor_core_kernels(monkeypatch):

@@ -167,17 +167,28 @@ class Unsupported(Exception):
     (the row is skipped, with the message as the reason)."""
 
 
+def _cudnn_flags(**changed):
+    """torch.backends.cudnn.flags() with the ``changed`` flags and the others
+    as they are: plain assignment is refused once a test suite has called
+    torch.backends.disable_global_flags."""
+    cudnn = torch.backends.cudnn
+    flags = dict(enabled=cudnn.enabled, benchmark=cudnn.benchmark,
+                 deterministic=cudnn.deterministic, allow_tf32=cudnn.allow_tf32)
+    return cudnn.flags(**{**flags, **changed})
+
+
 @contextlib.contextmanager
 def tf32_allowed(allowed: bool):
     """torch's two TF32 switches (convolutions: cudnn.allow_tf32; matmuls:
     cuda.matmul.allow_tf32) set for the block: cnnkernels reads the same
     ones, so ours and torch's run under the same rule."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = allowed
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    saved_matmul = torch.backends.cuda.matmul.allow_tf32
+    with _cudnn_flags(allow_tf32=allowed):
+        torch.backends.cuda.matmul.allow_tf32 = allowed
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = saved_matmul
 
 
 # ---------------------------------------------------------------------------
@@ -355,12 +366,8 @@ def make_timer(device: torch.device, quick: bool):
 def _cudnn_autotuning_off():
     """With cudnn.benchmark on, cuDNN would try every algorithm on each new
     float64 reference shape, which costs far more than computing it."""
-    saved = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = False
-    try:
+    with _cudnn_flags(benchmark=False):
         yield
-    finally:
-        torch.backends.cudnn.benchmark = saved
 
 
 def relative_error(result: torch.Tensor, reference: torch.Tensor) -> float:

@@ -110,6 +110,12 @@ def is_pointwise(g: Conv2dGeometry) -> bool:
             and g.pad_left == 0 and g.P == g.H and g.Q == g.W)
 
 
+def tf32_allowed() -> bool:
+    """torch's rule for fp32 convolutions: TF32 tensor cores when
+    ``torch.backends.cudnn.allow_tf32`` (on by default), exact fp32 otherwise."""
+    return torch.backends.cudnn.allow_tf32
+
+
 def route(g: Conv2dGeometry, backend: str, direction: str = "forward",
           dtype: torch.dtype = torch.float32) -> str:
     """The algorithm ``auto`` runs for ``g`` on ``backend`` in ``direction``
@@ -133,7 +139,7 @@ def route(g: Conv2dGeometry, backend: str, direction: str = "forward",
     """
     if backend == "cpu":
         return "direct" if direction != "forward" and g.C_g == 1 else "implicit_gemm"
-    exact_fp32 = dtype == torch.float32 and not torch.backends.cudnn.allow_tf32
+    exact_fp32 = dtype == torch.float32 and not tf32_allowed()
     if (g.C_g == 1 or dtype == torch.float64 or exact_fp32
             or "implicit_gemm" not in _available(backend)):
         return "direct"
@@ -304,7 +310,7 @@ class _ImplicitGemm:
 def _tf32_flag(backend: str) -> tuple:
     """The CUDA tensor-core launchers take torch's TF32 switch for
     convolutions; Triton's read it themselves, the cpu's have no TF32."""
-    return (torch.backends.cudnn.allow_tf32,) if backend == "cuda" else ()
+    return (tf32_allowed(),) if backend == "cuda" else ()
 
 
 class _Pointwise(_ImplicitGemm):

@@ -73,7 +73,7 @@ from cnnkernels.kernels.common import (
 )
 
 from cnnkernels._ext import Activation
-from cnnkernels.ops.conv2d import is_pointwise
+from cnnkernels.ops.conv2d import is_pointwise, tf32_allowed
 
 
 @triton.jit
@@ -356,7 +356,7 @@ _GRAD_WEIGHT_MIN_CHUNKS_PER_SPLIT = 4
 def _precision(dtype: torch.dtype) -> str:
     """tl.dot's input precision: TF32 for fp32 only when torch allows it for
     convolutions; fp16/bf16 run on tensor cores whatever it says."""
-    return "tf32" if dtype == torch.float32 and torch.backends.cudnn.allow_tf32 else "ieee"
+    return "tf32" if dtype == torch.float32 and tf32_allowed() else "ieee"
 
 
 def _layout(gathered: torch.Tensor, weight: torch.Tensor) -> str:
