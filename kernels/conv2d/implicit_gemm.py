@@ -338,7 +338,7 @@ def _grad_weight_kernel(
 _CONFIGS = {
     ("forward", "channels_last"): ((128, 64, 32, 4), (64, 128, 32, 4), (64, 64, 32, 4),
                                    (64, 32, 32, 4), (32, 32, 16, 2)),
-    ("forward", "strided"): ((64, 64, 32, 2), (64, 32, 32, 2), (32, 32, 16, 2)),
+    ("forward", "strided"): ((64, 64, 32, 2), (32, 64, 32, 2), (32, 32, 16, 2)),
     # grad_input also loads the output to apply the activation's derivative.
     ("grad_input", "channels_last"): ((128, 64, 32, 3), (64, 64, 32, 4), (64, 32, 32, 4),
                                       (32, 32, 16, 2)),

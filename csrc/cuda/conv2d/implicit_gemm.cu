@@ -27,12 +27,13 @@
 //   tile   BM x BN   warps (each)      stage    3 stages  HMMA per k-tile-loop
 //   big    128 x 128  8 (64 x 32)      16 KiB   48 KiB    32 (sm_80 and sm_90a)
 //   small  64 x 64    4 (32 x 32)       8 KiB   24 KiB    16 (sm_80 and sm_90a)
-// Static shared memory (<= 48 KiB, no opt-in). Registers (ptxas, sm_80 /
-// sm_90a) and resident blocks per SM (64 K registers, >= 164 KiB shared):
-//   forward      big 128/128 -> 2 (16 warps)   small 112/112 -> 4 (16 warps)
-//   grad_input   big 151/159 -> 1 (8 warps)    small 112/116 -> 4 (16 warps)
-//   grad_weight  big 182/175 -> 1 (8 warps)    small 160/160 -> 3 (12 warps)
-//   (f32/TF32 within a few registers of these; no spills anywhere.)
+// Static shared memory (<= 48 KiB, no opt-in). Registers (ptxas, f16 and
+// f32, sm_80 / sm_90a) and resident blocks per SM (64 K registers,
+// >= 164 KiB shared), from benchmarks/static_check.py:
+//   forward      big 146-158 -> 1 (8 warps)    small 104-114 -> 4 (16 warps)
+//   grad_input   big 140-159 -> 1 (8 warps)    small 107-116 -> 4 (16 warps)
+//   grad_weight  big 175-196 -> 1 (8 warps)    small 160-167 -> 3 (12 warps)
+//   (no spills anywhere).
 // The big tile is used when the GEMM's N side exceeds 64 and it still
 // yields >= 264 blocks (two per H100 SM); else the small one. Blocks run
 // N tiles fastest, so the blocks in flight share their A rows in L2.
@@ -137,15 +138,12 @@ struct Tile {
   static constexpr int kSmemBytes = kStages * kStageBytes;
   static_assert(WTM % 16 == 0 && WTN % 16 == 0, "warp tiles are whole ldmatrix.x4 loads");
 };
-// Forward and grad_input: two big or four small blocks per SM (<= 128
-// registers a thread).
-using BigTile = Tile<128, 128, 2, 4, 2>;  // 8 warps of 64 x 32; 48 KiB of stages
+// The big tile is not bounded to two blocks per SM (128 registers): the
+// forward's silu epilogue, grad_input's masked loads (gy and y in registers)
+// and grad_weight's pixel decodes need more (the forward spilled on sm_80).
+using BigTile = Tile<128, 128, 2, 4, 1>;  // 8 warps of 64 x 32; 48 KiB of stages
 using SmallTile = Tile<64, 64, 2, 2, 4>;  // 4 warps of 32 x 32; 24 KiB of stages
-// grad_input's masked loads (gy and y in registers) and grad_weight's
-// pixel decodes per chunk and k-tile need more registers: one big block
-// per SM; three small grad_weight blocks.
-using GradInputBigTile = Tile<128, 128, 2, 4, 1>;
-using GradWeightBigTile = Tile<128, 128, 2, 4, 1>;
+// Three small grad_weight blocks per SM.
 using GradWeightSmallTile = Tile<64, 64, 2, 2, 3>;
 
 // How an operand tile is filled: 16-byte cp.async (contiguous, aligned
@@ -1194,7 +1192,7 @@ Status grad_input_impl(const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y, Tenso
   a.w_mode = vector_ready(w.data, w.stride.n, g.K_g(), {w.stride.c, w.stride.h, w.stride.w}, kElems)
                  ? LoadMode::async
                  : LoadMode::generic;
-  return use_big_tile(a.M, g.C_g(), g.groups) ? grad_input_launch<T, GradInputBigTile>(g, a, stream)
+  return use_big_tile(a.M, g.C_g(), g.groups) ? grad_input_launch<T, BigTile>(g, a, stream)
                                               : grad_input_launch<T, SmallTile>(g, a, stream);
 }
 
@@ -1226,7 +1224,7 @@ GradWeightPlan plan_grad_weight_with(bool big, int elem_bytes, const Conv2dGeome
 GradWeightPlan plan_grad_weight(DType dtype, const Conv2dGeometry& g) {
   const int elem_bytes = dtype == DType::float32 ? 4 : 2;
   return g.K_g() > 64 && g.reduction_size() + 1 > 64
-             ? plan_grad_weight_with<GradWeightBigTile>(true, elem_bytes, g)
+             ? plan_grad_weight_with<BigTile>(true, elem_bytes, g)
              : plan_grad_weight_with<GradWeightSmallTile>(false, elem_bytes, g);
 }
 
@@ -1267,7 +1265,7 @@ Status grad_weight_impl(const Conv2dGeometry& g, const GradWeightPlan& plan, Ten
   a.x_mode = vector_ready(x.data, x.stride.c, g.C_g(), {x.stride.n, x.stride.h, x.stride.w}, kElems)
                  ? LoadMode::async
                  : LoadMode::generic;
-  return plan.big ? grad_weight_launch<T, GradWeightBigTile>(g, plan, a, stream)
+  return plan.big ? grad_weight_launch<T, BigTile>(g, plan, a, stream)
                   : grad_weight_launch<T, GradWeightSmallTile>(g, plan, a, stream);
 }
 
