@@ -185,9 +185,20 @@ def test_unsupported_dtypes_are_refused():
                                               allow_tf32, stream())
 
 
+def _column_order(patches, g, taps_channels_last: bool, to_taps_channels_last: bool):
+    """Patch columns (N, G*J, P, Q) from one column order to the other:
+    (c, r, s) within a group, or (r, s, c)."""
+    if taps_channels_last == to_taps_channels_last:
+        return patches
+    inner = (g.R * g.S, g.C_g) if taps_channels_last else (g.C_g, g.R * g.S)
+    return (patches.reshape(g.N, g.groups, *inner, g.P, g.Q).transpose(2, 3)
+            .reshape(patches.shape))
+
+
+@pytest.mark.parametrize("taps_channels_last", (False, True))
 @pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16, torch.float32, torch.float64))
 @pytest.mark.parametrize("case", CASES)
-def test_im2col_col2im(case, dtype):
+def test_im2col_col2im(case, dtype, taps_channels_last):
     g, x, _, _ = make_case(case, dtype, "strided", seed=5)
     padding = case[8]
     t, bo, left, right = padding
@@ -195,18 +206,20 @@ def test_im2col_col2im(case, dtype):
     code = _ext.dtype_code(dtype)
     J = g.C_g * g.R * g.S
     patches = torch.full((g.N, g.groups * J, g.P, g.Q), float("nan"), dtype=dtype, device="cuda")
-    cuda.conv2d_im2col(code, g, x, patches, stream())
+    cuda.conv2d_im2col(code, g, x, patches, taps_channels_last, stream())
     x64 = F.pad(float64_cpu(x), (left, right, t, bo))
     unfolded = F.unfold(x64, (g.R, g.S), dilation=(g.dil_h, g.dil_w),
                         stride=(g.stride_h, g.stride_w))  # (N, C*R*S, P*Q), (c, r, s) order
-    expected = unfolded.reshape(g.N, g.groups * J, g.P, g.Q)
+    expected = _column_order(unfolded.reshape(g.N, g.groups * J, g.P, g.Q), g, False,
+                             taps_channels_last)
     assert torch.equal(float64_cpu(patches), expected)
 
     grad_patches = random_tensor(patches.shape, dtype, "cuda").transpose(2, 3).contiguous()
     grad_patches = grad_patches.transpose(2, 3)  # non-contiguous
     grad_x = torch.full_like(x, float("nan"))
-    cuda.conv2d_col2im(code, g, grad_patches, grad_x, stream())
-    folded = F.fold(float64_cpu(grad_patches).reshape(g.N, g.groups * J, g.P * g.Q),
+    cuda.conv2d_col2im(code, g, grad_patches, grad_x, taps_channels_last, stream())
+    crs = _column_order(float64_cpu(grad_patches), g, taps_channels_last, False)
+    folded = F.fold(crs.reshape(g.N, g.groups * J, g.P * g.Q),
                     (g.H + t + bo, g.W + left + right), (g.R, g.S),
                     dilation=(g.dil_h, g.dil_w), stride=(g.stride_h, g.stride_w))
     expected = folded[..., t:t + g.H, left:left + g.W]
