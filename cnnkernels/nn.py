@@ -1,7 +1,8 @@
-"""Drop-in modules: ``cnnkernels.nn.Conv2d``, ``MaxPool2d``, ``AvgPool2d``,
+"""Drop-in modules: ``cnnkernels.nn.Conv2d``, ``ConvTranspose2d``, ``MaxPool2d``, ``AvgPool2d``,
 ``AdaptiveAvgPool2d`` and ``AdaptiveMaxPool2d`` are the torch.nn modules of
 the same name (subclasses: same constructor, parameters, state dict)
-computed by cnnkernels' ops; Conv2d takes an optional fused ``activation``.
+computed by cnnkernels' ops; Conv2d and ConvTranspose2d take an optional
+fused ``activation``.
 ``patch(model)`` switches every such torch.nn module of an existing model to
 its cnnkernels twin in place."""
 
@@ -11,7 +12,8 @@ from torch.nn import functional as _F
 from cnnkernels import _args
 from cnnkernels import ops as _ops
 
-__all__ = ["AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "AvgPool2d", "Conv2d", "MaxPool2d", "patch"]
+__all__ = ["AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "AvgPool2d", "Conv2d", "ConvTranspose2d",
+           "MaxPool2d", "patch"]
 
 
 class Conv2d(_torch.nn.Conv2d):
@@ -31,6 +33,30 @@ class Conv2d(_torch.nn.Conv2d):
             padding = 0
         return _ops.conv2d(input, weight, bias, self.stride, padding, self.dilation, self.groups,
                            activation=self.activation)
+
+    def extra_repr(self) -> str:
+        extra = f", activation={self.activation!r}" if self.activation is not None else ""
+        return super().extra_repr() + extra
+
+
+class ConvTranspose2d(_torch.nn.ConvTranspose2d):
+    """``torch.nn.ConvTranspose2d`` on cnnkernels' kernels (forward's
+    ``output_size`` chooses the output_padding as torch does). ``activation``
+    (None, "relu", "relu6", "silu") is applied after the bias, fused."""
+
+    def __init__(self, *args, activation: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        _args.activation(activation)
+        self.activation = activation
+
+    def forward(self, input, output_size: list[int] | None = None):
+        if self.padding_mode != "zeros":
+            raise ValueError("Only `zeros` padding mode is supported for ConvTranspose2d")
+        output_padding = self._output_padding(input, output_size, self.stride, self.padding,
+                                              self.kernel_size, 2, self.dilation)
+        return _ops.conv_transpose2d(input, self.weight, self.bias, self.stride, self.padding,
+                                     output_padding, self.groups, self.dilation,
+                                     activation=self.activation)
 
     def extra_repr(self) -> str:
         extra = f", activation={self.activation!r}" if self.activation is not None else ""
@@ -60,19 +86,24 @@ class AdaptiveMaxPool2d(_torch.nn.AdaptiveMaxPool2d):
 
 
 # torch.nn module -> its cnnkernels twin (a subclass with no state of its own
-# beyond Conv2d's activation, so patch can swap the class in place).
+# beyond the convolutions' activation, so patch can swap the class in place).
 _TWINS = {twin.__mro__[1]: twin
-          for twin in (Conv2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, AdaptiveMaxPool2d)}
+          for twin in (Conv2d, ConvTranspose2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d,
+                       AdaptiveMaxPool2d)}
 
 
 def patch(model: _torch.nn.Module) -> _torch.nn.Module:
-    """Make every torch.nn Conv2d and 2-D pooling module in ``model`` run on
-    cnnkernels, in place: parameters, buffers, hooks and the state dict stay
-    as they are. Returns the model."""
+    """Make every torch.nn Conv2d, ConvTranspose2d and 2-D pooling module in
+    ``model`` run on cnnkernels, in place: parameters, buffers, hooks and the
+    state dict stay as they are. A ConvTranspose2d with a padding_mode other
+    than zeros (which torch itself refuses to run) is left alone. Returns
+    the model."""
     for module in model.modules():
         twin = _TWINS.get(type(module))
+        if twin is ConvTranspose2d and module.padding_mode != "zeros":
+            continue
         if twin is not None:
             module.__class__ = twin
-            if twin is Conv2d:
+            if twin in (Conv2d, ConvTranspose2d):
                 module.activation = None
     return model

@@ -6,9 +6,11 @@ imports and its entry here."""
 
 from cnnkernels.ops.conv2d import *  # noqa: F403  (the family's public functions)
 from cnnkernels.ops.conv2d import FAMILY as CONV2D
+from cnnkernels.ops.conv_transpose2d import *  # noqa: F403
+from cnnkernels.ops.conv_transpose2d import FAMILY as CONV_TRANSPOSE2D
 from cnnkernels.ops.pool2d import *  # noqa: F403
 from cnnkernels.ops.pool2d import FAMILY as POOL2D
 
-FAMILIES = (CONV2D, POOL2D)
+FAMILIES = (CONV2D, CONV_TRANSPOSE2D, POOL2D)
 
 __all__ = [name for family in FAMILIES for name in family.public]
