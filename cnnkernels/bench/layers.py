@@ -1,5 +1,6 @@
-"""The layers of the reference models that the conv2d and pool2d benchmarks
-run (the cases of those families), and the table columns that name them."""
+"""The layers of the reference models that the conv2d, conv_transpose2d and
+pool2d benchmarks run (the cases of those families), and the table columns
+that name them."""
 
 from __future__ import annotations
 
@@ -256,6 +257,75 @@ POOL_LAYERS: tuple[PoolLayer, ...] = (
     _P("U-Net",       "pool2",       "max",       128, 280, 280,  2,  2),
 )
 del _P
+
+@dataclass(frozen=True)
+class ConvTransposeLayer(Layer):
+    """One transposed convolution of a reference model: input C x H x W,
+    weight (C, K/groups, R, R), output K x H_out x W_out."""
+
+    in_channels: int
+    height: int
+    width: int
+    out_channels: int
+    kernel: int
+    stride: int = 1
+    padding: int = 0
+    output_padding: int = 0
+    groups: int = 1
+    activation: str | None = None
+
+    def output_size(self) -> tuple[int, int]:
+        def size(n: int) -> int:
+            return ((n - 1) * self.stride - 2 * self.padding + self.kernel
+                    + self.output_padding)
+
+        return size(self.height), size(self.width)
+
+    def flops(self, batch: int) -> int:
+        """Multiply-adds times two of one forward pass: every input pixel
+        times every tap and output channel of its group, 2 N C H W
+        (K/groups) R S (the conv2d whose input gradient it is)."""
+        return (2 * batch * self.in_channels * self.height * self.width
+                * (self.out_channels // self.groups) * self.kernel * self.kernel)
+
+    def min_bytes(self, batch: int, dtype: torch.dtype, direction: str) -> int:
+        """Forward reads x, w, b and writes y; backward reads gy (and y for
+        the activation) in each of its two passes, w and writes gx, x and
+        writes gw."""
+        h, w_out = self.output_size()
+        x = batch * self.in_channels * self.height * self.width
+        w = self.in_channels * (self.out_channels // self.groups) * self.kernel ** 2
+        y = batch * self.out_channels * h * w_out
+        if direction == "forward":
+            elements = x + w + self.out_channels + y
+        else:
+            elements = 2 * y * (2 if self.activation else 1) + 2 * (w + x)
+        return elements * dtype.itemsize
+
+    def work(self, batch: int, dtype: torch.dtype, direction: str) -> tuple[int, int]:
+        passes = 1 if direction == "forward" else 2
+        return self.flops(batch) * passes, self.min_bytes(batch, dtype, direction)
+
+    def describe(self) -> str:
+        """e.g. ``1024x28x28->512 2x2 s2``."""
+        text = (f"{self.in_channels}x{self.height}x{self.width}->{self.out_channels} "
+                f"{self.kernel}x{self.kernel}")
+        if self.stride != 1:
+            text += f" s{self.stride}"
+        if self.groups != 1:
+            text += f" g{self.groups}"
+        return text
+
+
+# U-Net's up-convolutions (2x2, stride 2, halving the channels) on the paper's
+# 572x572 tile: each doubles the map its decoder block's two valid 3x3
+# convolutions leave (28, 52, 100, 196). No activation follows them.
+CONV_TRANSPOSE_LAYERS: tuple[ConvTransposeLayer, ...] = (
+    ConvTransposeLayer("U-Net", "up1", 1024, 28, 28, 512, 2, 2),
+    ConvTransposeLayer("U-Net", "up2", 512, 52, 52, 256, 2, 2),
+    ConvTransposeLayer("U-Net", "up3", 256, 100, 100, 128, 2, 2),
+    ConvTransposeLayer("U-Net", "up4", 128, 196, 196, 64, 2, 2),
+)
 
 # (title, width, row -> text): the columns that name a layer in a table.
 LAYER_COLUMNS = (

@@ -50,12 +50,15 @@ class Family:
     """One op family: its name (``--op NAME``), its public functions (exported
     as ``cnnkernels.<name>``), the Triton kernel modules (each with
     ``static_check_specs()``) and the benchmark module (``cnnkernels.bench``'s
-    contract for a family)."""
+    contract for a family); ``native``: it has C++/CUDA launchers of its own
+    (bindings and header), False for a family that runs another family's
+    launchers (conv_transpose2d: conv2d's)."""
 
     name: str
     public: tuple[str, ...]
     triton_modules: tuple[str, ...]
     bench_module: str
+    native: bool = True
 
 
 @dataclass(frozen=True)

@@ -59,8 +59,9 @@ from cnnkernels.ops.conv2d import (
     _sum,
 )
 
+# No kernels of its own: conv2d's (whose static check covers them).
 FAMILY = Family(name="conv_transpose2d", public=("conv_transpose2d",), triton_modules=(),
-                bench_module="cnnkernels.bench.conv_transpose2d")
+                bench_module="cnnkernels.bench.conv_transpose2d", native=False)
 
 __all__ = list(FAMILY.public)
 

@@ -1,0 +1,12 @@
+"""pytest-benchmark suite for conv_transpose2d: torch and every cnnkernels
+backend that runs here on U-Net's smallest and largest up-convolutions,
+forward and backward. How it runs: bench_common.py.
+
+    pytest benchmarks/bench_conv_transpose2d.py --benchmark-only
+"""
+
+from bench_common import family_benchmark
+
+from cnnkernels.bench import conv_transpose2d
+
+test_conv_transpose2d = family_benchmark(conv_transpose2d, {("U-Net", "up1"), ("U-Net", "up4")})
