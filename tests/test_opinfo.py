@@ -17,6 +17,7 @@ import cnnkernels as ck
 # torch's name -> ours, for every op family with a torch twin.
 TWINS = {
     "nn.functional.conv2d": ck.conv2d,
+    "nn.functional.conv_transpose2d": ck.conv_transpose2d,
     "nn.functional.max_pool2d": ck.max_pool2d,
     "nn.functional.avg_pool2d": ck.avg_pool2d,
     "nn.functional.adaptive_avg_pool2d": ck.adaptive_avg_pool2d,
