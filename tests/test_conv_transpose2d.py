@@ -104,7 +104,7 @@ def run_case(device, backend, case, dtype, seed):
     leaves = [None if t is None else float64_cpu(t).requires_grad_() for t in (x, w, b)]
     x64, w64, b64 = leaves
     pre64 = F.conv_transpose2d(x64, w64, b64, *_torch_args(case))
-    # One output element sums C/groups * ceil(R/stride) * ceil(S/stride) taps at most.
+    # A bound on the taps one output element sums (the stride phases take fewer).
     reduction = (case["C"] // case["groups"]) * case["R"] * case["S"]
     grad_y = output_gradient(case, pre64, dtype, device, generator, tolerance(dtype, reduction))
     for t in (x, w, b):
