@@ -109,6 +109,21 @@ def _sum_splits_kernel(
              total.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+def split_reduction(tiles: int, length: int, block: int, target_programs: int,
+                    min_blocks_per_split: int) -> tuple[int, int]:
+    """(splits, length per split) for a reduction of ``length`` in ``block``
+    chunks that each of ``tiles`` output tiles runs: enough programs (tiles x
+    splits) to reach ``target_programs``, each over at least
+    ``min_blocks_per_split`` chunks, and each split whole chunks (the chunk
+    boundaries never move). A function of the shape only, so the summation
+    order is fixed."""
+    chunks = triton.cdiv(length, block)
+    by_work = max(1, chunks // min_blocks_per_split)
+    by_occupancy = max(1, triton.cdiv(target_programs, tiles))
+    splits = min(by_work, by_occupancy)
+    return splits, triton.cdiv(triton.cdiv(length, splits), block) * block
+
+
 _SUM_BLOCK = 256
 _SUM_WARPS = 4
 

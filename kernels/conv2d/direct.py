@@ -52,6 +52,7 @@ from cnnkernels.kernels.common import (
     channel_tile,
     geometry_args,
     masked_grad,
+    split_reduction,
     sum_splits,
     sum_splits_specs,
 )
@@ -284,22 +285,18 @@ def conv2d_direct_grad_input(g, grad_y, y, w, grad_x) -> None:
     )
 
 
-def grad_weight_splits(g) -> int:
-    """How many programs share one tile's m = (n, p, q) reduction."""
+def grad_weight_splits(g) -> tuple[int, int]:
+    """(splits, pixels per split) of each tile's m = (n, p, q) reduction."""
     block_m, block_k, block_j = _GRAD_WEIGHT_BLOCKS
     tiles = g.groups * triton.cdiv(g.K_g, block_k) * triton.cdiv(g.C_g * g.R * g.S, block_j)
-    chunks = triton.cdiv(g.N * g.P * g.Q, block_m)
-    by_work = max(1, chunks // _GRAD_WEIGHT_MIN_CHUNKS_PER_SPLIT)
-    by_occupancy = max(1, triton.cdiv(_GRAD_WEIGHT_TARGET_PROGRAMS, tiles))
-    return min(by_work, by_occupancy)
+    return split_reduction(tiles, g.N * g.P * g.Q, block_m, _GRAD_WEIGHT_TARGET_PROGRAMS,
+                           _GRAD_WEIGHT_MIN_CHUNKS_PER_SPLIT)
 
 
 def conv2d_direct_grad_weight(g, grad_y, y, x, grad_w, grad_bias) -> None:
     block_m, block_k, block_j = _GRAD_WEIGHT_BLOCKS
     J = g.C_g * g.R * g.S
-    splits = grad_weight_splits(g)
-    # Each split covers whole BLOCK_M chunks so chunk boundaries never move.
-    m_per_split = triton.cdiv(triton.cdiv(g.N * g.P * g.Q, splits), block_m) * block_m
+    splits, m_per_split = grad_weight_splits(g)
     partial_w = torch.empty((splits, g.K, J), dtype=acc_dtype(x.dtype), device=x.device)
     partial_b = torch.empty((splits, g.K), dtype=acc_dtype(x.dtype), device=x.device)
     y_arg = y if y is not None else grad_y

@@ -69,6 +69,7 @@ from cnnkernels.kernels.common import (
     apply_activation,
     geometry_args,
     masked_grad,
+    split_reduction,
     sum_splits,
 )
 
@@ -457,25 +458,20 @@ def _grad_weight_blocks(layout: str) -> tuple:
     return (16, 16, 16, 1) if interpreted() else _GRAD_WEIGHT_BLOCKS[layout]
 
 
-def grad_weight_splits(g, blocks: tuple) -> int:
-    """How many programs share one tile's pixel reduction: enough programs
-    to fill the GPU, each over at least a few pixel blocks. A function of the
-    shape and layout only, so the summation order is fixed."""
+def grad_weight_splits(g, blocks: tuple) -> tuple[int, int]:
+    """(splits, pixels per split) of each tile's pixel reduction (enough
+    programs to fill the GPU, each over a few pixel blocks)."""
     block_m, block_k, block_c, _ = blocks
     tiles = g.groups * triton.cdiv(g.K_g, block_k) * g.R * g.S * triton.cdiv(g.C_g, block_c)
-    chunks = triton.cdiv(g.N * g.P * g.Q, block_m)
-    by_work = max(1, chunks // _GRAD_WEIGHT_MIN_CHUNKS_PER_SPLIT)
-    by_occupancy = max(1, triton.cdiv(_GRAD_WEIGHT_TARGET_PROGRAMS, tiles))
-    return min(by_work, by_occupancy)
+    return split_reduction(tiles, g.N * g.P * g.Q, block_m, _GRAD_WEIGHT_TARGET_PROGRAMS,
+                           _GRAD_WEIGHT_MIN_CHUNKS_PER_SPLIT)
 
 
 def conv2d_implicit_gemm_grad_weight(g, grad_y, y, x, grad_w, grad_bias) -> None:
     blocks = _grad_weight_blocks("channels_last" if x.stride(1) == 1 and grad_y.stride(1) == 1
                                  else "strided")
     block_m, block_k, block_c, stages = blocks
-    splits = grad_weight_splits(g, blocks)
-    # Each split covers whole BLOCK_M chunks so chunk boundaries never move.
-    m_per_split = triton.cdiv(triton.cdiv(g.N * g.P * g.Q, splits), block_m) * block_m
+    splits, m_per_split = grad_weight_splits(g, blocks)
     J = g.C_g * g.R * g.S
     partial_w = torch.empty((splits, g.K, J), dtype=acc_dtype(x.dtype), device=x.device)
     partial_b = torch.empty((splits, g.K), dtype=acc_dtype(x.dtype), device=x.device)
