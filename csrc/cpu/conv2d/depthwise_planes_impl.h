@@ -1,0 +1,180 @@
+// The depthwise plane kernels (depthwise_planes.h), included once per
+// instruction set: everything here has internal linkage, so each file's
+// copy keeps its own compiler flags. The loops over an output row run in V
+// independent lanes (the compiler turns them into vector instructions) with
+// the taps in registers; 3x3 and 5x5 filters at stride 1 and 2 (dilation 1)
+// are specialised at compile time, everything else takes the general loops.
+// Each output sums its taps in (r, s) order, each weight sum runs its lanes
+// and then adds them in lane order: results depend only on the geometry.
+#pragma once
+#include <algorithm>
+
+#include "depthwise_planes.h"
+
+namespace cnnk::cpu::depthwise {
+namespace {
+
+constexpr int64_t V = 8;
+
+// R, S, SH, SW > 0: compile-time filter and stride (dilation 1); 0: read pg.
+template <typename Acc, int R_, int S_, int SH_, int SW_>
+void forward_plane(const PlaneGeometry& pg, const Acc* in, int64_t in_w, const Acc* taps,
+                   Acc* out, int64_t P, int64_t Q) {
+  constexpr bool fixed = R_ > 0;
+  const int64_t R = fixed ? R_ : pg.R, S = fixed ? S_ : pg.S;
+  const int64_t SH = fixed ? SH_ : pg.stride_h, SW = fixed ? SW_ : pg.stride_w;
+  const int64_t DH = fixed ? 1 : pg.dil_h, DW = fixed ? 1 : pg.dil_w;
+  Acc w[fixed ? R_ * S_ : 1];
+  if constexpr (fixed) std::copy(taps, taps + R_ * S_, w);
+  const Acc* wt = fixed ? w : taps;
+  for (int64_t p = 0; p < P; ++p) {
+    const Acc* rows = in + p * SH * in_w;
+    Acc* orow = out + p * Q;
+    int64_t q = 0;
+    for (; q + V <= Q; q += V) {
+      Acc o[V];
+      for (int64_t l = 0; l < V; ++l) o[l] = orow[q + l];
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t s = 0; s < S; ++s) {
+          const Acc wv = wt[r * S + s];
+          const Acc* xr = rows + r * DH * in_w + s * DW + q * SW;
+          for (int64_t l = 0; l < V; ++l) o[l] += wv * xr[l * SW];
+        }
+      for (int64_t l = 0; l < V; ++l) orow[q + l] = o[l];
+    }
+    for (; q < Q; ++q) {
+      Acc o = orow[q];
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t s = 0; s < S; ++s) o += wt[r * S + s] * rows[r * DH * in_w + s * DW + q * SW];
+      orow[q] = o;
+    }
+  }
+}
+
+template <typename Acc>
+void scatter_plane(const PlaneGeometry& pg, const Acc* grad, int64_t P, int64_t Q,
+                   const Acc* taps, Acc* acc, int64_t acc_w) {
+  for (int64_t p = 0; p < P; ++p) {
+    const Acc* grow = grad + p * Q;
+    for (int64_t r = 0; r < pg.R; ++r) {
+      Acc* arow = acc + (p * pg.stride_h + r * pg.dil_h) * acc_w;
+      for (int64_t s = 0; s < pg.S; ++s) {
+        const Acc wv = taps[r * pg.S + s];
+        Acc* a = arow + s * pg.dil_w;
+        for (int64_t q = 0; q < Q; ++q) a[q * pg.stride_w] += wv * grow[q];
+      }
+    }
+  }
+}
+
+// The lanes of every tap at once (fixed filters: R*S*V accumulators).
+template <typename Acc, int R, int S, int SH, int SW>
+void weight_plane_fixed(const PlaneGeometry&, const Acc* in, int64_t in_w, const Acc* grad,
+                        int64_t P, int64_t Q, Acc* sums) {
+  Acc lanes[R * S][V] = {};
+  Acc tail[R * S] = {};
+  for (int64_t p = 0; p < P; ++p) {
+    const Acc* rows = in + p * SH * in_w;
+    const Acc* grow = grad + p * Q;
+    int64_t q = 0;
+    for (; q + V <= Q; q += V)
+      for (int r = 0; r < R; ++r)
+        for (int s = 0; s < S; ++s) {
+          const Acc* xr = rows + r * in_w + s + q * SW;
+          for (int64_t l = 0; l < V; ++l) lanes[r * S + s][l] += grow[q + l] * xr[l * SW];
+        }
+    for (; q < Q; ++q)
+      for (int r = 0; r < R; ++r)
+        for (int s = 0; s < S; ++s) tail[r * S + s] += grow[q] * rows[r * in_w + s + q * SW];
+  }
+  for (int t = 0; t < R * S; ++t) {
+    Acc total = tail[t];
+    for (int64_t l = 0; l < V; ++l) total += lanes[t][l];
+    sums[t] += total;
+  }
+}
+
+// Tap by tap (any filter): one pass over the plane per tap.
+template <typename Acc>
+void weight_plane_general(const PlaneGeometry& pg, const Acc* in, int64_t in_w,
+                          const Acc* grad, int64_t P, int64_t Q, Acc* sums) {
+  for (int64_t r = 0; r < pg.R; ++r)
+    for (int64_t s = 0; s < pg.S; ++s) {
+      Acc lanes[V] = {};
+      Acc tail = Acc(0);
+      for (int64_t p = 0; p < P; ++p) {
+        const Acc* xr = in + (p * pg.stride_h + r * pg.dil_h) * in_w + s * pg.dil_w;
+        const Acc* grow = grad + p * Q;
+        int64_t q = 0;
+        for (; q + V <= Q; q += V)
+          for (int64_t l = 0; l < V; ++l)
+            lanes[l] += grow[q + l] * xr[(q + l) * pg.stride_w];
+        for (; q < Q; ++q) tail += grow[q] * xr[q * pg.stride_w];
+      }
+      for (int64_t l = 0; l < V; ++l) tail += lanes[l];
+      sums[r * pg.S + s] += tail;
+    }
+}
+
+template <typename Acc>
+Acc sum_values(const Acc* values, int64_t count) {
+  Acc lanes[V] = {};
+  int64_t i = 0;
+  for (; i + V <= count; i += V)
+    for (int64_t l = 0; l < V; ++l) lanes[l] += values[i + l];
+  Acc total = Acc(0);
+  for (; i < count; ++i) total += values[i];
+  for (int64_t l = 0; l < V; ++l) total += lanes[l];
+  return total;
+}
+
+// The specialisation for pg, or the general kernel.
+#define CNNK_DEPTHWISE_SPECIALISED(pg, kernel, general, ...)                                 \
+  do {                                                                                       \
+    if ((pg).dil_h == 1 && (pg).dil_w == 1 && (pg).R == (pg).S &&                            \
+        (pg).stride_h == (pg).stride_w && ((pg).R == 3 || (pg).R == 5) &&                    \
+        ((pg).stride_h == 1 || (pg).stride_h == 2)) {                                        \
+      const int which = ((pg).R == 3 ? 0 : 2) + ((pg).stride_h == 1 ? 0 : 1);               \
+      switch (which) {                                                                       \
+        case 0: return kernel<Acc, 3, 3, 1, 1>(__VA_ARGS__);                                 \
+        case 1: return kernel<Acc, 3, 3, 2, 2>(__VA_ARGS__);                                 \
+        case 2: return kernel<Acc, 5, 5, 1, 1>(__VA_ARGS__);                                 \
+        default: return kernel<Acc, 5, 5, 2, 2>(__VA_ARGS__);                                \
+      }                                                                                      \
+    }                                                                                        \
+    return general(__VA_ARGS__);                                                             \
+  } while (0)
+
+template <typename Acc>
+void forward_dispatch(const PlaneGeometry& pg, const Acc* in, int64_t in_w, const Acc* taps,
+                      Acc* out, int64_t P, int64_t Q) {
+  CNNK_DEPTHWISE_SPECIALISED(pg, forward_plane, (forward_plane<Acc, 0, 0, 0, 0>), pg, in, in_w,
+                             taps, out, P, Q);
+}
+
+template <typename Acc>
+void weight_dispatch(const PlaneGeometry& pg, const Acc* in, int64_t in_w, const Acc* grad,
+                     int64_t P, int64_t Q, Acc* sums) {
+  CNNK_DEPTHWISE_SPECIALISED(pg, weight_plane_fixed, weight_plane_general<Acc>, pg, in, in_w,
+                             grad, P, Q, sums);
+}
+
+template <typename Acc>
+PlaneKernels<Acc> plane_kernels() {
+  return {&forward_dispatch<Acc>, &scatter_plane<Acc>, &weight_dispatch<Acc>, &sum_values<Acc>};
+}
+
+}  // namespace
+}  // namespace cnnk::cpu::depthwise
+
+#define CNNK_DEPTHWISE_PLANE_KERNELS(name)                           \
+  namespace cnnk::cpu::depthwise {                                   \
+  template <>                                                        \
+  PlaneKernels<float> name<float>() {                                \
+    return plane_kernels<float>();                                   \
+  }                                                                  \
+  template <>                                                        \
+  PlaneKernels<double> name<double>() {                              \
+    return plane_kernels<double>();                                  \
+  }                                                                  \
+  }
