@@ -89,6 +89,32 @@ void pack_plane(const T* src, int64_t sh, int64_t sw, int64_t rows, int64_t cols
   }
 }
 
+// The epilogue of output plane (n, k) from out (P x Q, bias included):
+// z = out + residual, preact = z, y = act(z); row pointers and strides in
+// locals so that the row loops keep them in registers.
+template <typename T>
+void store_output_plane(const acc_t<T>* out, int64_t P, int64_t Q, int64_t n, int64_t k,
+                        const Tensor4& residual, const Tensor4& preact, const Tensor4& y,
+                        Activation act) {
+  using Acc = acc_t<T>;
+  const T* rp = static_cast<const T*>(residual.data);
+  T* zp = static_cast<T*>(preact.data);
+  T* yp = static_cast<T*>(y.data);
+  const int64_t rw = residual.stride.w, zw = preact.stride.w, yw = y.stride.w;
+  for (int64_t p = 0; p < P; ++p) {
+    const Acc* orow = out + p * Q;
+    const T* rrow = rp ? rp + residual.stride.offset(n, k, p, 0) : nullptr;
+    T* zrow = zp ? zp + preact.stride.offset(n, k, p, 0) : nullptr;
+    T* yrow = yp + y.stride.offset(n, k, p, 0);
+    for (int64_t q = 0; q < Q; ++q) {
+      Acc z = orow[q];
+      if (rrow) z += to_acc(rrow[q * rw]);
+      if (zrow) zrow[q * zw] = from_acc<T>(z);
+      yrow[q * yw] = from_acc<T>(apply_activation(z, act));
+    }
+  }
+}
+
 template <typename T>
 Status forward(const Conv2dGeometry& g, Tensor4 x, Tensor4 w, Tensor1 bias, Tensor4 residual,
                Tensor4 y, Tensor4 preact) {
@@ -96,9 +122,6 @@ Status forward(const Conv2dGeometry& g, Tensor4 x, Tensor4 w, Tensor1 bias, Tens
   const T* xp = static_cast<const T*>(x.data);
   const T* wp = static_cast<const T*>(w.data);
   const T* bp = static_cast<const T*>(bias.data);
-  const T* rp = static_cast<const T*>(residual.data);
-  T* yp = static_cast<T*>(y.data);
-  T* zp = static_cast<T*>(preact.data);
   const int64_t m = g.K_g(), RS = g.R * g.S, PQ = g.P * g.Q;
   const int64_t Hp = (g.P - 1) * g.stride_h + (g.R - 1) * g.dil_h + 1;
   const int64_t Wp = (g.Q - 1) * g.stride_w + (g.S - 1) * g.dil_w + 1;
@@ -123,13 +146,7 @@ Status forward(const Conv2dGeometry& g, Tensor4 x, Tensor4 w, Tensor1 bias, Tens
               taps[t] = to_acc(wp[w.stride.offset(k, 0, t / g.S, t % g.S)]);
             std::fill(out, out + PQ, bp ? to_acc(bp[k * bias.stride]) : Acc(0));
             kernels.forward(pg, scratch + (c - c0) * Hp * Wp, Wp, taps, out, g.P, g.Q);
-            for (int64_t p = 0; p < g.P; ++p)
-              for (int64_t q = 0; q < g.Q; ++q) {
-                Acc z = out[p * g.Q + q];
-                if (rp) z += to_acc(rp[residual.stride.offset(n, k, p, q)]);
-                if (zp) zp[preact.stride.offset(n, k, p, q)] = from_acc<T>(z);
-                yp[y.stride.offset(n, k, p, q)] = from_acc<T>(apply_activation(z, g.activation));
-              }
+            store_output_plane<T>(out, g.P, g.Q, n, k, residual, preact, y, g.activation);
           }
       },
       cb * m * PQ * RS);
@@ -189,17 +206,16 @@ Status grad_input(const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y, Tensor4 w,
           }
           // Scatter: input pixel (h, w) is padded (h + pad_top, w + pad_left);
           // rows and columns past the plane are read by no tap.
-          for (int64_t h = 0; h < g.H; ++h)
-            for (int64_t iw = 0; iw < g.W; ++iw) {
-              Acc v;
-              if (gather) {
-                v = acc[h * g.W + iw];
-              } else {
-                const int64_t i = h + g.pad_top, j = iw + g.pad_left;
-                v = i < Hs && j < Ws ? acc[i * Ws + j] : Acc(0);
-              }
-              gxp[grad_x.stride.offset(n, c, h, iw)] = from_acc<T>(v);
-            }
+          const int64_t xw = grad_x.stride.w;
+          for (int64_t h = 0; h < g.H; ++h) {
+            T* gxrow = gxp + grad_x.stride.offset(n, c, h, 0);
+            const int64_t i = gather ? h : h + g.pad_top;
+            const Acc* arow = gather ? acc + h * g.W : acc + i * Ws + g.pad_left;
+            const int64_t valid =
+                gather ? g.W : (i < Hs ? std::clamp<int64_t>(Ws - g.pad_left, 0, g.W) : 0);
+            for (int64_t iw = 0; iw < valid; ++iw) gxrow[iw * xw] = from_acc<T>(arow[iw]);
+            for (int64_t iw = valid; iw < g.W; ++iw) gxrow[iw * xw] = from_acc<T>(Acc(0));
+          }
         }
       },
       cb * m * PQ * RS);
