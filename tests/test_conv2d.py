@@ -659,34 +659,34 @@ def test_cpu_depthwise_edges(device, backend, case, dtype):
         run_case(device, backend, full, dtype, seed=13)
 
 
-def test_cpu_depthwise_is_deterministic_across_thread_counts():
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=str)
+def test_cpu_depthwise_is_deterministic_across_thread_counts(layout):
     """grad_weight sums each channel's images in order, in lanes fixed by
     the sizes: bit-identical with 1 and 2 threads, in both layouts."""
     generator = torch.Generator().manual_seed(3)
+    x = random_tensor((4, 40, 24, 24), torch.float32, "cpu", generator=generator)
+    x = x.to(memory_format=layout)
+    w = random_tensor((40, 1, 3, 3), torch.float32, "cpu", generator=generator)
+    grad_y = random_tensor((4, 40, 24, 24), torch.float32, "cpu", generator=generator)
     threads = torch.get_num_threads()
-    for layout in (torch.contiguous_format, torch.channels_last):
-        x = random_tensor((4, 40, 24, 24), torch.float32, "cpu", generator=generator)
-        x = x.to(memory_format=layout)
-        w = random_tensor((40, 1, 3, 3), torch.float32, "cpu", generator=generator)
-        grad_y = random_tensor((4, 40, 24, 24), torch.float32, "cpu", generator=generator)
 
-        def run():
-            xl, wl = x.clone().requires_grad_(), w.clone().requires_grad_()
-            y = ck.conv2d(xl, wl, padding=1, groups=40, activation="relu")
-            y.backward(grad_y)
-            return y.detach(), xl.grad, wl.grad
+    def run():
+        xl, wl = x.clone().requires_grad_(), w.clone().requires_grad_()
+        y = ck.conv2d(xl, wl, padding=1, groups=40, activation="relu")
+        y.backward(grad_y)
+        return y.detach(), xl.grad, wl.grad
 
-        results = []
-        try:
-            with ck.use(backend="cpu", conv_algorithm="depthwise"):
-                for count in (1, 2, 2):
-                    torch.set_num_threads(count)
-                    results.append(run())
-        finally:
-            torch.set_num_threads(threads)
-        for other in results[1:]:
-            for a, b in zip(results[0], other, strict=True):
-                assert torch.equal(a, b)
+    results = []
+    try:
+        with ck.use(backend="cpu", conv_algorithm="depthwise"):
+            for count in (1, 2, 2):
+                torch.set_num_threads(count)
+                results.append(run())
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            assert torch.equal(a, b)
 
 
 def test_cpu_depthwise_empty_batch():
