@@ -640,6 +640,10 @@ def test_cpu_depthwise_matches_torch(device, backend, seed):
     # longer than the vector lanes, channels_last channel blocks past 16.
     dict(C=20, K=20, H=19, W=21, R=3, S=3, stride=(1, 1), padding=1, layout="channels_last"),
     dict(C=18, K=36, H=20, W=23, R=3, S=3, stride=(2, 2), padding=1, layout="channels_last"),
+    # The channels_last pixel path (multiplier 1, float and double): strides
+    # whose gathers skip taps, dilation, padding past the filter.
+    dict(C=24, K=24, H=13, W=14, R=5, S=3, stride=(2, 3), padding=(4, 1), dilation=(2, 1),
+         layout="channels_last", residual="noncontiguous", activation="silu"),
     dict(C=5, K=5, H=17, W=26, R=5, S=5, stride=(1, 1), padding=2),
     dict(C=5, K=10, H=17, W=26, R=5, S=5, stride=(2, 2), padding=2, residual="channels_last"),
     # Padding larger than the filter (the gather's negative offset), a
@@ -648,7 +652,7 @@ def test_cpu_depthwise_matches_torch(device, backend, seed):
     dict(C=3, K=6, H=11, W=12, R=2, S=2, stride=(3, 3), padding=0),
     # One input channel, groups 1: a multiplier of 6 (LeNet's first layer).
     dict(C=1, K=6, H=12, W=12, R=5, S=5, stride=(1, 1), padding=0, groups=1),
-], ids=["3x3_cl", "3x3_s2_cl", "5x5", "5x5_s2", "big_padding", "stride_over_kernel",
+], ids=["3x3_cl", "3x3_s2_cl", "strided_dilated_cl", "5x5", "5x5_s2", "big_padding", "stride_over_kernel",
         "one_channel"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_cpu_depthwise_edges(device, backend, case, dtype):

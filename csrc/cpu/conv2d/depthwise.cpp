@@ -2,13 +2,14 @@
 // per group (C/groups == 1), any channel multiplier m = K/groups; output
 // channel k = c * m + j reads input channel c = k / m.
 //
-// Algorithm: a task owns whole planes. It widens the planes it reads into
-// zero-padded Acc scratch planes (any strides, any dtype: NCHW,
-// channels_last and non-contiguous views take the same path), so the plane
-// kernels (depthwise_planes.h, compiled once per instruction set and chosen
-// at run time, never -march=native) run with no bounds tests: the taps sit
-// in registers, specialised at compile time for 3x3 and 5x5 at stride 1 and
-// 2, and the loop over an output row runs in vector lanes.
+// Two paths, both with the kernels of depthwise_planes.h (compiled once per
+// instruction set and chosen at run time, never -march=native).
+//
+// Planes (NCHW, any view, every dtype, any multiplier): a task owns whole
+// planes. It widens the planes it reads into zero-padded Acc scratch planes,
+// so the plane kernels run with no bounds tests: the taps sit in registers,
+// specialised at compile time for 3x3 and 5x5 at stride 1 and 2, and the
+// loop over an output row runs in vector lanes.
 //   forward      task (n, block of input channels): pad x's planes, one
 //                output plane per (c, j) started at the bias, then the
 //                epilogue (residual, pre-activation, activation) on the store.
@@ -18,18 +19,33 @@
 //                onto the padded input plane the task owns.
 //   grad_weight  task (block of input channels) over every image in order:
 //                per tap a sum over P*Q in fixed vector lanes, then over n in
-//                order; grad_bias is the sum of the same gy' planes. The sum
-//                order depends only on the geometry, never on the threads.
-// gy' = gy * act'(saved) is formed while the gy plane is packed.
-// Channel blocks: 16 channels (a 64-byte line of fp32) when x is
-// channels_last, so the planes a task packs share cache lines; one channel
-// otherwise; fewer when the scratch planes would pass ~256 KB (L2).
+//                order; grad_bias is the sum of the same gy' planes.
+// gy' = gy * act'(saved) is formed while the gy plane is packed. Channel
+// blocks: 16 channels (a 64-byte line of fp32) when x is channels_last, so
+// the planes a task packs share cache lines; one channel otherwise; fewer
+// when the scratch planes would pass ~256 KB (L2).
+//
+// Pixels (channels_last float and double, multiplier 1, C >= 8): vectorised
+// over the channels, every tap read in place (a null tap pointer in the
+// padding), the weight transposed to taps[t][c] once.
+//   forward      task (n, output row): per pixel the taps in order, then the
+//                epilogue.
+//   grad_input   task (n, input row): per input pixel a gather of the taps
+//                whose output pixel exists (the stride divides the offset),
+//                from gy' formed once into a (N, P, Q, K) buffer.
+//   grad_weight  task (n, block of 64 channels): the image's tap and bias
+//                sums pixel by pixel; then per block the images' sums added
+//                in image order.
+// Either way each result's sum order depends only on the geometry, never on
+// the threads.
 //
 // Cost: 2 * N * K * P * Q * R * S flops per pass against about
 // (N*C*H*W + N*K*P*Q) elements moved: 2*R*S/(1 + 1/m) flops per element
 // loaded, memory-bound on most CPUs for 3x3. Accumulation in float (double
 // for float64); float16 and bfloat16 load-widen and round once on store
 // (cnnk/cpu_types.h). Limits: the Python layer checks sizes and strides.
+#include <type_traits>
+
 #include "cnnk/conv2d.h"
 #include "cnnk/cpu_gemm.h"
 #include "cnnk/cpu_types.h"
@@ -270,6 +286,207 @@ Status grad_weight(const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y, Tensor4 x
       g.N * cb * m * PQ * RS);
 }
 
+// Channels_last, float and double, multiplier 1: pixels vectorised over the
+// channels (the tensor's contiguous dimension), every tap read in place.
+// (float16 and bfloat16 take the planes: they widen once when packed.)
+template <typename T>
+constexpr bool has_channels_last_path = std::is_same_v<T, acc_t<T>>;
+bool channels_last_path(const Conv2dGeometry& g, const Tensor4& t) {
+  return g.K_g() == 1 && t.stride.c == 1 && g.C >= 8;
+}
+
+// Scratch elements of type T that hold `count` tap pointers.
+template <typename T>
+int64_t pointer_slots(int64_t count) {
+  return ceil_div(count * static_cast<int64_t>(sizeof(const T*)),
+                  static_cast<int64_t>(sizeof(T)));
+}
+
+// The weight as taps[t * C + c] (t = r * S + s), and each tap's input
+// pointer for one pixel (null where the tap falls in the padding).
+template <typename T>
+AlignedBuffer<T> transposed_taps(const Conv2dGeometry& g, const Tensor4& w) {
+  const T* wp = static_cast<const T*>(w.data);
+  AlignedBuffer<T> taps = allocate_aligned<T>(g.R * g.S * g.C);
+  if (taps)
+    for (int64_t c = 0; c < g.C; ++c)
+      for (int64_t t = 0; t < g.R * g.S; ++t)
+        taps[t * g.C + c] = wp[w.stride.offset(c, 0, t / g.S, t % g.S)];
+  return taps;
+}
+
+template <typename T>
+Status forward_channels_last(const Conv2dGeometry& g, Tensor4 x, Tensor4 w, Tensor1 bias,
+                             Tensor4 residual, Tensor4 y, Tensor4 preact) {
+  const T* xp = static_cast<const T*>(x.data);
+  const T* bp = static_cast<const T*>(bias.data);
+  const T* rp = static_cast<const T*>(residual.data);
+  T* yp = static_cast<T*>(y.data);
+  T* zp = static_cast<T*>(preact.data);
+  const int64_t RS = g.R * g.S;
+  const AlignedBuffer<T> taps = transposed_taps<T>(g, w);
+  if (!taps) return Status::out_of_memory;
+  const PlaneKernels<T>& kernels = plane_kernels<T>();
+  // Scratch: the RS tap pointers (at the cache-line-aligned start), then one
+  // pixel's C accumulators.
+  const int64_t pointers = pointer_slots<T>(RS);
+  return parallel_tasks<T>(
+      g.N * g.P, g.C + pointers,
+      [&](int64_t np, T* scratch) {
+        const int64_t n = np / g.P, p = np % g.P;
+        const T** rows = reinterpret_cast<const T**>(scratch);
+        T* out = scratch + pointers;
+        for (int64_t q = 0; q < g.Q; ++q) {
+          for (int64_t t = 0; t < RS; ++t) {
+            const int64_t ih = conv_input_index(p, t / g.S, g.stride_h, g.pad_top, g.dil_h);
+            const int64_t iw = conv_input_index(q, t % g.S, g.stride_w, g.pad_left, g.dil_w);
+            rows[t] = ih >= 0 && ih < g.H && iw >= 0 && iw < g.W
+                          ? xp + x.stride.offset(n, 0, ih, iw) : nullptr;
+          }
+          for (int64_t c = 0; c < g.C; ++c) out[c] = bp ? bp[c * bias.stride] : T(0);
+          kernels.pixel(rows, taps.get(), RS, g.C, out);
+          const T* rpix = rp ? rp + residual.stride.offset(n, 0, p, q) : nullptr;
+          T* zpix = zp ? zp + preact.stride.offset(n, 0, p, q) : nullptr;
+          T* ypix = yp + y.stride.offset(n, 0, p, q);
+          for (int64_t c = 0; c < g.C; ++c) {
+            T z = out[c];
+            if (rpix) z += rpix[c * residual.stride.c];
+            if (zpix) zpix[c * preact.stride.c] = z;
+            ypix[c * y.stride.c] = apply_activation(z, g.activation);
+          }
+        }
+      },
+      g.Q * g.C * RS);
+}
+
+// gy' = gy * act'(saved) as a contiguous channels_last (N, P, Q, K) buffer.
+template <typename T>
+AlignedBuffer<T> masked_grad_channels_last(const Conv2dGeometry& g, const Tensor4& grad_y,
+                                           const Tensor4& y) {
+  const T* gyp = static_cast<const T*>(grad_y.data);
+  const T* yp = static_cast<const T*>(y.data);
+  AlignedBuffer<T> out = allocate_aligned<T>(g.N * g.P * g.Q * g.K);
+  if (!out) return out;
+  T* o = out.get();
+  const Status s = parallel_tasks<T>(
+      g.N * g.P, 1,
+      [&](int64_t np, T*) {
+        const int64_t n = np / g.P, p = np % g.P;
+        for (int64_t q = 0; q < g.Q; ++q) {
+          T* opix = o + (np * g.Q + q) * g.K;
+          const T* gpix = gyp + grad_y.stride.offset(n, 0, p, q);
+          if (yp == nullptr || g.activation == Activation::none) {
+            for (int64_t k = 0; k < g.K; ++k) opix[k] = gpix[k * grad_y.stride.c];
+          } else {
+            const T* ypix = yp + y.stride.offset(n, 0, p, q);
+            for (int64_t k = 0; k < g.K; ++k)
+              opix[k] = activation_grad(gpix[k * grad_y.stride.c], ypix[k * y.stride.c],
+                                        g.activation);
+          }
+        }
+      },
+      g.Q * g.K);
+  return s == Status::ok ? std::move(out) : AlignedBuffer<T>();
+}
+
+template <typename T>
+Status grad_input_channels_last(const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y, Tensor4 w,
+                                Tensor4 grad_x) {
+  T* gxp = static_cast<T*>(grad_x.data);
+  const int64_t RS = g.R * g.S;
+  const AlignedBuffer<T> taps = transposed_taps<T>(g, w);
+  const AlignedBuffer<T> gk = masked_grad_channels_last<T>(g, grad_y, y);
+  if (!taps || !gk) return Status::out_of_memory;
+  const PlaneKernels<T>& kernels = plane_kernels<T>();
+  const int64_t pointers = pointer_slots<T>(RS);
+  // Input pixel (h, w) gathers tap (r, s) from output pixel
+  // ((h + pad_top - r dil_h) / stride_h, ...) when that divides exactly.
+  return parallel_tasks<T>(
+      g.N * g.H, g.C + pointers,
+      [&](int64_t nh, T* scratch) {
+        const int64_t n = nh / g.H, h = nh % g.H;
+        const T** rows = reinterpret_cast<const T**>(scratch);
+        T* acc = scratch + pointers;
+        for (int64_t iw = 0; iw < g.W; ++iw) {
+          for (int64_t t = 0; t < RS; ++t) {
+            const int64_t ph = h + g.pad_top - (t / g.S) * g.dil_h;
+            const int64_t qw = iw + g.pad_left - (t % g.S) * g.dil_w;
+            const bool hit = ph >= 0 && qw >= 0 && ph % g.stride_h == 0 &&
+                             qw % g.stride_w == 0 && ph / g.stride_h < g.P &&
+                             qw / g.stride_w < g.Q;
+            rows[t] = hit ? gk.get() + ((n * g.P + ph / g.stride_h) * g.Q + qw / g.stride_w) * g.C
+                          : nullptr;
+          }
+          std::fill(acc, acc + g.C, T(0));
+          kernels.pixel(rows, taps.get(), RS, g.C, acc);
+          T* xpix = gxp + grad_x.stride.offset(n, 0, h, iw);
+          for (int64_t c = 0; c < g.C; ++c) xpix[c * grad_x.stride.c] = acc[c];
+        }
+      },
+      g.W * g.C * RS);
+}
+
+template <typename T>
+Status grad_weight_channels_last(const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y, Tensor4 x,
+                                 Tensor4 grad_w, Tensor1 grad_bias) {
+  const T* xp = static_cast<const T*>(x.data);
+  T* gwp = static_cast<T*>(grad_w.data);
+  T* gbp = static_cast<T*>(grad_bias.data);
+  const int64_t RS = g.R * g.S;
+  const AlignedBuffer<T> gk = masked_grad_channels_last<T>(g, grad_y, y);
+  if (!gk) return Status::out_of_memory;
+  const PlaneKernels<T>& kernels = plane_kernels<T>();
+  // Task (n, block of `count` <= cw channels) sums image n's pixels: RS rows
+  // of count tap sums, then count bias sums at RS * cw; the images' sums are
+  // then added in image order (a fixed order whatever the threads).
+  const int64_t cw = std::min<int64_t>(g.C, 64);
+  const int64_t blocks = ceil_div(g.C, cw);
+  const int64_t pointers = pointer_slots<T>(RS);
+  const int64_t sums = (RS + 1) * cw;
+  const AlignedBuffer<T> parts = allocate_aligned<T>(g.N * blocks * sums);
+  if (!parts) return Status::out_of_memory;
+  const Status s = parallel_tasks<T>(
+      g.N * blocks, pointers,
+      [&](int64_t task, T* scratch) {
+        const int64_t n = task / blocks, c0 = (task % blocks) * cw;
+        const int64_t count = std::min(cw, g.C - c0);
+        T* part = parts.get() + task * sums;
+        const T** rows = reinterpret_cast<const T**>(scratch);
+        std::fill(part, part + sums, T(0));
+        T* bias_part = part + RS * cw;
+        for (int64_t p = 0; p < g.P; ++p)
+          for (int64_t q = 0; q < g.Q; ++q) {
+            for (int64_t t = 0; t < RS; ++t) {
+              const int64_t ih = conv_input_index(p, t / g.S, g.stride_h, g.pad_top, g.dil_h);
+              const int64_t iw = conv_input_index(q, t % g.S, g.stride_w, g.pad_left, g.dil_w);
+              rows[t] = ih >= 0 && ih < g.H && iw >= 0 && iw < g.W
+                            ? xp + x.stride.offset(n, c0, ih, iw) : nullptr;
+            }
+            const T* gpix = gk.get() + ((n * g.P + p) * g.Q + q) * g.C + c0;
+            kernels.pixel_weight(rows, gpix, RS, count, part);
+            for (int64_t c = 0; c < count; ++c) bias_part[c] += gpix[c];
+          }
+      },
+      g.P * g.Q * cw * RS);
+  if (s != Status::ok) return s;
+  return parallel_tasks<T>(
+      blocks, sums,
+      [&](int64_t block, T* total) {
+        const int64_t c0 = block * cw, count = std::min(cw, g.C - c0);
+        std::fill(total, total + sums, T(0));
+        for (int64_t n = 0; n < g.N; ++n) {
+          const T* part = parts.get() + (n * blocks + block) * sums;
+          for (int64_t i = 0; i < sums; ++i) total[i] += part[i];
+        }
+        for (int64_t c = 0; c < count; ++c) {
+          for (int64_t t = 0; t < RS; ++t)
+            gwp[grad_w.stride.offset(c0 + c, 0, t / g.S, t % g.S)] = total[t * count + c];
+          if (gbp) gbp[(c0 + c) * grad_bias.stride] = total[RS * cw + c];
+        }
+      },
+      g.N * sums);
+}
+
 Status check_depthwise(const Conv2dGeometry& g) {
   return g.C_g() == 1 ? Status::ok : Status::bad_argument;
 }
@@ -281,7 +498,11 @@ Status conv2d_depthwise_forward(DType dtype, const Conv2dGeometry& g, Tensor4 x,
   if (Status s = check_forward_launch(g, x, w, y); s != Status::ok || g.N == 0) return s;
   if (Status s = check_depthwise(g); s != Status::ok) return s;
   return dispatch_dtype(dtype, [&](auto type) {
-    return forward<typename decltype(type)::type>(g, x, w, bias, residual, y, preact);
+    using T = typename decltype(type)::type;
+    if constexpr (has_channels_last_path<T>)
+      if (channels_last_path(g, x))
+        return forward_channels_last<T>(g, x, w, bias, residual, y, preact);
+    return forward<T>(g, x, w, bias, residual, y, preact);
   });
 }
 
@@ -291,7 +512,11 @@ Status conv2d_depthwise_grad_input(DType dtype, const Conv2dGeometry& g, Tensor4
     return s;
   if (Status s = check_depthwise(g); s != Status::ok) return s;
   return dispatch_dtype(dtype, [&](auto type) {
-    return grad_input<typename decltype(type)::type>(g, grad_y, y, w, grad_x);
+    using T = typename decltype(type)::type;
+    if constexpr (has_channels_last_path<T>)
+      if (channels_last_path(g, grad_x))
+        return grad_input_channels_last<T>(g, grad_y, y, w, grad_x);
+    return grad_input<T>(g, grad_y, y, w, grad_x);
   });
 }
 
@@ -300,7 +525,11 @@ Status conv2d_depthwise_grad_weight(DType dtype, const Conv2dGeometry& g, Tensor
   if (Status s = check_grad_weight_launch(g, grad_y, y, x, grad_w); s != Status::ok) return s;
   if (Status s = check_depthwise(g); s != Status::ok) return s;
   return dispatch_dtype(dtype, [&](auto type) {
-    return grad_weight<typename decltype(type)::type>(g, grad_y, y, x, grad_w, grad_bias);
+    using T = typename decltype(type)::type;
+    if constexpr (has_channels_last_path<T>)
+      if (channels_last_path(g, x) && g.N > 0)
+        return grad_weight_channels_last<T>(g, grad_y, y, x, grad_w, grad_bias);
+    return grad_weight<T>(g, grad_y, y, x, grad_w, grad_bias);
   });
 }
 

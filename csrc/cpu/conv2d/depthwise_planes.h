@@ -30,6 +30,13 @@ struct PlaneKernels {
                  int64_t P, int64_t Q, Acc* sums);
   // The sum of count values, in an order fixed by count.
   Acc (*sum)(const Acc* values, int64_t count);
+  // Channels_last pixels (vectorised over channels): out[c] += sum over taps
+  // t with rows[t] set of taps[t * channels + c] * rows[t][c], in t order.
+  void (*pixel)(const Acc* const* rows, const Acc* taps, int64_t count, int64_t channels,
+                Acc* out);
+  // sums[t * channels + c] += grad[c] * rows[t][c] for each tap with rows[t] set.
+  void (*pixel_weight)(const Acc* const* rows, const Acc* grad, int64_t count,
+                       int64_t channels, Acc* sums);
 };
 
 template <typename Acc>

@@ -128,6 +128,40 @@ Acc sum_values(const Acc* values, int64_t count) {
   return total;
 }
 
+template <typename Acc>
+void pixel_taps(const Acc* const* rows, const Acc* taps, int64_t count, int64_t channels,
+                Acc* out) {
+  int64_t c = 0;
+  for (; c + V <= channels; c += V) {
+    Acc o[V];
+    for (int64_t l = 0; l < V; ++l) o[l] = out[c + l];
+    for (int64_t t = 0; t < count; ++t) {
+      if (rows[t] == nullptr) continue;
+      const Acc* x = rows[t] + c;
+      const Acc* w = taps + t * channels + c;
+      for (int64_t l = 0; l < V; ++l) o[l] += w[l] * x[l];
+    }
+    for (int64_t l = 0; l < V; ++l) out[c + l] = o[l];
+  }
+  for (; c < channels; ++c) {
+    Acc o = out[c];
+    for (int64_t t = 0; t < count; ++t)
+      if (rows[t] != nullptr) o += taps[t * channels + c] * rows[t][c];
+    out[c] = o;
+  }
+}
+
+template <typename Acc>
+void pixel_weight(const Acc* const* rows, const Acc* grad, int64_t count, int64_t channels,
+                  Acc* sums) {
+  for (int64_t t = 0; t < count; ++t) {
+    if (rows[t] == nullptr) continue;
+    const Acc* x = rows[t];
+    Acc* s = sums + t * channels;
+    for (int64_t c = 0; c < channels; ++c) s[c] += grad[c] * x[c];
+  }
+}
+
 // The specialisation for pg, or the general kernel.
 #define CNNK_DEPTHWISE_SPECIALISED(pg, kernel, general, ...)                                 \
   do {                                                                                       \
@@ -161,7 +195,8 @@ void weight_dispatch(const PlaneGeometry& pg, const Acc* in, int64_t in_w, const
 
 template <typename Acc>
 PlaneKernels<Acc> plane_kernels() {
-  return {&forward_dispatch<Acc>, &scatter_plane<Acc>, &weight_dispatch<Acc>, &sum_values<Acc>};
+  return {&forward_dispatch<Acc>, &scatter_plane<Acc>, &weight_dispatch<Acc>, &sum_values<Acc>,
+          &pixel_taps<Acc>,       &pixel_weight<Acc>};
 }
 
 }  // namespace
