@@ -652,8 +652,8 @@ def test_cpu_depthwise_matches_torch(device, backend, seed):
     dict(C=3, K=6, H=11, W=12, R=2, S=2, stride=(3, 3), padding=0),
     # One input channel, groups 1: a multiplier of 6 (LeNet's first layer).
     dict(C=1, K=6, H=12, W=12, R=5, S=5, stride=(1, 1), padding=0, groups=1),
-], ids=["3x3_cl", "3x3_s2_cl", "strided_dilated_cl", "5x5", "5x5_s2", "big_padding", "stride_over_kernel",
-        "one_channel"])
+], ids=["3x3_cl", "3x3_s2_cl", "strided_dilated_cl", "5x5", "5x5_s2", "big_padding",
+        "stride_over_kernel", "one_channel"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_cpu_depthwise_edges(device, backend, case, dtype):
     full = dict(N=2, dilation=(1, 1), groups=case["C"], bias=True, activation="relu",
