@@ -693,6 +693,17 @@ def test_cpu_depthwise_is_deterministic_across_thread_counts(layout):
             assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("channels", [3, 8])
+def test_cpu_depthwise_window_far_larger_than_the_input(channels):
+    """Huge padding and dilation cost nothing extra: no plane padded to the
+    window (the direct kernels or the channels_last pixels take them)."""
+    x = torch.randn(1, channels, 3, 3, dtype=torch.float64).to(memory_format=torch.channels_last)
+    w = torch.randn(channels, 1, 2, 2, dtype=torch.float64)
+    args = dict(padding=2**30, dilation=2**30, stride=2**31, groups=channels)
+    with ck.use(backend="cpu", conv_algorithm="depthwise"):
+        torch.testing.assert_close(ck.conv2d(x, w, **args), F.conv2d(x, w, **args))
+
+
 def test_cpu_depthwise_empty_batch():
     """No images: an empty output and zero weight and bias gradients."""
     x = torch.randn(0, 6, 7, 7, requires_grad=True)

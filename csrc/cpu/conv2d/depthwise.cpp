@@ -37,7 +37,8 @@
 //                sums pixel by pixel; then per block the images' sums added
 //                in image order.
 // Either way each result's sum order depends only on the geometry, never on
-// the threads.
+// the threads. A window far larger than the input (padded planes that would
+// dwarf the tensors) runs the direct kernels (planes_fit).
 //
 // Cost: 2 * N * K * P * Q * R * S flops per pass against about
 // (N*C*H*W + N*K*P*Q) elements moved: 2*R*S/(1 + 1/m) flops per element
@@ -491,6 +492,19 @@ Status check_depthwise(const Conv2dGeometry& g) {
   return g.C_g() == 1 ? Status::ok : Status::bad_argument;
 }
 
+// Whether the padded planes stay within a small multiple of the planes they
+// pad: a window far larger than the input (huge padding or dilation) would
+// make them huge, and the direct kernels, which visit only the taps inside
+// the input, take that geometry instead.
+bool planes_fit(const Conv2dGeometry& g) {
+  const double rows = static_cast<double>(std::max(
+      (g.P - 1) * g.stride_h + (g.R - 1) * g.dil_h + 1, g.H + (g.R - 1) * g.dil_h));
+  const double cols = static_cast<double>(std::max(
+      (g.Q - 1) * g.stride_w + (g.S - 1) * g.dil_w + 1, g.W + (g.S - 1) * g.dil_w));
+  const double planes = static_cast<double>(g.H * g.W + g.P * g.Q);
+  return rows * cols <= 4.0 * planes + 4096.0;
+}
+
 }  // namespace
 
 Status conv2d_depthwise_forward(DType dtype, const Conv2dGeometry& g, Tensor4 x, Tensor4 w,
@@ -502,6 +516,7 @@ Status conv2d_depthwise_forward(DType dtype, const Conv2dGeometry& g, Tensor4 x,
     if constexpr (has_channels_last_path<T>)
       if (channels_last_path(g, x))
         return forward_channels_last<T>(g, x, w, bias, residual, y, preact);
+    if (!planes_fit(g)) return conv2d_direct_forward(dtype, g, x, w, bias, residual, y, preact);
     return forward<T>(g, x, w, bias, residual, y, preact);
   });
 }
@@ -516,6 +531,7 @@ Status conv2d_depthwise_grad_input(DType dtype, const Conv2dGeometry& g, Tensor4
     if constexpr (has_channels_last_path<T>)
       if (channels_last_path(g, grad_x))
         return grad_input_channels_last<T>(g, grad_y, y, w, grad_x);
+    if (!planes_fit(g)) return conv2d_direct_grad_input(dtype, g, grad_y, y, w, grad_x);
     return grad_input<T>(g, grad_y, y, w, grad_x);
   });
 }
@@ -529,6 +545,8 @@ Status conv2d_depthwise_grad_weight(DType dtype, const Conv2dGeometry& g, Tensor
     if constexpr (has_channels_last_path<T>)
       if (channels_last_path(g, x) && g.N > 0)
         return grad_weight_channels_last<T>(g, grad_y, y, x, grad_w, grad_bias);
+    if (!planes_fit(g))
+      return conv2d_direct_grad_weight(dtype, g, grad_y, y, x, grad_w, grad_bias);
     return grad_weight<T>(g, grad_y, y, x, grad_w, grad_bias);
   });
 }
