@@ -700,8 +700,14 @@ def test_cpu_depthwise_window_far_larger_than_the_input(channels):
     x = torch.randn(1, channels, 3, 3, dtype=torch.float64).to(memory_format=torch.channels_last)
     w = torch.randn(channels, 1, 2, 2, dtype=torch.float64)
     args = dict(padding=2**30, dilation=2**30, stride=2**31, groups=channels)
-    with ck.use(backend="cpu", conv_algorithm="depthwise"):
-        torch.testing.assert_close(ck.conv2d(x, w, **args), F.conv2d(x, w, **args))
+    results = []
+    for conv in (ck.conv2d, F.conv2d):
+        xl, wl = x.clone().requires_grad_(), w.clone().requires_grad_()
+        with ck.use(backend="cpu", conv_algorithm="depthwise"):
+            y = conv(xl, wl, **args)
+            results.append((y, *torch.autograd.grad(y, (xl, wl), torch.ones_like(y))))
+    for ours, torchs in zip(*results, strict=True):
+        torch.testing.assert_close(ours, torchs)
 
 
 def test_cpu_depthwise_empty_batch():
