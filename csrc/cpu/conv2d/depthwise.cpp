@@ -106,6 +106,45 @@ void pack_plane(const T* src, int64_t sh, int64_t sw, int64_t rows, int64_t cols
   }
 }
 
+// The epilogue over `count` outputs z_in (bias included), strides in
+// elements: z = z_in + residual, preact = z, y = act(z). The activation and
+// unit strides are template arguments so that the loop vectorises.
+template <typename T, Activation A, bool Unit>
+void epilogue_span(const acc_t<T>* z_in, int64_t count, const T* r, int64_t rs, T* z,
+                   int64_t zs, T* y, int64_t ys) {
+  if constexpr (Unit) rs = zs = ys = 1;
+  for (int64_t i = 0; i < count; ++i) {
+    acc_t<T> v = z_in[i];
+    if (r) v += to_acc(r[i * rs]);
+    if (z) z[i * zs] = from_acc<T>(v);
+    y[i * ys] = from_acc<T>(apply_activation(v, A));
+  }
+}
+
+template <typename T, bool Unit>
+void epilogue_span(Activation act, const acc_t<T>* z_in, int64_t count, const T* r, int64_t rs,
+                   T* z, int64_t zs, T* y, int64_t ys) {
+  switch (act) {
+    case Activation::relu:
+      return epilogue_span<T, Activation::relu, Unit>(z_in, count, r, rs, z, zs, y, ys);
+    case Activation::relu6:
+      return epilogue_span<T, Activation::relu6, Unit>(z_in, count, r, rs, z, zs, y, ys);
+    case Activation::silu:
+      return epilogue_span<T, Activation::silu, Unit>(z_in, count, r, rs, z, zs, y, ys);
+    default:
+      return epilogue_span<T, Activation::none, Unit>(z_in, count, r, rs, z, zs, y, ys);
+  }
+}
+
+template <typename T>
+void epilogue(Activation act, const acc_t<T>* z_in, int64_t count, const T* r, int64_t rs, T* z,
+              int64_t zs, T* y, int64_t ys) {
+  if ((r == nullptr || rs == 1) && (z == nullptr || zs == 1) && ys == 1)
+    epilogue_span<T, true>(act, z_in, count, r, rs, z, zs, y, ys);
+  else
+    epilogue_span<T, false>(act, z_in, count, r, rs, z, zs, y, ys);
+}
+
 // The epilogue of output plane (n, k) from out (P x Q, bias included):
 // z = out + residual, preact = z, y = act(z); row pointers and strides in
 // locals so that the row loops keep them in registers.
@@ -123,12 +162,7 @@ void store_output_plane(const acc_t<T>* out, int64_t P, int64_t Q, int64_t n, in
     const T* rrow = rp ? rp + residual.stride.offset(n, k, p, 0) : nullptr;
     T* zrow = zp ? zp + preact.stride.offset(n, k, p, 0) : nullptr;
     T* yrow = yp + y.stride.offset(n, k, p, 0);
-    for (int64_t q = 0; q < Q; ++q) {
-      Acc z = orow[q];
-      if (rrow) z += to_acc(rrow[q * rw]);
-      if (zrow) zrow[q * zw] = from_acc<T>(z);
-      yrow[q * yw] = from_acc<T>(apply_activation(z, act));
-    }
+    epilogue<T>(act, orow, Q, rrow, rw, zrow, zw, yrow, yw);
   }
 }
 
@@ -349,12 +383,8 @@ Status forward_channels_last(const Conv2dGeometry& g, Tensor4 x, Tensor4 w, Tens
           const T* rpix = rp ? rp + residual.stride.offset(n, 0, p, q) : nullptr;
           T* zpix = zp ? zp + preact.stride.offset(n, 0, p, q) : nullptr;
           T* ypix = yp + y.stride.offset(n, 0, p, q);
-          for (int64_t c = 0; c < g.C; ++c) {
-            T z = out[c];
-            if (rpix) z += rpix[c * residual.stride.c];
-            if (zpix) zpix[c * preact.stride.c] = z;
-            ypix[c * y.stride.c] = apply_activation(z, g.activation);
-          }
+          epilogue<T>(g.activation, out, g.C, rpix, residual.stride.c, zpix, preact.stride.c,
+                      ypix, y.stride.c);
         }
       },
       g.Q * g.C * RS);
