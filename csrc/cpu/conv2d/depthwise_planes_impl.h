@@ -1,20 +1,53 @@
 // The depthwise plane kernels (depthwise_planes.h), included once per
 // instruction set: everything here has internal linkage, so each file's
 // copy keeps its own compiler flags. The loops over an output row run in V
-// independent lanes (the compiler turns them into vector instructions) with
-// the taps in registers; 3x3 and 5x5 filters at stride 1 and 2 (dilation 1)
+// independent lanes, written with GCC's vector extension (one ymm register
+// of fp32 with AVX2; the compiler splits it for narrower sets: left to
+// itself it fully unrolls 8-lane loops and re-vectorises them only in part),
+// with the taps in registers; 3x3 and 5x5 filters at stride 1 and 2 (dilation 1)
 // are specialised at compile time, everything else takes the general loops.
 // Each output sums its taps in (r, s) order, each weight sum runs its lanes
 // and then adds them in lane order: results depend only on the geometry.
 #pragma once
 #include <algorithm>
+#include <cstring>
 
 #include "depthwise_planes.h"
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace cnnk::cpu::depthwise {
 namespace {
 
 constexpr int64_t V = 8;
+
+template <typename Acc>
+struct VecOf {
+  typedef Acc type __attribute__((vector_size(V * sizeof(Acc))));
+};
+template <typename Acc>
+using Vec = typename VecOf<Acc>::type;
+
+// V values from p, p + stride, ... (unaligned). Always inlined: a vector
+// wider than the instruction set's registers has no agreed calling
+// convention, which GCC's -Wpsabi warns of (moot with no call left; the
+// warning is off for this file).
+template <typename Acc>
+[[gnu::always_inline]] inline Vec<Acc> load(const Acc* p, int64_t stride) {
+  Vec<Acc> v;
+  if (stride == 1) {
+    std::memcpy(&v, p, sizeof v);
+  } else {
+    for (int64_t l = 0; l < V; ++l) v[l] = p[l * stride];
+  }
+  return v;
+}
+
+template <typename Acc>
+[[gnu::always_inline]] inline void store(Acc* p, typename VecOf<Acc>::type v) {
+  std::memcpy(p, &v, sizeof v);
+}
 
 // R, S, SH, SW > 0: compile-time filter and stride (dilation 1); 0: read pg.
 template <typename Acc, int R_, int S_, int SH_, int SW_>
@@ -32,15 +65,11 @@ void forward_plane(const PlaneGeometry& pg, const Acc* in, int64_t in_w, const A
     Acc* orow = out + p * Q;
     int64_t q = 0;
     for (; q + V <= Q; q += V) {
-      Acc o[V];
-      for (int64_t l = 0; l < V; ++l) o[l] = orow[q + l];
+      Vec<Acc> o = load(orow + q, 1);
       for (int64_t r = 0; r < R; ++r)
-        for (int64_t s = 0; s < S; ++s) {
-          const Acc wv = wt[r * S + s];
-          const Acc* xr = rows + r * DH * in_w + s * DW + q * SW;
-          for (int64_t l = 0; l < V; ++l) o[l] += wv * xr[l * SW];
-        }
-      for (int64_t l = 0; l < V; ++l) orow[q + l] = o[l];
+        for (int64_t s = 0; s < S; ++s)
+          o += wt[r * S + s] * load(rows + r * DH * in_w + s * DW + q * SW, SW);
+      store(orow + q, o);
     }
     for (; q < Q; ++q) {
       Acc o = orow[q];
@@ -71,18 +100,17 @@ void scatter_plane(const PlaneGeometry& pg, const Acc* grad, int64_t P, int64_t 
 template <typename Acc, int R, int S, int SH, int SW>
 void weight_plane_fixed(const PlaneGeometry&, const Acc* in, int64_t in_w, const Acc* grad,
                         int64_t P, int64_t Q, Acc* sums) {
-  Acc lanes[R * S][V] = {};
+  Vec<Acc> lanes[R * S] = {};
   Acc tail[R * S] = {};
   for (int64_t p = 0; p < P; ++p) {
     const Acc* rows = in + p * SH * in_w;
     const Acc* grow = grad + p * Q;
     int64_t q = 0;
-    for (; q + V <= Q; q += V)
+    for (; q + V <= Q; q += V) {
+      const Vec<Acc> gv = load(grow + q, 1);
       for (int r = 0; r < R; ++r)
-        for (int s = 0; s < S; ++s) {
-          const Acc* xr = rows + r * in_w + s + q * SW;
-          for (int64_t l = 0; l < V; ++l) lanes[r * S + s][l] += grow[q + l] * xr[l * SW];
-        }
+        for (int s = 0; s < S; ++s) lanes[r * S + s] += gv * load(rows + r * in_w + s + q * SW, SW);
+    }
     for (; q < Q; ++q)
       for (int r = 0; r < R; ++r)
         for (int s = 0; s < S; ++s) tail[r * S + s] += grow[q] * rows[r * in_w + s + q * SW];
@@ -100,15 +128,14 @@ void weight_plane_general(const PlaneGeometry& pg, const Acc* in, int64_t in_w,
                           const Acc* grad, int64_t P, int64_t Q, Acc* sums) {
   for (int64_t r = 0; r < pg.R; ++r)
     for (int64_t s = 0; s < pg.S; ++s) {
-      Acc lanes[V] = {};
+      Vec<Acc> lanes = {};
       Acc tail = Acc(0);
       for (int64_t p = 0; p < P; ++p) {
         const Acc* xr = in + (p * pg.stride_h + r * pg.dil_h) * in_w + s * pg.dil_w;
         const Acc* grow = grad + p * Q;
         int64_t q = 0;
         for (; q + V <= Q; q += V)
-          for (int64_t l = 0; l < V; ++l)
-            lanes[l] += grow[q + l] * xr[(q + l) * pg.stride_w];
+          lanes += load(grow + q, 1) * load(xr + q * pg.stride_w, pg.stride_w);
         for (; q < Q; ++q) tail += grow[q] * xr[q * pg.stride_w];
       }
       for (int64_t l = 0; l < V; ++l) tail += lanes[l];
@@ -118,10 +145,9 @@ void weight_plane_general(const PlaneGeometry& pg, const Acc* in, int64_t in_w,
 
 template <typename Acc>
 Acc sum_values(const Acc* values, int64_t count) {
-  Acc lanes[V] = {};
+  Vec<Acc> lanes = {};
   int64_t i = 0;
-  for (; i + V <= count; i += V)
-    for (int64_t l = 0; l < V; ++l) lanes[l] += values[i + l];
+  for (; i + V <= count; i += V) lanes += load(values + i, 1);
   Acc total = Acc(0);
   for (; i < count; ++i) total += values[i];
   for (int64_t l = 0; l < V; ++l) total += lanes[l];
@@ -133,15 +159,10 @@ void pixel_taps(const Acc* const* rows, const Acc* taps, int64_t count, int64_t 
                 Acc* out) {
   int64_t c = 0;
   for (; c + V <= channels; c += V) {
-    Acc o[V];
-    for (int64_t l = 0; l < V; ++l) o[l] = out[c + l];
-    for (int64_t t = 0; t < count; ++t) {
-      if (rows[t] == nullptr) continue;
-      const Acc* x = rows[t] + c;
-      const Acc* w = taps + t * channels + c;
-      for (int64_t l = 0; l < V; ++l) o[l] += w[l] * x[l];
-    }
-    for (int64_t l = 0; l < V; ++l) out[c + l] = o[l];
+    Vec<Acc> o = load(out + c, 1);
+    for (int64_t t = 0; t < count; ++t)
+      if (rows[t] != nullptr) o += load(taps + t * channels + c, 1) * load(rows[t] + c, 1);
+    store(out + c, o);
   }
   for (; c < channels; ++c) {
     Acc o = out[c];
@@ -158,7 +179,10 @@ void pixel_weight(const Acc* const* rows, const Acc* grad, int64_t count, int64_
     if (rows[t] == nullptr) continue;
     const Acc* x = rows[t];
     Acc* s = sums + t * channels;
-    for (int64_t c = 0; c < channels; ++c) s[c] += grad[c] * x[c];
+    int64_t c = 0;
+    for (; c + V <= channels; c += V)
+      store(s + c, load(s + c, 1) + load(grad + c, 1) * load(x + c, 1));
+    for (; c < channels; ++c) s[c] += grad[c] * x[c];
   }
 }
 
@@ -201,6 +225,8 @@ PlaneKernels<Acc> plane_kernels() {
 
 }  // namespace
 }  // namespace cnnk::cpu::depthwise
+
+#pragma GCC diagnostic pop
 
 #define CNNK_DEPTHWISE_PLANE_KERNELS(name)                           \
   namespace cnnk::cpu::depthwise {                                   \
