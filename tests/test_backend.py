@@ -37,7 +37,7 @@ def test_use_as_statement_sets_globally():
     (dict(backend="gpu"), "backend must be one of 'auto', 'cpu', 'cuda', 'triton', got 'gpu'"),
     (dict(conv_algorithm="fft"),
      "conv_algorithm must be one of 'auto', 'direct', 'implicit_gemm', 'pointwise', 'im2col', "
-     "got 'fft'"),
+     "'depthwise', got 'fft'"),
 ])
 def test_use_rejects_unknown_choices(kwargs, message):
     with pytest.raises(ValueError, match=message):

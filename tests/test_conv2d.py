@@ -470,6 +470,8 @@ def test_every_epilogue_on_every_algorithm(device, backend, algorithm, activatio
     case = dict(EPILOGUE_CASE, activation=activation, residual=residual)
     if algorithm == "pointwise":
         case.update(R=1, S=1, stride=(1, 1), padding=0)
+    if algorithm == "depthwise":  # one input channel per group, multiplier 2
+        case.update(C=4, K=8, groups=4)
     with ck.use(conv_algorithm=algorithm):
         run_case(device, backend, case, dtypes_for(device, backend)[0], seed=21)
 
@@ -483,17 +485,18 @@ def test_silu_at_extreme_values_is_torchs(device, backend, algorithm):
     NaN, inf at inf, -0 far below zero) and torch's gradient with respect to
     the residual (NaN at +-inf and NaN)."""
     generator = torch.Generator().manual_seed(4)
+    groups, K = (2, 4) if algorithm == "depthwise" else (1, 3)
     x = random_tensor((1, 2, 4, 4), torch.float32, device, generator=generator)
-    w = random_tensor((3, 2, 1, 1), torch.float32, device, generator=generator)
-    residual = random_tensor((1, 3, 4, 4), torch.float32, device, generator=generator)
+    w = random_tensor((K, 2 // groups, 1, 1), torch.float32, device, generator=generator)
+    residual = random_tensor((1, K, 4, 4), torch.float32, device, generator=generator)
     extremes = [float("inf"), float("-inf"), float("nan"), 100.0, -100.0, 1000.0, -1000.0]
     residual.view(-1)[:len(extremes)] = torch.tensor(extremes)
     residual.requires_grad_()
     with ck.use(backend=backend, conv_algorithm=algorithm):
-        y = ck.conv2d(x, w, activation="silu", residual=residual)
+        y = ck.conv2d(x, w, groups=groups, activation="silu", residual=residual)
         grad_residual, = torch.autograd.grad(y.sum(), residual)
     r = residual.detach().cpu().requires_grad_()
-    expected = F.silu(F.conv2d(x.cpu(), w.cpu()) + r)
+    expected = F.silu(F.conv2d(x.cpu(), w.cpu(), groups=groups) + r)
     expected_grad, = torch.autograd.grad(expected.sum(), r)
     for actual, reference, what in ((y, expected, "output"),
                                     (grad_residual, expected_grad, "grad_residual")):
@@ -523,17 +526,19 @@ def test_preactivation_is_kept_only_for_silu_when_asked():
 
 
 def test_router(monkeypatch):
-    """Each branch of the rule written in ``route``: the cpu's implicit GEMM
-    (direct for the backward of depthwise-like convolutions); on the GPU
-    backends pointwise for 1x1, implicit GEMM otherwise, direct for one
-    channel per group, fp64 and exact fp32."""
+    """Each branch of the rule written in ``route``: depthwise for one input
+    channel per group wherever the backend has it (any multiplier, every
+    direction); the cpu's implicit GEMM otherwise; on the GPU backends
+    pointwise for 1x1, implicit GEMM otherwise, direct for one channel per
+    group without depthwise kernels, fp64 and exact fp32."""
     dense, pointwise = _geometry(64, 64, 3, 1), _geometry(256, 64, 1, 1)
     depthwise, grouped = _geometry(32, 32, 3, 32), _geometry(64, 64, 3, 16)
-    for g in (dense, pointwise, depthwise, grouped):
-        assert route(g, "cpu") == "implicit_gemm"
-    for direction in ("grad_input", "grad_weight"):
-        assert route(dense, "cpu", direction) == route(grouped, "cpu", direction) == "implicit_gemm"
-        assert route(depthwise, "cpu", direction) == "direct"
+    multiplier, single_channel = _geometry(32, 64, 5, 32), _geometry(1, 6, 5, 1)
+    for direction in ("forward", "grad_input", "grad_weight"):
+        for g in (dense, pointwise, grouped):
+            assert route(g, "cpu", direction) == "implicit_gemm"
+        for g in (depthwise, multiplier, single_channel):
+            assert route(g, "cpu", direction) == "depthwise"
     for direction in ("forward", "grad_input", "grad_weight"):
         for dtype in (torch.bfloat16, torch.float16):
             assert route(dense, "triton", direction, dtype) == "implicit_gemm"
@@ -548,6 +553,16 @@ def test_router(monkeypatch):
         assert route(dense, "triton", direction, torch.bfloat16) == "implicit_gemm"
 
 
+def test_router_takes_depthwise_where_the_backend_has_it(monkeypatch):
+    """A GPU backend with depthwise kernels takes them for one channel per group."""
+    monkeypatch.setattr(conv2d_ops, "_available",
+                        lambda backend: ("direct", "implicit_gemm", "pointwise", "depthwise"))
+    for direction in ("forward", "grad_input", "grad_weight"):
+        assert route(_geometry(32, 32, 3, 32), "triton", direction, torch.bfloat16) == "depthwise"
+        assert route(_geometry(64, 64, 3, 16), "triton", direction,
+                     torch.bfloat16) == "implicit_gemm"
+
+
 def test_router_on_a_cuda_build_without_the_tensor_core_kernels(monkeypatch):
     """A CUDA build that predates the tensor-core kernels routes to direct."""
     monkeypatch.setattr(conv2d_ops, "_available", lambda backend: ("direct",))
@@ -557,6 +572,9 @@ def test_router_on_a_cuda_build_without_the_tensor_core_kernels(monkeypatch):
 def test_algorithm_errors_name_what_runs():
     with ck.use(backend="cpu", conv_algorithm="pointwise"), \
             pytest.raises(ValueError, match="'pointwise' takes 1x1 convolutions with stride 1"):
+        ck.conv2d(**_conv_args())
+    with ck.use(backend="cpu", conv_algorithm="depthwise"), \
+            pytest.raises(ValueError, match="'depthwise' takes one input channel per group"):
         ck.conv2d(**_conv_args())
     if not ck.info()["cuda_kernels_built"]:
         with ck.use(backend="cuda", conv_algorithm="implicit_gemm"), \
@@ -568,9 +586,28 @@ POINTWISE_CASE = dict(N=2, C=6, K=10, H=5, W=7, R=1, S=1, stride=(1, 1), padding
                       dilation=(1, 1), groups=2, bias=True, activation="relu")
 
 
+def depthwise_case(seed: int, tiny: bool) -> dict:
+    """A random depthwise convolution (one input channel per group,
+    multiplier 1 or 2): the random case's strides, dilations, padding,
+    layouts and epilogue with 3x3, 5x5, 7x7 or non-square filters."""
+    rng = random.Random(seed)
+    case = random_case(seed, tiny)
+    groups = rng.choice((1, 3, 5) if tiny else (1, 3, 8, 19))
+    R, S = rng.choice(((3, 3), (5, 5), (3, 5), (1, 3)) if tiny
+                      else ((3, 3), (3, 3), (5, 5), (7, 7), (3, 5), (2, 1)))
+    stride = case["stride"] if case["padding"] == "same" else (rng.choice((1, 2, 3)),
+                                                               rng.choice((1, 2)))
+    extent = (case["dilation"][0] * (R - 1) + 1, case["dilation"][1] * (S - 1) + 1)
+    case.update(C=groups, K=groups * rng.choice((1, 2)), groups=groups, R=R, S=S, stride=stride,
+                H=max(extent[0], case["H"]), W=max(extent[1], case["W"]))
+    return case
+
+
 def _algorithm_case(algorithm: str, seed: int, tiny: bool) -> dict:
     """A random case the algorithm takes (pointwise: a 1x1 stride-1 unpadded
-    one in the random case's layout)."""
+    one in the random case's layout; depthwise: a depthwise one)."""
+    if algorithm == "depthwise":
+        return depthwise_case(seed, tiny)
     case = random_case(seed, tiny)
     if algorithm == "pointwise":
         case.update(POINTWISE_CASE)
@@ -585,6 +622,104 @@ def test_cpu_patch_and_pointwise_algorithms_match_torch(device, backend, algorit
     with ck.use(conv_algorithm=algorithm):
         run_case(device, backend, _algorithm_case(algorithm, 2000 + seed, False),
                  dtypes[seed % len(dtypes)], seed)
+
+
+@pytest.mark.parametrize(("device", "backend"), CPU_ALGORITHMS)
+@pytest.mark.parametrize("seed", range(32))
+def test_cpu_depthwise_matches_torch(device, backend, seed):
+    """The depthwise algorithm over random depthwise cases, every dtype."""
+    dtypes = dtypes_for(device, backend)
+    with ck.use(conv_algorithm="depthwise"):
+        run_case(device, backend, depthwise_case(4000 + seed, False), dtypes[seed % len(dtypes)],
+                 seed)
+
+
+@pytest.mark.parametrize(("device", "backend"), CPU_ALGORITHMS)
+@pytest.mark.parametrize("case", [
+    # The specialised plane kernels (3x3, 5x5 at stride 1 and 2) with rows
+    # longer than the vector lanes, channels_last channel blocks past 16.
+    dict(C=20, K=20, H=19, W=21, R=3, S=3, stride=(1, 1), padding=1, layout="channels_last"),
+    dict(C=18, K=36, H=20, W=23, R=3, S=3, stride=(2, 2), padding=1, layout="channels_last"),
+    # The channels_last pixel path (multiplier 1, float and double): strides
+    # whose gathers skip taps, dilation, padding past the filter.
+    dict(C=24, K=24, H=13, W=14, R=5, S=3, stride=(2, 3), padding=(4, 1), dilation=(2, 1),
+         layout="channels_last", residual="noncontiguous", activation="silu"),
+    dict(C=5, K=5, H=17, W=26, R=5, S=5, stride=(1, 1), padding=2),
+    dict(C=5, K=10, H=17, W=26, R=5, S=5, stride=(2, 2), padding=2, residual="channels_last"),
+    # Padding larger than the filter (the gather's negative offset), a
+    # stride larger than the filter (input pixels no tap reads).
+    dict(C=3, K=3, H=6, W=7, R=3, S=3, stride=(1, 1), padding=(4, 5)),
+    dict(C=3, K=6, H=11, W=12, R=2, S=2, stride=(3, 3), padding=0),
+    # One input channel, groups 1: a multiplier of 6 (LeNet's first layer).
+    dict(C=1, K=6, H=12, W=12, R=5, S=5, stride=(1, 1), padding=0, groups=1),
+], ids=["3x3_cl", "3x3_s2_cl", "strided_dilated_cl", "5x5", "5x5_s2", "big_padding",
+        "stride_over_kernel", "one_channel"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_cpu_depthwise_edges(device, backend, case, dtype):
+    full = dict(N=2, dilation=(1, 1), groups=case["C"], bias=True, activation="relu",
+                layout="contiguous")
+    full.update(case)
+    with ck.use(conv_algorithm="depthwise"):
+        run_case(device, backend, full, dtype, seed=13)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=str)
+def test_cpu_depthwise_is_deterministic_across_thread_counts(layout):
+    """grad_weight sums each channel's images in order, in lanes fixed by
+    the sizes: bit-identical with 1 and 2 threads, in both layouts."""
+    generator = torch.Generator().manual_seed(3)
+    x = random_tensor((4, 40, 24, 24), torch.float32, "cpu", generator=generator)
+    x = x.to(memory_format=layout)
+    w = random_tensor((40, 1, 3, 3), torch.float32, "cpu", generator=generator)
+    grad_y = random_tensor((4, 40, 24, 24), torch.float32, "cpu", generator=generator)
+    threads = torch.get_num_threads()
+
+    def run():
+        xl, wl = x.clone().requires_grad_(), w.clone().requires_grad_()
+        y = ck.conv2d(xl, wl, padding=1, groups=40, activation="relu")
+        y.backward(grad_y)
+        return y.detach(), xl.grad, wl.grad
+
+    results = []
+    try:
+        with ck.use(backend="cpu", conv_algorithm="depthwise"):
+            for count in (1, 2, 2):
+                torch.set_num_threads(count)
+                results.append(run())
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("channels", [3, 8])
+def test_cpu_depthwise_window_far_larger_than_the_input(channels):
+    """Huge padding and dilation cost nothing extra: no plane padded to the
+    window (the direct kernels or the channels_last pixels take them)."""
+    x = torch.randn(1, channels, 3, 3, dtype=torch.float64).to(memory_format=torch.channels_last)
+    w = torch.randn(channels, 1, 2, 2, dtype=torch.float64)
+    args = dict(padding=2**30, dilation=2**30, stride=2**31, groups=channels)
+    results = []
+    for conv in (ck.conv2d, F.conv2d):
+        xl, wl = x.clone().requires_grad_(), w.clone().requires_grad_()
+        with ck.use(backend="cpu", conv_algorithm="depthwise"):
+            y = conv(xl, wl, **args)
+            results.append((y, *torch.autograd.grad(y, (xl, wl), torch.ones_like(y))))
+    for ours, torchs in zip(*results, strict=True):
+        torch.testing.assert_close(ours, torchs)
+
+
+def test_cpu_depthwise_empty_batch():
+    """No images: an empty output and zero weight and bias gradients."""
+    x = torch.randn(0, 6, 7, 7, requires_grad=True)
+    w = torch.randn(12, 1, 3, 3, requires_grad=True)
+    b = torch.randn(12, requires_grad=True)
+    with ck.use(backend="cpu", conv_algorithm="depthwise"):
+        y = ck.conv2d(x, w, b, padding=1, groups=6, activation="relu")
+        y.sum().backward()
+    assert y.shape == (0, 12, 7, 7)
+    assert torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(b.grad, torch.zeros_like(b))
 
 
 TRITON_PARAMS = [p for p in backend_params() if p.values[1] == "triton"]

@@ -139,6 +139,11 @@ CONV_LAYERS: tuple[ConvLayer, ...] = (
     _L("MobileNet",   "dw32",       32, 112, 112,  32,  3,  1,  1,  32, "relu6"),
     _L("MobileNet",   "dw64.s2",    64, 112, 112,  64,  3,  2,  1,  64, "relu6"),
     _L("MobileNet",   "dw512",     512,  14,  14, 512,  3,  1,  1, 512, "relu6"),
+    # MobileNetV2's depthwise 3x3s: the expanded 144 channels at 56 (stride 1
+    # and the stride-2 block entry) and 576 at 14.
+    _L("MobileNet",   "v2.dw144",  144,  56,  56, 144,  3,  1,  1, 144, "relu6"),
+    _L("MobileNet",   "v2.dw144.s2",144, 56,  56, 144,  3,  2,  1, 144, "relu6"),
+    _L("MobileNet",   "v2.dw576",  576,  14,  14, 576,  3,  1,  1, 576, "relu6"),
     _L("MobileNet",   "pw32-64",    32, 112, 112,  64,  1,  1,  0,   1, "relu6"),
     _L("MobileNet",   "pw512",     512,  14,  14, 512,  1,  1,  0,   1, "relu6"),
     # MobileNetV2's pointwise convolutions: the expansions (ReLU6) and the linear

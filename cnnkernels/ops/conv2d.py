@@ -52,7 +52,7 @@ FAMILY = Family(name="conv2d", public=("conv2d",),
 
 __all__ = list(FAMILY.public)
 
-ALGORITHMS = ("direct", "implicit_gemm", "pointwise", "im2col")
+ALGORITHMS = ("direct", "implicit_gemm", "pointwise", "im2col", "depthwise")
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,12 @@ def is_pointwise(g: Conv2dGeometry) -> bool:
             and g.pad_left == 0 and g.P == g.H and g.Q == g.W)
 
 
+def is_depthwise(g: Conv2dGeometry) -> bool:
+    """One input channel per group (groups == C), any channel multiplier
+    K/groups: what the ``depthwise`` algorithm takes."""
+    return g.C_g == 1
+
+
 def tf32_allowed() -> bool:
     """torch's rule for fp32 convolutions: TF32 tensor cores when
     ``torch.backends.cudnn.allow_tf32`` (on by default), exact fp32 otherwise."""
@@ -121,27 +127,31 @@ def route(g: Conv2dGeometry, backend: str, direction: str = "forward",
     """The algorithm ``auto`` runs for ``g`` on ``backend`` in ``direction``
     (forward, grad_input or grad_weight) for inputs of ``dtype``.
 
-    cpu: implicit GEMM (the GEMM core; 1x1 convolutions included, its
-    pointwise path), except the backward of depthwise-like convolutions (one
-    input channel per group), where the direct kernel wins (README: measured,
-    2 threads: a depthwise 3x3, 144 channels at 56x56, forward 8.1 ms implicit
-    GEMM vs 13.0 ms direct, forward + backward 47 vs 32 ms).
+    Every backend that has it: depthwise for one input channel per group
+    (``is_depthwise``), every direction (a GEMM of reduction length R*S
+    wastes the GEMM core and the tensor cores; the plane kernels keep the
+    taps in registers).
 
-    GPU (triton, and cuda where the build has the kernels): the tensor-core
-    algorithms, pointwise for 1x1 stride-1 unpadded convolutions and implicit
-    GEMM otherwise, except where they cannot win or cannot be exact: one input
-    channel per group (depthwise-like: a GEMM of reduction length R*S wastes
-    the tensor cores; direct until the depthwise algorithm exists), fp64 (no
-    fp64 tensor-core path) and fp32 when ``torch.backends.cudnn.allow_tf32`` is
-    off (exact fp32 is the direct kernels' FMA). im2col is never chosen by
-    ``auto``: it is the reference formulation the implicit GEMM is measured
-    against.
+    cpu otherwise: implicit GEMM (the GEMM core; 1x1 convolutions included,
+    its pointwise path).
+
+    GPU (triton, and cuda where the build has the kernels) otherwise: the
+    tensor-core algorithms, pointwise for 1x1 stride-1 unpadded convolutions
+    and implicit GEMM otherwise, except where they cannot win or cannot be
+    exact: one input channel per group without depthwise kernels on the
+    backend (direct), fp64 (no fp64 tensor-core path) and fp32 when
+    ``torch.backends.cudnn.allow_tf32`` is off (exact fp32 is the direct
+    kernels' FMA). im2col is never chosen by ``auto``: it is the reference
+    formulation the implicit GEMM is measured against.
     """
+    available = _available(backend)
+    if is_depthwise(g) and "depthwise" in available:
+        return "depthwise"
     if backend == "cpu":
-        return "direct" if direction != "forward" and g.C_g == 1 else "implicit_gemm"
+        return "implicit_gemm"
     exact_fp32 = dtype == torch.float32 and not tf32_allowed()
     if (g.C_g == 1 or dtype == torch.float64 or exact_fp32
-            or "implicit_gemm" not in _available(backend)):
+            or "implicit_gemm" not in available):
         return "direct"
     return "pointwise" if is_pointwise(g) else "implicit_gemm"
 
@@ -422,8 +432,28 @@ class _Im2col:
             grad_w.copy_(gemm_grad)
 
 
+class _Depthwise:
+    """The depthwise algorithm, one input channel per group (launchers
+    ``conv2d_depthwise_*``): csrc/cpu/conv2d/depthwise.cpp (padded planes,
+    taps in registers, plane kernels per instruction set)."""
+
+    BACKENDS = ("cpu",)
+
+    @staticmethod
+    def forward(backend: str, g: Conv2dGeometry, x, w, bias, residual, y, preact) -> None:
+        _ext.native(backend, x).conv2d_depthwise_forward(g, x, w, bias, residual, y, preact)
+
+    @staticmethod
+    def grad_input(backend: str, g: Conv2dGeometry, grad_y, y, w, grad_x) -> None:
+        _ext.native(backend, grad_y).conv2d_depthwise_grad_input(g, grad_y, y, w, grad_x)
+
+    @staticmethod
+    def grad_weight(backend: str, g: Conv2dGeometry, grad_y, y, x, grad_w, grad_bias) -> None:
+        _ext.native(backend, x).conv2d_depthwise_grad_weight(g, grad_y, y, x, grad_w, grad_bias)
+
+
 _ALGORITHM_KERNELS = {"direct": _Direct, "implicit_gemm": _ImplicitGemm, "pointwise": _Pointwise,
-                      "im2col": _Im2col}
+                      "im2col": _Im2col, "depthwise": _Depthwise}
 
 
 def _available(backend: str) -> tuple[str, ...]:
@@ -434,7 +464,8 @@ def _available(backend: str) -> tuple[str, ...]:
     if not _ext.has_cuda_kernels():
         return ("direct",)
     launchers = {"direct": "conv2d_direct_forward", "implicit_gemm": "conv2d_implicit_gemm_forward",
-                 "pointwise": "conv2d_implicit_gemm_forward", "im2col": "conv2d_im2col"}
+                 "pointwise": "conv2d_implicit_gemm_forward", "im2col": "conv2d_im2col",
+                 "depthwise": "conv2d_depthwise_forward"}
     return tuple(a for a, launcher in launchers.items()
                  if hasattr(_ext.cuda_kernels(), launcher))
 
@@ -450,6 +481,10 @@ def _kernels(g: Conv2dGeometry, algorithm: str, backend: str, direction: str, dt
                          f"no padding, got a {g.R}x{g.S} kernel, stride "
                          f"({g.stride_h}, {g.stride_w}), padding ({g.pad_top}, {g.pad_left}); "
                          f"use 'implicit_gemm' or 'auto'")
+    if chosen == "depthwise" and not is_depthwise(g):
+        raise ValueError(f"conv_algorithm 'depthwise' takes one input channel per group "
+                         f"(groups == in_channels), got {g.C} input channels in {g.groups} "
+                         f"groups; use 'direct', 'implicit_gemm' or 'auto'")
     return _ALGORITHM_KERNELS[chosen]
 
 

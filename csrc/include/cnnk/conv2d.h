@@ -152,6 +152,15 @@ Status conv2d_implicit_gemm_grad_input(DType dtype, const Conv2dGeometry& g, Ten
                                        Tensor4 y, Tensor4 w, Tensor4 grad_x);
 Status conv2d_implicit_gemm_grad_weight(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y,
                                         Tensor4 y, Tensor4 x, Tensor4 grad_w, Tensor1 grad_bias);
+// The depthwise algorithm (csrc/cpu/conv2d/depthwise.cpp): the same
+// contracts, for one input channel per group (C/groups == 1; any other
+// geometry returns Status::bad_argument).
+Status conv2d_depthwise_forward(DType dtype, const Conv2dGeometry& g, Tensor4 x, Tensor4 w,
+                                Tensor1 bias, Tensor4 residual, Tensor4 y, Tensor4 preact);
+Status conv2d_depthwise_grad_input(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y,
+                                   Tensor4 y, Tensor4 w, Tensor4 grad_x);
+Status conv2d_depthwise_grad_weight(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y,
+                                    Tensor4 y, Tensor4 x, Tensor4 grad_w, Tensor1 grad_bias);
 // The im2col algorithm's patch matrix (csrc/cpu/conv2d/im2col.cpp), every
 // dtype: patches (N, G*J, P, Q), J = C/G*R*S, patches[n, grp*J + j, p, q] =
 // x[n, grp*C/G + c, p*stride_h - pad_top + r*dil_h, q*stride_w - pad_left + s*dil_w]
