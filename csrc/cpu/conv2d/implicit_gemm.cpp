@@ -237,37 +237,62 @@ PaddedPlanes<acc_t<T>> pad_planes(const Conv2dGeometry& g, const Source<T, Maske
   return {std::move(padded), hp, wp, plane};
 }
 
-// The forward-like GEMM of a stride-1 convolution with B read in place: the
-// source copied once into padded planes (pad_planes) and the output computed
-// on the virtual grid P x wp (columns q >= Q computed and dropped): nr
-// consecutive pixels are nr consecutive values for every tap, so the
-// micro-kernel loads B's rows from the planes (run_rows) and nothing is
-// packed but the weights. Status::out_of_memory when the copy is too large
-// (the caller then runs the packed path).
-template <typename T, bool Masked, typename Epilogue>
-Status forward_in_place(const Conv2dGeometry& g, const Source<T, Masked>& src,
-                        const gemm::MicroKernel<acc_t<T>>& mk, const acc_t<T>* a,
-                        const Tap* table, Epilogue epilogue) {
-  using Acc = acc_t<T>;
+// Planes a stride-1 convolution reads its taps from in place: image n's
+// channel c starts at data + n * image + c * plane, virtual pixel j = p * wp
+// + q reads tap (r, s) at j + r * dh * wp + s * dw. padded: a zero-padded copy
+// (pad_planes) with slack past its end, so a micro-panel may read past a
+// plane's last pixel; otherwise the source itself (a 1 x 1 filter over
+// contiguous rows), whose last partial micro-panel of each block is packed.
+template <typename Acc>
+struct PlaneView {
+  const Acc* data;
+  int64_t image, plane, wp;
+  bool padded;
+};
+
+// The forward-like GEMM of a stride-1 convolution with B read in place from
+// planes (PlaneView) and the output computed on the virtual grid P x wp
+// (columns q >= Q computed and dropped): nr consecutive pixels are nr
+// consecutive values for every tap, so the micro-kernel loads B's rows from
+// the planes (run_rows) and nothing is packed but the weights.
+template <typename Acc, typename Epilogue>
+Status forward_in_place(const Conv2dGeometry& g, const PlaneView<Acc>& view,
+                        const gemm::MicroKernel<Acc>& mk, const Acc* a, const Tap* table,
+                        Epilogue epilogue) {
   const int64_t M = g.K_g(), L = g.reduction_size(), G = g.groups, Cg = g.C_g();
   const int64_t m_pad = round_up(M, mk.mr);
-  const PaddedPlanes<Acc> padded = pad_planes(g, src, mk.nr);
   auto rows = allocate_aligned<int64_t>(L);
-  if (padded.data == nullptr || rows == nullptr) return Status::out_of_memory;
-  const int64_t plane = padded.plane, wp = padded.wp;
+  if (rows == nullptr) return Status::out_of_memory;
+  const int64_t plane = view.plane, wp = view.wp;
   for (int64_t l = 0; l < L; ++l)
     rows[l] = table[l].c * plane + table[l].r * g.dil_h * wp + table[l].s * g.dil_w;
 
   const int64_t pixels = g.P * wp, block = std::min(PIXEL_BLOCK, round_up(pixels, mk.nr));
   const int64_t blocks = (pixels + block - 1) / block;
-  return parallel_tasks<Acc>(g.N * G * blocks, m_pad * block, [&](int64_t task, Acc* tile) {
+  const int64_t tail_size = view.padded ? 0 : KC * mk.nr;
+  return parallel_tasks<Acc>(g.N * G * blocks, m_pad * block + tail_size,
+                             [&](int64_t task, Acc* tile) {
     const int64_t jb = task % blocks, gi = (task / blocks) % G, n = task / (blocks * G);
     const int64_t j0 = jb * block, cols = std::min(block, pixels - j0);
-    const Acc* image = padded.data.get() + (n * g.C + gi * Cg) * plane + j0;
-    for (int64_t l0 = 0; l0 < L; l0 += KC)
-      gemm::multiply_rows(mk, std::min(KC, L - l0), m_pad / mk.mr, (cols + mk.nr - 1) / mk.nr,
-                          a + gi * m_pad * L + l0 * m_pad, image, rows.get() + l0, tile, block,
-                          l0 > 0);
+    const int64_t full = view.padded ? (cols + mk.nr - 1) / mk.nr : cols / mk.nr;
+    const int64_t rest = cols - full * mk.nr;
+    const Acc* image = view.data + n * view.image + gi * Cg * plane + j0;
+    Acc* tail = tile + m_pad * block;
+    for (int64_t l0 = 0; l0 < L; l0 += KC) {
+      const int64_t kc = std::min(KC, L - l0);
+      const Acc* a_chunk = a + gi * m_pad * L + l0 * m_pad;
+      gemm::multiply_rows(mk, kc, m_pad / mk.mr, full, a_chunk, image, rows.get() + l0, tile,
+                          block, l0 > 0);
+      if (rest > 0) {
+        for (int64_t l = 0; l < kc; ++l) {
+          const Acc* row = image + full * mk.nr + rows[l0 + l];
+          std::copy(row, row + rest, tail + l * mk.nr);
+          std::fill(tail + l * mk.nr + rest, tail + (l + 1) * mk.nr, Acc(0));
+        }
+        gemm::multiply_packed(mk, kc, m_pad / mk.mr, 1, a_chunk, tail, tile + full * mk.nr,
+                              block, l0 > 0);
+      }
+    }
     epilogue(n, gi, tile, block, j0, cols, wp);
   },
       gemm::tile_work(m_pad, block, L));
@@ -310,11 +335,24 @@ Status forward_gemm(const Conv2dGeometry& g, const Source<T, Masked>& src, const
     }, a.get() + gi * m_pad * L + l0 * m_pad);
   }
 
-  // In place for stride 1 when taps share the copy (a 1 x 1 filter reads
-  // each input value once: packing it costs one pass, the copy two).
-  if (g.stride_h == 1 && g.stride_w == 1 && g.R * g.S > 1) {
-    const Status status = forward_in_place(g, src, mk, a.get(), table.get(), epilogue);
-    if (status != Status::out_of_memory) return status;  // else: the packed path
+  // In place for stride 1: a 1 x 1 filter over unit-stride rows that need
+  // no conversion reads the source itself; with more taps, they share a
+  // zero-padded copy (a 1 x 1 filter reads each input value once: packing
+  // it costs one pass, the copy two).
+  if (g.stride_h == 1 && g.stride_w == 1) {
+    if (g.R * g.S == 1 && !Masked && std::is_same_v<T, Acc> && src.stride.w == 1 &&
+        (g.H == 1 || src.stride.h == g.W) && g.pad_top == 0 && g.pad_left == 0) {
+      const PlaneView<Acc> view{reinterpret_cast<const Acc*>(src.data), src.stride.n,
+                                src.stride.c, g.W, false};
+      return forward_in_place(g, view, mk, a.get(), table.get(), epilogue);
+    }
+    if (g.R * g.S > 1) {
+      const PaddedPlanes<Acc> padded = pad_planes(g, src, mk.nr);
+      if (padded.data != nullptr)  // else: out of memory for the copy, the packed path
+        return forward_in_place(
+            g, PlaneView<Acc>{padded.data.get(), g.C * padded.plane, padded.plane, padded.wp, true},
+            mk, a.get(), table.get(), epilogue);
+    }
   }
 
   const int64_t PQ = g.P * g.Q, block = std::min(PIXEL_BLOCK, PQ);

@@ -18,7 +18,7 @@ namespace {
 // vector loads of b, MR broadcasts of a and MR * NV FMAs (cnnk/cpu_micro_kernel.h).
 // B's row l starts at b + row(l): the packed micro-panel (l * NR) or a row
 // of an input plane (rows[l]).
-template <typename V, int MR, int NV, typename Row>
+template <typename V, int MR, int NV, bool PrefetchNext, typename Row>
 inline __attribute__((always_inline)) void micro_tile(
     int64_t kc, const typename V::scalar* a, const typename V::scalar* b, Row row,
     typename V::scalar* c, int64_t ldc, bool accumulate) {
@@ -32,6 +32,11 @@ inline __attribute__((always_inline)) void micro_tile(
   for (int64_t l = 0; l < kc; ++l) {
     typename V::type bv[NV];
     const typename V::scalar* b_row = b + row(l);
+    if constexpr (PrefetchNext) {
+      constexpr int line = 64 / sizeof(typename V::scalar);
+#pragma GCC unroll 4
+      for (int j = 0; j < NV * V::lanes; j += line) __builtin_prefetch(b_row + NV * V::lanes + j);
+    }
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) bv[j] = V::load(b_row + j * V::lanes);
 #pragma GCC unroll 16
@@ -50,15 +55,16 @@ inline __attribute__((always_inline)) void micro_tile(
 template <typename V, int MR, int NV>
 void micro_kernel(int64_t kc, const typename V::scalar* a, const typename V::scalar* b,
                   typename V::scalar* c, int64_t ldc, bool accumulate) {
-  micro_tile<V, MR, NV>(kc, a, b, [](int64_t l) { return l * NV * V::lanes; }, c, ldc,
-                        accumulate);
+  micro_tile<V, MR, NV, false>(kc, a, b, [](int64_t l) { return l * NV * V::lanes; }, c, ldc,
+                               accumulate);
 }
 
 template <typename V, int MR, int NV>
 void micro_kernel_rows(int64_t kc, const typename V::scalar* a, const typename V::scalar* b,
                        const int64_t* rows, typename V::scalar* c, int64_t ldc,
                        bool accumulate) {
-  micro_tile<V, MR, NV>(kc, a, b, [rows](int64_t l) { return rows[l]; }, c, ldc, accumulate);
+  micro_tile<V, MR, NV, true>(kc, a, b, [rows](int64_t l) { return rows[l]; }, c, ldc,
+                              accumulate);
 }
 
 template <typename V, int MR, int NV>

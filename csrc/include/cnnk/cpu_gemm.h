@@ -110,20 +110,42 @@ void zero_b_padding(int64_t kc, int64_t cols, int nr, Acc* b) {
     for (int64_t j = cols % nr; j < nr; ++j) panel[l * nr + j] = Acc(0);
 }
 
+// Runs tile(ip, jp) for every micro-tile of an m_panels x n_panels block of
+// C in the cache-blocked order: A blocks of MC rows (L2), one B micro-panel
+// (L1) at a time while the A micro-panels of the block stream past it. The
+// C tile the next call reads is prefetched (its mr rows of nr values), so a
+// tile scratch larger than the caches costs no stall at the micro-kernel's
+// first loads.
+template <typename Acc, typename Tile>
+void for_each_tile(const MicroKernel<Acc>& mk, int64_t m_panels, int64_t n_panels, Acc* c,
+                   int64_t ldc, Tile tile) {
+  const int64_t block = MC / mk.mr;
+  constexpr int64_t line = 64 / sizeof(Acc);
+  for (int64_t ib = 0; ib < m_panels; ib += block) {
+    const int64_t ie = ib + block < m_panels ? ib + block : m_panels;
+    for (int64_t jp = 0; jp < n_panels; ++jp)
+      for (int64_t ip = ib; ip < ie; ++ip) {
+        const int64_t next_ip = ip + 1 < ie ? ip + 1 : ib;
+        const int64_t next_jp = ip + 1 < ie ? jp : jp + 1;
+        if (next_jp < n_panels) {
+          const Acc* next = c + next_ip * mk.mr * ldc + next_jp * mk.nr;
+          for (int i = 0; i < mk.mr; ++i)
+            for (int j = 0; j < mk.nr; j += line) __builtin_prefetch(next + i * ldc + j, 1, 3);
+        }
+        tile(ip, jp);
+      }
+  }
+}
+
 // c (m_panels * mr x n_panels * nr, row stride ldc) = [c +] a * b over kc.
 template <typename Acc>
 void multiply_packed(const MicroKernel<Acc>& mk, int64_t kc, int64_t m_panels, int64_t n_panels,
                      const Acc* a, const Acc* b, Acc* c, int64_t ldc, bool accumulate) {
-  const int64_t block = MC / mk.mr;
-  for (int64_t ib = 0; ib < m_panels; ib += block) {
-    const int64_t ie = ib + block < m_panels ? ib + block : m_panels;
-    for (int64_t jp = 0; jp < n_panels; ++jp)
-      for (int64_t ip = ib; ip < ie; ++ip)
-        mk.run(kc, a + ip * mk.mr * kc, b + jp * kc * mk.nr, c + ip * mk.mr * ldc + jp * mk.nr,
-               ldc, accumulate);
-  }
+  for_each_tile(mk, m_panels, n_panels, c, ldc, [&](int64_t ip, int64_t jp) {
+    mk.run(kc, a + ip * mk.mr * kc, b + jp * kc * mk.nr, c + ip * mk.mr * ldc + jp * mk.nr, ldc,
+           accumulate);
+  });
 }
-
 
 // The same with B read in place: micro-panel jp's row l is the nr values at
 // b + jp * nr + rows[l] (MicroKernel::run_rows).
@@ -131,14 +153,10 @@ template <typename Acc>
 void multiply_rows(const MicroKernel<Acc>& mk, int64_t kc, int64_t m_panels, int64_t n_panels,
                    const Acc* a, const Acc* b, const int64_t* rows, Acc* c, int64_t ldc,
                    bool accumulate) {
-  const int64_t block = MC / mk.mr;
-  for (int64_t ib = 0; ib < m_panels; ib += block) {
-    const int64_t ie = ib + block < m_panels ? ib + block : m_panels;
-    for (int64_t jp = 0; jp < n_panels; ++jp)
-      for (int64_t ip = ib; ip < ie; ++ip)
-        mk.run_rows(kc, a + ip * mk.mr * kc, b + jp * mk.nr, rows,
-                    c + ip * mk.mr * ldc + jp * mk.nr, ldc, accumulate);
-  }
+  for_each_tile(mk, m_panels, n_panels, c, ldc, [&](int64_t ip, int64_t jp) {
+    mk.run_rows(kc, a + ip * mk.mr * kc, b + jp * mk.nr, rows,
+                c + ip * mk.mr * ldc + jp * mk.nr, ldc, accumulate);
+  });
 }
 
 }  // namespace cnnk::cpu::gemm
