@@ -208,7 +208,7 @@ PaddedPlanes<acc_t<T>> pad_planes(const Conv2dGeometry& g, const Source<T, Maske
   auto padded = allocate_aligned<Acc>(planes * plane + slack);
   if (padded == nullptr) return {nullptr, hp, wp, plane};
   std::fill(padded.get() + planes * plane, padded.get() + planes * plane + slack, Acc(0));
-#pragma omp parallel for schedule(static) num_threads(parallel_threads(planes * plane, planes))
+#pragma omp parallel for schedule(dynamic) num_threads(parallel_threads(planes * plane, planes))
   for (int64_t nc = 0; nc < planes; ++nc) {
     const int64_t n = nc / g.C, c = nc % g.C;
     Acc* out = padded.get() + nc * plane;
@@ -759,7 +759,7 @@ Status grad_weight_gemm(const Conv2dGeometry& g, const Source<T, Masked>& dy, Te
   if (status != Status::ok) return status;
 
   T* gwp = static_cast<T*>(grad_w.data);
-#pragma omp parallel for schedule(static) num_threads(parallel_threads(splits * G * M * L, G * M))
+#pragma omp parallel for schedule(dynamic) num_threads(parallel_threads(splits * G * M * L, G * M))
   for (int64_t row = 0; row < G * M; ++row) {  // sum the partials in chunk order
     const int64_t gi = row / M, k = row % M;
     for (int64_t l = 0; l < L; ++l) {
