@@ -9,11 +9,12 @@ algorithm and the router are in test_conv2d.py."""
 
 import pytest
 import torch
-from conftest import backend_params, dtypes_for
+from conftest import backend_params, dtypes_for, interpreted
 from reference import assert_close, float64_cpu, random_tensor
 from test_conv2d import depthwise_case, run_case
 
 import cnnkernels as ck
+from cnnkernels import _ext
 from cnnkernels.ops.conv2d import _geometry, conv2d_grad_weight_op
 
 GPU_PARAMS = [p for p in backend_params() if p.values[1] in ("triton", "cuda")]
@@ -70,20 +71,24 @@ def test_depthwise_edges(device, backend, case):
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=str)
 def test_depthwise_grad_weight_is_deterministic(device, backend, layout):
     """The split reduction's order is fixed by the shape: bit-identical
-    runs, and a split there is (Triton's split count, in the interpreter's
-    tiles or the GPU's)."""
+    runs, and a split there is (Triton's split count in the interpreter's
+    tiles or the GPU's; the CUDA launcher's workspace)."""
     generator = torch.Generator().manual_seed(6)
     dtype = dtypes_for(device, backend)[0]
-    x = random_tensor((2, 4, 12, 12), dtype, device, generator=generator)
+    size = 12 if interpreted(device, backend) else 48  # CUDA splits past 2048 pixels
+    x = random_tensor((2, 4, size, size), dtype, device, generator=generator)
     x = x.to(memory_format=layout)
     w = random_tensor((4, 1, 3, 3), dtype, device, generator=generator)
-    gy = random_tensor((2, 4, 12, 12), dtype, device, generator=generator)
+    gy = random_tensor((2, 4, size, size), dtype, device, generator=generator)
     params = ([1, 1], [1, 1, 1, 1], [1, 1], 4)
+    g = _geometry(x, w, None, *params, "none", "depthwise")
     if backend == "triton":
         from cnnkernels.kernels.conv2d import depthwise
 
-        g = _geometry(x, w, None, *params, "none", "depthwise")
         assert depthwise.grad_weight_splits(g, depthwise._grad_weight_blocks(g, x))[0] > 1
+    else:
+        assert _ext.cuda_kernels().conv2d_depthwise_grad_weight_workspace_bytes(
+            _ext.dtype_code(dtype), g) > 0
     runs = [conv2d_grad_weight_op(gy, None, x, w, *params, "none", "depthwise", backend)
             for _ in range(2)]
     for first, second in zip(*runs, strict=True):
@@ -91,8 +96,8 @@ def test_depthwise_grad_weight_is_deterministic(device, backend, layout):
     reference = torch.ops.aten.convolution_backward(
         float64_cpu(gy), float64_cpu(x), float64_cpu(w), [4], (1, 1), (1, 1), (1, 1), False,
         (0, 0), 4, (False, True, True))
-    assert_close(runs[0][0], reference[1], dtype, 2 * 12 * 12, "grad_weight")
-    assert_close(runs[0][1], reference[2], dtype, 2 * 12 * 12, "grad_bias")
+    assert_close(runs[0][0], reference[1], dtype, 2 * size * size, "grad_weight")
+    assert_close(runs[0][1], reference[2], dtype, 2 * size * size, "grad_bias")
 
 
 @pytest.mark.parametrize(("device", "backend"), GPU_PARAMS)
