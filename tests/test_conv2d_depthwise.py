@@ -138,3 +138,16 @@ def test_depthwise_larger_layers_on_the_gpu(device, backend, case, dtype):
     full.update(case)
     with ck.use(conv_algorithm="depthwise"):
         run_case(device, backend, full, dtype, seed=23)
+
+
+@pytest.mark.parametrize(("device", "backend"), GPU_PARAMS)
+def test_depthwise_bad_input_raises_before_any_kernel(device, backend):
+    """A geometry that is not depthwise, and one whose index arithmetic
+    passes 32 bits, are refused with errors that say so."""
+    x = torch.randn(1, 4, 3, 3, device=device)
+    with ck.use(backend=backend, conv_algorithm="depthwise"):
+        with pytest.raises(ValueError, match="'depthwise' takes one input channel per group"):
+            ck.conv2d(x, torch.randn(2, 4, 2, 2, device=device))
+        with pytest.raises(ValueError, match="indexes with 32 bits"):
+            ck.conv2d(x, torch.randn(4, 1, 2, 2, device=device), stride=2**31,
+                      padding=2**30, dilation=2**30, groups=4)

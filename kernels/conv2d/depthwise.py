@@ -114,7 +114,9 @@ def _forward_kernel(
     if TAPS_R != 0:  # specialised: filter and stride constant, no dilation
         ih0 = p * STRIDE - pad_top
         iw0 = q * STRIDE - pad_left
-        for r in tl.static_range(TAPS_R):
+        # Filter rows in a loop, each row's taps unrolled: unrolling all of
+        # them puts every tap's tile in flight at once and spills.
+        for r in tl.range(0, TAPS_R, loop_unroll_factor=1):
             for s in tl.static_range(TAPS_S):
                 acc = _forward_tap(acc, x_ptr, x_offset, w_k + r * ws_r + s * ws_s, ih0 + r,
                                    iw0 + s, m_mask, k_mask, H, W, xs_h, xs_w, ACC)
@@ -197,7 +199,7 @@ def _grad_input_kernel(
         if TAPS_R != 0:
             th0 = h + pad_top
             tw0 = w + pad_left
-            for r in tl.static_range(TAPS_R):
+            for r in tl.range(0, TAPS_R, loop_unroll_factor=1):  # rows as in the forward
                 for s in tl.static_range(TAPS_S):
                     acc = _grad_input_tap(acc, gy_ptr, y_ptr, gy_offset, y_offset,
                                           w_k + r * ws_r + s * ws_s, th0 - r, tw0 - s, STRIDE,
@@ -287,15 +289,21 @@ def _grad_weight_kernel(
 _SPECIALISED = ((3, 3, 1), (3, 3, 2), (5, 5, 1), (5, 5, 2))
 _GENERAL = (0, 0, 0)
 # (BLOCK_M, BLOCK_C) of the forward and grad_input kernels per layout: NCHW
-# takes pixel runs of one channel, channels_last channel runs of a few pixels.
-_BLOCKS = {"nchw": (256, 1), "channels_last": (32, 32)}
+# takes pixel runs (of one or two channels), channels_last channel runs of a
+# few pixels. grad_input holds gy' and the saved tensor per tap, hence its
+# smaller tiles; _FILTER_BLOCKS are the exceptions for one filter (each
+# table entry is the largest that compiles without spills on sm_80 and
+# sm_90, static check).
+_BLOCKS = {"forward": {"nchw": (256, 1), "channels_last": (16, 32)},
+           "grad_input": {"nchw": (128, 2), "channels_last": (16, 16)}}
+_FILTER_BLOCKS = {("grad_input", "channels_last", (3, 3, 2)): (8, 16)}
 # grad_weight's (BLOCK_M, BLOCK_C) per layout; BLOCK_T taps per program: the
 # specialised filters' taps in one block (16 for 3x3, 32 for 5x5), 16 a block
 # on the general path.
 _GRAD_WEIGHT_BLOCKS = {"nchw": (64, 1), "channels_last": (4, 32)}
 _GENERAL_BLOCK_T = 16
 # The interpreter's tiles: small, its cost grows with the tile.
-_INTERPRETED_BLOCKS = {"nchw": (32, 1), "channels_last": (16, 4)}
+_INTERPRETED_BLOCKS = {"nchw": (64, 2), "channels_last": (32, 4)}  # both directions
 _INTERPRETED_GRAD_WEIGHT_BLOCKS = {"nchw": (16, 1), "channels_last": (4, 4)}
 _NUM_WARPS = 4
 _GRAD_WEIGHT_TARGET_PROGRAMS = 528  # 4 per SM of an H100
@@ -316,8 +324,15 @@ def _layout(t: torch.Tensor) -> str:
     return "channels_last" if t.stride(1) == 1 and t.shape[1] > 1 else "nchw"
 
 
-def _blocks(t: torch.Tensor) -> tuple[int, int]:
-    return (_INTERPRETED_BLOCKS if interpreted() else _BLOCKS)[_layout(t)]
+def _tile(direction: str, layout: str, filter_key: tuple[int, int, int]) -> tuple[int, int]:
+    """(BLOCK_M, BLOCK_C) of the forward or grad_input kernel on the GPU."""
+    return _FILTER_BLOCKS.get((direction, layout, filter_key), _BLOCKS[direction][layout])
+
+
+def _blocks(direction: str, g, t: torch.Tensor) -> tuple[int, int]:
+    if interpreted():
+        return _INTERPRETED_BLOCKS[_layout(t)]
+    return _tile(direction, _layout(t), _filter(g))
 
 
 def _grad_weight_blocks(g, x: torch.Tensor) -> tuple[int, int, int]:
@@ -336,7 +351,7 @@ def _filter_constexprs(g) -> dict:
 def conv2d_depthwise_forward(g, x, w, bias, residual, y, preact) -> None:
     """y = act(conv(x, w) + bias + residual), z kept in preact; bias,
     residual and preact may be None (cnnk/conv2d.h's epilogue)."""
-    block_m, block_c = _blocks(x)
+    block_m, block_c = _blocks("forward", g, x)
     grid = (triton.cdiv(g.N * g.P * g.Q, block_m), triton.cdiv(g.K, block_c))
     stand_in = y  # the pointer passed for an absent tensor (never read)
     strides = [t.stride() if t is not None else (0, 0, 0, 0) for t in (residual, y, preact)]
@@ -356,7 +371,7 @@ def conv2d_depthwise_forward(g, x, w, bias, residual, y, preact) -> None:
 
 def conv2d_depthwise_grad_input(g, grad_y, y, w, grad_x) -> None:
     """grad_x from grad_y, masked by the activation's derivative at y."""
-    block_m, block_c = _blocks(grad_x)
+    block_m, block_c = _blocks("grad_input", g, grad_x)
     y_arg = y if y is not None else grad_y
     grid = (triton.cdiv(g.N * g.H * g.W, block_m), triton.cdiv(g.C, block_c))
     _grad_input_kernel[grid](
@@ -399,7 +414,10 @@ def conv2d_depthwise_grad_weight(g, grad_y, y, x, grad_w, grad_bias) -> None:
 
 # The static check compiles each configuration as Triton specialises it at a
 # launch in that layout: the unit strides become constants (the channel
-# stride for channels_last, the column stride for NCHW).
+# stride for channels_last, the column stride for NCHW) and the pointers and
+# the other strides but the weight's are assumed 16-divisible (tensors from
+# torch's allocator with channel counts and row lengths that are multiples
+# of 16).
 _UNIT_STRIDES = {
     "forward": {"channels_last": ("xs_c", "rs_k", "ys_k", "zs_k", "bs", "ws_s"),
                 "nchw": ("xs_w", "rs_q", "ys_q", "zs_q", "bs", "ws_s")},
@@ -435,15 +453,20 @@ def static_check_specs():
                         pointers.update(partial_w_ptr="*fp32", partial_b_ptr="*fp32")
                         constexprs.update(BLOCK_T=block_t)
                     else:
-                        block_m, block_c = _BLOCKS[layout]
+                        block_m, block_c = _tile(direction, layout, (taps_r, taps_s, stride))
                     if direction == "forward":
                         constexprs.update(HAS_BIAS=True, HAS_RESIDUAL=True, HAS_PREACT=True,
                                           OUTPUT_STRIDES=True)
                     constexprs.update(dict.fromkeys(_UNIT_STRIDES[direction][layout], 1),
                                       BLOCK_M=block_m, BLOCK_C=block_c)
+                    # Pointers and strides: the arguments before the sizes; the
+                    # weight's strides are R*S and S, odd for these filters.
+                    tensor_args = kernel.arg_names[:kernel.arg_names.index("N")]
+                    divisible = tuple(arg for arg in tensor_args if arg not in constexprs
+                                      and arg != "m_per_split" and not arg.startswith("ws_"))
                     shape = f"{taps_r}x{taps_s}/s{stride}" if taps_r else "general"
                     specs.append(compile_spec(
                         f"conv2d_depthwise_{direction}[{dtype},{layout},{shape},"
                         f"{block_m}x{block_c}]", kernel, pointers=pointers,
-                        constexprs=constexprs, num_warps=_NUM_WARPS))
+                        constexprs=constexprs, divisible=divisible, num_warps=_NUM_WARPS))
     return specs
