@@ -238,6 +238,17 @@ def _output_geometry(output_shape, activation: str) -> Conv2dGeometry:
                           _args.activation(None if activation == "none" else activation))
 
 
+def _grad_weight_workspace(backend: str, algorithm: str, g: Conv2dGeometry, x: Tensor) -> tuple:
+    """The CUDA grad_weight launchers' scratch for their split reduction,
+    from torch's caching allocator (``conv2d_<algorithm>_grad_weight_
+    workspace_bytes``); the other backends take none."""
+    if backend != "cuda":
+        return ()
+    nbytes = getattr(_ext.cuda_kernels(), f"conv2d_{algorithm}_grad_weight_workspace_bytes")(
+        _ext.dtype_code(x.dtype), g)
+    return (torch.empty(nbytes, dtype=torch.uint8, device=x.device),)
+
+
 def _triton_direct():
     from cnnkernels.kernels.conv2d import direct
 
@@ -269,14 +280,8 @@ class _Direct:
 
     @staticmethod
     def grad_weight(backend: str, g: Conv2dGeometry, grad_y, y, x, grad_w, grad_bias) -> None:
-        workspace = ()
-        if backend == "cuda":
-            # Scratch for the split reduction, from torch's caching allocator.
-            nbytes = _ext.cuda_kernels().conv2d_direct_grad_weight_workspace_bytes(
-                _ext.dtype_code(x.dtype), g)
-            workspace = (torch.empty(nbytes, dtype=torch.uint8, device=x.device),)
         _ext.launchers(backend, x, _triton_direct).conv2d_direct_grad_weight(
-            g, grad_y, y, x, grad_w, grad_bias, *workspace)
+            g, grad_y, y, x, grad_w, grad_bias, *_grad_weight_workspace(backend, "direct", g, x))
 
 
 def _triton_implicit_gemm():
@@ -311,13 +316,9 @@ class _ImplicitGemm:
     @classmethod
     def grad_weight(cls, backend: str, g: Conv2dGeometry, grad_y, y, x, grad_w,
                     grad_bias) -> None:
-        workspace = ()
-        if backend == "cuda":
-            nbytes = _ext.cuda_kernels().conv2d_implicit_gemm_grad_weight_workspace_bytes(
-                _ext.dtype_code(x.dtype), g)
-            workspace = (torch.empty(nbytes, dtype=torch.uint8, device=x.device),)
         getattr(cls._launchers(backend, x), f"{cls.PREFIX}_grad_weight")(
-            g, grad_y, y, x, grad_w, grad_bias, *workspace, *_tf32_flag(backend))
+            g, grad_y, y, x, grad_w, grad_bias,
+            *_grad_weight_workspace(backend, "implicit_gemm", g, x), *_tf32_flag(backend))
 
 
 def _tf32_flag(backend: str) -> tuple:
@@ -462,13 +463,9 @@ class _Depthwise:
 
     @staticmethod
     def grad_weight(backend: str, g: Conv2dGeometry, grad_y, y, x, grad_w, grad_bias) -> None:
-        workspace = ()
-        if backend == "cuda":
-            nbytes = _ext.cuda_kernels().conv2d_depthwise_grad_weight_workspace_bytes(
-                _ext.dtype_code(x.dtype), g)
-            workspace = (torch.empty(nbytes, dtype=torch.uint8, device=x.device),)
         _ext.launchers(backend, x, _triton_depthwise).conv2d_depthwise_grad_weight(
-            g, grad_y, y, x, grad_w, grad_bias, *workspace)
+            g, grad_y, y, x, grad_w, grad_bias,
+            *_grad_weight_workspace(backend, "depthwise", g, x))
 
 
 _ALGORITHM_KERNELS = {"direct": _Direct, "implicit_gemm": _ImplicitGemm, "pointwise": _Pointwise,
