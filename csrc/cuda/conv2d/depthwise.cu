@@ -29,6 +29,14 @@
 //   multiplier 1 (~4.5 FLOP/byte in bf16), far below the H100's FMA ridge;
 //   bytes ~ x + y + w (+ residual, + z when kept).
 //
+// depthwise_forward_vec_kernel / depthwise_grad_input_vec_kernel: the
+// specialised filters for channels_last tensors at multiplier 1 whose
+// channel count, pixel strides and base addresses allow 16-byte vectors
+// (vectorisable()): a thread owns V = 16 / sizeof(T) adjacent channels and
+// moves them with one vector load or store per pixel (8 channels for
+// f16/bf16); the forward slides a window of 2 output columns (V-wide rows
+// fill the registers), the weights of a tap are V scalar loads.
+//
 // depthwise_grad_input_kernel: one thread per input element (n, c, h, w),
 // a gather over the flipped filter (no scatter): sum over j < K_g and the
 // taps whose output index p = (h + pad_top - r*dil_h) / stride_h is exact and
@@ -61,6 +69,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <type_traits>
 
 #include "cnnk/conv2d.h"
@@ -291,6 +300,156 @@ __global__ void __launch_bounds__(kThreads, 2) depthwise_grad_input_kernel(const
 }
 
 // ---------------------------------------------------------------------------
+// channels_last at multiplier 1, vectorised over the channels: a thread owns
+// V adjacent channels (16 bytes of each tensor) and moves them with one
+// vector load or store; taps and windows as in the scalar kernels.
+
+template <typename T, int V>
+struct alignas(sizeof(T) * V) Pack {
+  T v[V];
+};
+
+template <typename T, int V>
+__device__ __forceinline__ void load_pack(const T* p, int64_t i, acc_t<T> (&out)[V]) {
+  const Pack<T, V> pack = *reinterpret_cast<const Pack<T, V>*>(p + i);
+#pragma unroll
+  for (int c = 0; c < V; ++c) out[c] = to_acc(pack.v[c]);
+}
+
+template <typename T, int V>
+__device__ __forceinline__ void store_pack(T* p, int64_t i, const acc_t<T> (&in)[V]) {
+  Pack<T, V> pack;
+#pragma unroll
+  for (int c = 0; c < V; ++c) pack.v[c] = from_acc<T>(in[c]);
+  *reinterpret_cast<Pack<T, V>*>(p + i) = pack;
+}
+
+// The V weights of one tap (k0.. k0 + V - 1 are V filters, R*S apart).
+template <typename T, int V>
+__device__ __forceinline__ void load_taps(const T* w, const Strides4& ws, int k0, int r, int s,
+                                          acc_t<T> (&out)[V]) {
+#pragma unroll
+  for (int c = 0; c < V; ++c) out[c] = load(w, (k0 + c) * ws.n + r * ws.h + s * ws.w);
+}
+
+template <typename T, int KR, int KS, int ST, int COLS, int V>
+__global__ void __launch_bounds__(kThreads, 1) depthwise_forward_vec_kernel(const FwdArgs a) {
+  using Acc = acc_t<T>;
+  constexpr int kSpan = (COLS - 1) * ST + KS;
+  const DwGeom& g = a.g;
+  const int64_t e = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (e >= a.threads) return;
+  const Element t = element(e, g.K / V, g.P, a.col_tiles, true);
+  const int k0 = t.c * V, p = t.row, q0 = t.col * COLS;
+  const T* x = static_cast<const T*>(a.x.data);
+  const T* w = static_cast<const T*>(a.w.data);
+  const Strides4 xs = a.x.stride;
+  const int64_t xbase = t.n * xs.n + static_cast<int64_t>(k0);
+  const int iw0 = q0 * ST - g.pw;
+
+  Acc acc[COLS][V];
+#pragma unroll
+  for (int i = 0; i < COLS; ++i)
+#pragma unroll
+    for (int c = 0; c < V; ++c) acc[i][c] = Acc(0);
+#pragma unroll
+  for (int r = 0; r < KR; ++r) {
+    const int ih = p * ST - g.ph + r;
+    if (ih < 0 || ih >= g.H) continue;
+    const int64_t row = xbase + static_cast<int64_t>(ih) * xs.h;
+    Acc xr[kSpan][V];
+#pragma unroll
+    for (int j = 0; j < kSpan; ++j) {
+      const int iw = iw0 + j;
+      if (iw >= 0 && iw < g.W) {
+        load_pack<T, V>(x, row + static_cast<int64_t>(iw) * xs.w, xr[j]);
+      } else {
+#pragma unroll
+        for (int c = 0; c < V; ++c) xr[j][c] = Acc(0);
+      }
+    }
+#pragma unroll
+    for (int s = 0; s < KS; ++s) {
+      Acc tap[V];
+      load_taps<T, V>(w, a.w.stride, k0, r, s, tap);
+#pragma unroll
+      for (int i = 0; i < COLS; ++i)
+#pragma unroll
+        for (int c = 0; c < V; ++c) acc[i][c] += xr[i * ST + s][c] * tap[c];
+    }
+  }
+
+  const T* bias = static_cast<const T*>(a.bias.data);
+  const T* residual = static_cast<const T*>(a.residual.data);
+  Acc b[V];
+#pragma unroll
+  for (int c = 0; c < V; ++c) b[c] = bias != nullptr ? load(bias, (k0 + c) * a.bias.stride) : Acc(0);
+#pragma unroll
+  for (int i = 0; i < COLS; ++i) {
+    const int q = q0 + i;
+    if (q >= g.Q) break;
+    Acc v[V];
+    if (residual != nullptr) {
+      load_pack<T, V>(residual, a.residual.stride.offset(t.n, k0, p, q), v);
+    } else {
+#pragma unroll
+      for (int c = 0; c < V; ++c) v[c] = Acc(0);
+    }
+#pragma unroll
+    for (int c = 0; c < V; ++c) v[c] += acc[i][c] + b[c];
+    if (a.preact.data != nullptr)
+      store_pack<T, V>(static_cast<T*>(a.preact.data), a.preact.stride.offset(t.n, k0, p, q), v);
+#pragma unroll
+    for (int c = 0; c < V; ++c) v[c] = apply_activation(v[c], g.act);
+    store_pack<T, V>(static_cast<T*>(a.y.data), a.y.stride.offset(t.n, k0, p, q), v);
+  }
+}
+
+template <typename T, int KR, int KS, int ST, int V>
+__global__ void __launch_bounds__(kThreads, 2) depthwise_grad_input_vec_kernel(
+    const BwdDataArgs a) {
+  using Acc = acc_t<T>;
+  const DwGeom& g = a.g;
+  const int64_t e = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (e >= a.threads) return;
+  const Element t = element(e, g.C / V, g.H, g.W, true);
+  const int c0 = t.c * V;
+  const T* gy = static_cast<const T*>(a.gy.data);
+  const T* y = static_cast<const T*>(a.y.data);
+  const T* w = static_cast<const T*>(a.w.data);
+  const int th = t.row + g.ph, tw = t.col + g.pw;
+
+  Acc acc[V];
+#pragma unroll
+  for (int c = 0; c < V; ++c) acc[c] = Acc(0);
+  with_activation(g.act, [&](auto act) {
+    constexpr Activation A = decltype(act)::value;
+#pragma unroll
+    for (int r = 0; r < KR; ++r) {
+      const int pn = th - r;
+      if (pn < 0 || pn % ST != 0 || pn / ST >= g.P) continue;
+#pragma unroll
+      for (int s = 0; s < KS; ++s) {
+        const int qn = tw - s;
+        if (qn < 0 || qn % ST != 0 || qn / ST >= g.Q) continue;
+        Acc gv[V], tap[V];
+        load_pack<T, V>(gy, a.gy.stride.offset(t.n, c0, pn / ST, qn / ST), gv);
+        if constexpr (A != Activation::none) {
+          Acc saved[V];
+          load_pack<T, V>(y, a.y.stride.offset(t.n, c0, pn / ST, qn / ST), saved);
+#pragma unroll
+          for (int c = 0; c < V; ++c) gv[c] = activation_grad(gv[c], saved[c], A);
+        }
+        load_taps<T, V>(w, a.w.stride, c0, r, s, tap);
+#pragma unroll
+        for (int c = 0; c < V; ++c) acc[c] += gv[c] * tap[c];
+      }
+    }
+  });
+  store_pack<T, V>(static_cast<T*>(a.gx.data), a.gx.stride.offset(t.n, c0, t.row, t.col), acc);
+}
+
+// ---------------------------------------------------------------------------
 // Weight and bias gradient.
 
 struct GwArgs {
@@ -470,14 +629,48 @@ GwPlan plan_grad_weight(DType dtype, const Conv2dGeometry& g) {
   return plan;
 }
 
+// Channels per 16-byte vector of T.
+template <typename T>
+constexpr int kVector = 16 / static_cast<int>(sizeof(T));
+
+// Whether the vectorised kernels take these tensors: multiplier 1, channels
+// a multiple of V, and every given tensor channels_last with its pixel
+// strides and base 16-byte aligned (a vector never straddles an alignment).
+template <typename T>
+bool vectorisable(const Conv2dGeometry& g, std::initializer_list<const Tensor4*> tensors) {
+  constexpr int V = kVector<T>;
+  if (g.K_g() != 1 || g.C % V != 0) return false;
+  for (const Tensor4* t : tensors) {
+    if (t->data == nullptr) continue;
+    if (t->stride.c != 1 || t->stride.n % V != 0 || t->stride.h % V != 0 ||
+        t->stride.w % V != 0 || reinterpret_cast<std::uintptr_t>(t->data) % 16 != 0)
+      return false;
+  }
+  return true;
+}
+
 template <typename T>
 Status forward_impl(const Conv2dGeometry& g, Tensor4 x, Tensor4 w, Tensor1 bias,
                     Tensor4 residual, Tensor4 y, Tensor4 preact, cudaStream_t stream) {
   FwdArgs a{};
   a.g = to_geom(g, x, g.C), a.x = x, a.w = w, a.y = y, a.bias = bias;
   a.residual = residual, a.preact = preact;
+  const bool vector = vectorisable<T>(g, {&x, &y, &residual, &preact});
   return with_filter(g, [&](auto f) {
     using F = decltype(f);
+    if constexpr (F::kr > 0) {
+      if (vector) {
+        // Two columns: the V-wide window of a row already fills the registers.
+        constexpr int kCols = 2, V = kVector<T>;
+        a.col_tiles = static_cast<int>(ceil_div(g.Q, kCols));
+        a.threads = g.N * (g.K / V) * g.P * a.col_tiles;
+        const int64_t blocks = blocks_for(a.threads);
+        if (blocks > kMaxGridX) return Status::index_overflow;
+        depthwise_forward_vec_kernel<T, F::kr, F::ks, F::st, kCols, V>
+            <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(a);
+        return launched();
+      }
+    }
     constexpr int kCols = F::kr > 0 ? kColumns : 1;
     a.col_tiles = static_cast<int>(ceil_div(g.Q, kCols));
     a.threads = g.N * g.K * g.P * a.col_tiles;
@@ -494,11 +687,20 @@ Status grad_input_impl(const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y, Tenso
                        Tensor4 grad_x, cudaStream_t stream) {
   BwdDataArgs a{};
   a.g = to_geom(g, grad_x, g.C), a.gy = grad_y, a.y = y, a.w = w, a.gx = grad_x;
-  a.threads = g.N * g.C * g.H * g.W;
-  const int64_t blocks = blocks_for(a.threads);
-  if (blocks > kMaxGridX) return Status::index_overflow;
+  const bool vector = vectorisable<T>(g, {&grad_y, &y, &grad_x});
   return with_filter(g, [&](auto f) {
     using F = decltype(f);
+    constexpr int V = F::kr > 0 ? kVector<T> : 1;
+    a.threads = g.N * g.C * g.H * g.W / (vector && F::kr > 0 ? V : 1);
+    const int64_t blocks = blocks_for(a.threads);
+    if (blocks > kMaxGridX) return Status::index_overflow;
+    if constexpr (F::kr > 0) {
+      if (vector) {
+        depthwise_grad_input_vec_kernel<T, F::kr, F::ks, F::st, V>
+            <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(a);
+        return launched();
+      }
+    }
     depthwise_grad_input_kernel<T, F::kr, F::ks, F::st>
         <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(a);
     return launched();
