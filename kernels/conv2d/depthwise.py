@@ -297,9 +297,10 @@ _GENERAL = (0, 0, 0)
 _BLOCKS = {"forward": {"nchw": (256, 1), "channels_last": (16, 32)},
            "grad_input": {"nchw": (128, 2), "channels_last": (16, 16)}}
 _FILTER_BLOCKS = {("grad_input", "channels_last", (3, 3, 2)): (8, 16)}
-# grad_weight's (BLOCK_M, BLOCK_C) per layout; BLOCK_T taps per program: the
-# specialised filters' taps in one block (16 for 3x3, 32 for 5x5), 16 a block
-# on the general path.
+# grad_weight's (BLOCK_M, BLOCK_C) per layout for 16 taps a program; BLOCK_T
+# taps per program: a specialised filter's taps in one block (16 for 3x3, 32
+# for 5x5, with BLOCK_M halved so the [tap, pixel, channel] tile keeps its
+# size: 5x5 at 4 x 32 took 245 registers), 16 a block on the general path.
 _GRAD_WEIGHT_BLOCKS = {"nchw": (64, 1), "channels_last": (4, 32)}
 _GENERAL_BLOCK_T = 16
 # The interpreter's tiles: small, its cost grows with the tile.
@@ -335,12 +336,19 @@ def _blocks(direction: str, g, t: torch.Tensor) -> tuple[int, int]:
     return _tile(direction, _layout(t), _filter(g))
 
 
+def _grad_weight_tile(layout: str, filter_key: tuple[int, int, int],
+                      table: dict) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_C, BLOCK_T) of grad_weight from a block table."""
+    taps_r, taps_s, _ = filter_key
+    block_t = triton.next_power_of_2(taps_r * taps_s) if taps_r else _GENERAL_BLOCK_T
+    block_m, block_c = table[layout]
+    return max(1, block_m * _GENERAL_BLOCK_T // block_t), block_c, block_t
+
+
 def _grad_weight_blocks(g, x: torch.Tensor) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_C, BLOCK_T) of grad_weight for ``g`` and its input."""
-    table = _INTERPRETED_GRAD_WEIGHT_BLOCKS if interpreted() else _GRAD_WEIGHT_BLOCKS
-    taps_r, taps_s, _ = _filter(g)
-    block_t = triton.next_power_of_2(taps_r * taps_s) if taps_r else _GENERAL_BLOCK_T
-    return (*table[_layout(x)], block_t)
+    return _grad_weight_tile(_layout(x), _filter(g), _INTERPRETED_GRAD_WEIGHT_BLOCKS
+                             if interpreted() else _GRAD_WEIGHT_BLOCKS)
 
 
 def _filter_constexprs(g) -> dict:
@@ -447,9 +455,8 @@ def static_check_specs():
                     constexprs = {"ACTIVATION": int(Activation.silu), "ACC": tl.float32,
                                   "TAPS_R": taps_r, "TAPS_S": taps_s, "STRIDE": stride}
                     if direction == "grad_weight":
-                        block_m, block_c = _GRAD_WEIGHT_BLOCKS[layout]
-                        block_t = (triton.next_power_of_2(taps_r * taps_s) if taps_r
-                                   else _GENERAL_BLOCK_T)
+                        block_m, block_c, block_t = _grad_weight_tile(
+                            layout, (taps_r, taps_s, stride), _GRAD_WEIGHT_BLOCKS)
                         pointers.update(partial_w_ptr="*fp32", partial_b_ptr="*fp32")
                         constexprs.update(BLOCK_T=block_t)
                     else:
