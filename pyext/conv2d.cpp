@@ -28,10 +28,10 @@ CNNK_BINDINGS(conv2d, m) {
   CNNK_LAUNCHER(m, conv2d_implicit_gemm_grad_weight);
   CNNK_LAUNCHER(m, conv2d_im2col);
   CNNK_LAUNCHER(m, conv2d_col2im);
-  // The depthwise algorithm has cpu kernels only.
-  m.launcher("conv2d_depthwise_forward", &cpu::conv2d_depthwise_forward, nullptr);
-  m.launcher("conv2d_depthwise_grad_input", &cpu::conv2d_depthwise_grad_input, nullptr);
-  m.launcher("conv2d_depthwise_grad_weight", &cpu::conv2d_depthwise_grad_weight, nullptr);
+  // The cuda depthwise grad_weight also takes a workspace.
+  CNNK_LAUNCHER(m, conv2d_depthwise_forward);
+  CNNK_LAUNCHER(m, conv2d_depthwise_grad_input);
+  CNNK_LAUNCHER(m, conv2d_depthwise_grad_weight);
 #if defined(CNNK_WITH_CUDA)
   // CUDA only: the workspace sizes.
   py::module_ cuda_module = m.cuda.cast<py::module_>();
@@ -39,6 +39,8 @@ CNNK_BINDINGS(conv2d, m) {
                   &cuda::conv2d_direct_grad_weight_workspace_bytes);
   cuda_module.def("conv2d_implicit_gemm_grad_weight_workspace_bytes",
                   &cuda::conv2d_implicit_gemm_grad_weight_workspace_bytes);
+  cuda_module.def("conv2d_depthwise_grad_weight_workspace_bytes",
+                  &cuda::conv2d_depthwise_grad_weight_workspace_bytes);
 #endif
 }
 

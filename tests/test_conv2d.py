@@ -528,9 +528,9 @@ def test_preactivation_is_kept_only_for_silu_when_asked():
 def test_router(monkeypatch):
     """Each branch of the rule written in ``route``: depthwise for one input
     channel per group wherever the backend has it (any multiplier, every
-    direction); the cpu's implicit GEMM otherwise; on the GPU backends
-    pointwise for 1x1, implicit GEMM otherwise, direct for one channel per
-    group without depthwise kernels, fp64 and exact fp32."""
+    direction and dtype); the cpu's implicit GEMM otherwise; on the GPU
+    backends pointwise for 1x1, implicit GEMM otherwise, direct for fp64 and
+    exact fp32."""
     dense, pointwise = _geometry(64, 64, 3, 1), _geometry(256, 64, 1, 1)
     depthwise, grouped = _geometry(32, 32, 3, 32), _geometry(64, 64, 3, 16)
     multiplier, single_channel = _geometry(32, 64, 5, 32), _geometry(1, 6, 5, 1)
@@ -544,12 +544,15 @@ def test_router(monkeypatch):
             assert route(dense, "triton", direction, dtype) == "implicit_gemm"
             assert route(grouped, "triton", direction, dtype) == "implicit_gemm"
             assert route(pointwise, "triton", direction, dtype) == "pointwise"
-            assert route(depthwise, "triton", direction, dtype) == "direct"
+            for g in (depthwise, multiplier, single_channel):
+                assert route(g, "triton", direction, dtype) == "depthwise"
         assert route(dense, "triton", direction, torch.float64) == "direct"
+        assert route(depthwise, "triton", direction, torch.float64) == "depthwise"
         monkeypatch.setattr(conv2d_ops, "tf32_allowed", lambda: True)
         assert route(dense, "triton", direction, torch.float32) == "implicit_gemm"
         monkeypatch.setattr(conv2d_ops, "tf32_allowed", lambda: False)
         assert route(dense, "triton", direction, torch.float32) == "direct"
+        assert route(depthwise, "triton", direction, torch.float32) == "depthwise"
         assert route(dense, "triton", direction, torch.bfloat16) == "implicit_gemm"
 
 
@@ -564,9 +567,11 @@ def test_router_takes_depthwise_where_the_backend_has_it(monkeypatch):
 
 
 def test_router_on_a_cuda_build_without_the_tensor_core_kernels(monkeypatch):
-    """A CUDA build that predates the tensor-core kernels routes to direct."""
+    """A CUDA build that predates the tensor-core and depthwise kernels
+    routes to direct."""
     monkeypatch.setattr(conv2d_ops, "_available", lambda backend: ("direct",))
     assert route(_geometry(64, 64, 3, 1), "cuda", "forward", torch.bfloat16) == "direct"
+    assert route(_geometry(32, 32, 3, 32), "cuda", "forward", torch.bfloat16) == "direct"
 
 
 def test_algorithm_errors_name_what_runs():

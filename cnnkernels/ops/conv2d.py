@@ -47,6 +47,7 @@ FAMILY = Family(name="conv2d", public=("conv2d",),
                 triton_modules=("cnnkernels.kernels.conv2d.direct",
                                 "cnnkernels.kernels.conv2d.implicit_gemm",
                                 "cnnkernels.kernels.conv2d.im2col",
+                                "cnnkernels.kernels.conv2d.depthwise",
                                 "cnnkernels.kernels.conv2d.activation"),
                 bench_module="cnnkernels.bench.conv2d")
 
@@ -127,10 +128,12 @@ def route(g: Conv2dGeometry, backend: str, direction: str = "forward",
     """The algorithm ``auto`` runs for ``g`` on ``backend`` in ``direction``
     (forward, grad_input or grad_weight) for inputs of ``dtype``.
 
-    Every backend that has it: depthwise for one input channel per group
-    (``is_depthwise``), every direction (a GEMM of reduction length R*S
-    wastes the GEMM core and the tensor cores; the plane kernels keep the
-    taps in registers).
+    Every backend that has it (cpu, triton, and cuda where the build has
+    the kernels): depthwise for one input channel per group
+    (``is_depthwise``), every direction and dtype (a GEMM of reduction
+    length R*S wastes the GEMM core and the tensor cores; the depthwise
+    kernels keep the taps in registers and use exact FMAs, so fp64 and
+    exact fp32 take them too).
 
     cpu otherwise: implicit GEMM (the GEMM core; 1x1 convolutions included,
     its pointwise path).
@@ -138,8 +141,8 @@ def route(g: Conv2dGeometry, backend: str, direction: str = "forward",
     GPU (triton, and cuda where the build has the kernels) otherwise: the
     tensor-core algorithms, pointwise for 1x1 stride-1 unpadded convolutions
     and implicit GEMM otherwise, except where they cannot win or cannot be
-    exact: one input channel per group without depthwise kernels on the
-    backend (direct), fp64 (no fp64 tensor-core path) and fp32 when
+    exact: one input channel per group on a CUDA build without the
+    depthwise kernels (direct), fp64 (no fp64 tensor-core path) and fp32 when
     ``torch.backends.cudnn.allow_tf32`` is off (exact fp32 is the direct
     kernels' FMA). im2col is never chosen by ``auto``: it is the reference
     formulation the implicit GEMM is measured against.
@@ -235,6 +238,17 @@ def _output_geometry(output_shape, activation: str) -> Conv2dGeometry:
                           _args.activation(None if activation == "none" else activation))
 
 
+def _grad_weight_workspace(backend: str, algorithm: str, g: Conv2dGeometry, x: Tensor) -> tuple:
+    """The CUDA grad_weight launchers' scratch for their split reduction,
+    from torch's caching allocator (``conv2d_<algorithm>_grad_weight_
+    workspace_bytes``); the other backends take none."""
+    if backend != "cuda":
+        return ()
+    nbytes = getattr(_ext.cuda_kernels(), f"conv2d_{algorithm}_grad_weight_workspace_bytes")(
+        _ext.dtype_code(x.dtype), g)
+    return (torch.empty(nbytes, dtype=torch.uint8, device=x.device),)
+
+
 def _triton_direct():
     from cnnkernels.kernels.conv2d import direct
 
@@ -266,14 +280,8 @@ class _Direct:
 
     @staticmethod
     def grad_weight(backend: str, g: Conv2dGeometry, grad_y, y, x, grad_w, grad_bias) -> None:
-        workspace = ()
-        if backend == "cuda":
-            # Scratch for the split reduction, from torch's caching allocator.
-            nbytes = _ext.cuda_kernels().conv2d_direct_grad_weight_workspace_bytes(
-                _ext.dtype_code(x.dtype), g)
-            workspace = (torch.empty(nbytes, dtype=torch.uint8, device=x.device),)
         _ext.launchers(backend, x, _triton_direct).conv2d_direct_grad_weight(
-            g, grad_y, y, x, grad_w, grad_bias, *workspace)
+            g, grad_y, y, x, grad_w, grad_bias, *_grad_weight_workspace(backend, "direct", g, x))
 
 
 def _triton_implicit_gemm():
@@ -308,13 +316,9 @@ class _ImplicitGemm:
     @classmethod
     def grad_weight(cls, backend: str, g: Conv2dGeometry, grad_y, y, x, grad_w,
                     grad_bias) -> None:
-        workspace = ()
-        if backend == "cuda":
-            nbytes = _ext.cuda_kernels().conv2d_implicit_gemm_grad_weight_workspace_bytes(
-                _ext.dtype_code(x.dtype), g)
-            workspace = (torch.empty(nbytes, dtype=torch.uint8, device=x.device),)
         getattr(cls._launchers(backend, x), f"{cls.PREFIX}_grad_weight")(
-            g, grad_y, y, x, grad_w, grad_bias, *workspace, *_tf32_flag(backend))
+            g, grad_y, y, x, grad_w, grad_bias,
+            *_grad_weight_workspace(backend, "implicit_gemm", g, x), *_tf32_flag(backend))
 
 
 def _tf32_flag(backend: str) -> tuple:
@@ -432,24 +436,36 @@ class _Im2col:
             grad_w.copy_(gemm_grad)
 
 
+def _triton_depthwise():
+    from cnnkernels.kernels.conv2d import depthwise
+
+    return depthwise
+
+
 class _Depthwise:
     """The depthwise algorithm, one input channel per group (launchers
     ``conv2d_depthwise_*``): csrc/cpu/conv2d/depthwise.cpp (padded planes,
-    taps in registers, plane kernels per instruction set)."""
+    taps in registers, plane kernels per instruction set),
+    kernels/conv2d/depthwise.py (Triton) and csrc/cuda/conv2d/depthwise.cu
+    (spatial tiles, taps in registers; grad_weight a fixed-order split)."""
 
-    BACKENDS = ("cpu",)
+    BACKENDS = ("cpu", "cuda", "triton")
 
     @staticmethod
     def forward(backend: str, g: Conv2dGeometry, x, w, bias, residual, y, preact) -> None:
-        _ext.native(backend, x).conv2d_depthwise_forward(g, x, w, bias, residual, y, preact)
+        _ext.launchers(backend, x, _triton_depthwise).conv2d_depthwise_forward(
+            g, x, w, bias, residual, y, preact)
 
     @staticmethod
     def grad_input(backend: str, g: Conv2dGeometry, grad_y, y, w, grad_x) -> None:
-        _ext.native(backend, grad_y).conv2d_depthwise_grad_input(g, grad_y, y, w, grad_x)
+        _ext.launchers(backend, grad_y, _triton_depthwise).conv2d_depthwise_grad_input(
+            g, grad_y, y, w, grad_x)
 
     @staticmethod
     def grad_weight(backend: str, g: Conv2dGeometry, grad_y, y, x, grad_w, grad_bias) -> None:
-        _ext.native(backend, x).conv2d_depthwise_grad_weight(g, grad_y, y, x, grad_w, grad_bias)
+        _ext.launchers(backend, x, _triton_depthwise).conv2d_depthwise_grad_weight(
+            g, grad_y, y, x, grad_w, grad_bias,
+            *_grad_weight_workspace(backend, "depthwise", g, x))
 
 
 _ALGORITHM_KERNELS = {"direct": _Direct, "implicit_gemm": _ImplicitGemm, "pointwise": _Pointwise,

@@ -90,6 +90,7 @@
 #include <type_traits>
 
 #include "cnnk/conv2d.h"
+#include "cnnk/cuda_conv2d.cuh"
 #include "cnnk/cuda_elements.cuh"
 #include "cnnk/cuda_launch.cuh"
 
@@ -647,23 +648,6 @@ __global__ void __launch_bounds__(kThreads) conv2d_grad_weight_reduce_kernel(con
 // ---------------------------------------------------------------------------
 // Host side.
 
-// The kernels' int indices hold for these geometries: every size, pixel
-// count and reduction length below 2^30 (room for a chunk or split past
-// the end), and the furthest input row/column a tap addresses within int.
-bool fits_int(const Conv2dGeometry& g) {
-  constexpr int64_t kLimit = kIntMax / 2;
-  const int64_t sizes[] = {g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.P, g.Q, g.stride_h, g.stride_w,
-                           g.pad_top, g.pad_left, g.dil_h, g.dil_w};
-  for (int64_t v : sizes)
-    if (v > kLimit) return false;
-  return product_le({g.P, g.Q}, kLimit) && product_le({g.H, g.W}, kLimit) &&
-         product_le({g.N, g.P, g.Q}, kLimit) && product_le({g.N, g.H, g.W}, kLimit) &&
-         product_le({g.C_g(), g.R, g.S}, kLimit) && product_le({g.K_g(), g.R, g.S}, kLimit) &&
-         (g.P - 1) * g.stride_h + (g.R - 1) * g.dil_h + g.H + g.pad_top <= kIntMax &&
-         (g.Q - 1) * g.stride_w + (g.S - 1) * g.dil_w + g.W + g.pad_left <= kIntMax &&
-         g.stride_h * g.dil_h <= kIntMax && g.stride_w * g.dil_w <= kIntMax;
-}
-
 Geom to_geom(const Conv2dGeometry& g) {
   auto i = [](int64_t v) { return static_cast<int>(v); };
   return {i(g.N),        i(g.H),        i(g.W),       i(g.P),        i(g.Q),
@@ -817,7 +801,7 @@ Status conv2d_direct_forward(DType dtype, const Conv2dGeometry& g, Tensor4 x, Te
   if (!supported_dtype(dtype)) return Status::unsupported_dtype;
   if (g.N == 0) return Status::ok;
   if (x.data == nullptr || w.data == nullptr || y.data == nullptr) return Status::bad_argument;
-  if (!fits_int(g)) return Status::index_overflow;
+  if (!conv2d_fits_int(g)) return Status::index_overflow;
   return dispatch_dtype(dtype, [&](auto type) {
     return forward_impl<typename decltype(type)::type>(g, x, w, bias, residual, y, preact,
                                                        stream);
@@ -832,14 +816,14 @@ Status conv2d_direct_grad_input(DType dtype, const Conv2dGeometry& g, Tensor4 gr
   if (grad_y.data == nullptr || w.data == nullptr || grad_x.data == nullptr ||
       (g.activation != Activation::none && y.data == nullptr))
     return Status::bad_argument;
-  if (!fits_int(g)) return Status::index_overflow;
+  if (!conv2d_fits_int(g)) return Status::index_overflow;
   return dispatch_dtype(dtype, [&](auto type) {
     return grad_input_impl<typename decltype(type)::type>(g, grad_y, y, w, grad_x, stream);
   });
 }
 
 size_t conv2d_direct_grad_weight_workspace_bytes(DType dtype, const Conv2dGeometry& g) {
-  if (check_conv2d_geometry(g) != Status::ok || !supported_dtype(dtype) || !fits_int(g)) return 0;
+  if (check_conv2d_geometry(g) != Status::ok || !supported_dtype(dtype) || !conv2d_fits_int(g)) return 0;
   return plan_grad_weight(dtype, g).workspace_bytes;
 }
 
@@ -852,7 +836,7 @@ Status conv2d_direct_grad_weight(DType dtype, const Conv2dGeometry& g, Tensor4 g
   if (g.N > 0 && (grad_y.data == nullptr || x.data == nullptr ||
                   (g.activation != Activation::none && y.data == nullptr)))
     return Status::bad_argument;
-  if (!fits_int(g)) return Status::index_overflow;
+  if (!conv2d_fits_int(g)) return Status::index_overflow;
   const GwPlan plan = plan_grad_weight(dtype, g);
   if (plan.workspace_bytes > 0 &&
       (workspace.data == nullptr || workspace.bytes < plan.workspace_bytes))

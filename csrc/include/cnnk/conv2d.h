@@ -214,6 +214,20 @@ Status conv2d_implicit_gemm_grad_weight(DType dtype, const Conv2dGeometry& g, Te
                                         Tensor4 y, Tensor4 x, Tensor4 grad_w, Tensor1 grad_bias,
                                         Workspace workspace, bool allow_tf32,
                                         cudaStream_t stream);
+// The depthwise algorithm (csrc/cuda/conv2d/depthwise.cu): the cpu
+// launchers' contracts, every dtype, one input channel per group (any other
+// geometry returns Status::bad_argument); grad_weight sums its split
+// reduction in a workspace of the bytes the first function gives, in split
+// order (deterministic).
+Status conv2d_depthwise_forward(DType dtype, const Conv2dGeometry& g, Tensor4 x, Tensor4 w,
+                                Tensor1 bias, Tensor4 residual, Tensor4 y, Tensor4 preact,
+                                cudaStream_t stream);
+Status conv2d_depthwise_grad_input(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y,
+                                   Tensor4 y, Tensor4 w, Tensor4 grad_x, cudaStream_t stream);
+size_t conv2d_depthwise_grad_weight_workspace_bytes(DType dtype, const Conv2dGeometry& g);
+Status conv2d_depthwise_grad_weight(DType dtype, const Conv2dGeometry& g, Tensor4 grad_y,
+                                    Tensor4 y, Tensor4 x, Tensor4 grad_w, Tensor1 grad_bias,
+                                    Workspace workspace, cudaStream_t stream);
 // The im2col algorithm's patch kernels (the cpu's contracts).
 Status conv2d_im2col(DType dtype, const Conv2dGeometry& g, Tensor4 x, Tensor4 patches,
                      bool taps_channels_last, cudaStream_t stream);
