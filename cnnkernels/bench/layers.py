@@ -94,6 +94,42 @@ class ConvLayer(Layer):
         return text
 
 
+# MobileNet v1 (Howard et al. 2017, table 1): after the stem (32 channels at
+# 112 x 112), each depthwise 3x3 as (channels, stride), each followed by a
+# 1 x 1 to the next entry's channels (1024 for the last).
+_MOBILENET_V1 = ((32, 1), (64, 2), (128, 1), (128, 2), (256, 1), (256, 2), (512, 1),
+                 (512, 1), (512, 1), (512, 1), (512, 1), (512, 2), (1024, 1))
+# MobileNet v2 (Sandler et al. 2018, table 2): the bottleneck stages as
+# (expansion t, output channels c, repeats n, first stride s) after the stem
+# (32 channels at 112 x 112); a block's depthwise 3x3 runs on its input
+# channels times t.
+_MOBILENET_V2 = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                 (6, 160, 3, 2), (6, 320, 1, 1))
+
+
+def _mobilenet_depthwise() -> tuple[ConvLayer, ...]:
+    """Every distinct depthwise 3x3 of MobileNet v1 and v2 (with its ReLU6),
+    derived from the architectures' tables above: v1's ``dw<C>[.s2]``, v2's
+    ``v2.dw<C>[.s2]`` with C the expanded channels."""
+    layers: dict[tuple, ConvLayer] = {}
+
+    def add(prefix: str, channels: int, size: int, stride: int) -> int:
+        name = f"{prefix}dw{channels}" + (f".s{stride}" if stride > 1 else "")
+        layers.setdefault((prefix, channels, size, stride), ConvLayer(
+            "MobileNet", name, channels, size, size, channels, 3, stride, 1, channels, "relu6"))
+        return (size - 1) // stride + 1
+
+    size = 112
+    for channels, stride in _MOBILENET_V1:
+        size = add("", channels, size, stride)
+    size, channels = 112, 32
+    for expansion, out_channels, repeats, first_stride in _MOBILENET_V2:
+        for block in range(repeats):
+            size = add("v2.", channels * expansion, size, first_stride if block == 0 else 1)
+            channels = out_channels
+    return tuple(layers.values())
+
+
 _L = ConvLayer
 # Every layer gets a bias (a folded batch norm at inference). LeNet-5's tanh
 # and YOLO's leaky ReLU are not fused activations, so those layers have none.
@@ -136,14 +172,7 @@ CONV_LAYERS: tuple[ConvLayer, ...] = (
     _L("Inception",   "3a.1x1",    192,  28,  28,  64,  1,  1,  0,   1, "relu"),
     _L("Inception",   "3a.3x3",     96,  28,  28, 128,  3,  1,  1,   1, "relu"),
     _L("Inception",   "3a.5x5",     16,  28,  28,  32,  5,  1,  2,   1, "relu"),
-    _L("MobileNet",   "dw32",       32, 112, 112,  32,  3,  1,  1,  32, "relu6"),
-    _L("MobileNet",   "dw64.s2",    64, 112, 112,  64,  3,  2,  1,  64, "relu6"),
-    _L("MobileNet",   "dw512",     512,  14,  14, 512,  3,  1,  1, 512, "relu6"),
-    # MobileNetV2's depthwise 3x3s: the expanded 144 channels at 56 (stride 1
-    # and the stride-2 block entry) and 576 at 14.
-    _L("MobileNet",   "v2.dw144",  144,  56,  56, 144,  3,  1,  1, 144, "relu6"),
-    _L("MobileNet",   "v2.dw144.s2",144, 56,  56, 144,  3,  2,  1, 144, "relu6"),
-    _L("MobileNet",   "v2.dw576",  576,  14,  14, 576,  3,  1,  1, 576, "relu6"),
+    *_mobilenet_depthwise(),
     _L("MobileNet",   "pw32-64",    32, 112, 112,  64,  1,  1,  0,   1, "relu6"),
     _L("MobileNet",   "pw512",     512,  14,  14, 512,  1,  1,  0,   1, "relu6"),
     # MobileNetV2's pointwise convolutions: the expansions (ReLU6) and the linear
