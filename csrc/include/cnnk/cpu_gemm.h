@@ -51,7 +51,7 @@ MicroKernel<Acc> micro_kernel() {
 // Reduction chunk (rows of a B micro-panel: kc x nr in L1) and the A block
 // (MC x kc in L2).
 inline constexpr int64_t KC = 256;
-inline constexpr int64_t MC = 144;
+inline constexpr int64_t MC = 72;
 
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
