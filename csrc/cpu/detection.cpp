@@ -1,0 +1,209 @@
+// detection, C++ CPU kernels: IoU matrices, the IoU losses (forward and
+// gradient) and greedy NMS, on the box math of cnnk/boxes.h (OpenMP through
+// cnnk/cpu_types.h: serial below a work threshold, else dynamic chunks).
+//
+// box_iou: one task per (b, n) row of the output; the row's box and area
+// are loaded once, each boxes2 box once per row. Bound: B N M IoUs of ~12
+// flops, writes B N M elements; reads boxes2 from cache.
+//
+// box_iou_loss_forward / _backward: one task per chunk of pairs; each pair
+// independent (ciou: two atans). Bound: memory, 32 bytes of boxes per pair.
+//
+// nms: the greedy pass of torchvision's cpu kernel with the suppressed flags
+// as bits. The boxes are gathered in visiting order into arrays of x1, y1,
+// x2, y2 and area (accumulator type), cut into class segments (one segment
+// without classes). Within a segment, each box not yet removed is kept and
+// its row of the upper-triangle IoU bitmask is computed on the spot, word by
+// word over the segment's later boxes (a word whose 64 boxes are all removed
+// is skipped), and OR-ed into the removed bits: only kept boxes' rows are
+// ever computed, and nothing of the N x N mask is stored. Segments
+// (classes) are independent tasks; one segment runs on one thread.
+// Bound: K x n_c IoU tests per class (K kept boxes), memory O(N) (the
+// gathered boxes and n_c / 8 bytes of removed bits per segment).
+#include <omp.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "cnnk/cpu_types.h"
+#include "cnnk/detection.h"
+
+namespace cnnk::cpu {
+namespace {
+
+template <typename T, int R>
+acc_t<T> load(const TensorN<R>& t, int64_t i, int64_t j) {
+  return to_acc(static_cast<const T*>(t.data)[i * t.stride[0] + j * t.stride[1]]);
+}
+
+template <typename T>
+Box<acc_t<T>> load_box(const TensorN<2>& t, int64_t i) {
+  return {load<T>(t, i, 0), load<T>(t, i, 1), load<T>(t, i, 2), load<T>(t, i, 3)};
+}
+
+template <typename T>
+Box<acc_t<T>> load_box3(const TensorN<3>& t, int64_t b, int64_t i) {
+  const T* p = static_cast<const T*>(t.data) + b * t.stride[0] + i * t.stride[1];
+  const int64_t s = t.stride[2];
+  return {to_acc(p[0]), to_acc(p[s]), to_acc(p[2 * s]), to_acc(p[3 * s])};
+}
+
+template <typename T>
+void store_box(const TensorN<2>& t, int64_t i, const Box<acc_t<T>>& v) {
+  T* p = static_cast<T*>(t.data) + i * t.stride[0];
+  const int64_t s = t.stride[1];
+  p[0] = from_acc<T>(v.x1), p[s] = from_acc<T>(v.y1), p[2 * s] = from_acc<T>(v.x2);
+  p[3 * s] = from_acc<T>(v.y2);
+}
+
+template <typename T>
+Status box_iou_impl(const BoxPairGeometry& g, TensorN<3> b1, TensorN<3> b2, TensorN<3> out) {
+  using A = acc_t<T>;
+  return parallel_tasks<A>(g.B * g.N, 0, [&](int64_t row, A*) {
+    const int64_t b = row / g.N, n = row % g.N;
+    const Box<A> a = load_box3<T>(b1, b, n);
+    const A area_a = box_area(a);
+    T* o = static_cast<T*>(out.data) + b * out.stride[0] + n * out.stride[1];
+    for (int64_t m = 0; m < g.M; ++m) {
+      const Box<A> c = load_box3<T>(b2, b, m);
+      const Overlap<A> ov = box_overlap(a, area_a, c, box_area(c));
+      o[m * out.stride[2]] = from_acc<T>(g.generalized ? giou_value(a, c, ov) : iou_value(ov));
+    }
+  }, 12 * g.M + 1);
+}
+
+template <typename T>
+Status loss_forward_impl(const BoxLossGeometry& g, TensorN<2> b1, TensorN<2> b2, Tensor1 loss) {
+  using A = acc_t<T>;
+  const A eps = static_cast<A>(g.eps);
+  return parallel_tasks<A>(g.P, 0, [&](int64_t p, A*) {
+    static_cast<T*>(loss.data)[p * loss.stride] =
+        from_acc<T>(box_loss(load_box<T>(b1, p), load_box<T>(b2, p), g.kind, eps));
+  }, 64);
+}
+
+template <typename T>
+Status loss_backward_impl(const BoxLossGeometry& g, Tensor1 grad, TensorN<2> b1, TensorN<2> b2,
+                          TensorN<2> g1, TensorN<2> g2) {
+  using A = acc_t<T>;
+  const A eps = static_cast<A>(g.eps);
+  return parallel_tasks<A>(g.P, 0, [&](int64_t p, A*) {
+    Box<A> ga, gb;
+    box_loss_grad(load_box<T>(b1, p), load_box<T>(b2, p), g.kind, eps,
+                  to_acc(static_cast<const T*>(grad.data)[p * grad.stride]), ga, gb);
+    store_box<T>(g1, p, ga);
+    store_box<T>(g2, p, gb);
+  }, 128);
+}
+
+// The boxes in visiting order, as arrays of the accumulator type.
+template <typename A>
+struct SortedBoxes {
+  std::vector<A> x1, y1, x2, y2, area;
+  explicit SortedBoxes(int64_t n) : x1(n), y1(n), x2(n), y2(n), area(n) {}
+  Box<A> box(int64_t p) const { return {x1[p], y1[p], x2[p], y2[p]}; }
+};
+
+// Greedy NMS of the segment [lo, hi) of the visiting order.
+template <typename A>
+void nms_segment(const NmsGeometry& g, const SortedBoxes<A>& s, int64_t lo, int64_t hi,
+                 uint8_t* kept, int64_t kept_stride) {
+  const int64_t n = hi - lo, words = ceil_div(n, kNmsBlock);
+  std::vector<uint64_t> removed(static_cast<size_t>(words), 0);
+  const float threshold_f32 = static_cast<float>(g.iou_threshold_f32);
+  for (int64_t i = 0; i < n; ++i) {
+    const bool keep = !((removed[i / kNmsBlock] >> (i % kNmsBlock)) & 1u);
+    kept[(lo + i) * kept_stride] = keep;
+    if (!keep) continue;
+    const Box<A> a = s.box(lo + i);
+    const A area_a = s.area[lo + i];
+    for (int64_t w = i / kNmsBlock; w < words; ++w) {
+      if (removed[w] == ~uint64_t{0}) continue;
+      const int64_t first = w * kNmsBlock > i + 1 ? w * kNmsBlock : i + 1;
+      const int64_t last = (w + 1) * kNmsBlock < n ? (w + 1) * kNmsBlock : n;
+      uint64_t bits = 0;
+      for (int64_t j = first; j < last; ++j) {
+        const Overlap<A> o = box_overlap(a, area_a, s.box(lo + j), s.area[lo + j]);
+        bits |= uint64_t{iou_exceeds(o, g.iou_threshold, threshold_f32)} << (j % kNmsBlock);
+      }
+      removed[w] |= bits;
+    }
+  }
+}
+
+template <typename T>
+Status nms_impl(const NmsGeometry& g, TensorN<2> boxes, Tensor1 order, Tensor1 classes,
+                Tensor1 kept) {
+  using A = acc_t<T>;
+  const int64_t* ord = static_cast<const int64_t*>(order.data);
+  const int64_t* cls = static_cast<const int64_t*>(classes.data);
+  SortedBoxes<A> s(g.N);
+  std::vector<int64_t> starts{0};  // segment boundaries in the visiting order
+  int64_t previous = 0;
+  for (int64_t p = 0; p < g.N; ++p) {
+    const int64_t index = ord[p * order.stride];
+    if (index < 0 || index >= g.N) return Status::bad_argument;
+    const Box<A> b = load_box<T>(boxes, index);
+    s.x1[p] = b.x1, s.y1[p] = b.y1, s.x2[p] = b.x2, s.y2[p] = b.y2, s.area[p] = box_area(b);
+    if (g.by_class) {
+      const int64_t c = cls[index * classes.stride];
+      if (p > 0 && c != previous) starts.push_back(p);
+      previous = c;
+    }
+  }
+  starts.push_back(g.N);
+  uint8_t* flags = static_cast<uint8_t*>(kept.data);
+  const int64_t segments = static_cast<int64_t>(starts.size()) - 1;
+  const int64_t mean = g.N / (segments > 0 ? segments : 1);
+  return parallel_tasks<A>(segments, 0, [&](int64_t k, A*) {
+    nms_segment(g, s, starts[k], starts[k + 1], flags, kept.stride);
+  }, 4 * mean * mean + 1);
+}
+
+template <typename Run>
+Status launch(DType dtype, bool empty, bool have_data, Run run) {
+  if (empty) return Status::ok;
+  if (!have_data) return Status::bad_argument;
+  return dispatch_dtype(dtype, run);
+}
+
+}  // namespace
+
+Status box_iou(DType dtype, const BoxPairGeometry& g, TensorN<3> boxes1, TensorN<3> boxes2,
+               TensorN<3> out) {
+  if (g.B < 0 || g.N < 0 || g.M < 0) return Status::bad_argument;
+  return launch(dtype, g.B * g.N * g.M == 0, boxes1.data && boxes2.data && out.data,
+                [&](auto type) {
+                  return box_iou_impl<typename decltype(type)::type>(g, boxes1, boxes2, out);
+                });
+}
+
+Status box_iou_loss_forward(DType dtype, const BoxLossGeometry& g, TensorN<2> boxes1,
+                            TensorN<2> boxes2, Tensor1 loss) {
+  if (g.P < 0) return Status::bad_argument;
+  return launch(dtype, g.P == 0, boxes1.data && boxes2.data && loss.data, [&](auto type) {
+    return loss_forward_impl<typename decltype(type)::type>(g, boxes1, boxes2, loss);
+  });
+}
+
+Status box_iou_loss_backward(DType dtype, const BoxLossGeometry& g, Tensor1 grad_loss,
+                             TensorN<2> boxes1, TensorN<2> boxes2, TensorN<2> grad1,
+                             TensorN<2> grad2) {
+  if (g.P < 0) return Status::bad_argument;
+  const bool have = grad_loss.data && boxes1.data && boxes2.data && grad1.data && grad2.data;
+  return launch(dtype, g.P == 0, have, [&](auto type) {
+    return loss_backward_impl<typename decltype(type)::type>(g, grad_loss, boxes1, boxes2,
+                                                             grad1, grad2);
+  });
+}
+
+Status nms(DType dtype, const NmsGeometry& g, TensorN<2> boxes, Tensor1 order, Tensor1 classes,
+           Workspace /*workspace*/, Tensor1 kept) {
+  if (g.N < 0 || g.words != ceil_div(g.N, kNmsBlock)) return Status::bad_argument;
+  const bool have = boxes.data && order.data && kept.data && (!g.by_class || classes.data);
+  return launch(dtype, g.N == 0, have, [&](auto type) {
+    return nms_impl<typename decltype(type)::type>(g, boxes, order, classes, kept);
+  });
+}
+
+}  // namespace cnnk::cpu

@@ -1,0 +1,87 @@
+// detection: box IoU matrices, the IoU losses and non-maximum suppression.
+// The geometries the Python ops pass (cnnkernels/ops/detection.py, field for
+// field) and the launchers of the CPU and CUDA kernels; the box math itself
+// is cnnk/boxes.h.
+//
+// Shapes: boxes are (..., 4) xyxy in any strides; IoU matrices (B, N, M);
+// losses one value per pair of boxes (P,). NMS reads the boxes through
+// `order` (int64, N): the boxes in the order the greedy pass visits them
+// (score descending; with classes, grouped by class, each group by score),
+// and `classes` (int64 class of each box by its original index, null for
+// one class); it writes kept (uint8, N): kept[p] for the box order[p].
+// The semantics of each value are in boxes.h.
+#pragma once
+
+#include "cnnk/boxes.h"
+#include "cnnk/common.h"
+
+#if defined(CNNK_WITH_CUDA)
+#include <cuda_runtime_api.h>
+#endif
+
+namespace cnnk {
+
+// box_iou / generalized_box_iou: boxes1 (B, N, 4) against boxes2 (B, M, 4).
+struct BoxPairGeometry {
+  int64_t B, N, M;
+  bool generalized;
+};
+
+// The IoU losses over P pairs of boxes.
+struct BoxLossGeometry {
+  int64_t P;
+  BoxLoss kind;
+  double eps;
+};
+
+// NMS over N boxes: words = ceil(N / 64) 64-bit words per mask row;
+// iou_threshold_f32 is the largest float32 <= iou_threshold (boxes.h,
+// iou_exceeds); by_class: classes is given.
+struct NmsGeometry {
+  int64_t N, words;
+  double iou_threshold, iou_threshold_f32;
+  bool by_class;
+};
+
+constexpr int64_t kNmsBlock = 64;  // boxes per mask word
+
+// The NMS workspace the cuda kernels need, in bytes: the upper-triangle
+// bitmask (N rows of `words` words) and the removed bits (`words` words).
+inline int64_t nms_workspace_bytes(const NmsGeometry& g) {
+  return 8 * g.words * (g.N + 1);
+}
+
+namespace cpu {
+// out[b, n, m] = IoU (or GIoU) of boxes1[b, n] and boxes2[b, m].
+Status box_iou(DType dtype, const BoxPairGeometry& g, TensorN<3> boxes1, TensorN<3> boxes2,
+               TensorN<3> out);
+// loss[p] = the loss of boxes1[p] against boxes2[p].
+Status box_iou_loss_forward(DType dtype, const BoxLossGeometry& g, TensorN<2> boxes1,
+                            TensorN<2> boxes2, Tensor1 loss);
+// grad1[p] = grad_loss[p] d loss[p] / d boxes1[p]; grad2 likewise.
+Status box_iou_loss_backward(DType dtype, const BoxLossGeometry& g, Tensor1 grad_loss,
+                             TensorN<2> boxes1, TensorN<2> boxes2, TensorN<2> grad1,
+                             TensorN<2> grad2);
+// The greedy NMS over the boxes in `order`; the workspace is unused (the cpu
+// computes each kept box's mask row when it is kept).
+Status nms(DType dtype, const NmsGeometry& g, TensorN<2> boxes, Tensor1 order, Tensor1 classes,
+           Workspace workspace, Tensor1 kept);
+}  // namespace cpu
+
+#if defined(CNNK_WITH_CUDA)
+namespace cuda {
+// Same contracts as the CPU launchers; work is queued on `stream`. nms's
+// workspace holds at least nms_workspace_bytes(g).
+Status box_iou(DType dtype, const BoxPairGeometry& g, TensorN<3> boxes1, TensorN<3> boxes2,
+               TensorN<3> out, cudaStream_t stream);
+Status box_iou_loss_forward(DType dtype, const BoxLossGeometry& g, TensorN<2> boxes1,
+                            TensorN<2> boxes2, Tensor1 loss, cudaStream_t stream);
+Status box_iou_loss_backward(DType dtype, const BoxLossGeometry& g, Tensor1 grad_loss,
+                             TensorN<2> boxes1, TensorN<2> boxes2, TensorN<2> grad1,
+                             TensorN<2> grad2, cudaStream_t stream);
+Status nms(DType dtype, const NmsGeometry& g, TensorN<2> boxes, Tensor1 order, Tensor1 classes,
+           Workspace workspace, Tensor1 kept, cudaStream_t stream);
+}  // namespace cuda
+#endif
+
+}  // namespace cnnk

@@ -1,0 +1,39 @@
+// Bindings of the detection launchers (see binding.h).
+#include "binding.h"
+#include "cnnk/detection.h"
+
+namespace cnnk::pyext {
+
+template <>
+struct PyStruct<BoxPairGeometry> : std::true_type {
+  static BoxPairGeometry read(const Fields& f) {
+    return {CNNK_FIELD(B), CNNK_FIELD(N), CNNK_FIELD(M), CNNK_FIELD(generalized)};
+  }
+};
+
+template <>
+struct PyStruct<BoxLossGeometry> : std::true_type {
+  static BoxLossGeometry read(const Fields& f) {
+    return {CNNK_FIELD(P), CNNK_FIELD(kind), CNNK_FIELD(eps)};
+  }
+};
+
+template <>
+struct PyStruct<NmsGeometry> : std::true_type {
+  static NmsGeometry read(const Fields& f) {
+    return {CNNK_FIELD(N), CNNK_FIELD(words), CNNK_FIELD(iou_threshold),
+            CNNK_FIELD(iou_threshold_f32), CNNK_FIELD(by_class)};
+  }
+};
+
+CNNK_BINDINGS(detection, m) {
+  m.structure<BoxPairGeometry>("BoxPairGeometry");
+  m.structure<BoxLossGeometry>("BoxLossGeometry");
+  m.structure<NmsGeometry>("NmsGeometry");
+  CNNK_LAUNCHER(m, box_iou);
+  CNNK_LAUNCHER(m, box_iou_loss_forward);
+  CNNK_LAUNCHER(m, box_iou_loss_backward);
+  CNNK_LAUNCHER(m, nms);
+}
+
+}  // namespace cnnk::pyext
