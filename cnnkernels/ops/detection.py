@@ -212,6 +212,16 @@ box_iou_loss_op.register_derivatives(setup_context=_loss_setup, backward=_loss_b
                                      jvp=_loss_jvp)
 
 
+def _no_second_derivative(*_):
+    raise NotImplementedError("cnnkernels differentiates the IoU losses once, not twice "
+                              "(box_iou_loss_backward has no derivative)")
+
+
+box_iou_loss_backward_op.register_derivatives(setup_context=lambda ctx, inputs, output: None,
+                                              backward=_no_second_derivative,
+                                              jvp=_no_second_derivative)
+
+
 def _nms_geometry(boxes: Tensor, scores: Tensor, iou_threshold: float,
                   by_class: bool) -> NmsGeometry:
     check_boxes(boxes, "boxes", 2)
