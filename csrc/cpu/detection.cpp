@@ -104,29 +104,24 @@ struct SortedBoxes {
   Box<A> box(int64_t p) const { return {x1[p], y1[p], x2[p], y2[p]}; }
 };
 
-// Greedy NMS of the segment [lo, hi) of the visiting order.
+// Greedy NMS of the segment [lo, hi) of the visiting order: each box not
+// yet removed is kept and removes the later boxes it overlaps. The row of a
+// kept box is one branch-free pass over the later boxes' arrays (the
+// compiler vectorises it), flags as bytes.
 template <typename A>
 void nms_segment(const NmsGeometry& g, const SortedBoxes<A>& s, int64_t lo, int64_t hi,
-                 uint8_t* kept, int64_t kept_stride) {
-  const int64_t n = hi - lo, words = ceil_div(n, kNmsBlock);
-  std::vector<uint64_t> removed(static_cast<size_t>(words), 0);
+                 uint8_t* removed, uint8_t* kept, int64_t kept_stride) {
   const float threshold_f32 = static_cast<float>(g.iou_threshold_f32);
-  for (int64_t i = 0; i < n; ++i) {
-    const bool keep = !((removed[i / kNmsBlock] >> (i % kNmsBlock)) & 1u);
-    kept[(lo + i) * kept_stride] = keep;
-    if (!keep) continue;
-    const Box<A> a = s.box(lo + i);
-    const A area_a = s.area[lo + i];
-    for (int64_t w = i / kNmsBlock; w < words; ++w) {
-      if (removed[w] == ~uint64_t{0}) continue;
-      const int64_t first = w * kNmsBlock > i + 1 ? w * kNmsBlock : i + 1;
-      const int64_t last = (w + 1) * kNmsBlock < n ? (w + 1) * kNmsBlock : n;
-      uint64_t bits = 0;
-      for (int64_t j = first; j < last; ++j) {
-        const Overlap<A> o = box_overlap(a, area_a, s.box(lo + j), s.area[lo + j]);
-        bits |= uint64_t{iou_exceeds(o, g.iou_threshold, threshold_f32)} << (j % kNmsBlock);
-      }
-      removed[w] |= bits;
+  const A *x1 = s.x1.data(), *y1 = s.y1.data(), *x2 = s.x2.data(), *y2 = s.y2.data();
+  const A* area = s.area.data();
+  for (int64_t i = lo; i < hi; ++i) {
+    kept[i * kept_stride] = !removed[i];
+    if (removed[i]) continue;
+    const Box<A> a = s.box(i);
+    const A area_a = area[i];
+    for (int64_t j = i + 1; j < hi; ++j) {
+      const Overlap<A> o = box_overlap(a, area_a, Box<A>{x1[j], y1[j], x2[j], y2[j]}, area[j]);
+      removed[j] |= static_cast<uint8_t>(iou_exceeds(o, g.iou_threshold, threshold_f32));
     }
   }
 }
@@ -152,11 +147,12 @@ Status nms_impl(const NmsGeometry& g, TensorN<2> boxes, Tensor1 order, Tensor1 c
     }
   }
   starts.push_back(g.N);
+  std::vector<uint8_t> removed(static_cast<size_t>(g.N), 0);
   uint8_t* flags = static_cast<uint8_t*>(kept.data);
   const int64_t segments = static_cast<int64_t>(starts.size()) - 1;
   const int64_t mean = g.N / (segments > 0 ? segments : 1);
   return parallel_tasks<A>(segments, 0, [&](int64_t k, A*) {
-    nms_segment(g, s, starts[k], starts[k + 1], flags, kept.stride);
+    nms_segment(g, s, starts[k], starts[k + 1], removed.data(), flags, kept.stride);
   }, 4 * mean * mean + 1);
 }
 
