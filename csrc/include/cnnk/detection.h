@@ -63,7 +63,8 @@ Status box_iou_loss_backward(DType dtype, const BoxLossGeometry& g, Tensor1 grad
                              TensorN<2> boxes1, TensorN<2> boxes2, TensorN<2> grad1,
                              TensorN<2> grad2);
 // The greedy NMS over the boxes in `order`; the workspace is unused (the cpu
-// computes each kept box's mask row when it is kept).
+// computes each kept box's row of the mask when it is kept, into removed
+// flags, and stores no mask).
 Status nms(DType dtype, const NmsGeometry& g, TensorN<2> boxes, Tensor1 order, Tensor1 classes,
            Workspace workspace, Tensor1 kept);
 }  // namespace cpu
