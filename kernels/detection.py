@@ -4,6 +4,9 @@ losses (forward and gradient) and NMS.
 The box math mirrors csrc/include/cnnk/boxes.h operation for operation
 (torchvision's formulas, in its order; min / max as selects, fp32 quotients
 IEEE-rounded with div_rn), in fp32 (fp64 for fp64 boxes, interpreter only).
+The NMS mask kernel is launched with ``enable_fp_fusion=False``: no
+multiply-add is fused, so its IoUs round as the cpu's and torchvision's
+and the kept boxes are the same.
 The launchers take the geometries of cnnkernels/ops/detection.py and have
 the C++ launchers' names and arguments.
 
@@ -17,10 +20,11 @@ computed by ``_atan``, Newton's method on tan with sin and cos (three steps
 from a 4e-3 start, below fp64 rounding).
 
 NMS over the boxes in visiting order (``order``):
-``_nms_mask_kernel``: program (column tile, row tile) of 64 x 64 boxes
-computes the upper triangle's suppression bits (IoU > threshold, same
-class) as a 2-D tile and packs each row into one int64 word (a sum of
-distinct powers of two); tiles below the diagonal return. Bound: N^2 / 2
+``_nms_mask_kernel``: program (column tile, row tile, half) of 32 rows x
+64 columns (a 64 x 64 tile held whole spills at 4 warps) computes the upper
+triangle's suppression bits (IoU > threshold, same class) as a 2-D tile
+and packs each row into one int64 word (a sum of distinct powers of two);
+tiles below the diagonal return. Bound: N^2 / 2
 IoU tests, N^2 / 8 bytes written. ``_nms_reduce_kernel``: the greedy pass,
 one program: per row tile b, the 64 rows in order (a row not removed is
 kept and ORs its diagonal word into the running removed word), then the
@@ -39,14 +43,15 @@ import triton.language as tl
 from cnnkernels.kernels import TORCH_TO_TRITON_POINTER, compile_spec
 from cnnkernels.kernels.common import acc_type
 
-_IOU_TILE = (32, 64)  # BLOCK_N, BLOCK_M
+_IOU_TILE = (32, 32)  # BLOCK_N, BLOCK_M
 _IOU_WARPS = 4
 _LOSS_BLOCK = 128
 _LOSS_WARPS = 4
 _NMS_BLOCK = 64
+_NMS_ROWS = 32  # rows per mask program
 _NMS_WARPS = 4
 _REDUCE_BLOCK_W = 128
-_FOUR_OVER_PI_SQUARED = 0.40528473456935108577551785283891
+_FOUR_OVER_PI_SQUARED = tl.constexpr(0.40528473456935108577551785283891)
 
 
 @triton.jit
@@ -275,12 +280,13 @@ def _loss_grad_kernel(grad_ptr, b1_ptr, b2_ptr, g1_ptr, g2_ptr, P, sg, s1p, s1c,
 @triton.jit
 def _nms_mask_kernel(boxes_ptr, order_ptr, classes_ptr, mask_ptr, threshold_ptr,
                      N, WORDS, sbn, sbc, so, sc,
-                     HAS_CLASSES: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+                     HAS_CLASSES: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
+                     BLOCK_R: tl.constexpr):
     col_tile = tl.program_id(0)
     row_tile = tl.program_id(1)
     if col_tile >= row_tile:
         lane = tl.arange(0, BLOCK)
-        rows = row_tile * BLOCK + lane
+        rows = row_tile * BLOCK + tl.program_id(2) * BLOCK_R + tl.arange(0, BLOCK_R)
         cols = col_tile * BLOCK + lane
         row_ok, col_ok = rows < N, cols < N
         row_index = tl.load(order_ptr + rows * so, mask=row_ok, other=0)
@@ -369,11 +375,12 @@ def nms(g, boxes, order, classes, workspace, kept) -> None:
     mask, removed = workspace[:g.N * g.words], workspace[g.N * g.words:]
     threshold = g.iou_threshold if boxes.dtype == torch.float64 else g.iou_threshold_f32
     has_classes = classes is not None
-    _nms_mask_kernel[(g.words, g.words)](
+    _nms_mask_kernel[(g.words, g.words, _NMS_BLOCK // _NMS_ROWS)](
         boxes, order, classes if has_classes else order, mask, _scalar(threshold, boxes),
         g.N, g.words, *boxes.stride(), order.stride(0),
         classes.stride(0) if has_classes else 0, HAS_CLASSES=has_classes,
-        ACC=acc_type(boxes.dtype), BLOCK=_NMS_BLOCK, num_warps=_NMS_WARPS)
+        ACC=acc_type(boxes.dtype), BLOCK=_NMS_BLOCK, BLOCK_R=_NMS_ROWS, num_warps=_NMS_WARPS,
+        enable_fp_fusion=False)
     _nms_reduce_kernel[(1,)](mask, removed, kept, g.N, g.words, kept.stride(0),
                              BLOCK=_NMS_BLOCK, BLOCK_W=_REDUCE_BLOCK_W, num_warps=_NMS_WARPS)
 
@@ -406,7 +413,8 @@ def static_check_specs():
                 f"detection_nms_mask[{dtype},CLASSES={has_classes}]", _nms_mask_kernel,
                 pointers={"boxes_ptr": ptr, "order_ptr": "*i64", "classes_ptr": "*i64",
                           "mask_ptr": "*i64", "threshold_ptr": "*fp32"},
-                constexprs={"HAS_CLASSES": has_classes, "BLOCK": _NMS_BLOCK, **acc},
+                constexprs={"HAS_CLASSES": has_classes, "BLOCK": _NMS_BLOCK,
+                            "BLOCK_R": _NMS_ROWS, **acc},
                 num_warps=_NMS_WARPS))
     specs.append(compile_spec(
         "detection_nms_reduce", _nms_reduce_kernel,
