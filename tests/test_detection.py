@@ -414,3 +414,97 @@ def test_backend_for_other_device_raises():
     with ck.use(backend="cuda"), pytest.raises(RuntimeError,
                                                match="backend 'cuda' runs CUDA tensors"):
         ck.nms(BOXES, torch.rand(2), 0.5)
+
+
+def reference_padded(boxes, scores, iou_threshold, score_threshold, k, top_k):
+    """EfficientNMS's contract, plainly, image by image: the candidates
+    (box, class) above the score threshold by decreasing score (ties: box,
+    then class), the top_k first, the course's greedy NMS per class, the k
+    first kept."""
+    results = []
+    for b in range(scores.shape[0]):
+        n, c = scores.shape[1:]
+        values = scores[b].reshape(-1).tolist()
+        candidates = sorted((i for i in range(n * c) if values[i] > score_threshold),
+                            key=lambda i: (-values[i], i))[:top_k]
+        picked = torch.stack([boxes[b, i // c] if boxes.dim() == 3 else boxes[b, i // c, i % c]
+                              for i in candidates]) if candidates else boxes.new_zeros(0, 4)
+        kept = reference_nms(picked, torch.tensor([values[i] for i in candidates]),
+                             iou_threshold, [i % c for i in candidates])[:k]
+        results.append([(candidates[j] // c, candidates[j] % c) for j in kept])
+    return results
+
+
+@pytest.mark.parametrize(("device", "backend"), backend_params())
+@pytest.mark.parametrize("class_specific", [False, True])
+def test_batched_nms_padded_matches_the_plain_procedure(device, backend, class_specific):
+    dtype = dtypes_for(device, backend)[0]
+    generator = torch.Generator().manual_seed(31)
+    B, N, C, K = 3, 12 if interpreted(device, backend) else 40, 3, 6
+    boxes = random_boxes(N * C if class_specific else N, generator, integer=True, batch=(B,))
+    boxes = boxes.reshape(B, N, C, 4) if class_specific else boxes
+    scores = (torch.randint(0, 8, (B, N, C), generator=generator) / 8).double()
+    scores[0, :3, 0] = float("nan")
+    scores[2] = 0.0  # an image without detections
+    boxes, scores = boxes.to(device=device, dtype=dtype), scores.to(device=device, dtype=dtype)
+    with ck.use(backend=backend):
+        count, out_boxes, out_scores, out_classes = ck.batched_nms_padded(
+            boxes, scores, 0.4, 0.2, K, pre_nms_top_k=N)
+    expected = reference_padded(boxes.cpu(), scores.cpu(), 0.4, 0.2, K, N)
+    assert count.dtype == torch.int64 and out_classes.dtype == torch.int64
+    assert out_boxes.shape == (B, K, 4) and out_scores.shape == (B, K)
+    for b, detections in enumerate(expected):
+        assert count[b].item() == len(detections)
+        assert out_classes[b].tolist() == [c for _, c in detections] + [-1] * (K - len(detections))
+        for j, (n, c) in enumerate(detections):
+            assert out_scores[b, j] == scores[b, n, c]
+            box = boxes[b, n, c] if class_specific else boxes[b, n]
+            assert torch.equal(out_boxes[b, j], box)
+        assert (out_boxes[b, len(detections):] == 0).all()
+        assert (out_scores[b, len(detections):] == 0).all()
+
+
+def test_batched_nms_padded_compiles_and_exports_with_static_shapes():
+    generator = torch.Generator().manual_seed(37)
+    boxes = random_boxes(20, generator, batch=(2,)).float()
+    scores = torch.rand(2, 20, 4, generator=generator)
+
+    class Detect(torch.nn.Module):
+        def forward(self, boxes, scores):
+            return ck.batched_nms_padded(boxes, scores, 0.5, 0.3, 5)
+
+    torch._dynamo.reset()
+    with ck.use(backend="cpu"):
+        eager = Detect()(boxes, scores)
+        compiled = torch.compile(Detect(), fullgraph=True)(boxes, scores)
+        exported = torch.export.export(Detect(), (boxes, scores)).module()(boxes, scores)
+    for a, b, c in zip(eager, compiled, exported, strict=True):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    opcheck_args = (boxes, scores, 0.5, 0.3, 5, 4096, "cpu")
+    torch.library.opcheck(torch.ops.cnnk.batched_nms_padded.default, opcheck_args)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_batched_nms_padded_no_sync_and_cuda_graph(backend):
+    """No host synchronisation (sync debug mode raises on one) and a CUDA
+    graph replay gives the eager results for new inputs."""
+    generator = torch.Generator().manual_seed(41)
+    boxes = random_boxes(300, generator, spread=200.0, size=40.0, batch=(4,)).float().cuda()
+    scores = torch.rand(4, 300, 8, generator=generator).cuda()
+    with ck.use(backend=backend):
+        ck.batched_nms_padded(boxes, scores, 0.5, 0.3, 50)  # warm-up (Triton compiles)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            eager = ck.batched_nms_padded(boxes, scores, 0.5, 0.3, 50)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        static_boxes, static_scores = boxes.clone(), scores.clone()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = ck.batched_nms_padded(static_boxes, static_scores, 0.5, 0.3, 50)
+        static_scores.copy_(scores)
+        graph.replay()
+    for a, b in zip(eager, captured, strict=True):
+        assert torch.equal(a, b)

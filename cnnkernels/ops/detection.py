@@ -44,7 +44,7 @@ from cnnkernels.ops._define import Family, Launch, define_op, save
 FAMILY = Family(name="detection",
                 public=("box_iou", "generalized_box_iou", "generalized_box_iou_loss",
                         "distance_box_iou_loss", "complete_box_iou_loss", "nms",
-                        "batched_nms"),
+                        "batched_nms", "batched_nms_padded"),
                 triton_modules=("cnnkernels.kernels.detection",),
                 bench_module="cnnkernels.bench.detection")
 
@@ -291,6 +291,88 @@ def batched_nms_op(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: f
     return _nms_launch(g, boxes, scores, idxs)
 
 
+def _padded_sizes(boxes: Tensor, scores: Tensor, max_detections: int,
+                  pre_nms_top_k: int) -> tuple[int, int, int, int]:
+    """(B, N, C, candidates) of a padded batched NMS, validated."""
+    check_boxes(boxes, "boxes", (3, 4))
+    _args.check_tensor(scores, "scores", ndim=3)
+    if not scores.dtype.is_floating_point or scores.device != boxes.device:
+        raise TypeError(f"scores must be a floating-point tensor on boxes' device "
+                        f"{boxes.device}, got {scores.dtype} on {scores.device}")
+    B, N, C = scores.shape
+    expected = (B, N, 4) if boxes.dim() == 3 else (B, N, C, 4)
+    if tuple(boxes.shape) != expected:
+        raise ValueError(f"boxes must have shape {expected} (B, N[, C], 4) for scores of shape "
+                         f"{tuple(scores.shape)}, got {tuple(boxes.shape)}")
+    if max_detections < 1 or pre_nms_top_k < 1:
+        raise ValueError(f"max_detections and pre_nms_top_k must be positive, got "
+                         f"{max_detections} and {pre_nms_top_k}")
+    return B, N, C, min(pre_nms_top_k, N * C)
+
+
+@define_op("cnnk::batched_nms_padded", returns=tuple[Tensor, Tensor, Tensor, Tensor])
+def batched_nms_padded_op(boxes: Tensor, scores: Tensor, iou_threshold: float,
+                          score_threshold: float, max_detections: int, pre_nms_top_k: int,
+                          backend: str) -> Launch:
+    """(num_detections (B,), boxes (B, K, 4), scores (B, K), classes (B, K)),
+    K = max_detections, padded with 0 (classes: -1): per image, the
+    (box, class) candidates scoring above score_threshold, the
+    pre_nms_top_k best (stable: ties by box, then class), class-aware NMS,
+    then the max_detections best kept. Static shapes, no host
+    synchronisation: one nms launch per image on the device."""
+    B, N, C, T = _padded_sizes(boxes, scores, max_detections, pre_nms_top_k)
+    K = max_detections
+    g = NmsGeometry(T, -(-T // NMS_BLOCK), float(iou_threshold),
+                    float32_at_most(float(iou_threshold)), True)
+    count = boxes.new_empty((B,), dtype=torch.int64)
+    out_boxes = boxes.new_empty((B, K, 4))
+    out_scores = scores.new_empty((B, K))
+    out_classes = boxes.new_empty((B, K), dtype=torch.int64)
+
+    def run(backend: str) -> None:
+        flat_scores = scores.reshape(B, N * C)
+        # A NaN score is never a detection: -inf sorts it past the others.
+        flat_scores = torch.where(flat_scores.isnan(), -math.inf, flat_scores)
+        ranked, candidates = torch.sort(flat_scores, dim=1, descending=True, stable=True)
+        ranked, candidates = ranked[:, :T], candidates[:, :T]
+        valid = ranked > score_threshold
+        classes = candidates % C
+        flat = boxes.reshape(B, N, 4) if boxes.dim() == 3 else boxes.reshape(B, N * C, 4)
+        source = candidates // C if boxes.dim() == 3 else candidates
+        picked = torch.gather(flat, 1, source[..., None].expand(B, T, 4)).contiguous()
+        # Below the score threshold: a class of its own, so such a candidate
+        # neither suppresses nor is suppressed; it is dropped after.
+        own = torch.arange(C, C + T, device=boxes.device)
+        kept = torch.zeros((B, T), dtype=torch.bool, device=boxes.device)
+        workspace = boxes.new_empty((T * g.words + g.words if backend != "cpu" else 0,),
+                                    dtype=torch.int64)
+        launchers = _ext.launchers(backend, boxes, _triton)
+        for b in range(B):
+            by_class = torch.where(valid[b], classes[b], own)
+            order = torch.sort(by_class, stable=True).indices
+            flags = boxes.new_empty((T,), dtype=torch.uint8)
+            launchers.nms(g, picked[b], order, by_class, workspace, flags)
+            kept[b, order] = flags.bool()
+        kept &= valid
+        rank = torch.cumsum(kept, 1)
+        taken = kept & (rank <= K)
+        slot = torch.where(taken, rank - 1, K)
+        position = torch.full((B, K + 1), -1, dtype=torch.int64, device=boxes.device)
+        position.scatter_(1, slot, torch.arange(T, device=boxes.device).expand(B, T))
+        position = position[:, :K]
+        present = position >= 0
+        at = position.clamp(min=0)
+        count.copy_(taken.sum(1))
+        out_boxes.copy_(torch.where(present[..., None],
+                                    torch.gather(picked, 1, at[..., None].expand(B, K, 4)), 0))
+        out_scores.copy_(torch.where(present, torch.gather(ranked, 1, at), 0))
+        out_classes.copy_(torch.where(present, torch.gather(classes, 1, at), -1))
+
+    return Launch((count, out_boxes, out_scores, out_classes),
+                  {"boxes": boxes, "scores": scores, "count": count, "out_boxes": out_boxes},
+                  run, g.index_extent())
+
+
 # The public functions: torchvision.ops' signatures.
 
 def _matrix(op_generalized: bool, boxes1: Tensor, boxes2: Tensor) -> Tensor:
@@ -367,9 +449,9 @@ def complete_box_iou_loss(boxes1: Tensor, boxes2: Tensor, reduction: str = "none
     return _box_loss("ciou", boxes1, boxes2, reduction, eps)
 
 
-def _threshold(value) -> float:
+def _threshold(value, name: str = "iou_threshold") -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"iou_threshold must be a float, got {value!r}")
+        raise TypeError(f"{name} must be a float, got {value!r}")
     return float(value)
 
 
@@ -389,3 +471,23 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
         raise TypeError(f"idxs must be an integer tensor, got {idxs.dtype}")
     return batched_nms_op(boxes, scores, idxs.to(torch.int64), _threshold(iou_threshold),
                           _backend.current_backend())
+
+
+def batched_nms_padded(boxes: Tensor, scores: Tensor, iou_threshold: float = 0.5,
+                       score_threshold: float = 0.0, max_detections: int = 100, *,
+                       pre_nms_top_k: int = 4096) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Fixed-size NMS over a batch of images, TensorRT EfficientNMS's
+    contract: boxes (B, N, 4), or (B, N, C, 4) class-specific, scores
+    (B, N, C) -> (num_detections (B,) int64, boxes (B, K, 4), scores (B, K),
+    classes (B, K) int64), K = max_detections, padded with 0 (classes -1),
+    each image's detections by decreasing score. Per image: the (box, class)
+    candidates scoring above score_threshold, the pre_nms_top_k best, NMS
+    within each class (IoU > iou_threshold suppresses), then the K best;
+    NaN scores are never detections.
+    Static shapes and no host synchronisation: capturable in a CUDA graph,
+    traceable by torch.compile(fullgraph=True) and torch.export."""
+    return batched_nms_padded_op(boxes, scores, _threshold(iou_threshold),
+                                 _threshold(score_threshold, "score_threshold"),
+                                 _args.positive_int(max_detections, "max_detections"),
+                                 _args.positive_int(pre_nms_top_k, "pre_nms_top_k"),
+                                 _backend.current_backend())
