@@ -26,14 +26,33 @@ struct PyStruct<NmsGeometry> : std::true_type {
   }
 };
 
+template <>
+struct PyStruct<SoftNmsGeometry> : std::true_type {
+  static SoftNmsGeometry read(const Fields& f) {
+    return {CNNK_FIELD(N), CNNK_FIELD(gaussian), CNNK_FIELD(iou_threshold), CNNK_FIELD(sigma),
+            CNNK_FIELD(score_threshold)};
+  }
+};
+
+template <>
+struct PyStruct<MatrixNmsGeometry> : std::true_type {
+  static MatrixNmsGeometry read(const Fields& f) {
+    return {CNNK_FIELD(N), CNNK_FIELD(gaussian), CNNK_FIELD(sigma), CNNK_FIELD(by_class)};
+  }
+};
+
 CNNK_BINDINGS(detection, m) {
   m.structure<BoxPairGeometry>("BoxPairGeometry");
   m.structure<BoxLossGeometry>("BoxLossGeometry");
   m.structure<NmsGeometry>("NmsGeometry");
+  m.structure<SoftNmsGeometry>("SoftNmsGeometry");
+  m.structure<MatrixNmsGeometry>("MatrixNmsGeometry");
   CNNK_LAUNCHER(m, box_iou);
   CNNK_LAUNCHER(m, box_iou_loss_forward);
   CNNK_LAUNCHER(m, box_iou_loss_backward);
   CNNK_LAUNCHER(m, nms);
+  CNNK_LAUNCHER(m, soft_nms);
+  CNNK_LAUNCHER(m, matrix_nms);
 }
 
 }  // namespace cnnk::pyext

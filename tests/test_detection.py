@@ -27,6 +27,7 @@ from cnnkernels.ops.detection import (
     float32_at_most,
     nms_op,
 )
+from cnnkernels.ops.detection_decay import matrix_nms_op, soft_nms_op
 
 KINDS = ("iou", "giou", "giou_loss", "diou_loss", "ciou_loss", "nms", "batched_nms")
 LOSSES = {"giou_loss": ck.generalized_box_iou_loss, "diou_loss": ck.distance_box_iou_loss,
@@ -218,6 +219,10 @@ def _op_calls(device, backend, dtype):
                                     backend)),
         (nms_op, (boxes, scores, 0.5, backend)),
         (batched_nms_op, (boxes, scores, classes, 0.3, backend)),
+        (soft_nms_op, (boxes, scores, True, 0.3, 0.5, 0.01, backend)),
+        (soft_nms_op, (boxes, scores, False, 0.3, 0.5, 0.01, backend)),
+        (matrix_nms_op, (boxes, scores, classes, True, 2.0, backend)),
+        (matrix_nms_op, (boxes, scores, None, False, 2.0, backend)),
     ]
 
 
@@ -251,6 +256,17 @@ BAD_INPUTS = (
      TypeError, "scores must be a floating-point tensor"),
     ("batched_idxs_float", lambda: ck.batched_nms(BOXES, torch.rand(2), torch.rand(2), 0.5),
      TypeError, "idxs must be an integer tensor"),
+    ("soft_method", lambda: ck.soft_nms(BOXES, torch.rand(2), method="hard"), ValueError,
+     "method must be 'linear' or 'gaussian'"),
+    ("soft_scores_dtype", lambda: ck.soft_nms(BOXES, torch.rand(2, dtype=torch.float64)),
+     TypeError, "scores must have boxes's dtype"),
+    ("matrix_idxs_float", lambda: ck.matrix_nms(BOXES, torch.rand(2), torch.rand(2)), TypeError,
+     "idxs must be an integer tensor"),
+    ("padded_shape", lambda: ck.batched_nms_padded(BOXES[None], torch.rand(1, 3, 2)),
+     ValueError, "boxes must have shape (1, 3, 4)"),
+    ("padded_max_detections", lambda: ck.batched_nms_padded(BOXES[None], torch.rand(1, 2, 2),
+                                                            max_detections=0),
+     ValueError, "max_detections must be a positive int"),
     ("batched_idxs_length", lambda: ck.batched_nms(BOXES, torch.rand(2),
                                                    torch.zeros(3, dtype=torch.int64), 0.5),
      ValueError, "idxs must hold one class per box"),
@@ -403,11 +419,13 @@ def test_nms_compiles_with_a_data_dependent_size():
     classes = torch.randint(0, 4, (50,), generator=generator)
     torch._dynamo.reset()
     with ck.use(backend="cpu"):
-        compiled = torch.compile(lambda b, s, c: (ck.nms(b, s, 0.5), ck.batched_nms(b, s, c, 0.5)),
-                                 fullgraph=True)
-        kept, batched = compiled(boxes, scores, classes)
+        compiled = torch.compile(lambda b, s, c: (ck.nms(b, s, 0.5), ck.batched_nms(b, s, c, 0.5),
+                                                  *ck.soft_nms(b, s)), fullgraph=True)
+        kept, batched, soft, soft_scores = compiled(boxes, scores, classes)
         assert torch.equal(kept, ck.nms(boxes, scores, 0.5))
         assert torch.equal(batched, ck.batched_nms(boxes, scores, classes, 0.5))
+        assert torch.equal(soft, ck.soft_nms(boxes, scores)[0])
+        assert torch.equal(soft_scores, ck.soft_nms(boxes, scores)[1])
 
 
 def test_backend_for_other_device_raises():
@@ -508,3 +526,79 @@ def test_batched_nms_padded_no_sync_and_cuda_graph(backend):
         graph.replay()
     for a, b in zip(eager, captured, strict=True):
         assert torch.equal(a, b)
+
+
+def reference_soft_nms(boxes, scores, iou_threshold, sigma, score_threshold, method):
+    """Bodla et al.'s procedure, plainly, in float64."""
+    iou = reference_iou(boxes.double(), boxes.double()).tolist()
+    score = [-math.inf if math.isnan(v) else v for v in scores.double().tolist()]
+    selected, values = [], []
+    while True:
+        best = max(range(len(score)), key=lambda i: (score[i], -i), default=None)
+        if best is None or score[best] == -math.inf or score[best] < score_threshold:
+            return selected, values
+        selected.append(best)
+        values.append(score[best])
+        score[best] = -math.inf
+        for i, v in enumerate(score):
+            if v != -math.inf:
+                o = iou[best][i]
+                score[i] = v * (math.exp(-o * o / sigma) if method == "gaussian"
+                                else (1 - o if o > iou_threshold else 1.0))
+
+
+def reference_matrix_nms(boxes, scores, classes, method, sigma):
+    """SOLOv2's matrix NMS, written as its paper's code in float64."""
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i].item(), i))
+    b = boxes.double()[order]
+    iou = reference_iou(b, b).triu(1)
+    if classes is not None:
+        c = classes[order]
+        iou = iou * (c[:, None] == c[None, :])
+    compensate = iou.max(0).values[:, None].expand_as(iou) if len(order) else iou
+    if method == "gaussian":
+        decay = (torch.exp(-sigma * iou ** 2) / torch.exp(-sigma * compensate ** 2)).min(0).values
+    else:
+        decay = ((1 - iou) / (1 - compensate)).min(0).values
+    result = torch.empty(len(order), dtype=torch.float64)
+    result[order] = scores.double()[order] * decay
+    return result
+
+
+@pytest.mark.parametrize(("device", "backend"), backend_params())
+@pytest.mark.parametrize("method", ["linear", "gaussian"])
+def test_soft_nms_matches_the_plain_procedure(device, backend, method):
+    dtype = dtypes_for(device, backend)[0]
+    generator = torch.Generator().manual_seed(43)
+    for n in (0, 1, 9 if interpreted(device, backend) else 60):
+        boxes = random_boxes(n, generator).to(device=device, dtype=dtype)
+        scores = torch.rand(n, generator=generator, dtype=torch.float64)
+        if n > 2:
+            scores[1] = float("nan")
+            scores[2] = scores[0]  # a tie: the lower index first
+        scores = scores.to(device=device, dtype=dtype)
+        with ck.use(backend=backend):
+            kept, kept_scores = ck.soft_nms(boxes, scores, 0.3, 0.5, 0.05, method)
+        expected, expected_scores = reference_soft_nms(boxes.cpu(), scores.cpu(), 0.3, 0.5,
+                                                       0.05, method)
+        assert kept.tolist() == expected and kept.dtype == torch.int64
+        assert_close(kept_scores, torch.tensor(expected_scores, dtype=torch.float64), dtype,
+                     len(expected) + 1, "scores")
+
+
+@pytest.mark.parametrize(("device", "backend"), backend_params())
+@pytest.mark.parametrize("method", ["linear", "gaussian"])
+@pytest.mark.parametrize("by_class", [False, True])
+def test_matrix_nms_matches_solov2(device, backend, method, by_class):
+    dtype = dtypes_for(device, backend)[0]
+    generator = torch.Generator().manual_seed(47)
+    n = 11 if interpreted(device, backend) else 70
+    boxes = random_boxes(n, generator).to(device=device, dtype=dtype)
+    scores = torch.rand(n, generator=generator, dtype=torch.float64).to(device=device,
+                                                                       dtype=dtype)
+    classes = torch.randint(0, 3, (n,), generator=generator) if by_class else None
+    with ck.use(backend=backend):
+        decayed = ck.matrix_nms(boxes, scores, None if classes is None else classes.to(device),
+                                method, 2.0)
+    expected = reference_matrix_nms(boxes.cpu(), scores.cpu(), classes, method, 2.0)
+    assert_close(decayed, expected, dtype, n, "decayed scores")

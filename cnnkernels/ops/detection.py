@@ -44,8 +44,9 @@ from cnnkernels.ops._define import Family, Launch, define_op, save
 FAMILY = Family(name="detection",
                 public=("box_iou", "generalized_box_iou", "generalized_box_iou_loss",
                         "distance_box_iou_loss", "complete_box_iou_loss", "nms",
-                        "batched_nms", "batched_nms_padded"),
-                triton_modules=("cnnkernels.kernels.detection",),
+                        "batched_nms", "batched_nms_padded", "soft_nms", "matrix_nms"),
+                triton_modules=("cnnkernels.kernels.detection",
+                                "cnnkernels.kernels.detection_decay"),
                 bench_module="cnnkernels.bench.detection")
 
 __all__ = list(FAMILY.public)
@@ -97,6 +98,33 @@ class NmsGeometry:
     def index_extent(self) -> int:
         """The mask's offsets reach N rows x words."""
         return (self.N + 1) * self.words + NMS_BLOCK
+
+
+@dataclass(frozen=True)
+class SoftNmsGeometry:
+    """Soft-NMS over N boxes (cnnkernels/ops/detection_decay.py)."""
+
+    N: int
+    gaussian: bool
+    iou_threshold: float
+    sigma: float
+    score_threshold: float
+
+    def index_extent(self) -> int:
+        return 4 * self.N + 4
+
+
+@dataclass(frozen=True)
+class MatrixNmsGeometry:
+    """Matrix NMS over N boxes in score order (detection_decay.py)."""
+
+    N: int
+    gaussian: bool
+    sigma: float
+    by_class: bool
+
+    def index_extent(self) -> int:
+        return 4 * self.N + 4
 
 
 def float32_at_most(value: float) -> float:
@@ -491,3 +519,9 @@ def batched_nms_padded(boxes: Tensor, scores: Tensor, iou_threshold: float = 0.5
                                  _args.positive_int(max_detections, "max_detections"),
                                  _args.positive_int(pre_nms_top_k, "pre_nms_top_k"),
                                  _backend.current_backend())
+
+
+
+# soft_nms and matrix_nms: their own module (this one's size), on the
+# geometries above; exported from here with the family's other functions.
+from cnnkernels.ops.detection_decay import matrix_nms, soft_nms  # noqa: E402, F401

@@ -21,7 +21,9 @@
 // independent tasks; one segment runs on one thread.
 // Bound: K x n_c IoU tests per class (K kept boxes), memory O(N) (the
 // gathered boxes and a removed flag per box).
+#include <cmath>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "cnnk/cpu_types.h"
@@ -155,6 +157,82 @@ Status nms_impl(const NmsGeometry& g, TensorN<2> boxes, Tensor1 order, Tensor1 c
   }, 4 * mean * mean + 1);
 }
 
+// Soft-NMS: serial selection (each step needs the last one's decays); the
+// decay of the remaining scores is one branch-free pass.
+template <typename T>
+Status soft_nms_impl(const SoftNmsGeometry& g, TensorN<2> boxes, Tensor1 scores,
+                     Tensor1 selected, Tensor1 selected_scores, Tensor1 count) {
+  using A = acc_t<T>;
+  const A lowest = -std::numeric_limits<A>::infinity();
+  SortedBoxes<A> s(g.N);
+  std::vector<A> score(static_cast<size_t>(g.N));
+  for (int64_t i = 0; i < g.N; ++i) {
+    const Box<A> b = load_box<T>(boxes, i);
+    s.x1[i] = b.x1, s.y1[i] = b.y1, s.x2[i] = b.x2, s.y2[i] = b.y2, s.area[i] = box_area(b);
+    const A v = to_acc(static_cast<const T*>(scores.data)[i * scores.stride]);
+    score[i] = std::isnan(v) ? lowest : v;
+  }
+  const A threshold = static_cast<A>(g.iou_threshold), sigma = static_cast<A>(g.sigma);
+  int64_t k = 0;
+  for (; k < g.N; ++k) {
+    int64_t m = -1;
+    A best = lowest;
+    for (int64_t i = 0; i < g.N; ++i)
+      if (score[i] > best) best = score[i], m = i;
+    if (m < 0 || best < static_cast<A>(g.score_threshold)) break;
+    static_cast<int64_t*>(selected.data)[k * selected.stride] = m;
+    static_cast<T*>(selected_scores.data)[k * selected_scores.stride] = from_acc<T>(best);
+    score[m] = lowest;
+    const Box<A> a = s.box(m);
+    for (int64_t i = 0; i < g.N; ++i) {
+      const A iou = iou_value(box_overlap(a, s.area[m], s.box(i), s.area[i]));
+      const A decayed = score[i] * soft_nms_decay(iou, g.gaussian, threshold, sigma);
+      score[i] = score[i] > lowest ? decayed : score[i];
+    }
+  }
+  static_cast<int64_t*>(count.data)[0] = k;
+  return Status::ok;
+}
+
+// Matrix NMS: the compensating IoUs, then the decays; each box (column) a
+// task, reading the boxes above it in score order.
+template <typename T>
+Status matrix_nms_impl(const MatrixNmsGeometry& g, TensorN<2> boxes, Tensor1 scores,
+                       Tensor1 order, Tensor1 classes, Tensor1 decayed) {
+  using A = acc_t<T>;
+  const int64_t* ord = static_cast<const int64_t*>(order.data);
+  SortedBoxes<A> s(g.N);
+  std::vector<int64_t> cls(static_cast<size_t>(g.N), 0);
+  std::vector<A> compensate(static_cast<size_t>(g.N));
+  for (int64_t p = 0; p < g.N; ++p) {
+    const int64_t index = ord[p * order.stride];
+    if (index < 0 || index >= g.N) return Status::bad_argument;
+    const Box<A> b = load_box<T>(boxes, index);
+    s.x1[p] = b.x1, s.y1[p] = b.y1, s.x2[p] = b.x2, s.y2[p] = b.y2, s.area[p] = box_area(b);
+    if (g.by_class) cls[p] = static_cast<const int64_t*>(classes.data)[index * classes.stride];
+  }
+  auto iou = [&](int64_t i, int64_t j) {
+    return cls[i] == cls[j] ? iou_value(box_overlap(s.box(i), s.area[i], s.box(j), s.area[j]))
+                            : A(0);
+  };
+  const int64_t work = 6 * g.N + 1;
+  if (Status st = parallel_tasks<A>(g.N, 0, [&](int64_t p, A*) {
+        A most = 0;
+        for (int64_t k = 0; k < p; ++k) most = max_of(most, iou(k, p));
+        compensate[p] = most;
+      }, work); st != Status::ok)
+    return st;
+  const A sigma = static_cast<A>(g.sigma);
+  return parallel_tasks<A>(g.N, 0, [&](int64_t p, A*) {
+    A decay = 1;
+    for (int64_t i = 0; i < p; ++i)
+      decay = min_of(decay, matrix_nms_decay(iou(i, p), compensate[i], g.gaussian, sigma));
+    const int64_t index = ord[p * order.stride];
+    const A v = to_acc(static_cast<const T*>(scores.data)[index * scores.stride]);
+    static_cast<T*>(decayed.data)[index * decayed.stride] = from_acc<T>(v * decay);
+  }, work);
+}
+
 template <typename Run>
 Status launch(DType dtype, bool empty, bool have_data, Run run) {
   if (empty) return Status::ok;
@@ -198,6 +276,34 @@ Status nms(DType dtype, const NmsGeometry& g, TensorN<2> boxes, Tensor1 order, T
   const bool have = boxes.data && order.data && kept.data && (!g.by_class || classes.data);
   return launch(dtype, g.N == 0, have, [&](auto type) {
     return nms_impl<typename decltype(type)::type>(g, boxes, order, classes, kept);
+  });
+}
+
+Status soft_nms(DType dtype, const SoftNmsGeometry& g, TensorN<2> boxes, Tensor1 scores,
+                Workspace /*workspace*/, Tensor1 selected, Tensor1 selected_scores,
+                Tensor1 count) {
+  if (g.N < 0) return Status::bad_argument;
+  const bool have =
+      boxes.data && scores.data && selected.data && selected_scores.data && count.data;
+  if (g.N == 0) {
+    if (count.data == nullptr) return Status::bad_argument;
+    static_cast<int64_t*>(count.data)[0] = 0;
+    return Status::ok;
+  }
+  return launch(dtype, false, have, [&](auto type) {
+    return soft_nms_impl<typename decltype(type)::type>(g, boxes, scores, selected,
+                                                        selected_scores, count);
+  });
+}
+
+Status matrix_nms(DType dtype, const MatrixNmsGeometry& g, TensorN<2> boxes, Tensor1 scores,
+                  Tensor1 order, Tensor1 classes, Workspace /*workspace*/, Tensor1 decayed) {
+  if (g.N < 0) return Status::bad_argument;
+  const bool have = boxes.data && scores.data && order.data && decayed.data &&
+                    (!g.by_class || classes.data);
+  return launch(dtype, g.N == 0, have, [&](auto type) {
+    return matrix_nms_impl<typename decltype(type)::type>(g, boxes, scores, order, classes,
+                                                          decayed);
   });
 }
 

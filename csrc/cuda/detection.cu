@@ -198,6 +198,117 @@ __global__ void __launch_bounds__(kReduceThreads) nms_reduce_kernel(NmsArgs a) {
   }
 }
 
+struct SoftNmsArgs {
+  SoftNmsGeometry g;
+  TensorN<2> boxes;
+  Tensor1 scores, selected, selected_scores, count;
+  void* work;  // N accumulators: the running scores
+};
+
+template <typename T>
+__device__ __forceinline__ Box<acc_t<T>> box_at(const TensorN<2>& t, int64_t i) {
+  return load_box(static_cast<const T*>(t.data) + i * t.stride[0], t.stride[1]);
+}
+
+// One block: each step, a block-wide argmax (first maximum), then every
+// thread decays its strided share of the scores.
+template <typename T>
+__global__ void __launch_bounds__(kReduceThreads) soft_nms_kernel(SoftNmsArgs a) {
+  using A = acc_t<T>;
+  __shared__ A best_value[kReduceThreads];
+  __shared__ int64_t best_index[kReduceThreads];
+  A* score = static_cast<A*>(a.work);
+  const A lowest = -INFINITY;
+  const int64_t n = a.g.N;
+  for (int64_t i = threadIdx.x; i < n; i += kReduceThreads) {
+    const A v = load(static_cast<const T*>(a.scores.data), i * a.scores.stride);
+    score[i] = isnan(v) ? lowest : v;
+  }
+  __syncthreads();
+  int64_t k = 0;
+  for (; k < n; ++k) {
+    A best = lowest;
+    int64_t m = -1;
+    for (int64_t i = threadIdx.x; i < n; i += kReduceThreads)
+      if (score[i] > best) best = score[i], m = i;
+    best_value[threadIdx.x] = best, best_index[threadIdx.x] = m;
+    __syncthreads();
+    for (int half = kReduceThreads / 2; half > 0; half /= 2) {
+      if (threadIdx.x < half) {
+        const A v = best_value[threadIdx.x + half];
+        const int64_t i = best_index[threadIdx.x + half];
+        if (i >= 0 && (v > best_value[threadIdx.x] ||
+                       (v == best_value[threadIdx.x] &&
+                        (best_index[threadIdx.x] < 0 || i < best_index[threadIdx.x]))))
+          best_value[threadIdx.x] = v, best_index[threadIdx.x] = i;
+      }
+      __syncthreads();
+    }
+    best = best_value[0], m = best_index[0];
+    __syncthreads();  // every thread has read the winner before the next step writes
+    if (m < 0 || best < static_cast<A>(a.g.score_threshold)) break;
+    if (threadIdx.x == 0) {
+      static_cast<int64_t*>(a.selected.data)[k * a.selected.stride] = m;
+      static_cast<T*>(a.selected_scores.data)[k * a.selected_scores.stride] = from_acc<T>(best);
+    }
+    const Box<A> box = box_at<T>(a.boxes, m);
+    const A area = box_area(box);
+    for (int64_t i = threadIdx.x; i < n; i += kReduceThreads) {
+      const Box<A> other = box_at<T>(a.boxes, i);
+      const A iou = iou_value(box_overlap(box, area, other, box_area(other)));
+      const A decay = soft_nms_decay(iou, a.g.gaussian, static_cast<A>(a.g.iou_threshold),
+                                     static_cast<A>(a.g.sigma));
+      score[i] = i == m ? lowest : (score[i] > lowest ? score[i] * decay : score[i]);
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) static_cast<int64_t*>(a.count.data)[0] = k;
+}
+
+struct MatrixNmsArgs {
+  MatrixNmsGeometry g;
+  TensorN<2> boxes;
+  Tensor1 scores, order, classes, decayed;
+  void* compensate;  // N accumulators
+};
+
+template <typename T>
+__device__ __forceinline__ acc_t<T> matrix_iou(const MatrixNmsArgs& a, int64_t i, int64_t j) {
+  const int64_t* order = static_cast<const int64_t*>(a.order.data);
+  const int64_t bi = __ldg(order + i * a.order.stride), bj = __ldg(order + j * a.order.stride);
+  if (a.g.by_class) {
+    const int64_t* cls = static_cast<const int64_t*>(a.classes.data);
+    if (__ldg(cls + bi * a.classes.stride) != __ldg(cls + bj * a.classes.stride)) return 0;
+  }
+  const Box<acc_t<T>> u = box_at<T>(a.boxes, bi), v = box_at<T>(a.boxes, bj);
+  return iou_value(box_overlap(u, box_area(u), v, box_area(v)));
+}
+
+// One thread per box p of the score order: the largest IoU with a box above
+// it (kDecay false), or its decay and decayed score (kDecay true). Threads
+// of a warp read the same box i at once (a broadcast).
+template <typename T, bool kDecay>
+__global__ void __launch_bounds__(kThreads) matrix_nms_kernel(MatrixNmsArgs a) {
+  using A = acc_t<T>;
+  const int64_t p = blockIdx.x * int64_t{kThreads} + threadIdx.x;
+  if (p >= a.g.N) return;
+  A* compensate = static_cast<A*>(a.compensate);
+  A value = kDecay ? A(1) : A(0);
+  for (int64_t i = 0; i < p; ++i) {
+    const A iou = matrix_iou<T>(a, i, p);
+    value = kDecay ? min_of(value, matrix_nms_decay(iou, compensate[i], a.g.gaussian,
+                                                    static_cast<A>(a.g.sigma)))
+                   : max_of(value, iou);
+  }
+  if (!kDecay) {
+    compensate[p] = value;
+    return;
+  }
+  const int64_t index = static_cast<const int64_t*>(a.order.data)[p * a.order.stride];
+  const A v = load(static_cast<const T*>(a.scores.data), index * a.scores.stride);
+  static_cast<T*>(a.decayed.data)[index * a.decayed.stride] = from_acc<T>(v * value);
+}
+
 template <typename Run>
 Status checked(DType dtype, bool empty, bool have_data, Run run) {
   if (!supported_dtype(dtype)) return Status::unsupported_dtype;
@@ -271,6 +382,39 @@ Status nms(DType dtype, const NmsGeometry& g, TensorN<2> boxes, Tensor1 order, T
     const dim3 grid(static_cast<unsigned>(g.words), static_cast<unsigned>(g.words));
     nms_mask_kernel<T><<<grid, kNmsBlock, 0, stream>>>(a);
     nms_reduce_kernel<<<1, kReduceThreads, 0, stream>>>(a);
+    return launched();
+  });
+}
+
+Status soft_nms(DType dtype, const SoftNmsGeometry& g, TensorN<2> boxes, Tensor1 scores,
+                Workspace workspace, Tensor1 selected, Tensor1 selected_scores, Tensor1 count,
+                cudaStream_t stream) {
+  if (g.N < 0) return Status::bad_argument;
+  if (static_cast<int64_t>(workspace.bytes) < 8 * g.N) return Status::bad_argument;
+  const bool have = boxes.data && scores.data && selected.data && selected_scores.data &&
+                    count.data && (g.N == 0 || workspace.data);
+  return checked(dtype, false, have, [&](auto type) {
+    using T = typename decltype(type)::type;
+    soft_nms_kernel<T><<<1, kReduceThreads, 0, stream>>>(
+        SoftNmsArgs{g, boxes, scores, selected, selected_scores, count, workspace.data});
+    return launched();
+  });
+}
+
+Status matrix_nms(DType dtype, const MatrixNmsGeometry& g, TensorN<2> boxes, Tensor1 scores,
+                  Tensor1 order, Tensor1 classes, Workspace workspace, Tensor1 decayed,
+                  cudaStream_t stream) {
+  if (g.N < 0) return Status::bad_argument;
+  if (g.N > kIntMax) return Status::index_overflow;
+  if (static_cast<int64_t>(workspace.bytes) < 8 * g.N) return Status::bad_argument;
+  const bool have = boxes.data && scores.data && order.data && decayed.data &&
+                    workspace.data && (!g.by_class || classes.data);
+  return checked(dtype, g.N == 0, have, [&](auto type) {
+    using T = typename decltype(type)::type;
+    const MatrixNmsArgs a{g, boxes, scores, order, classes, decayed, workspace.data};
+    const auto blocks = static_cast<unsigned>(ceil_div(g.N, kThreads));
+    matrix_nms_kernel<T, false><<<blocks, kThreads, 0, stream>>>(a);
+    matrix_nms_kernel<T, true><<<blocks, kThreads, 0, stream>>>(a);
     return launched();
   });
 }

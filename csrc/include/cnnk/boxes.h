@@ -111,6 +111,25 @@ CNNK_HOST_DEVICE bool iou_exceeds(Overlap<double> o, double threshold, float /*t
   return o.inter / o.uni > threshold;
 }
 
+// Soft-NMS's decay of a score by its IoU with the box just selected (Bodla
+// et al., 2017): linear, 1 - iou where iou > threshold (else 1); Gaussian,
+// exp(-iou^2 / sigma).
+template <typename T>
+CNNK_HOST_DEVICE T soft_nms_decay(T iou, bool gaussian, T threshold, T sigma) {
+  if (gaussian) return exp_acc(-(iou * iou) / sigma);
+  return iou > threshold ? T(1) - iou : T(1);
+}
+
+// Matrix NMS's decay factor of box j from a higher-scored box i of its class
+// (SOLOv2): iou = IoU(i, j), compensate = the largest IoU of box i with a
+// box above it; Gaussian exp(-sigma (iou^2 - compensate^2)), linear
+// (1 - iou) / (1 - compensate). A box's decay is the least over i, and 1.
+template <typename T>
+CNNK_HOST_DEVICE T matrix_nms_decay(T iou, T compensate, bool gaussian, T sigma) {
+  if (gaussian) return exp_acc(-sigma * (iou * iou - compensate * compensate));
+  return (T(1) - iou) / (T(1) - compensate);
+}
+
 // The IoU losses of torchvision.ops (generalized_box_iou_loss,
 // distance_box_iou_loss, complete_box_iou_loss), per pair of boxes a
 // (predicted) and b (target), with their eps:

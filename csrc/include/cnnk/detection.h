@@ -43,6 +43,24 @@ struct NmsGeometry {
   bool by_class;
 };
 
+// Soft-NMS over N boxes (boxes.h, soft_nms_decay): repeatedly select the
+// highest score (the lowest index on a tie; NaN scores never), decay the
+// others by their IoU with it, until the best left is below
+// score_threshold.
+struct SoftNmsGeometry {
+  int64_t N;
+  bool gaussian;
+  double iou_threshold, sigma, score_threshold;
+};
+
+// Matrix NMS over N boxes in score order (boxes.h, matrix_nms_decay).
+struct MatrixNmsGeometry {
+  int64_t N;
+  bool gaussian;
+  double sigma;
+  bool by_class;
+};
+
 constexpr int64_t kNmsBlock = 64;  // boxes per mask word
 
 // The NMS workspace the cuda kernels need, in bytes: the upper-triangle
@@ -67,6 +85,14 @@ Status box_iou_loss_backward(DType dtype, const BoxLossGeometry& g, Tensor1 grad
 // flags, and stores no mask).
 Status nms(DType dtype, const NmsGeometry& g, TensorN<2> boxes, Tensor1 order, Tensor1 classes,
            Workspace workspace, Tensor1 kept);
+// selected[0, count) = the indices in selection order, selected_scores their
+// decayed scores; workspace: N accumulators (the running scores).
+Status soft_nms(DType dtype, const SoftNmsGeometry& g, TensorN<2> boxes, Tensor1 scores,
+                Workspace workspace, Tensor1 selected, Tensor1 selected_scores, Tensor1 count);
+// decayed[order[j]] = scores[order[j]] x the decay of the j-th box of the
+// score order; workspace: N accumulators (the compensating IoUs).
+Status matrix_nms(DType dtype, const MatrixNmsGeometry& g, TensorN<2> boxes, Tensor1 scores,
+                  Tensor1 order, Tensor1 classes, Workspace workspace, Tensor1 decayed);
 }  // namespace cpu
 
 #if defined(CNNK_WITH_CUDA)
@@ -82,6 +108,12 @@ Status box_iou_loss_backward(DType dtype, const BoxLossGeometry& g, Tensor1 grad
                              TensorN<2> grad2, cudaStream_t stream);
 Status nms(DType dtype, const NmsGeometry& g, TensorN<2> boxes, Tensor1 order, Tensor1 classes,
            Workspace workspace, Tensor1 kept, cudaStream_t stream);
+Status soft_nms(DType dtype, const SoftNmsGeometry& g, TensorN<2> boxes, Tensor1 scores,
+                Workspace workspace, Tensor1 selected, Tensor1 selected_scores, Tensor1 count,
+                cudaStream_t stream);
+Status matrix_nms(DType dtype, const MatrixNmsGeometry& g, TensorN<2> boxes, Tensor1 scores,
+                  Tensor1 order, Tensor1 classes, Workspace workspace, Tensor1 decayed,
+                  cudaStream_t stream);
 }  // namespace cuda
 #endif
 
