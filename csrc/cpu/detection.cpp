@@ -21,6 +21,12 @@
 // independent tasks; one segment runs on one thread.
 // Bound: K x n_c IoU tests per class (K kept boxes), memory O(N) (the
 // gathered boxes and a removed flag per box).
+//
+// soft_nms: serial, step by step (each selection needs the last one's
+// decays): an argmax scan, then one branch-free decay pass. Bound: K x N
+// IoUs for K selections. matrix_nms: the boxes gathered in score order,
+// then two passes with one task per box (the compensating IoUs, the
+// decays), each reading the boxes above it. Bound: N^2 / 2 IoUs per pass.
 #include <cmath>
 #include <cstdint>
 #include <limits>

@@ -29,6 +29,13 @@
 //     bits), then all threads OR the kept rows' words past b into the
 //     removed bits in global memory. Bound: the mask's words of kept rows
 //     past the diagonal; N / 64 block barriers.
+// soft_nms_kernel<T>: one block of 256 threads (soft-NMS is sequential):
+//   per step a block-wide argmax in shared memory (the first maximum), the
+//   selection written by thread 0, then every thread decays its strided
+//   share of the running scores (global scratch). Bound: K x N IoUs, one SM.
+// matrix_nms_kernel<T, kDecay>: one thread per box of the score order, two
+//   launches (the compensating IoUs, then the decays and decayed scores);
+//   a warp reads each box above it as a broadcast. Bound: N^2 / 2 IoUs each.
 // Limits: N < 2^31 - 64 and at most 65535 row tiles (N <= 4,194,240);
 // the mask needs nms_workspace_bytes (N^2 / 8 bytes): per-class tiles are
 // computed only within a class, but stored for all N.
@@ -216,27 +223,28 @@ template <typename T>
 __global__ void __launch_bounds__(kReduceThreads) soft_nms_kernel(SoftNmsArgs a) {
   using A = acc_t<T>;
   __shared__ A best_value[kReduceThreads];
-  __shared__ int64_t best_index[kReduceThreads];
+  __shared__ int best_index[kReduceThreads];
   A* score = static_cast<A*>(a.work);
   const A lowest = -INFINITY;
-  const int64_t n = a.g.N;
-  for (int64_t i = threadIdx.x; i < n; i += kReduceThreads) {
-    const A v = load(static_cast<const T*>(a.scores.data), i * a.scores.stride);
+  const int n = static_cast<int>(a.g.N);  // the launcher checks N < 2^31
+  for (int i = threadIdx.x; i < n; i += kReduceThreads) {
+    const A v = load(static_cast<const T*>(a.scores.data), int64_t{i} * a.scores.stride);
     score[i] = isnan(v) ? lowest : v;
   }
   __syncthreads();
-  int64_t k = 0;
+  int k = 0;
   for (; k < n; ++k) {
     A best = lowest;
-    int64_t m = -1;
-    for (int64_t i = threadIdx.x; i < n; i += kReduceThreads)
+    int m = -1;
+    for (int i = threadIdx.x; i < n; i += kReduceThreads)
       if (score[i] > best) best = score[i], m = i;
     best_value[threadIdx.x] = best, best_index[threadIdx.x] = m;
     __syncthreads();
+#pragma unroll
     for (int half = kReduceThreads / 2; half > 0; half /= 2) {
       if (threadIdx.x < half) {
         const A v = best_value[threadIdx.x + half];
-        const int64_t i = best_index[threadIdx.x + half];
+        const int i = best_index[threadIdx.x + half];
         if (i >= 0 && (v > best_value[threadIdx.x] ||
                        (v == best_value[threadIdx.x] &&
                         (best_index[threadIdx.x] < 0 || i < best_index[threadIdx.x]))))
@@ -248,12 +256,13 @@ __global__ void __launch_bounds__(kReduceThreads) soft_nms_kernel(SoftNmsArgs a)
     __syncthreads();  // every thread has read the winner before the next step writes
     if (m < 0 || best < static_cast<A>(a.g.score_threshold)) break;
     if (threadIdx.x == 0) {
-      static_cast<int64_t*>(a.selected.data)[k * a.selected.stride] = m;
-      static_cast<T*>(a.selected_scores.data)[k * a.selected_scores.stride] = from_acc<T>(best);
+      static_cast<int64_t*>(a.selected.data)[int64_t{k} * a.selected.stride] = m;
+      static_cast<T*>(a.selected_scores.data)[int64_t{k} * a.selected_scores.stride] =
+          from_acc<T>(best);
     }
     const Box<A> box = box_at<T>(a.boxes, m);
     const A area = box_area(box);
-    for (int64_t i = threadIdx.x; i < n; i += kReduceThreads) {
+    for (int i = threadIdx.x; i < n; i += kReduceThreads) {
       const Box<A> other = box_at<T>(a.boxes, i);
       const A iou = iou_value(box_overlap(box, area, other, box_area(other)));
       const A decay = soft_nms_decay(iou, a.g.gaussian, static_cast<A>(a.g.iou_threshold),
@@ -390,6 +399,7 @@ Status soft_nms(DType dtype, const SoftNmsGeometry& g, TensorN<2> boxes, Tensor1
                 Workspace workspace, Tensor1 selected, Tensor1 selected_scores, Tensor1 count,
                 cudaStream_t stream) {
   if (g.N < 0) return Status::bad_argument;
+  if (g.N > kIntMax) return Status::index_overflow;
   if (static_cast<int64_t>(workspace.bytes) < 8 * g.N) return Status::bad_argument;
   const bool have = boxes.data && scores.data && selected.data && selected_scores.data &&
                     count.data && (g.N == 0 || workspace.data);
