@@ -41,18 +41,28 @@ struct PyStruct<MatrixNmsGeometry> : std::true_type {
   }
 };
 
+template <>
+struct PyStruct<YoloGeometry> : std::true_type {
+  static YoloGeometry read(const Fields& f) {
+    return {CNNK_FIELD(B), CNNK_FIELD(H), CNNK_FIELD(W), CNNK_FIELD(A), CNNK_FIELD(C),
+            CNNK_FIELD(stride)};
+  }
+};
+
 CNNK_BINDINGS(detection, m) {
   m.structure<BoxPairGeometry>("BoxPairGeometry");
   m.structure<BoxLossGeometry>("BoxLossGeometry");
   m.structure<NmsGeometry>("NmsGeometry");
   m.structure<SoftNmsGeometry>("SoftNmsGeometry");
   m.structure<MatrixNmsGeometry>("MatrixNmsGeometry");
+  m.structure<YoloGeometry>("YoloGeometry");
   CNNK_LAUNCHER(m, box_iou);
   CNNK_LAUNCHER(m, box_iou_loss_forward);
   CNNK_LAUNCHER(m, box_iou_loss_backward);
   CNNK_LAUNCHER(m, nms);
   CNNK_LAUNCHER(m, soft_nms);
   CNNK_LAUNCHER(m, matrix_nms);
+  CNNK_LAUNCHER(m, yolo_decode);
 }
 
 }  // namespace cnnk::pyext

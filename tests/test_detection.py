@@ -28,6 +28,7 @@ from cnnkernels.ops.detection import (
     nms_op,
 )
 from cnnkernels.ops.detection_decay import matrix_nms_op, soft_nms_op
+from cnnkernels.ops.detection_yolo import yolo_decode_op
 
 KINDS = ("iou", "giou", "giou_loss", "diou_loss", "ciou_loss", "nms", "batched_nms")
 LOSSES = {"giou_loss": ck.generalized_box_iou_loss, "diou_loss": ck.distance_box_iou_loss,
@@ -223,6 +224,8 @@ def _op_calls(device, backend, dtype):
         (soft_nms_op, (boxes, scores, False, 0.3, 0.5, 0.01, backend)),
         (matrix_nms_op, (boxes, scores, classes, True, 2.0, backend)),
         (matrix_nms_op, (boxes, scores, None, False, 2.0, backend)),
+        (yolo_decode_op, (torch.randn(2, 3, 3, 14, generator=generator, dtype=torch.float64)
+                          .to(device=device, dtype=dtype), boxes[:2, 2:] + 1, 16.0, backend)),
     ]
 
 
@@ -267,6 +270,14 @@ BAD_INPUTS = (
     ("padded_max_detections", lambda: ck.batched_nms_padded(BOXES[None], torch.rand(1, 2, 2),
                                                             max_detections=0),
      ValueError, "max_detections must be a positive int"),
+    ("yolo_depth", lambda: ck.yolo_decode(torch.randn(1, 2, 2, 13), torch.ones(2, 2), 8),
+     ValueError, "head's last dimension must be A (5 + C)"),
+    ("yolo_anchors", lambda: ck.yolo_decode(torch.randn(1, 2, 2, 12), torch.ones(2, 3), 8),
+     ValueError, "anchors must be (A, 2)"),
+    ("yolo_layout", lambda: ck.yolo_decode(torch.randn(1, 2, 2, 12), torch.ones(2, 2), 8,
+                                           layout="nchw"), ValueError, "layout must be"),
+    ("yolo_stride", lambda: ck.yolo_decode(torch.randn(1, 2, 2, 12), torch.ones(2, 2), 0),
+     ValueError, "stride must be a positive number"),
     ("batched_idxs_length", lambda: ck.batched_nms(BOXES, torch.rand(2),
                                                    torch.zeros(3, dtype=torch.int64), 0.5),
      ValueError, "idxs must hold one class per box"),
@@ -602,3 +613,40 @@ def test_matrix_nms_matches_solov2(device, backend, method, by_class):
                                 method, 2.0)
     expected = reference_matrix_nms(boxes.cpu(), scores.cpu(), classes, method, 2.0)
     assert_close(decayed, expected, dtype, n, "decayed scores")
+
+
+def reference_yolo(head, anchors, stride):
+    """YOLOv2/v3 decoding, plainly, in float64, from a (B, S, S, A (5 + C)) head."""
+    B, H, W, D = head.shape
+    A = anchors.shape[0]
+    t = head.double().reshape(B, H, W, A, D // A)
+    y, x = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    cx = (torch.sigmoid(t[..., 0]) + x[None, :, :, None]) * stride
+    cy = (torch.sigmoid(t[..., 1]) + y[None, :, :, None]) * stride
+    w = anchors.double()[:, 0] * torch.exp(t[..., 2])
+    h = anchors.double()[:, 1] * torch.exp(t[..., 3])
+    boxes = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
+    scores = torch.sigmoid(t[..., 4:5]) * torch.sigmoid(t[..., 5:])
+    return boxes.reshape(B, H * W * A, 4), scores.reshape(B, H * W * A, -1)
+
+
+@pytest.mark.parametrize(("device", "backend"), backend_params())
+@pytest.mark.parametrize("layout", ["bhwc", "bchw"])
+def test_yolo_decode_and_detect(device, backend, layout):
+    dtype = dtypes_for(device, backend)[0]
+    generator = torch.Generator().manual_seed(53)
+    A, C, S = 3, 4, 5
+    head = torch.randn(2, S, S, A * (5 + C), generator=generator, dtype=torch.float64)
+    anchors = torch.tensor([[10.0, 14.0], [23.0, 27.0], [37.0, 58.0]], dtype=torch.float64)
+    given = head.permute(0, 3, 1, 2) if layout == "bchw" else head
+    given, anchors_d = given.to(device=device, dtype=dtype), anchors.to(device=device,
+                                                                          dtype=dtype)
+    with ck.use(backend=backend):
+        boxes, scores = ck.yolo_decode(given, anchors_d, 8, layout=layout)
+        detections = ck.yolo_detect(given, anchors_d, 8, 0.45, 0.3, 10, layout=layout)
+        expected_detections = ck.batched_nms_padded(boxes, scores, 0.45, 0.3, 10)
+    expected_boxes, expected_scores = reference_yolo(head.to(dtype), anchors.to(dtype), 8)
+    assert_close(boxes, expected_boxes, dtype, 4, "boxes")
+    assert_close(scores, expected_scores, dtype, 4, "scores")
+    for a, b in zip(detections, expected_detections, strict=True):
+        assert torch.equal(a, b)

@@ -44,9 +44,11 @@ from cnnkernels.ops._define import Family, Launch, define_op, save
 FAMILY = Family(name="detection",
                 public=("box_iou", "generalized_box_iou", "generalized_box_iou_loss",
                         "distance_box_iou_loss", "complete_box_iou_loss", "nms",
-                        "batched_nms", "batched_nms_padded", "soft_nms", "matrix_nms"),
+                        "batched_nms", "batched_nms_padded", "soft_nms", "matrix_nms",
+                        "yolo_decode", "yolo_detect"),
                 triton_modules=("cnnkernels.kernels.detection",
-                                "cnnkernels.kernels.detection_decay"),
+                                "cnnkernels.kernels.detection_decay",
+                                "cnnkernels.kernels.detection_yolo"),
                 bench_module="cnnkernels.bench.detection")
 
 __all__ = list(FAMILY.public)
@@ -125,6 +127,22 @@ class MatrixNmsGeometry:
 
     def index_extent(self) -> int:
         return 4 * self.N + 4
+
+
+@dataclass(frozen=True)
+class YoloGeometry:
+    """YOLO head decoding (cnnkernels/ops/detection_yolo.py): B images of
+    H x W cells, A anchors, C classes, ``stride`` pixels per cell."""
+
+    B: int
+    H: int
+    W: int
+    A: int
+    C: int
+    stride: float
+
+    def index_extent(self) -> int:
+        return self.B * self.H * self.W * self.A + self.A * (5 + self.C)
 
 
 def float32_at_most(value: float) -> float:
@@ -522,6 +540,8 @@ def batched_nms_padded(boxes: Tensor, scores: Tensor, iou_threshold: float = 0.5
 
 
 
-# soft_nms and matrix_nms: their own module (this one's size), on the
-# geometries above; exported from here with the family's other functions.
+# soft_nms and matrix_nms, and the YOLO head: their own modules (this one's
+# size), on the geometries above; exported from here with the family's
+# other functions.
 from cnnkernels.ops.detection_decay import matrix_nms, soft_nms  # noqa: E402, F401
+from cnnkernels.ops.detection_yolo import yolo_decode, yolo_detect  # noqa: E402, F401

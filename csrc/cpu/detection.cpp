@@ -239,6 +239,37 @@ Status matrix_nms_impl(const MatrixNmsGeometry& g, TensorN<2> boxes, Tensor1 sco
   }, work);
 }
 
+// YOLO decoding: one task per (image, cell row); each prediction reads its
+// 5 + C logits and writes its box and C scores.
+template <typename T>
+Status yolo_impl(const YoloGeometry& g, Tensor4 head, TensorN<2> anchors, TensorN<3> boxes,
+                 TensorN<3> scores) {
+  using A = acc_t<T>;
+  const T* h = static_cast<const T*>(head.data);
+  const A stride = static_cast<A>(g.stride);
+  return parallel_tasks<A>(g.B * g.H, 0, [&](int64_t task, A*) {
+    const int64_t b = task / g.H, y = task % g.H;
+    for (int64_t x = 0; x < g.W; ++x) {
+      for (int64_t a = 0; a < g.A; ++a) {
+        const int64_t row = (y * g.W + x) * g.A + a;
+        auto logit = [&](int64_t k) {
+          return to_acc(h[head.stride.offset(b, y, x, a * (5 + g.C) + k)]);
+        };
+        const Box<A> box = yolo_box(logit(0), logit(1), logit(2), logit(3), x, y,
+                                    load<T>(anchors, a, 0), load<T>(anchors, a, 1), stride);
+        T* out = static_cast<T*>(boxes.data) + b * boxes.stride[0] + row * boxes.stride[1];
+        const int64_t s = boxes.stride[2];
+        out[0] = from_acc<T>(box.x1), out[s] = from_acc<T>(box.y1);
+        out[2 * s] = from_acc<T>(box.x2), out[3 * s] = from_acc<T>(box.y2);
+        const A objectness = sigmoid(logit(4));
+        T* score = static_cast<T*>(scores.data) + b * scores.stride[0] + row * scores.stride[1];
+        for (int64_t c = 0; c < g.C; ++c)
+          score[c * scores.stride[2]] = from_acc<T>(objectness * sigmoid(logit(5 + c)));
+      }
+    }
+  }, g.W * g.A * (g.C + 30) + 1);
+}
+
 template <typename Run>
 Status launch(DType dtype, bool empty, bool have_data, Run run) {
   if (empty) return Status::ok;
@@ -310,6 +341,15 @@ Status matrix_nms(DType dtype, const MatrixNmsGeometry& g, TensorN<2> boxes, Ten
   return launch(dtype, g.N == 0, have, [&](auto type) {
     return matrix_nms_impl<typename decltype(type)::type>(g, boxes, scores, order, classes,
                                                           decayed);
+  });
+}
+
+Status yolo_decode(DType dtype, const YoloGeometry& g, Tensor4 head, TensorN<2> anchors,
+                   TensorN<3> boxes, TensorN<3> scores) {
+  if (g.B < 0 || g.H < 0 || g.W < 0 || g.A < 0 || g.C < 0) return Status::bad_argument;
+  const bool have = head.data && anchors.data && boxes.data && scores.data;
+  return launch(dtype, g.B * g.H * g.W * g.A == 0, have, [&](auto type) {
+    return yolo_impl<typename decltype(type)::type>(g, head, anchors, boxes, scores);
   });
 }
 

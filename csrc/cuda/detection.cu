@@ -318,6 +318,33 @@ __global__ void __launch_bounds__(kThreads) matrix_nms_kernel(MatrixNmsArgs a) {
   static_cast<T*>(a.decayed.data)[index * a.decayed.stride] = from_acc<T>(v * value);
 }
 
+// One thread per prediction (image, cell, anchor); its C scores written in
+// a loop.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) yolo_decode_kernel(YoloGeometry g, Tensor4 head,
+                                                               TensorN<2> anchors,
+                                                               TensorN<3> boxes,
+                                                               TensorN<3> scores) {
+  using A = acc_t<T>;
+  const int64_t e = blockIdx.x * int64_t{kThreads} + threadIdx.x;
+  if (e >= g.B * g.H * g.W * g.A) return;
+  const int64_t a = e % g.A, cell = e / g.A, x = cell % g.W, y = (cell / g.W) % g.H;
+  const int64_t b = cell / (g.W * g.H), row = e - b * g.H * g.W * g.A;
+  const T* h = static_cast<const T*>(head.data);
+  auto logit = [&](int64_t k) { return load(h, head.stride.offset(b, y, x, a * (5 + g.C) + k)); };
+  const T* anchor = static_cast<const T*>(anchors.data) + a * anchors.stride[0];
+  const Box<A> box = yolo_box(logit(0), logit(1), logit(2), logit(3), x, y, load(anchor, 0),
+                              load(anchor, anchors.stride[1]), static_cast<A>(g.stride));
+  T* out = static_cast<T*>(boxes.data) + b * boxes.stride[0] + row * boxes.stride[1];
+  const int64_t s = boxes.stride[2];
+  out[0] = from_acc<T>(box.x1), out[s] = from_acc<T>(box.y1);
+  out[2 * s] = from_acc<T>(box.x2), out[3 * s] = from_acc<T>(box.y2);
+  const A objectness = sigmoid(logit(4));
+  T* score = static_cast<T*>(scores.data) + b * scores.stride[0] + row * scores.stride[1];
+  for (int64_t c = 0; c < g.C; ++c)
+    score[c * scores.stride[2]] = from_acc<T>(objectness * sigmoid(logit(5 + c)));
+}
+
 template <typename Run>
 Status checked(DType dtype, bool empty, bool have_data, Run run) {
   if (!supported_dtype(dtype)) return Status::unsupported_dtype;
@@ -425,6 +452,20 @@ Status matrix_nms(DType dtype, const MatrixNmsGeometry& g, TensorN<2> boxes, Ten
     const auto blocks = static_cast<unsigned>(ceil_div(g.N, kThreads));
     matrix_nms_kernel<T, false><<<blocks, kThreads, 0, stream>>>(a);
     matrix_nms_kernel<T, true><<<blocks, kThreads, 0, stream>>>(a);
+    return launched();
+  });
+}
+
+Status yolo_decode(DType dtype, const YoloGeometry& g, Tensor4 head, TensorN<2> anchors,
+                   TensorN<3> boxes, TensorN<3> scores, cudaStream_t stream) {
+  if (g.B < 0 || g.H < 0 || g.W < 0 || g.A < 0 || g.C < 0) return Status::bad_argument;
+  if (!product_le({g.B, g.H, g.W, g.A}, kIntMax)) return Status::index_overflow;
+  const int64_t predictions = g.B * g.H * g.W * g.A;
+  const bool have = head.data && anchors.data && boxes.data && scores.data;
+  return checked(dtype, predictions == 0, have, [&](auto type) {
+    using T = typename decltype(type)::type;
+    yolo_decode_kernel<T><<<static_cast<unsigned>(ceil_div(predictions, kThreads)), kThreads, 0,
+                            stream>>>(g, head, anchors, boxes, scores);
     return launched();
   });
 }

@@ -130,6 +130,19 @@ CNNK_HOST_DEVICE T matrix_nms_decay(T iou, T compensate, bool gaussian, T sigma)
   return (T(1) - iou) / (T(1) - compensate);
 }
 
+CNNK_HOST_DEVICE float sigmoid(float v) { return 1.0f / (1.0f + expf(-v)); }
+CNNK_HOST_DEVICE double sigmoid(double v) { return 1.0 / (1.0 + exp(-v)); }
+
+// One YOLO prediction (cnnk/detection.h, YoloGeometry): logits tx, ty, tw,
+// th of cell (y, x) and an anchor (pixels) -> the xyxy box.
+template <typename T>
+CNNK_HOST_DEVICE Box<T> yolo_box(T tx, T ty, T tw, T th, int64_t x, int64_t y, T anchor_w,
+                                 T anchor_h, T stride) {
+  const T cx = (sigmoid(tx) + T(x)) * stride, cy = (sigmoid(ty) + T(y)) * stride;
+  const T half_w = anchor_w * exp_acc(tw) / T(2), half_h = anchor_h * exp_acc(th) / T(2);
+  return {cx - half_w, cy - half_h, cx + half_w, cy + half_h};
+}
+
 // The IoU losses of torchvision.ops (generalized_box_iou_loss,
 // distance_box_iou_loss, complete_box_iou_loss), per pair of boxes a
 // (predicted) and b (target), with their eps:

@@ -61,6 +61,17 @@ struct MatrixNmsGeometry {
   bool by_class;
 };
 
+// YOLO head decoding (YOLOv2/v3): head (B, H, W, A * (5 + C)) through its
+// strides; for cell (y, x) and anchor a with logits t (tx, ty, tw, th, to,
+// class logits): centre ((sigmoid(tx) + x) stride, (sigmoid(ty) + y) stride),
+// size (anchor_w e^tw, anchor_h e^th) in pixels, boxes xyxy; score of class
+// c = sigmoid(to) sigmoid(t_c). Outputs boxes (B, H W A, 4), scores
+// (B, H W A, C), row (y W + x) A + a.
+struct YoloGeometry {
+  int64_t B, H, W, A, C;
+  double stride;
+};
+
 constexpr int64_t kNmsBlock = 64;  // boxes per mask word
 
 // The NMS workspace the cuda kernels need, in bytes: the upper-triangle
@@ -93,6 +104,9 @@ Status soft_nms(DType dtype, const SoftNmsGeometry& g, TensorN<2> boxes, Tensor1
 // score order; workspace: N accumulators (the compensating IoUs).
 Status matrix_nms(DType dtype, const MatrixNmsGeometry& g, TensorN<2> boxes, Tensor1 scores,
                   Tensor1 order, Tensor1 classes, Workspace workspace, Tensor1 decayed);
+// anchors (A, 2): width, height in pixels.
+Status yolo_decode(DType dtype, const YoloGeometry& g, Tensor4 head, TensorN<2> anchors,
+                   TensorN<3> boxes, TensorN<3> scores);
 }  // namespace cpu
 
 #if defined(CNNK_WITH_CUDA)
@@ -114,6 +128,8 @@ Status soft_nms(DType dtype, const SoftNmsGeometry& g, TensorN<2> boxes, Tensor1
 Status matrix_nms(DType dtype, const MatrixNmsGeometry& g, TensorN<2> boxes, Tensor1 scores,
                   Tensor1 order, Tensor1 classes, Workspace workspace, Tensor1 decayed,
                   cudaStream_t stream);
+Status yolo_decode(DType dtype, const YoloGeometry& g, Tensor4 head, TensorN<2> anchors,
+                   TensorN<3> boxes, TensorN<3> scores, cudaStream_t stream);
 }  // namespace cuda
 #endif
 
