@@ -427,11 +427,11 @@ Status soft_nms(DType dtype, const SoftNmsGeometry& g, TensorN<2> boxes, Tensor1
                 cudaStream_t stream) {
   if (g.N < 0) return Status::bad_argument;
   if (g.N > kIntMax) return Status::index_overflow;
-  if (static_cast<int64_t>(workspace.bytes) < 8 * g.N) return Status::bad_argument;
   const bool have = boxes.data && scores.data && selected.data && selected_scores.data &&
                     count.data && (g.N == 0 || workspace.data);
   return checked(dtype, false, have, [&](auto type) {
     using T = typename decltype(type)::type;
+    if (workspace.bytes < sizeof(acc_t<T>) * static_cast<size_t>(g.N)) return Status::bad_argument;
     soft_nms_kernel<T><<<1, kReduceThreads, 0, stream>>>(
         SoftNmsArgs{g, boxes, scores, selected, selected_scores, count, workspace.data});
     return launched();
@@ -443,11 +443,11 @@ Status matrix_nms(DType dtype, const MatrixNmsGeometry& g, TensorN<2> boxes, Ten
                   cudaStream_t stream) {
   if (g.N < 0) return Status::bad_argument;
   if (g.N > kIntMax) return Status::index_overflow;
-  if (static_cast<int64_t>(workspace.bytes) < 8 * g.N) return Status::bad_argument;
   const bool have = boxes.data && scores.data && order.data && decayed.data &&
                     workspace.data && (!g.by_class || classes.data);
   return checked(dtype, g.N == 0, have, [&](auto type) {
     using T = typename decltype(type)::type;
+    if (workspace.bytes < sizeof(acc_t<T>) * static_cast<size_t>(g.N)) return Status::bad_argument;
     const MatrixNmsArgs a{g, boxes, scores, order, classes, decayed, workspace.data};
     const auto blocks = static_cast<unsigned>(ceil_div(g.N, kThreads));
     matrix_nms_kernel<T, false><<<blocks, kThreads, 0, stream>>>(a);

@@ -97,11 +97,11 @@ Status box_iou_loss_backward(DType dtype, const BoxLossGeometry& g, Tensor1 grad
 Status nms(DType dtype, const NmsGeometry& g, TensorN<2> boxes, Tensor1 order, Tensor1 classes,
            Workspace workspace, Tensor1 kept);
 // selected[0, count) = the indices in selection order, selected_scores their
-// decayed scores; workspace: N accumulators (the running scores).
+// decayed scores; workspace (cuda): N accumulators (the running scores).
 Status soft_nms(DType dtype, const SoftNmsGeometry& g, TensorN<2> boxes, Tensor1 scores,
                 Workspace workspace, Tensor1 selected, Tensor1 selected_scores, Tensor1 count);
 // decayed[order[j]] = scores[order[j]] x the decay of the j-th box of the
-// score order; workspace: N accumulators (the compensating IoUs).
+// score order; workspace (cuda): N accumulators (the compensating IoUs).
 Status matrix_nms(DType dtype, const MatrixNmsGeometry& g, TensorN<2> boxes, Tensor1 scores,
                   Tensor1 order, Tensor1 classes, Workspace workspace, Tensor1 decayed);
 // anchors (A, 2): width, height in pixels.
