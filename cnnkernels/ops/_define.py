@@ -70,13 +70,18 @@ class Launch:
     concrete backend; ``index_extent``, the largest value the kernels' index
     arithmetic reaches (the geometry's ``index_extent()``, checked against the
     32-bit backends' limit); and ``empty_sum``: the outputs are sums over an
-    empty range (no sample, no window), so they are zeroed instead."""
+    empty range (no sample, no window), so they are zeroed instead.
+    An op whose result's size depends on the data (nms) returns
+    ``result()`` after the kernels instead of the outputs, and
+    ``fake_result()`` (sizes from ``torch.library.get_ctx()``) as its fake."""
 
     outputs: torch.Tensor | tuple[torch.Tensor, ...]
     tensors: dict
     run: Callable[[str], None]
     index_extent: int
     empty_sum: bool = False
+    result: Callable[[], torch.Tensor] | None = None
+    fake_result: Callable[[], torch.Tensor] | None = None
 
 
 def define_op(qualname: str, *, returns, autocast: bool = False):
@@ -99,7 +104,7 @@ def define_op(qualname: str, *, returns, autocast: bool = False):
                         t.zero_()
                 else:
                     launch.run(backend)
-            return launch.outputs
+            return launch.result() if launch.result else launch.outputs
 
         if list(signature.parameters)[-1] != "backend":
             raise TypeError(f"{qualname}: the last parameter of an op must be `backend: str`")
@@ -108,12 +113,20 @@ def define_op(qualname: str, *, returns, autocast: bool = False):
         implementation.__doc__ = plan.__doc__
         op = torch.library.custom_op(qualname, implementation, mutates_args=(),
                                      device_types=("cpu", "cuda"))
-        op.register_fake(lambda *args: plan(*args).outputs)
+        op.register_fake(_fake(plan))
         if autocast:
             _register_autocast(op, name)
         return Operator(op, name, autocast)
 
     return decorate
+
+
+def _fake(plan: Callable[..., Launch]):
+    def fake(*args):
+        launch = plan(*args)
+        return launch.fake_result() if launch.fake_result else launch.outputs
+
+    return fake
 
 
 # The Autograd and Autocast kernels of the ops.
