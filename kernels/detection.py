@@ -45,6 +45,7 @@ from cnnkernels.kernels.common import acc_type
 
 _IOU_TILE = (32, 32)  # BLOCK_N, BLOCK_M
 _IOU_WARPS = 4
+_GRID_Z_MAX = 65535  # CUDA's limit on grid axes 1 and 2
 _LOSS_BLOCK = 128
 _LOSS_WARPS = 4
 _NMS_BLOCK = 64
@@ -348,11 +349,15 @@ def _scalar(value: float, boxes: torch.Tensor) -> torch.Tensor:
 def box_iou(g, boxes1, boxes2, out) -> None:
     """out[b, n, m] = IoU (GIoU) of boxes1[b, n] and boxes2[b, m]."""
     block_n, block_m = _IOU_TILE
-    grid = (triton.cdiv(g.M, block_m), triton.cdiv(g.N, block_n), g.B)
-    _box_iou_kernel[grid](boxes1, boxes2, out, g.N, g.M, *boxes1.stride(), *boxes2.stride(),
-                          *out.stride(), GENERALIZED=bool(g.generalized),
-                          ACC=acc_type(boxes1.dtype), BLOCK_N=block_n, BLOCK_M=block_m,
-                          num_warps=_IOU_WARPS)
+    # The batch is grid axis 2, at most 65535 programs a launch: larger
+    # batches launch in slices.
+    for b0 in range(0, g.B, _GRID_Z_MAX):
+        b1 = min(g.B, b0 + _GRID_Z_MAX)
+        grid = (triton.cdiv(g.M, block_m), triton.cdiv(g.N, block_n), b1 - b0)
+        _box_iou_kernel[grid](boxes1[b0:b1], boxes2[b0:b1], out[b0:b1], g.N, g.M,
+                              *boxes1.stride(), *boxes2.stride(), *out.stride(),
+                              GENERALIZED=bool(g.generalized), ACC=acc_type(boxes1.dtype),
+                              BLOCK_N=block_n, BLOCK_M=block_m, num_warps=_IOU_WARPS)
 
 
 def box_iou_loss_forward(g, boxes1, boxes2, loss) -> None:

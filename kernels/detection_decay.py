@@ -144,7 +144,8 @@ def soft_nms(g, boxes, scores, workspace, selected, selected_scores, count) -> N
         boxes, scores, workspace, selected, selected_scores, count,
         _params([g.iou_threshold, g.sigma, g.score_threshold], boxes), g.N, *boxes.stride(),
         scores.stride(0), selected.stride(0), selected_scores.stride(0),
-        GAUSSIAN=bool(g.gaussian), ACC=acc_type(boxes.dtype), BLOCK=_BLOCK, num_warps=_WARPS)
+        GAUSSIAN=bool(g.gaussian), ACC=acc_type(boxes.dtype), BLOCK=_BLOCK, num_warps=_WARPS,
+        enable_fp_fusion=False)  # IoUs rounded as the cpu and CUDA kernels round them
 
 
 def matrix_nms(g, boxes, scores, order, classes, workspace, decayed) -> None:
@@ -157,7 +158,8 @@ def matrix_nms(g, boxes, scores, order, classes, workspace, decayed) -> None:
             _params([g.sigma], boxes), g.N, *boxes.stride(), scores.stride(0), order.stride(0),
             classes.stride(0) if has_classes else 0, decayed.stride(0),
             HAS_CLASSES=has_classes, GAUSSIAN=bool(g.gaussian), DECAY=decay,
-            ACC=acc_type(boxes.dtype), BLOCK_K=block_k, BLOCK=block, num_warps=_WARPS)
+            ACC=acc_type(boxes.dtype), BLOCK_K=block_k, BLOCK=block, num_warps=_WARPS,
+            enable_fp_fusion=False)
 
 
 def static_check_specs():

@@ -533,9 +533,14 @@ def test_batched_nms_padded_no_sync_and_cuda_graph(backend):
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             captured = ck.batched_nms_padded(static_boxes, static_scores, 0.5, 0.3, 50)
-        static_scores.copy_(scores)
+        new_boxes = random_boxes(300, generator, spread=200.0, size=40.0, batch=(4,)).float().cuda()
+        new_scores = torch.rand(4, 300, 8, generator=generator).cuda()
+        static_boxes.copy_(new_boxes)
+        static_scores.copy_(new_scores)
         graph.replay()
-    for a, b in zip(eager, captured, strict=True):
+        expected = ck.batched_nms_padded(new_boxes, new_scores, 0.5, 0.3, 50)
+    assert not torch.equal(eager[1], expected[1])  # the new inputs give other detections
+    for a, b in zip(expected, captured, strict=True):
         assert torch.equal(a, b)
 
 

@@ -145,11 +145,13 @@ class YoloGeometry:
         return self.B * self.H * self.W * self.A + self.A * (5 + self.C)
 
 
-def float32_at_most(value: float) -> float:
-    """The largest float32 <= value (NaN for NaN)."""
+def float32_at_most(value: float, at_least: bool = False) -> float:
+    """The largest float32 <= value (the smallest >= value with at_least; NaN
+    for NaN): for a float32 x, x > value exactly when x > that bound (x < value
+    when x < the at_least bound)."""
     rounded = torch.tensor(value, dtype=torch.float32)
-    if rounded.item() > value:
-        rounded = torch.nextafter(rounded, torch.tensor(-math.inf))
+    if (rounded.item() < value) if at_least else (rounded.item() > value):
+        rounded = torch.nextafter(rounded, torch.tensor(math.inf if at_least else -math.inf))
     return rounded.item()
 
 
@@ -381,7 +383,7 @@ def batched_nms_padded_op(boxes: Tensor, scores: Tensor, iou_threshold: float,
         flat_scores = torch.where(flat_scores.isnan(), -math.inf, flat_scores)
         ranked, candidates = torch.sort(flat_scores, dim=1, descending=True, stable=True)
         ranked, candidates = ranked[:, :T], candidates[:, :T]
-        valid = ranked > score_threshold
+        valid = ranked.double() > score_threshold  # the threshold as given, not rounded
         classes = candidates % C
         flat = boxes.reshape(B, N, 4) if boxes.dim() == 3 else boxes.reshape(B, N * C, 4)
         source = candidates // C if boxes.dim() == 3 else candidates

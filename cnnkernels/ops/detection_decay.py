@@ -30,7 +30,12 @@ from torch import Tensor
 
 from cnnkernels import _args, _backend, _ext
 from cnnkernels.ops._define import Launch, define_op
-from cnnkernels.ops.detection import MatrixNmsGeometry, SoftNmsGeometry, _nms_geometry
+from cnnkernels.ops.detection import (
+    MatrixNmsGeometry,
+    SoftNmsGeometry,
+    _nms_geometry,
+    float32_at_most,
+)
 
 METHODS = ("linear", "gaussian")
 
@@ -60,8 +65,11 @@ def soft_nms_op(boxes: Tensor, scores: Tensor, gaussian: bool, iou_threshold: fl
     n = _check_scores(boxes, scores)
     if gaussian and not sigma > 0:
         raise ValueError(f"sigma must be positive for the Gaussian decay, got {sigma}")
-    g = SoftNmsGeometry(n, bool(gaussian), float(iou_threshold), float(sigma),
-                        float(score_threshold))
+    iou_threshold, score_threshold = float(iou_threshold), float(score_threshold)
+    if boxes.dtype != torch.float64:  # the kernels compare in float32: exact bounds there
+        iou_threshold = float32_at_most(iou_threshold)
+        score_threshold = float32_at_most(score_threshold, at_least=True)
+    g = SoftNmsGeometry(n, bool(gaussian), iou_threshold, float(sigma), score_threshold)
     selected = boxes.new_empty((n,), dtype=torch.int64)
     selected_scores = scores.new_empty((n,))
     count = boxes.new_empty((1,), dtype=torch.int64)

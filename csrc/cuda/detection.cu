@@ -427,8 +427,9 @@ Status soft_nms(DType dtype, const SoftNmsGeometry& g, TensorN<2> boxes, Tensor1
                 cudaStream_t stream) {
   if (g.N < 0) return Status::bad_argument;
   if (g.N > kIntMax) return Status::index_overflow;
-  const bool have = boxes.data && scores.data && selected.data && selected_scores.data &&
-                    count.data && (g.N == 0 || workspace.data);
+  // Empty tensors have null data: with no box only the count is written.
+  const bool have = count.data && (g.N == 0 || (boxes.data && scores.data && selected.data &&
+                                                selected_scores.data && workspace.data));
   return checked(dtype, false, have, [&](auto type) {
     using T = typename decltype(type)::type;
     if (workspace.bytes < sizeof(acc_t<T>) * static_cast<size_t>(g.N)) return Status::bad_argument;

@@ -341,7 +341,8 @@ Status forward_gemm(const Conv2dGeometry& g, const Source<T, Masked>& src, const
   // it costs one pass, the copy two).
   if (g.stride_h == 1 && g.stride_w == 1) {
     if (g.R * g.S == 1 && !Masked && std::is_same_v<T, Acc> && src.stride.w == 1 &&
-        (g.H == 1 || src.stride.h == g.W) && g.pad_top == 0 && g.pad_left == 0) {
+        (g.H == 1 || src.stride.h == g.W) && g.pad_top == 0 && g.pad_left == 0 &&
+        g.P == g.H && g.Q == g.W) {  // output pixel j reads input pixel j
       const PlaneView<Acc> view{reinterpret_cast<const Acc*>(src.data), src.stride.n,
                                 src.stride.c, g.W, false};
       return forward_in_place(g, view, mk, a.get(), table.get(), epilogue);
