@@ -1,0 +1,206 @@
+"""gram: Gram matrices of feature maps, the style representation of neural
+style transfer (the course notes, 4.1): G[k, k'] = sum over the positions
+(i, j) of a[i, j, k] a[i, j, k'].
+
+Operators (``torch.ops.cnnk.*``), each a plan (cnnkernels/ops/_define.py):
+``gram_matrix(features, other, scale)``: features (B, C, L), result
+(B, C, C) = scale * F F^T, or with ``other`` (F's shape) the symmetrised
+product scale * (F O^T + O F^T); ``gram_matrix_backward(grad_gram,
+features, scale)`` = scale * (dG + dG^T) F. The launchers have the same
+names and arguments on every backend: kernels/gram.py (Triton),
+csrc/cpu/gram.cpp and csrc/cuda/gram.cu (through _C); the kernels compute
+the upper triangle's tiles only and mirror them on store
+(csrc/include/cnnk/gram.h).
+
+Normalisation (``normalize=``, applied inside the kernels' store):
+``"none"`` (the default) is the course's G; ``"hw"`` divides by the
+positions L = H * W; ``"chw"`` by C * H * W (the common tutorial Gram,
+``bmm(F, F^T) / (C * H * W)``). An empty plane gives zeros.
+
+Derivatives: both ops are bilinear, so two ops close the algebra. With
+G = s F F^T: dF = s (dG + dG^T) F (the backward op) and the tangent
+s (F' F^T + F F'^T) (the symmetrised product). The backward op's
+derivatives: d(grad_gram) = s (gg F^T + F gg^T) (the symmetrised product
+again) and dF = s (dG + dG^T) gg (the backward op).
+"""
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from cnnkernels import _args, _backend, _ext
+from cnnkernels.ops._define import Family, Launch, define_op, save
+
+FAMILY = Family(name="gram", public=("gram_matrix",),
+                triton_modules=("cnnkernels.kernels.gram",),
+                bench_module="cnnkernels.bench.gram")
+
+__all__ = list(FAMILY.public)
+
+NORMALIZATIONS = ("none", "hw", "chw")
+
+
+@dataclass(frozen=True)
+class GramGeometry:
+    """Sizes of one Gram problem, field for field ``cnnk::GramGeometry``
+    (csrc/include/cnnk/gram.h): features (B, C, L), gram (B, C, C)."""
+
+    B: int
+    C: int
+    L: int
+
+    def index_extent(self) -> int:
+        """The largest value the 32-bit kernels' index arithmetic reaches
+        besides tensor offsets (checked on their own): sizes and the tile
+        grid (C tiles squared)."""
+        return max(self.B, self.C * self.C, self.L)
+
+
+def _triton():
+    from cnnkernels.kernels import gram
+
+    return gram
+
+
+def _features(features: Tensor, name: str, op: str) -> GramGeometry:
+    _args.check_tensor(features, name, ndim=3)
+    if not features.dtype.is_floating_point:
+        raise TypeError(f"{op}: {name} must be a floating-point tensor, got {features.dtype}")
+    return GramGeometry(*features.shape)
+
+
+def _check_shape(t: Tensor, name: str, shape, op: str) -> None:
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{op}: {name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+
+
+@define_op("cnnk::gram_matrix", returns=Tensor, autocast=True)
+def gram_matrix_op(features: Tensor, other: Optional[Tensor], scale: float,
+                   backend: str) -> Launch:
+    """scale * F F^T per image, or scale * (F O^T + O F^T) with ``other``."""
+    op = "gram_matrix"
+    g = _features(features, "features", op)
+    if other is not None:
+        _args.check_tensor(other, "other", ndim=3)
+        _args.check_same(features, "features", {"other": other})
+        _check_shape(other, "other", features.shape, op)
+    gram = features.new_empty((g.B, g.C, g.C))
+    return Launch(gram, {"features": features, "other": other, "gram": gram},
+                  lambda b: _ext.launchers(b, features, _triton).gram_matrix(
+                      g, features, other, float(scale), gram),
+                  g.index_extent(), empty_sum=g.L == 0)
+
+
+@define_op("cnnk::gram_matrix_backward", returns=Tensor)
+def gram_matrix_backward_op(grad_gram: Tensor, features: Tensor, scale: float,
+                            backend: str) -> Launch:
+    """scale * (dG + dG^T) F per image."""
+    op = "gram_matrix_backward"
+    g = _features(features, "features", op)
+    _args.check_tensor(grad_gram, "grad_gram", ndim=3)
+    _args.check_same(features, "features", {"grad_gram": grad_gram})
+    _check_shape(grad_gram, "grad_gram", (g.B, g.C, g.C), op)
+    grad_features = torch.empty_like(features, memory_format=torch.contiguous_format)
+    return Launch(grad_features, {"grad_gram": grad_gram, "features": features,
+                                  "grad_features": grad_features},
+                  lambda b: _ext.launchers(b, features, _triton).gram_matrix_backward(
+                      g, grad_gram, features, float(scale), grad_features),
+                  g.index_extent())
+
+
+def _add(a: Optional[Tensor], b: Optional[Tensor]) -> Optional[Tensor]:
+    return b if a is None else a if b is None else a + b
+
+
+def _gram_setup(ctx, inputs, output) -> None:
+    save(ctx, inputs[0], inputs[1])
+    ctx.scale, ctx.backend = inputs[2], inputs[3]
+
+
+def _gram_backward(ctx, grad_gram):
+    features, other = ctx.saved_tensors
+    if other is None:
+        return gram_matrix_backward_op(grad_gram, features, ctx.scale, ctx.backend), None, \
+            None, None
+    grad_features = grad_other = None
+    if ctx.needs_input_grad[0]:
+        grad_features = gram_matrix_backward_op(grad_gram, other, ctx.scale, ctx.backend)
+    if ctx.needs_input_grad[1]:
+        grad_other = gram_matrix_backward_op(grad_gram, features, ctx.scale, ctx.backend)
+    return grad_features, grad_other, None, None
+
+
+def _gram_jvp(ctx, features_tangent, other_tangent, *_):
+    features, other = ctx.saved_tensors
+    if other is None:
+        return gram_matrix_op(features_tangent, features, ctx.scale, ctx.backend)
+    tangent = None
+    if features_tangent is not None:
+        tangent = gram_matrix_op(features_tangent, other, ctx.scale, ctx.backend)
+    if other_tangent is not None:
+        tangent = _add(tangent, gram_matrix_op(features, other_tangent, ctx.scale, ctx.backend))
+    return tangent
+
+
+gram_matrix_op.register_derivatives(setup_context=_gram_setup, backward=_gram_backward,
+                                    jvp=_gram_jvp)
+
+
+def _gram_backward_setup(ctx, inputs, output) -> None:
+    save(ctx, inputs[0], inputs[1])
+    ctx.scale, ctx.backend = inputs[2], inputs[3]
+
+
+def _gram_double_backward(ctx, grad_grad_features):
+    grad_gram, features = ctx.saved_tensors
+    grad_of_grad_gram = grad_of_features = None
+    if ctx.needs_input_grad[0]:
+        grad_of_grad_gram = gram_matrix_op(grad_grad_features, features, ctx.scale, ctx.backend)
+    if ctx.needs_input_grad[1]:
+        grad_of_features = gram_matrix_backward_op(grad_gram, grad_grad_features, ctx.scale,
+                                                   ctx.backend)
+    return grad_of_grad_gram, grad_of_features, None, None
+
+
+def _gram_backward_jvp(ctx, grad_gram_tangent, features_tangent, *_):
+    grad_gram, features = ctx.saved_tensors
+    tangent = None
+    if grad_gram_tangent is not None:
+        tangent = gram_matrix_backward_op(grad_gram_tangent, features, ctx.scale, ctx.backend)
+    if features_tangent is not None:
+        tangent = _add(tangent, gram_matrix_backward_op(grad_gram, features_tangent, ctx.scale,
+                                                        ctx.backend))
+    return tangent
+
+
+gram_matrix_backward_op.register_derivatives(setup_context=_gram_backward_setup,
+                                             backward=_gram_double_backward,
+                                             jvp=_gram_backward_jvp)
+
+
+def gram_scale(normalize: str, channels: int, positions: int) -> float:
+    """The factor ``normalize`` applies to F F^T (see the module docstring)."""
+    _backend.check_choice("normalize", normalize, NORMALIZATIONS)
+    if positions == 0 or normalize == "none":
+        return 1.0
+    return 1.0 / (positions * (channels if normalize == "chw" else 1))
+
+
+def flat_features(features: Tensor) -> Tensor:
+    """(B, C, H, W) or (B, C, L) features as (B, C, L): a view for NCHW and
+    channels_last alike (the plane's strides merge), a copy only for views
+    whose plane does not."""
+    _args.check_tensor(features, "features", ndim=(3, 4))
+    return features.flatten(2) if features.dim() == 4 else features
+
+
+def gram_matrix(features: Tensor, *, normalize: str = "none") -> Tensor:
+    """Gram matrices of a batch of feature maps: (B, C, H, W) or (B, C, L)
+    -> (B, C, C), G[b, k, k'] = sum_l F[b, k, l] F[b, k', l] / norm, with
+    norm 1 (``normalize="none"``, the course's G), H * W (``"hw"``) or
+    C * H * W (``"chw"``). Differentiable (twice), on the current backend."""
+    flat = flat_features(features)
+    scale = gram_scale(normalize, flat.shape[1], flat.shape[2])
+    return gram_matrix_op(flat, None, scale, _backend.current_backend())

@@ -1,0 +1,148 @@
+"""gram_matrix against a plain float64 Gram (sum over the positions of
+products of channel pairs) on every backend that runs here: values, exact
+symmetry, the three normalisations, every layout (channels_last without a
+copy), gradients. The tests every family gets come from tests/harness.py;
+this module adds the Gram's own: symmetry, channel counts across the tile
+edges, the symmetrised product, the op-level validation."""
+
+import random
+
+import pytest
+import torch
+from conftest import backend_params, dtypes_for
+from harness import FamilySpec, Sample, common_tests
+from reference import assert_close, float64_cpu, random_tensor
+
+import cnnkernels as ck
+from cnnkernels.ops.gram import gram_matrix_backward_op, gram_matrix_op
+
+
+def reference_gram(features: torch.Tensor, normalize: str = "none") -> torch.Tensor:
+    """G[b, k, k'] = sum over positions of F[b, k, p] F[b, k', p] / norm
+    (the course notes' formula) as a matrix product, which autocast runs in
+    its lower precision like ours."""
+    flat = features.flatten(2)
+    gram = flat @ flat.transpose(1, 2)
+    C, L = flat.shape[1], flat.shape[2]
+    norm = {"none": 1, "hw": L, "chw": C * L}[normalize] if L else 1
+    return gram / norm
+
+
+def random_case(seed: int, tiny: bool) -> dict:
+    """Channel counts on both sides of the tile edges (32 and 64 channels:
+    the cpu's, Triton's and CUDA's tiles), odd planes, every layout, 3-D and
+    4-D inputs."""
+    rng = random.Random(seed)
+    return dict(
+        B=rng.choice((1, 2)),
+        C=rng.choice((1, 3, 7, 65) if tiny else (1, 3, 13, 33, 64, 65, 130)),
+        H=rng.choice((3, 5) if tiny else (5, 7, 13, 31)),
+        W=rng.choice((2, 5) if tiny else (3, 9, 17)),
+        layout=rng.choice(("contiguous", "channels_last", "noncontiguous", "flat")),
+        normalize=rng.choice(("none", "hw", "chw")),
+    )
+
+
+def make_input(case, dtype, device, generator):
+    shape = (case["B"], case["C"], case["H"], case["W"])
+    x = random_tensor(shape, dtype, device, generator=generator)
+    if case["layout"] == "channels_last":
+        return x.to(memory_format=torch.channels_last)
+    if case["layout"] == "noncontiguous":
+        wide = torch.empty((*shape[:3], 2 * shape[3]), dtype=dtype, device=device)
+        wide[..., ::2] = x
+        return wide[..., ::2]
+    if case["layout"] == "flat":
+        return x.flatten(2)
+    return x
+
+
+def run_case(device, backend, case, dtype, seed):
+    generator = torch.Generator().manual_seed(seed)
+    x = make_input(case, dtype, device, generator).requires_grad_()
+    with ck.use(backend=backend):
+        gram = ck.gram_matrix(x, normalize=case["normalize"])
+        grad_gram = random_tensor(gram.shape, dtype, device, generator=generator)
+        gram.backward(grad_gram)
+    x64 = float64_cpu(x).requires_grad_()
+    expected = reference_gram(x64, case["normalize"])
+    expected.backward(float64_cpu(grad_gram))
+    length = case["H"] * case["W"]
+    assert torch.equal(gram, gram.transpose(1, 2)), "the Gram is not exactly symmetric"
+    assert_close(gram, expected.detach(), dtype, length, "gram")
+    assert_close(x.grad, x64.grad, dtype, 2 * case["C"], "grad_features")
+
+
+def _samples():
+    def inputs(dtype, device, generator, batch):
+        return (random_tensor((batch, 3, 4, 5), dtype, device, generator=generator),)
+
+    return tuple(
+        Sample(f"gram_{normalize}",
+               lambda x, normalize=normalize: ck.gram_matrix(x, normalize=normalize),
+               lambda x, normalize=normalize: reference_gram(x, normalize), inputs, 20)
+        for normalize in ("none", "chw"))
+
+
+def _op_calls(device, backend, dtype):
+    generator = torch.Generator().manual_seed(61)
+    x = random_tensor((2, 5, 9), dtype, device, generator=generator).requires_grad_()
+    other = random_tensor((2, 5, 9), dtype, device, generator=generator).requires_grad_()
+    grad_gram = random_tensor((2, 5, 5), dtype, device, generator=generator).requires_grad_()
+    return [
+        (gram_matrix_op, (x, None, 0.5, backend)),
+        (gram_matrix_op, (x, other, 0.5, backend)),
+        (gram_matrix_backward_op, (grad_gram, x, 0.25, backend)),
+    ]
+
+
+BAD_INPUTS = (
+    ("rank", lambda: ck.gram_matrix(torch.randn(4, 4)), ValueError,
+     "features must be 3-D or 4-D"),
+    ("integer", lambda: ck.gram_matrix(torch.ones(1, 2, 3, dtype=torch.int64)), TypeError,
+     "features must be a floating-point tensor"),
+    ("normalize", lambda: ck.gram_matrix(torch.randn(1, 2, 3), normalize="mean"), ValueError,
+     "normalize must be one of"),
+    ("other_shape", lambda: gram_matrix_op(torch.randn(1, 2, 3), torch.randn(1, 2, 4), 1.0,
+                                           "cpu"), ValueError, "other must have shape (1, 2, 3)"),
+    ("grad_shape", lambda: gram_matrix_backward_op(torch.randn(1, 3, 3), torch.randn(1, 2, 3),
+                                                   1.0, "cpu"), ValueError,
+     "grad_gram must have shape (1, 2, 2)"),
+)
+
+SPEC = FamilySpec(
+    random_case=random_case, run_case=run_case,
+    dtype_cases=(dict(B=2, C=5, H=3, W=7, layout="channels_last", normalize="hw"),),
+    samples=_samples(), op_calls=_op_calls, bad_inputs=BAD_INPUTS, seeds=(6, 24))
+
+globals().update(common_tests(SPEC))
+
+
+@pytest.mark.parametrize(("device", "backend"), backend_params())
+def test_symmetrised_product_matches_reference(device, backend):
+    """gram_matrix_op with ``other``: scale (F O^T + O F^T), the Gram's
+    tangent and the backward's adjoint."""
+    dtype = dtypes_for(device, backend)[0]
+    generator = torch.Generator().manual_seed(3)
+    x = random_tensor((2, 70, 11), dtype, device, generator=generator)
+    other = random_tensor((2, 70, 11), dtype, device, generator=generator)
+    result = gram_matrix_op(x, other, 0.5, backend)
+    x64, other64 = float64_cpu(x), float64_cpu(other)
+    expected = 0.5 * (x64 @ other64.transpose(1, 2) + other64 @ x64.transpose(1, 2))
+    assert torch.equal(result, result.transpose(1, 2))
+    assert_close(result, expected, dtype, 22, "symmetrised product")
+
+
+@pytest.mark.parametrize(("device", "backend"), backend_params())
+def test_empty_plane_gives_zeros(device, backend):
+    x = torch.empty((2, 3, 0, 4), device=device, dtype=dtypes_for(device, backend)[0])
+    with ck.use(backend=backend):
+        gram = ck.gram_matrix(x, normalize="chw")
+    assert torch.equal(gram, torch.zeros(2, 3, 3, dtype=x.dtype, device=device))
+
+
+def test_channels_last_is_read_without_a_copy():
+    x = torch.randn(2, 8, 5, 5).to(memory_format=torch.channels_last)
+    from cnnkernels.ops.gram import flat_features
+
+    assert flat_features(x).data_ptr() == x.data_ptr()
