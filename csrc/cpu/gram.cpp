@@ -23,6 +23,7 @@
 //
 // Limits: any strides; float16/bfloat16 are converted to float when packed.
 #include <algorithm>
+#include <cstdlib>
 #include <vector>
 
 #include "cnnk/cpu_gemm.h"
@@ -49,6 +50,29 @@ struct Rows {
 template <typename T>
 Rows<T> rows_of(Tensor3 t) {
   return {static_cast<const T*>(t.data), t.stride[0], t.stride[1], t.stride[2]};
+}
+
+// Packs rows [0, m) x steps [0, kc) of u as micro-panels of width `width`
+// (cnnk/cpu_gemm.h's packed layout, zero-padded past m). When l is u's
+// contiguous dimension (NCHW) each row is read in order, one pass per row:
+// gemm::pack_a's column order would touch m rows, m pages apart, per step.
+template <typename Acc, typename T>
+void pack_rows(const Rows<T>& u, int64_t b, int64_t r0, int64_t l0, int64_t m, int64_t kc,
+               int width, Acc* out) {
+  if (std::abs(u.sl) > std::abs(u.sc)) {  // channels contiguous: pack_a's order reads in order
+    gemm::pack_a<Acc>(m, kc, width, [&](int64_t i, int64_t l) { return u(b, r0 + i, l0 + l); },
+                      out);
+    return;
+  }
+  for (int64_t i = 0; i < gemm::round_up(m, width); ++i) {
+    Acc* lane = out + (i / width) * width * kc + i % width;
+    if (i >= m) {
+      for (int64_t l = 0; l < kc; ++l) lane[l * width] = Acc(0);
+      continue;
+    }
+    const T* row = u.data + b * u.sb + (r0 + i) * u.sc + l0 * u.sl;
+    for (int64_t l = 0; l < kc; ++l) lane[l * width] = to_acc(row[l * u.sl]);
+  }
 }
 
 // The upper-triangle tiles (ti <= tj) of a tiles x tiles grid, in row order.
@@ -91,11 +115,9 @@ Status gram_forward(const GramGeometry& g, Tensor3 x, Tensor3 other, double scal
       const int64_t kc = std::min(KC, l_end - l0);
       // One product u_i v_j^T of this chunk, accumulated into the tile.
       auto multiply = [&](const Rows<T>& u, const Rows<T>& v, Acc* pack, bool accumulate) {
-        gemm::pack_a<Acc>(m, kc, mk.mr, [&](int64_t i, int64_t l) { return u(b, i0 + i, l0 + l); },
-                          pack);
-        gemm::pack_a<Acc>(n, kc, mk.nr, [&](int64_t j, int64_t l) { return v(b, j0 + j, l0 + l); },
-                          pack + rows_pad * KC);
-        gemm::multiply_packed(mk, kc, rows_pad / mk.mr, cols_pad / mk.nr, pack,
+        pack_rows(u, b, i0, l0, m, kc, mk.mr, pack);
+        pack_rows(v, b, j0, l0, n, kc, mk.nr, pack + rows_pad * KC);
+        gemm::multiply_packed(mk, kc, ceil_div(m, mk.mr), ceil_div(n, mk.nr), pack,
                               pack + rows_pad * KC, tile, cols_pad, accumulate);
       };
       multiply(a, o, scratch, l0 > l_begin);
