@@ -26,6 +26,13 @@ is formed in fp32 from two loads (one transposed) and rounded once to the
 input dtype for the dot. 2 * B * C^2 * L flops; x read C / BLOCK_M times
 (from L2), grad_x written once.
 
+``_difference_dot_kernel`` + ``_sum_partials_kernel``: the content loss's
+scale * sum (u - v)(a - b); a program sums one chunk of g.chunk elements
+(BLOCK lanes, a fixed order) to a partial, then one program adds the
+partials in order (deterministic). ``_scaled_difference_kernel``:
+scale * weight[0] * (a - b), elementwise. Memory-bound: every input read
+once (4 operands x N elements at most), the output written once.
+
 Limits: offsets are 32-bit (``cnnkernels._args.check_index_range``); the
 batch is grid axis 1 (at most 65535 images per launch);
 float16/bfloat16/float32 on the GPU, float32/float64 under
@@ -45,6 +52,7 @@ from cnnkernels.kernels.common import acc_type
 _FORWARD_TILES = {2: (64, 32), 4: (32, 32), 8: (32, 32)}  # element bytes -> BLOCK, BLOCK_L
 _BACKWARD_TILES = {2: (64, 64, 32), 4: (32, 64, 32), 8: (32, 64, 32)}  # BLOCK_M, _N, _K
 _NUM_WARPS = 4
+_REDUCTION_BLOCK = 1024  # elements per step of the difference kernels
 _MAX_BATCH = 65535  # grid axis 1
 
 
@@ -116,6 +124,51 @@ def _gram_backward_kernel(dg_ptr, x_ptr, gx_ptr, C, L, ds_b, ds_r, ds_c, xs_b, x
              mask=(rows[:, None] < C) & (cols[None, :] < L))
 
 
+@triton.jit
+def _operand(ptr, offsets, mask, HAS: tl.constexpr, ACC: tl.constexpr):
+    """An operand of the difference kernels, zero when absent."""
+    if HAS:
+        return tl.load(ptr + offsets, mask=mask, other=0.0).to(ACC)
+    return tl.zeros(offsets.shape, dtype=ACC)
+
+
+@triton.jit
+def _difference_dot_kernel(u_ptr, v_ptr, a_ptr, b_ptr, partial_ptr, N, us, vs, as_, bs,
+                           HAS_V: tl.constexpr, HAS_B: tl.constexpr, ACC: tl.constexpr,
+                           CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+    chunk = tl.program_id(0)
+    lanes = tl.zeros((BLOCK,), dtype=ACC)
+    for start in range(0, CHUNK, BLOCK):
+        i = chunk * CHUNK + start + tl.arange(0, BLOCK)
+        mask = i < N
+        d_uv = _operand(u_ptr, i * us, mask, True, ACC) - _operand(v_ptr, i * vs, mask, HAS_V, ACC)
+        d_ab = _operand(a_ptr, i * as_, mask, True, ACC) - _operand(b_ptr, i * bs, mask, HAS_B,
+                                                                    ACC)
+        lanes += d_uv * d_ab
+    tl.store(partial_ptr + chunk, tl.sum(lanes, axis=0))
+
+
+@triton.jit
+def _sum_partials_kernel(partial_ptr, out_ptr, count, scale, ACC: tl.constexpr,
+                         BLOCK: tl.constexpr):
+    """One program: the partials in a fixed order, scaled, to the 0-d output."""
+    lanes = tl.zeros((BLOCK,), dtype=ACC)
+    for start in range(0, count, BLOCK):
+        i = start + tl.arange(0, BLOCK)
+        lanes += tl.load(partial_ptr + i, mask=i < count, other=0.0)
+    tl.store(out_ptr, (tl.sum(lanes, axis=0) * scale).to(out_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _scaled_difference_kernel(a_ptr, b_ptr, w_ptr, out_ptr, N, as_, bs, outs, scale,
+                              HAS_B: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = i < N
+    factor = tl.load(w_ptr).to(ACC) * scale
+    d = _operand(a_ptr, i * as_, mask, True, ACC) - _operand(b_ptr, i * bs, mask, HAS_B, ACC)
+    tl.store(out_ptr + i * outs, (factor * d).to(out_ptr.dtype.element_ty), mask=mask)
+
+
 def _precision(dtype: torch.dtype) -> str:
     """tl.dot's input precision: TF32 for fp32 only when torch allows it for
     matmuls; fp16/bf16 run on tensor cores whatever it says."""
@@ -154,6 +207,26 @@ def gram_matrix_backward(g, grad_gram, x, scale: float, grad_x) -> None:
             BLOCK_N=block_n, BLOCK_K=block_k, num_warps=_NUM_WARPS)
 
 
+def difference_dot(g, u, v, a, b, scale: float, partials, out) -> None:
+    """out[0] = scale * sum (u - v)(a - b): a partial per chunk, then their sum."""
+    chunks = triton.cdiv(g.N, g.chunk)
+    _difference_dot_kernel[(chunks,)](
+        u, v if v is not None else u, a, b if b is not None else a, partials, g.N, u.stride(0),
+        v.stride(0) if v is not None else 0, a.stride(0), b.stride(0) if b is not None else 0,
+        HAS_V=v is not None, HAS_B=b is not None, ACC=acc_type(u.dtype), CHUNK=g.chunk,
+        BLOCK=_REDUCTION_BLOCK, num_warps=_NUM_WARPS)
+    _sum_partials_kernel[(1,)](partials, out, chunks, scale, ACC=acc_type(u.dtype),
+                               BLOCK=_REDUCTION_BLOCK, num_warps=_NUM_WARPS)
+
+
+def scaled_difference(g, a, b, weight, scale: float, out) -> None:
+    """out = scale * weight[0] * (a - b)."""
+    _scaled_difference_kernel[(triton.cdiv(g.N, _REDUCTION_BLOCK),)](
+        a, b if b is not None else a, weight, out, g.N, a.stride(0),
+        b.stride(0) if b is not None else 0, out.stride(0), scale, HAS_B=b is not None,
+        ACC=acc_type(a.dtype), BLOCK=_REDUCTION_BLOCK, num_warps=_NUM_WARPS)
+
+
 def static_check_specs():
     """Every kernel in every launch configuration (dtype x variant x
     precision), for the static GPU check; each runs its dots on tensor cores
@@ -180,4 +253,24 @@ def static_check_specs():
                 constexprs={"PRECISION": precision, "ACC": tl.float32, "BLOCK_M": block_m,
                             "BLOCK_N": block_n, "BLOCK_K": block_k},
                 num_warps=_NUM_WARPS, tensor_cores=tensor_cores))
+        for has_second in (False, True):
+            for has_b in (False, True):
+                specs.append(compile_spec(
+                    f"gram_difference_dot[{dtype},V={has_second},B={has_b}]",
+                    _difference_dot_kernel,
+                    pointers={"u_ptr": ptr, "v_ptr": ptr, "a_ptr": ptr, "b_ptr": ptr,
+                              "partial_ptr": "*fp32"},
+                    constexprs={"HAS_V": has_second, "HAS_B": has_b, "ACC": tl.float32,
+                                "CHUNK": 8192, "BLOCK": _REDUCTION_BLOCK},
+                    num_warps=_NUM_WARPS))
+            specs.append(compile_spec(
+                f"gram_scaled_difference[{dtype},B={has_second}]", _scaled_difference_kernel,
+                pointers={"a_ptr": ptr, "b_ptr": ptr, "w_ptr": ptr, "out_ptr": ptr,
+                          "scale": "fp32"},
+                constexprs={"HAS_B": has_second, "ACC": tl.float32, "BLOCK": _REDUCTION_BLOCK},
+                num_warps=_NUM_WARPS))
+        specs.append(compile_spec(
+            f"gram_sum_partials[{dtype}]", _sum_partials_kernel,
+            pointers={"partial_ptr": "*fp32", "out_ptr": ptr, "scale": "fp32"},
+            constexprs={"ACC": tl.float32, "BLOCK": _REDUCTION_BLOCK}, num_warps=_NUM_WARPS))
     return specs

@@ -14,7 +14,12 @@ from harness import FamilySpec, Sample, common_tests
 from reference import assert_close, float64_cpu, random_tensor
 
 import cnnkernels as ck
-from cnnkernels.ops.gram import gram_matrix_backward_op, gram_matrix_op
+from cnnkernels.ops.gram import (
+    difference_dot_op,
+    gram_matrix_backward_op,
+    gram_matrix_op,
+    scaled_difference_op,
+)
 
 
 def reference_gram(features: torch.Tensor, normalize: str = "none") -> torch.Tensor:
@@ -73,15 +78,26 @@ def run_case(device, backend, case, dtype, seed):
     assert_close(x.grad, x64.grad, dtype, 2 * case["C"], "grad_features")
 
 
+def reference_content_loss(a_content, a_generated):
+    """The course's content cost: sum (a_C - a_G)^2 / (2 n_H n_W n_C) per
+    image, summed over the batch."""
+    return (a_content - a_generated).square().sum() / (2 * a_content[0].numel())
+
+
 def _samples():
     def inputs(dtype, device, generator, batch):
         return (random_tensor((batch, 3, 4, 5), dtype, device, generator=generator),)
 
-    return tuple(
-        Sample(f"gram_{normalize}",
-               lambda x, normalize=normalize: ck.gram_matrix(x, normalize=normalize),
-               lambda x, normalize=normalize: reference_gram(x, normalize), inputs, 20)
-        for normalize in ("none", "chw"))
+    def pair(dtype, device, generator, batch):
+        return tuple(random_tensor((batch, 3, 4, 5), dtype, device, generator=generator)
+                     for _ in range(2))
+
+    return (*(Sample(f"gram_{normalize}",
+                     lambda x, normalize=normalize: ck.gram_matrix(x, normalize=normalize),
+                     lambda x, normalize=normalize: reference_gram(x, normalize), inputs, 20)
+              for normalize in ("none", "chw")),
+            Sample("content_loss", ck.content_loss,
+                   lambda a, b: (a - b).square().sum() / 120, pair, 120))
 
 
 def _op_calls(device, backend, dtype):
@@ -93,10 +109,18 @@ def _op_calls(device, backend, dtype):
         (gram_matrix_op, (x, None, 0.5, backend)),
         (gram_matrix_op, (x, other, 0.5, backend)),
         (gram_matrix_backward_op, (grad_gram, x, 0.25, backend)),
+        (difference_dot_op, (x, other, x, other, 0.5, backend)),
+        (difference_dot_op, (x, None, other, None, 0.5, backend)),
+        (scaled_difference_op, (x, other, grad_gram[0, 0, 0].detach(), 2.0, backend)),
+        (scaled_difference_op, (x, None, grad_gram[0, 0, 0].detach(), -1.0, backend)),
     ]
 
 
 BAD_INPUTS = (
+    ("content_shapes", lambda: ck.content_loss(torch.randn(1, 2, 3, 3), torch.randn(1, 2, 3, 4)),
+     ValueError, "a_content and a_generated must have the same shape"),
+    ("content_rank", lambda: ck.content_loss(torch.randn(2, 3), torch.randn(2, 3)), ValueError,
+     "a_content must be 3-D or 4-D"),
     ("rank", lambda: ck.gram_matrix(torch.randn(4, 4)), ValueError,
      "features must be 3-D or 4-D"),
     ("integer", lambda: ck.gram_matrix(torch.ones(1, 2, 3, dtype=torch.int64)), TypeError,
@@ -146,3 +170,29 @@ def test_channels_last_is_read_without_a_copy():
     from cnnkernels.ops.gram import flat_features
 
     assert flat_features(x).data_ptr() == x.data_ptr()
+
+
+@pytest.mark.parametrize(("device", "backend"), backend_params())
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "noncontiguous", "mixed"])
+def test_content_loss_matches_reference(device, backend, layout):
+    """Every layout (mixed: one operand channels_last), sizes across the
+    chunks of the reduction, values and both gradients."""
+    dtype = dtypes_for(device, backend)[0]
+    generator = torch.Generator().manual_seed(11)
+    shape = (2, 5, 31, 57)  # 17670 elements: three chunks of 8192
+    case = dict(B=2, C=5, H=31, W=57, layout=layout)
+    content = make_input({**case, "layout": "contiguous" if layout == "mixed" else layout},
+                         dtype, device, generator).requires_grad_()
+    generated = make_input({**case, "layout": "channels_last" if layout == "mixed" else layout},
+                           dtype, device, generator).requires_grad_()
+    with ck.use(backend=backend):
+        loss = ck.content_loss(content, generated)
+        loss.backward()
+    c64, g64 = float64_cpu(content).requires_grad_(), float64_cpu(generated).requires_grad_()
+    expected = reference_content_loss(c64, g64)
+    expected.backward()
+    assert loss.shape == () and loss.dtype == dtype
+    assert_close(loss, expected.detach(), dtype, content.numel(), "content loss")
+    assert_close(content.grad, c64.grad, dtype, 1, "grad a_content")
+    assert_close(generated.grad, g64.grad, dtype, 1, "grad a_generated")
+    assert tuple(shape) == tuple(content.shape)

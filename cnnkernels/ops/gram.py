@@ -17,13 +17,24 @@ Normalisation (``normalize=``, applied inside the kernels' store):
 positions L = H * W; ``"chw"`` by C * H * W (the common tutorial Gram,
 ``bmm(F, F^T) / (C * H * W)``). An empty plane gives zeros.
 
-Derivatives: both ops are bilinear, so two ops close the algebra. With
+The content loss (the notes' J_content = sum (a_C - a_G)^2 / (2 n_H n_W
+n_C)) runs on two more operators: ``difference_dot(u, v, a, b, scale)`` =
+scale * sum (u - v)(a - b), a 0-d tensor (one pass: differences, product,
+a chunked sum whose partials are added in order, deterministic), and
+``scaled_difference(a, b, weight, scale)`` = scale * weight * (a - b) with
+a 0-d weight (the incoming gradient, read by the kernel: no host sync).
+Each is the other's derivative, so every order of derivative composes the
+two; None operands are zeros. Tensors are read flat in their memory order
+(NCHW and channels_last without a copy).
+
+Derivatives of the Gram ops: both are bilinear, so two ops close the algebra. With
 G = s F F^T: dF = s (dG + dG^T) F (the backward op) and the tangent
 s (F' F^T + F F'^T) (the symmetrised product). The backward op's
 derivatives: d(grad_gram) = s (gg F^T + F gg^T) (the symmetrised product
 again) and dF = s (dG + dG^T) gg (the backward op).
 """
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -33,7 +44,7 @@ from torch import Tensor
 from cnnkernels import _args, _backend, _ext
 from cnnkernels.ops._define import Family, Launch, define_op, save
 
-FAMILY = Family(name="gram", public=("gram_matrix",),
+FAMILY = Family(name="gram", public=("gram_matrix", "content_loss"),
                 triton_modules=("cnnkernels.kernels.gram",),
                 bench_module="cnnkernels.bench.gram")
 
@@ -180,6 +191,148 @@ gram_matrix_backward_op.register_derivatives(setup_context=_gram_backward_setup,
                                              jvp=_gram_backward_jvp)
 
 
+@dataclass(frozen=True)
+class DifferenceGeometry:
+    """A sum over N elements in chunks of ``chunk`` (one partial each, added
+    in order: the same chunking on every backend), field for field
+    ``cnnk::DifferenceGeometry``."""
+
+    N: int
+    chunk: int
+
+    def index_extent(self) -> int:
+        return self.N + self.chunk
+
+
+_CHUNK = 8192  # elements per partial sum
+
+
+def _flat(t: Optional[Tensor], order) -> Optional[Tensor]:
+    """t's elements as a 1-D view, in the memory order ``order`` (dimensions
+    by decreasing stride) when t is dense in it, else a copy."""
+    return None if t is None else t.permute(order).reshape(-1)
+
+
+def _memory_order(t: Tensor) -> list[int]:
+    """t's dimensions from the largest stride to the smallest: NCHW and
+    channels_last tensors view flat in this order without a copy."""
+    return sorted(range(t.dim()), key=lambda d: -t.stride(d))
+
+
+def _same_operands(first: Tensor, named: dict, op: str) -> None:
+    for name, t in named.items():
+        if t is not None:
+            _args.check_tensor(t, name, ndim=first.dim())
+            _args.check_same(first, "the first operand", {name: t})
+            _check_shape(t, name, first.shape, op)
+
+
+@define_op("cnnk::difference_dot", returns=Tensor)
+def difference_dot_op(u: Tensor, v: Optional[Tensor], a: Tensor, b: Optional[Tensor],
+                      scale: float, backend: str) -> Launch:
+    """scale * sum (u - v)(a - b) (a 0-d tensor); None operands are zeros."""
+    if not isinstance(u, Tensor) or not u.dtype.is_floating_point:
+        raise TypeError("difference_dot: u must be a floating-point tensor")
+    _same_operands(u, {"v": v, "a": a, "b": b}, "difference_dot")
+    order = _memory_order(u)
+    flats = [_flat(t, order) for t in (u, v, a, b)]
+    g = DifferenceGeometry(u.numel(), _CHUNK)
+    out = u.new_empty(())
+    partials = torch.empty(max(1, -(-g.N // g.chunk)), device=u.device,
+                           dtype=torch.float64 if u.dtype == torch.float64 else torch.float32)
+    return Launch(out, {"u": u, "v": v, "a": a, "b": b, "partials": partials, "out": out},
+                  lambda bk: _ext.launchers(bk, u, _triton).difference_dot(
+                      g, *flats, float(scale), partials, out.view(1)),
+                  g.index_extent(), empty_sum=g.N == 0)
+
+
+@define_op("cnnk::scaled_difference", returns=Tensor)
+def scaled_difference_op(a: Tensor, b: Optional[Tensor], weight: Tensor, scale: float,
+                         backend: str) -> Launch:
+    """scale * weight * (a - b), weight a 0-d tensor; b None is zero."""
+    if not isinstance(a, Tensor) or not a.dtype.is_floating_point:
+        raise TypeError("scaled_difference: a must be a floating-point tensor")
+    _same_operands(a, {"b": b}, "scaled_difference")
+    _args.check_tensor(weight, "weight", ndim=0)
+    _args.check_same(a, "a", {"weight": weight})
+    out = torch.empty_like(a)  # dense, so it views flat in its memory order
+    order = _memory_order(out)
+    g = DifferenceGeometry(a.numel(), _CHUNK)
+    flat_out = _flat(out, order)
+    return Launch(out, {"a": a, "b": b, "weight": weight, "out": out},
+                  lambda bk: _ext.launchers(bk, a, _triton).scaled_difference(
+                      g, _flat(a, order), _flat(b, order), weight.view(1), float(scale),
+                      flat_out),
+                  g.index_extent())
+
+
+def _dot_setup(ctx, inputs, output) -> None:
+    save(ctx, *inputs[:4])
+    ctx.scale, ctx.backend = inputs[4], inputs[5]
+
+
+def _dot_backward(ctx, grad):
+    """d/du = s g (a - b), d/dv its negative; d/da = s g (u - v), d/db its negative."""
+    u, v, a, b = ctx.saved_tensors
+    s, bk = ctx.scale, ctx.backend
+    need = ctx.needs_input_grad
+    return (scaled_difference_op(a, b, grad, s, bk) if need[0] else None,
+            scaled_difference_op(a, b, grad, -s, bk) if need[1] else None,
+            scaled_difference_op(u, v, grad, s, bk) if need[2] else None,
+            scaled_difference_op(u, v, grad, -s, bk) if need[3] else None, None, None)
+
+
+def _dot_of(first: Optional[Tensor], second: Optional[Tensor], a, b, scale, backend):
+    """scale * sum (first - second)(a - b) for tangents that may be None."""
+    if first is None and second is None:
+        return None
+    if first is None:
+        return difference_dot_op(second, None, a, b, -scale, backend)
+    return difference_dot_op(first, second, a, b, scale, backend)
+
+
+def _dot_jvp(ctx, u_t, v_t, a_t, b_t, *_):
+    u, v, a, b = ctx.saved_tensors
+    return _add(_dot_of(u_t, v_t, a, b, ctx.scale, ctx.backend),
+                _dot_of(a_t, b_t, u, v, ctx.scale, ctx.backend))
+
+
+difference_dot_op.register_derivatives(setup_context=_dot_setup, backward=_dot_backward,
+                                       jvp=_dot_jvp)
+
+
+def _difference_setup(ctx, inputs, output) -> None:
+    save(ctx, *inputs[:3])
+    ctx.scale, ctx.backend = inputs[3], inputs[4]
+
+
+def _difference_backward(ctx, grad):
+    """d/da = s w grad, d/db its negative, d/dw = s sum grad (a - b)."""
+    a, b, weight = ctx.saved_tensors
+    s, bk = ctx.scale, ctx.backend
+    need = ctx.needs_input_grad
+    return (scaled_difference_op(grad, None, weight, s, bk) if need[0] else None,
+            scaled_difference_op(grad, None, weight, -s, bk) if need[1] else None,
+            difference_dot_op(grad, None, a, b, s, bk) if need[2] else None, None, None)
+
+
+def _difference_jvp(ctx, a_t, b_t, weight_t, *_):
+    a, b, weight = ctx.saved_tensors
+    s, bk = ctx.scale, ctx.backend
+    tangent = None
+    if weight_t is not None:
+        tangent = scaled_difference_op(a, b, weight_t, s, bk)
+    if a_t is not None:
+        tangent = _add(tangent, scaled_difference_op(a_t, b_t, weight, s, bk))
+    elif b_t is not None:
+        tangent = _add(tangent, scaled_difference_op(b_t, None, weight, -s, bk))
+    return tangent
+
+
+scaled_difference_op.register_derivatives(setup_context=_difference_setup,
+                                          backward=_difference_backward, jvp=_difference_jvp)
+
+
 def gram_scale(normalize: str, channels: int, positions: int) -> float:
     """The factor ``normalize`` applies to F F^T (see the module docstring)."""
     _backend.check_choice("normalize", normalize, NORMALIZATIONS)
@@ -204,3 +357,19 @@ def gram_matrix(features: Tensor, *, normalize: str = "none") -> Tensor:
     flat = flat_features(features)
     scale = gram_scale(normalize, flat.shape[1], flat.shape[2])
     return gram_matrix_op(flat, None, scale, _backend.current_backend())
+
+
+def content_loss(a_content: Tensor, a_generated: Tensor) -> Tensor:
+    """The course's content cost, J = sum (a_C - a_G)^2 / (2 n_H n_W n_C),
+    for (C, H, W) activations or a batch (B, C, H, W) of them (the sum of
+    each image's cost); one fused pass (difference, square, sum), its
+    gradient another."""
+    _args.check_tensor(a_content, "a_content", ndim=(3, 4))
+    _args.check_tensor(a_generated, "a_generated", ndim=(3, 4))
+    if a_content.shape != a_generated.shape:
+        raise ValueError(f"content_loss: a_content and a_generated must have the same shape, "
+                         f"got {tuple(a_content.shape)} and {tuple(a_generated.shape)}")
+    per_image = math.prod(a_content.shape[-3:])
+    scale = 1.0 / (2 * per_image) if per_image else 1.0
+    return difference_dot_op(a_content, a_generated, a_content, a_generated, scale,
+                             _backend.current_backend())

@@ -220,3 +220,79 @@ Status gram_matrix_backward(DType dtype, const GramGeometry& g, Tensor3 grad_gra
 }
 
 }  // namespace cnnk::cpu
+
+// The content loss's sums (cnnk/gram.h): flat, dense tensors (stride 1 after
+// the Python side's permutation). difference_dot sums each chunk with eight
+// independent lanes (vectorisable, a fixed order), then the partials in
+// chunk order, in double. scaled_difference is elementwise. Memory-bound:
+// each element of the inputs read once, the output written once.
+namespace cnnk::cpu {
+namespace {
+
+template <typename T>
+acc_t<T> element(Tensor1 t, int64_t i) {
+  return t.data == nullptr ? acc_t<T>(0) : to_acc(static_cast<const T*>(t.data)[i * t.stride]);
+}
+
+template <typename T>
+Status dot(const DifferenceGeometry& g, Tensor1 u, Tensor1 v, Tensor1 a, Tensor1 b, double scale,
+           Tensor1 partials, Tensor1 out) {
+  using Acc = acc_t<T>;
+  constexpr int kLanes = 8;
+  Acc* sums = static_cast<Acc*>(partials.data);
+  const int64_t chunks = ceil_div(g.N, g.chunk);
+  const Status s = parallel_tasks<Acc>(chunks, 0, [&](int64_t chunk, Acc*) {
+    Acc lanes[kLanes] = {};
+    const int64_t begin = chunk * g.chunk, end = std::min(g.N, begin + g.chunk);
+    for (int64_t i = begin; i < end; ++i)
+      lanes[(i - begin) % kLanes] +=
+          (element<T>(u, i) - element<T>(v, i)) * (element<T>(a, i) - element<T>(b, i));
+    Acc total = 0;
+    for (Acc lane : lanes) total += lane;
+    sums[chunk * partials.stride] = total;
+  },
+      g.chunk);
+  if (s != Status::ok) return s;
+  double total = 0;
+  for (int64_t k = 0; k < chunks; ++k) total += sums[k * partials.stride];
+  static_cast<T*>(out.data)[0] = from_acc<T>(static_cast<Acc>(scale * total));
+  return Status::ok;
+}
+
+template <typename T>
+Status difference(const DifferenceGeometry& g, Tensor1 a, Tensor1 b, Tensor1 weight,
+                  double scale, Tensor1 out) {
+  using Acc = acc_t<T>;
+  const Acc factor = static_cast<Acc>(scale) * element<T>(weight, 0);
+  T* o = static_cast<T*>(out.data);
+  return parallel_tasks<Acc>(ceil_div(g.N, g.chunk), 0, [&](int64_t chunk, Acc*) {
+    const int64_t begin = chunk * g.chunk, end = std::min(g.N, begin + g.chunk);
+    for (int64_t i = begin; i < end; ++i)
+      o[i * out.stride] = from_acc<T>(factor * (element<T>(a, i) - element<T>(b, i)));
+  },
+      g.chunk);
+}
+
+bool valid(const DifferenceGeometry& g) { return g.N >= 0 && g.chunk > 0; }
+
+}  // namespace
+
+Status difference_dot(DType dtype, const DifferenceGeometry& g, Tensor1 u, Tensor1 v, Tensor1 a,
+                      Tensor1 b, double scale, Tensor1 partials, Tensor1 out) {
+  if (!valid(g) || !out.data || (g.N > 0 && (!u.data || !a.data || !partials.data)))
+    return Status::bad_argument;
+  return dispatch_dtype(dtype, [&](auto type) {
+    return dot<typename decltype(type)::type>(g, u, v, a, b, scale, partials, out);
+  });
+}
+
+Status scaled_difference(DType dtype, const DifferenceGeometry& g, Tensor1 a, Tensor1 b,
+                         Tensor1 weight, double scale, Tensor1 out) {
+  if (!valid(g) || !weight.data || (g.N > 0 && (!a.data || !out.data)))
+    return Status::bad_argument;
+  return dispatch_dtype(dtype, [&](auto type) {
+    return difference<typename decltype(type)::type>(g, a, b, weight, scale, out);
+  });
+}
+
+}  // namespace cnnk::cpu

@@ -16,6 +16,12 @@
 // rows, N = L columns, K = C; the A tile dG[i, k] + dG[k, i] is formed as it
 // is staged. 2 * B * C^2 * L flops; x read C / 32 times (mostly from L2).
 //
+// difference_dot_kernel / sum_partials_kernel: the content loss's sum; a
+// block of 256 threads owns one chunk (g.chunk elements), each thread a
+// strided share, then a shared-memory tree: one partial per chunk; one block
+// then adds the partials in the same fixed order. scaled_difference_kernel:
+// elementwise. Memory-bound: each input read once, the output written once.
+//
 // Accumulation in float (double for double); 64-bit offsets; the batch is
 // grid axis y, split into launches of at most 65535 images.
 #include "cnnk/cuda_elements.cuh"
@@ -29,6 +35,9 @@ constexpr int kTile = 32;     // output tile side
 constexpr int kStep = 32;     // reduction steps staged per round
 constexpr int kThreads = 16;  // threads per tile side (2 x 2 outputs each)
 constexpr int kBlock = kThreads * kThreads;
+// Two resident blocks per SM: lets ptxas use up to 128 registers (left to
+// itself it held some products' kernels at 64 and spilled on sm_90a).
+constexpr int kMinBlocks = 2;
 
 // Element (c, l) of image b of a (B, C, L) tensor.
 template <typename T>
@@ -41,6 +50,9 @@ __device__ __forceinline__ acc_t<T> at(Tensor3 t, int64_t b, int64_t c, int64_t 
 template <typename T>
 __device__ __forceinline__ void stage_rows(acc_t<T> (*tile)[kTile + 1], Tensor3 t, int64_t b,
                                            int64_t r0, int64_t l0, int64_t C, int64_t L) {
+  // One element per thread per pass; not unrolled (unrolled, the half
+  // kernel's 64-bit offsets spilled on sm_90a).
+#pragma unroll 1
   for (int e = threadIdx.y * kThreads + threadIdx.x; e < kTile * kStep; e += kBlock) {
     const int r = e / kStep, l = e % kStep;
     tile[l][r] = r0 + r < C && l0 + l < L ? at<T>(t, b, r0 + r, l0 + l) : acc_t<T>(0);
@@ -48,7 +60,7 @@ __device__ __forceinline__ void stage_rows(acc_t<T> (*tile)[kTile + 1], Tensor3 
 }
 
 template <typename T, bool kCross>
-__global__ void __launch_bounds__(kBlock)
+__global__ void __launch_bounds__(kBlock, kMinBlocks)
     gram_kernel(GramGeometry g, Tensor3 x, Tensor3 o, acc_t<T> scale, Tensor3 gram,
                 int64_t batch0, int tiles) {
   using Acc = acc_t<T>;
@@ -80,7 +92,9 @@ __global__ void __launch_bounds__(kBlock)
     __syncthreads();
   }
   T* out = static_cast<T*>(gram.data) + b * gram.stride[0];
+#pragma unroll
   for (int r = 0; r < 2; ++r)
+#pragma unroll
     for (int s = 0; s < 2; ++s) {
       const int64_t i = i0 + ty + kThreads * r, j = j0 + tx + kThreads * s;
       if (i >= g.C || j >= g.C || i > j) continue;
@@ -91,7 +105,7 @@ __global__ void __launch_bounds__(kBlock)
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kBlock)
+__global__ void __launch_bounds__(kBlock, kMinBlocks)
     gram_backward_kernel(GramGeometry g, Tensor3 grad_gram, Tensor3 x, acc_t<T> scale,
                          Tensor3 grad_x, int64_t batch0, int column_tiles) {
   using Acc = acc_t<T>;
@@ -119,7 +133,9 @@ __global__ void __launch_bounds__(kBlock)
     __syncthreads();
   }
   T* out = static_cast<T*>(grad_x.data) + b * grad_x.stride[0];
+#pragma unroll
   for (int r = 0; r < 2; ++r)
+#pragma unroll
     for (int s = 0; s < 2; ++s) {
       const int64_t i = i0 + ty + kThreads * r, l = j0 + tx + kThreads * s;
       if (i < g.C && l < g.L)
@@ -137,6 +153,61 @@ Status over_batches(int64_t batch, int64_t blocks, Launch launch) {
     launch(dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(images)), b0);
   }
   return launched();
+}
+
+template <typename T>
+__device__ __forceinline__ acc_t<T> operand(Tensor1 t, int64_t i) {
+  return t.data == nullptr ? acc_t<T>(0) : load(static_cast<const T*>(t.data), i * t.stride);
+}
+
+// The sum of the block's `value`s in a fixed tree order (thread 0 has it).
+template <typename Acc>
+__device__ Acc block_sum(Acc value) {
+  __shared__ Acc lanes[kBlock];
+  const int t = threadIdx.x;
+  lanes[t] = value;
+  __syncthreads();
+  for (int half = kBlock / 2; half > 0; half /= 2) {
+    if (t < half) lanes[t] += lanes[t + half];
+    __syncthreads();
+  }
+  return lanes[0];
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kBlock)
+    difference_dot_kernel(DifferenceGeometry g, Tensor1 u, Tensor1 v, Tensor1 a, Tensor1 b,
+                          Tensor1 partials) {
+  using Acc = acc_t<T>;
+  const int64_t begin = int64_t{blockIdx.x} * g.chunk;
+  const int64_t end = begin + g.chunk < g.N ? begin + g.chunk : g.N;
+  Acc sum = 0;
+  for (int64_t i = begin + threadIdx.x; i < end; i += kBlock)
+    sum += (operand<T>(u, i) - operand<T>(v, i)) * (operand<T>(a, i) - operand<T>(b, i));
+  const Acc total = block_sum(sum);
+  if (threadIdx.x == 0) static_cast<Acc*>(partials.data)[blockIdx.x * partials.stride] = total;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kBlock)
+    sum_partials_kernel(Tensor1 partials, int64_t count, acc_t<T> scale, Tensor1 out) {
+  using Acc = acc_t<T>;
+  Acc sum = 0;
+  for (int64_t k = threadIdx.x; k < count; k += kBlock)
+    sum += static_cast<const Acc*>(partials.data)[k * partials.stride];
+  const Acc total = block_sum(sum);
+  if (threadIdx.x == 0) static_cast<T*>(out.data)[0] = from_acc<T>(total * scale);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kBlock)
+    scaled_difference_kernel(DifferenceGeometry g, Tensor1 a, Tensor1 b, Tensor1 weight,
+                             acc_t<T> scale, Tensor1 out) {
+  const int64_t i = int64_t{blockIdx.x} * kBlock + threadIdx.x;
+  if (i >= g.N) return;
+  const acc_t<T> factor = operand<T>(weight, 0) * scale;
+  static_cast<T*>(out.data)[i * out.stride] =
+      from_acc<T>(factor * (operand<T>(a, i) - operand<T>(b, i)));
 }
 
 }  // namespace
@@ -179,6 +250,44 @@ Status gram_matrix_backward(DType dtype, const GramGeometry& g, Tensor3 grad_gra
       gram_backward_kernel<T><<<grid, dim3(kThreads, kThreads), 0, stream>>>(
           g, grad_gram, x, factor, grad_x, b0, static_cast<int>(column_tiles));
     });
+  });
+}
+
+}  // namespace cnnk::cuda
+
+namespace cnnk::cuda {
+
+Status difference_dot(DType dtype, const DifferenceGeometry& g, Tensor1 u, Tensor1 v, Tensor1 a,
+                      Tensor1 b, double scale, Tensor1 partials, Tensor1 out,
+                      cudaStream_t stream) {
+  if (!supported_dtype(dtype)) return Status::unsupported_dtype;
+  if (g.N < 0 || g.chunk <= 0 || !out.data || (g.N > 0 && (!u.data || !a.data || !partials.data)))
+    return Status::bad_argument;
+  const int64_t chunks = ceil_div(g.N, g.chunk);
+  if (chunks > kMaxGridX) return Status::index_overflow;
+  return dispatch_dtype(dtype, [&](auto type) {
+    using T = typename decltype(type)::type;
+    if (chunks > 0)
+      difference_dot_kernel<T><<<static_cast<unsigned>(chunks), kBlock, 0, stream>>>(
+          g, u, v, a, b, partials);
+    sum_partials_kernel<T><<<1, kBlock, 0, stream>>>(partials, chunks,
+                                                      static_cast<acc_t<T>>(scale), out);
+    return launched();
+  });
+}
+
+Status scaled_difference(DType dtype, const DifferenceGeometry& g, Tensor1 a, Tensor1 b,
+                         Tensor1 weight, double scale, Tensor1 out, cudaStream_t stream) {
+  if (!supported_dtype(dtype)) return Status::unsupported_dtype;
+  if (g.N < 0 || !weight.data || (g.N > 0 && (!a.data || !out.data))) return Status::bad_argument;
+  if (g.N == 0) return Status::ok;
+  const int64_t blocks = ceil_div(g.N, kBlock);
+  if (blocks > kMaxGridX) return Status::index_overflow;
+  return dispatch_dtype(dtype, [&](auto type) {
+    using T = typename decltype(type)::type;
+    scaled_difference_kernel<T><<<static_cast<unsigned>(blocks), kBlock, 0, stream>>>(
+        g, a, b, weight, static_cast<acc_t<T>>(scale), out);
+    return launched();
   });
 }
 

@@ -35,6 +35,15 @@ struct GramGeometry {
   int64_t B, C, L;  // batch, channels, flattened plane
 };
 
+// Sums of differences (the content loss and its derivatives), over N
+// elements of dense tensors viewed flat, in chunks of `chunk` elements:
+// each chunk's partial sum (accumulator type) goes to `partials`
+// (ceil(N / chunk) of them), which are then added in chunk order. Every
+// backend chunks alike, so the sum is deterministic.
+struct DifferenceGeometry {
+  int64_t N, chunk;
+};
+
 inline Status check_gram_geometry(const GramGeometry& g) {
   return g.B < 0 || g.C < 0 || g.L < 0 ? Status::bad_argument : Status::ok;
 }
@@ -45,6 +54,12 @@ Status gram_matrix(DType dtype, const GramGeometry& g, Tensor3 x, Tensor3 other,
                    Tensor3 gram);
 Status gram_matrix_backward(DType dtype, const GramGeometry& g, Tensor3 grad_gram, Tensor3 x,
                             double scale, Tensor3 grad_x);
+// out[0] = scale * sum (u - v)(a - b); v.data or b.data may be null (zero).
+Status difference_dot(DType dtype, const DifferenceGeometry& g, Tensor1 u, Tensor1 v, Tensor1 a,
+                      Tensor1 b, double scale, Tensor1 partials, Tensor1 out);
+// out = scale * weight[0] * (a - b); b.data may be null (zero).
+Status scaled_difference(DType dtype, const DifferenceGeometry& g, Tensor1 a, Tensor1 b,
+                         Tensor1 weight, double scale, Tensor1 out);
 }  // namespace cpu
 
 #if defined(CNNK_WITH_CUDA)
@@ -54,6 +69,11 @@ Status gram_matrix(DType dtype, const GramGeometry& g, Tensor3 x, Tensor3 other,
                    Tensor3 gram, cudaStream_t stream);
 Status gram_matrix_backward(DType dtype, const GramGeometry& g, Tensor3 grad_gram, Tensor3 x,
                             double scale, Tensor3 grad_x, cudaStream_t stream);
+Status difference_dot(DType dtype, const DifferenceGeometry& g, Tensor1 u, Tensor1 v, Tensor1 a,
+                      Tensor1 b, double scale, Tensor1 partials, Tensor1 out,
+                      cudaStream_t stream);
+Status scaled_difference(DType dtype, const DifferenceGeometry& g, Tensor1 a, Tensor1 b,
+                         Tensor1 weight, double scale, Tensor1 out, cudaStream_t stream);
 }  // namespace cuda
 #endif
 
