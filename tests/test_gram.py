@@ -5,6 +5,7 @@ copy), gradients. The tests every family gets come from tests/harness.py;
 this module adds the Gram's own: symmetry, channel counts across the tile
 edges, the symmetrised product, the op-level validation."""
 
+import math
 import random
 
 import pytest
@@ -84,6 +85,17 @@ def reference_content_loss(a_content, a_generated):
     return (a_content - a_generated).square().sum() / (2 * a_content[0].numel())
 
 
+def reference_style_loss(features, target, normalize="course"):
+    """The notes' style cost (or the tutorial's mse of normalised Grams), a
+    loss computed in its inputs' precision under autocast, as ours."""
+    with torch.autocast(features.device.type, enabled=False):
+        if normalize == "course":
+            plane = math.prod(features.shape[1:])
+            return (reference_gram(features) - target).square().sum() / (2 * plane) ** 2
+        gram = reference_gram(features, "chw")
+        return torch.nn.functional.mse_loss(gram, target.expand(gram.shape))
+
+
 def _samples():
     def inputs(dtype, device, generator, batch):
         return (random_tensor((batch, 3, 4, 5), dtype, device, generator=generator),)
@@ -92,10 +104,18 @@ def _samples():
         return tuple(random_tensor((batch, 3, 4, 5), dtype, device, generator=generator)
                      for _ in range(2))
 
+    def with_target(dtype, device, generator, batch):
+        return (random_tensor((batch, 3, 4, 5), dtype, device, generator=generator),
+                random_tensor((3, 3), dtype, device, generator=generator))
+
     return (*(Sample(f"gram_{normalize}",
                      lambda x, normalize=normalize: ck.gram_matrix(x, normalize=normalize),
                      lambda x, normalize=normalize: reference_gram(x, normalize), inputs, 20)
               for normalize in ("none", "chw")),
+            Sample("style_loss", ck.style_loss, reference_style_loss, with_target, 20 * 9),
+            Sample("style_loss_tutorial",
+                   lambda x, t: ck.style_loss(x, t, normalize="tutorial"),
+                   lambda x, t: reference_style_loss(x, t, "tutorial"), with_target, 20 * 9),
             Sample("content_loss", ck.content_loss,
                    lambda a, b: (a - b).square().sum() / 120, pair, 120))
 
@@ -117,6 +137,13 @@ def _op_calls(device, backend, dtype):
 
 
 BAD_INPUTS = (
+    ("style_target", lambda: ck.style_loss(torch.randn(2, 3, 4, 4), torch.randn(4, 4)),
+     ValueError, "target_gram must have shape (3, 3)"),
+    ("style_batch", lambda: ck.style_loss(torch.randn(2, 3, 4, 4), torch.randn(3, 3, 3)),
+     ValueError, "target_gram must have shape (2, 3, 3)"),
+    ("style_normalize", lambda: ck.style_loss(torch.randn(2, 3, 4), torch.randn(3, 3),
+                                              normalize="none"), ValueError,
+     "normalize must be one of"),
     ("content_shapes", lambda: ck.content_loss(torch.randn(1, 2, 3, 3), torch.randn(1, 2, 3, 4)),
      ValueError, "a_content and a_generated must have the same shape"),
     ("content_rank", lambda: ck.content_loss(torch.randn(2, 3), torch.randn(2, 3)), ValueError,
@@ -196,3 +223,24 @@ def test_content_loss_matches_reference(device, backend, layout):
     assert_close(content.grad, c64.grad, dtype, 1, "grad a_content")
     assert_close(generated.grad, g64.grad, dtype, 1, "grad a_generated")
     assert tuple(shape) == tuple(content.shape)
+
+
+@pytest.mark.parametrize(("device", "backend"), backend_params())
+@pytest.mark.parametrize("normalize", ["course", "tutorial"])
+def test_style_loss_matches_reference(device, backend, normalize):
+    """Both normalisations, a per-image target, channels_last features, C
+    across the tile edge; values and both gradients."""
+    dtype = dtypes_for(device, backend)[0]
+    generator = torch.Generator().manual_seed(5)
+    x = make_input(dict(B=2, C=70, H=5, W=3, layout="channels_last"), dtype, device,
+                   generator).requires_grad_()
+    target = random_tensor((2, 70, 70), dtype, device, generator=generator).requires_grad_()
+    with ck.use(backend=backend):
+        loss = ck.style_loss(x, target, normalize=normalize)
+        loss.backward()
+    x64, t64 = float64_cpu(x).requires_grad_(), float64_cpu(target).requires_grad_()
+    expected = reference_style_loss(x64, t64, normalize)
+    expected.backward()
+    assert_close(loss, expected.detach(), dtype, 70 * 70 * 15, "style loss")
+    assert_close(x.grad, x64.grad, dtype, 70 * 15, "grad features")
+    assert_close(target.grad, t64.grad, dtype, 15, "grad target")

@@ -44,13 +44,14 @@ from torch import Tensor
 from cnnkernels import _args, _backend, _ext
 from cnnkernels.ops._define import Family, Launch, define_op, save
 
-FAMILY = Family(name="gram", public=("gram_matrix", "content_loss"),
+FAMILY = Family(name="gram", public=("gram_matrix", "style_loss", "content_loss"),
                 triton_modules=("cnnkernels.kernels.gram",),
                 bench_module="cnnkernels.bench.gram")
 
 __all__ = list(FAMILY.public)
 
 NORMALIZATIONS = ("none", "hw", "chw")
+STYLE_NORMALIZATIONS = ("course", "tutorial")
 
 
 @dataclass(frozen=True)
@@ -373,3 +374,36 @@ def content_loss(a_content: Tensor, a_generated: Tensor) -> Tensor:
     scale = 1.0 / (2 * per_image) if per_image else 1.0
     return difference_dot_op(a_content, a_generated, a_content, a_generated, scale,
                              _backend.current_backend())
+
+
+def style_loss(features: Tensor, target_gram: Tensor, *, normalize: str = "course") -> Tensor:
+    """The style cost of one layer against a target Gram matrix, (C, C) or
+    (B, C, C), for (B, C, H, W) or (B, C, L) features:
+
+    ``"course"`` (the default, the notes' J_style): with G the unnormalised
+    Gram, sum (G - target)^2 / (2 n_H n_W n_C)^2 per image, summed over the
+    batch; ``"tutorial"`` (PyTorch's style-transfer tutorial): with
+    G = F F^T / (C H W), the mean of (G - target)^2 over the batch's
+    B * C * C entries.
+
+    It runs our Gram kernel (upper-triangle tiles) and our fused
+    difference-square-sum; the generated Gram is still written once in
+    between (the single fused Gram-and-loss kernel is not done yet)."""
+    _backend.check_choice("normalize", normalize, STYLE_NORMALIZATIONS)
+    flat = flat_features(features)
+    B, C, L = flat.shape
+    _args.check_tensor(target_gram, "target_gram", ndim=(2, 3))
+    expected = (C, C) if target_gram.dim() == 2 else (B, C, C)
+    _check_shape(target_gram, "target_gram", expected, "style_loss")
+    course = normalize == "course"
+    gram_factor = 1.0 if course or L == 0 else 1.0 / (C * L)
+    # An empty batch or plane sums nothing: 0 (torch's mean of nothing is NaN).
+    loss_factor = 1.0 / max(1, (2 * C * L) ** 2 if course else B * C * C)
+    backend = _backend.current_backend()
+    # A loss: autocast keeps it in its inputs' precision, as torch's mse_loss.
+    with torch.autocast(flat.device.type, enabled=False):
+        gram = gram_matrix_op(flat, None, gram_factor, backend)
+    # torch's promotion, for bfloat16 features against a float32 target, say.
+    dtype = torch.promote_types(gram.dtype, target_gram.dtype)
+    gram, target = gram.to(dtype), target_gram.to(dtype).expand(B, C, C)
+    return difference_dot_op(gram, target, gram, target, loss_factor, backend)
