@@ -1,0 +1,276 @@
+"""gram, Gram matrices of feature maps: Triton kernels and their launchers
+(``gram_matrix``, ``gram_matrix_backward``, named and called like the C++
+and CUDA launchers; contracts in csrc/include/cnnk/gram.h).
+
+Shapes: features x (B, C, L) (a (B, C, H, W) map flattened: NCHW gives
+l stride 1, channels_last gives c stride 1, both without a copy), gram
+(B, C, C). Every tensor is addressed through its three strides.
+
+``_gram_kernel``: a program owns one BLOCK x BLOCK tile (rows i, columns j)
+of one image's Gram and reduces over L, BLOCK_L positions per step, with
+``tl.dot`` on tensor cores (fp16/bf16 with fp32 accumulation; fp32 as TF32
+only when ``torch.backends.cuda.matmul.allow_tf32`` allows it, torch's rule
+for bmm, exact fp32 otherwise). The grid is the full tile square; programs
+below the diagonal return at once, so only the upper triangle is computed,
+and each tile is stored twice: itself (where i <= j) and mirrored (where
+i < j), so the result is exactly symmetric and every element written once.
+CROSS: the symmetrised product x o^T + o x^T, two dots per step.
+Cost: B * C * (C + BLOCK) * L multiply-adds (half a bmm's B * C^2 * L for
+C >> BLOCK); bytes: x read once per tile row and column (L2 serves most),
+the Gram written once. Compute-bound for C >= 128 on the GPU.
+
+``_gram_backward_kernel``: grad_x = scale (dG + dG^T) x, a GEMM of M = C
+rows, N = L columns, K = C: a program owns BLOCK_M x BLOCK_N of one image's
+grad_x and reduces over k, BLOCK_K per step; the A tile dG[i, k] + dG[k, i]
+is formed in fp32 from two loads (one transposed) and rounded once to the
+input dtype for the dot. 2 * B * C^2 * L flops; x read C / BLOCK_M times
+(from L2), grad_x written once.
+
+``_difference_dot_kernel`` + ``_sum_partials_kernel``: the content loss's
+scale * sum (u - v)(a - b); a program sums one chunk of g.chunk elements
+(BLOCK lanes, a fixed order) to a partial, then one program adds the
+partials in order (deterministic). ``_scaled_difference_kernel``:
+scale * weight[0] * (a - b), elementwise. Memory-bound: every input read
+once (4 operands x N elements at most), the output written once.
+
+Limits: offsets are 32-bit (``cnnkernels._args.check_index_range``); the
+batch is grid axis 1 (at most 65535 images per launch);
+float16/bfloat16/float32 on the GPU, float32/float64 under
+TRITON_INTERPRET=1 (fp64 accumulates in fp64 there).
+"""
+
+import torch
+import triton
+import triton.language as tl
+from cnnkernels.kernels import TORCH_TO_TRITON_POINTER, compile_spec
+from cnnkernels.kernels.common import acc_type
+
+# Tiles by operand width: 16-bit operands take 64-wide tiles; fp32 ones
+# (twice the registers per operand, and exact fp32 dots run on the CUDA
+# cores, an accumulator per product) spilled at 64 x 64 with 4 warps, so
+# they take 32-row tiles.
+_FORWARD_TILES = {2: (64, 32), 4: (32, 32), 8: (32, 32)}  # element bytes -> BLOCK, BLOCK_L
+_BACKWARD_TILES = {2: (64, 64, 32), 4: (32, 64, 32), 8: (32, 64, 32)}  # BLOCK_M, _N, _K
+_NUM_WARPS = 4
+_REDUCTION_BLOCK = 1024  # elements per step of the difference kernels
+_MAX_BATCH = 65535  # grid axis 1
+
+
+@triton.jit
+def _gram_kernel(x_ptr, o_ptr, g_ptr, C, L, xs_b, xs_c, xs_l, os_b, os_c, os_l,
+                 gs_b, gs_r, gs_c, scale,
+                 CROSS: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+                 BLOCK: tl.constexpr, BLOCK_L: tl.constexpr):
+    tiles = tl.cdiv(C, BLOCK)
+    ti = tl.program_id(0) // tiles
+    tj = tl.program_id(0) % tiles
+    if tj >= ti:
+        b = tl.program_id(1)
+        rows = ti * BLOCK + tl.arange(0, BLOCK)
+        cols = tj * BLOCK + tl.arange(0, BLOCK)
+        steps = tl.arange(0, BLOCK_L)
+        x_img = x_ptr + b * xs_b
+        o_img = o_ptr + b * os_b
+        acc = tl.zeros((BLOCK, BLOCK), dtype=ACC)
+        for l0 in range(0, L, BLOCK_L):
+            pos = l0 + steps
+            a_mask = (rows[:, None] < C) & (pos[None, :] < L)
+            b_mask = (pos[:, None] < L) & (cols[None, :] < C)
+            a = tl.load(x_img + rows[:, None] * xs_c + pos[None, :] * xs_l, mask=a_mask, other=0.0)
+            bt = tl.load(x_img + cols[None, :] * xs_c + pos[:, None] * xs_l, mask=b_mask, other=0.0)
+            if CROSS:
+                oa = tl.load(o_img + rows[:, None] * os_c + pos[None, :] * os_l, mask=a_mask,
+                             other=0.0)
+                ot = tl.load(o_img + cols[None, :] * os_c + pos[:, None] * os_l, mask=b_mask,
+                             other=0.0)
+                acc = tl.dot(a, ot, acc, input_precision=PRECISION, out_dtype=ACC)
+                acc = tl.dot(oa, bt, acc, input_precision=PRECISION, out_dtype=ACC)
+            else:
+                acc = tl.dot(a, bt, acc, input_precision=PRECISION, out_dtype=ACC)
+        value = (acc * scale).to(g_ptr.dtype.element_ty)
+        inside = (rows[:, None] < C) & (cols[None, :] < C)
+        g_img = g_ptr + b * gs_b
+        tl.store(g_img + rows[:, None] * gs_r + cols[None, :] * gs_c, value,
+                 mask=inside & (rows[:, None] <= cols[None, :]))
+        tl.store(g_img + cols[None, :] * gs_r + rows[:, None] * gs_c, value,
+                 mask=inside & (rows[:, None] < cols[None, :]))
+
+
+@triton.jit
+def _gram_backward_kernel(dg_ptr, x_ptr, gx_ptr, C, L, ds_b, ds_r, ds_c, xs_b, xs_c, xs_l,
+                          gxs_b, gxs_c, gxs_l, scale,
+                          PRECISION: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr,
+                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    column_tiles = tl.cdiv(L, BLOCK_N)
+    rows = (tl.program_id(0) // column_tiles) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = (tl.program_id(0) % column_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
+    b = tl.program_id(1)
+    dg_img = dg_ptr + b * ds_b
+    x_img = x_ptr + b * xs_b
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    for k0 in range(0, C, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        s_mask = (rows[:, None] < C) & (k[None, :] < C)
+        s = tl.load(dg_img + rows[:, None] * ds_r + k[None, :] * ds_c, mask=s_mask,
+                    other=0.0).to(ACC)
+        s += tl.load(dg_img + k[None, :] * ds_r + rows[:, None] * ds_c, mask=s_mask,
+                     other=0.0).to(ACC)
+        xt = tl.load(x_img + k[:, None] * xs_c + cols[None, :] * xs_l,
+                     mask=(k[:, None] < C) & (cols[None, :] < L), other=0.0)
+        acc = tl.dot(s.to(x_ptr.dtype.element_ty), xt, acc, input_precision=PRECISION,
+                     out_dtype=ACC)
+    tl.store(gx_ptr + b * gxs_b + rows[:, None] * gxs_c + cols[None, :] * gxs_l,
+             (acc * scale).to(gx_ptr.dtype.element_ty),
+             mask=(rows[:, None] < C) & (cols[None, :] < L))
+
+
+@triton.jit
+def _operand(ptr, offsets, mask, HAS: tl.constexpr, ACC: tl.constexpr):
+    """An operand of the difference kernels, zero when absent."""
+    if HAS:
+        return tl.load(ptr + offsets, mask=mask, other=0.0).to(ACC)
+    return tl.zeros(offsets.shape, dtype=ACC)
+
+
+@triton.jit
+def _difference_dot_kernel(u_ptr, v_ptr, a_ptr, b_ptr, partial_ptr, N, us, vs, as_, bs,
+                           HAS_V: tl.constexpr, HAS_B: tl.constexpr, ACC: tl.constexpr,
+                           CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+    chunk = tl.program_id(0)
+    lanes = tl.zeros((BLOCK,), dtype=ACC)
+    for start in range(0, CHUNK, BLOCK):
+        i = chunk * CHUNK + start + tl.arange(0, BLOCK)
+        mask = i < N
+        d_uv = _operand(u_ptr, i * us, mask, True, ACC) - _operand(v_ptr, i * vs, mask, HAS_V, ACC)
+        d_ab = _operand(a_ptr, i * as_, mask, True, ACC) - _operand(b_ptr, i * bs, mask, HAS_B,
+                                                                    ACC)
+        lanes += d_uv * d_ab
+    tl.store(partial_ptr + chunk, tl.sum(lanes, axis=0))
+
+
+@triton.jit
+def _sum_partials_kernel(partial_ptr, out_ptr, count, scale, ACC: tl.constexpr,
+                         BLOCK: tl.constexpr):
+    """One program: the partials in a fixed order, scaled, to the 0-d output."""
+    lanes = tl.zeros((BLOCK,), dtype=ACC)
+    for start in range(0, count, BLOCK):
+        i = start + tl.arange(0, BLOCK)
+        lanes += tl.load(partial_ptr + i, mask=i < count, other=0.0)
+    tl.store(out_ptr, (tl.sum(lanes, axis=0) * scale).to(out_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _scaled_difference_kernel(a_ptr, b_ptr, w_ptr, out_ptr, N, as_, bs, outs, scale,
+                              HAS_B: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = i < N
+    factor = tl.load(w_ptr).to(ACC) * scale
+    d = _operand(a_ptr, i * as_, mask, True, ACC) - _operand(b_ptr, i * bs, mask, HAS_B, ACC)
+    tl.store(out_ptr + i * outs, (factor * d).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _precision(dtype: torch.dtype) -> str:
+    """tl.dot's input precision: TF32 for fp32 only when torch allows it for
+    matmuls; fp16/bf16 run on tensor cores whatever it says."""
+    allowed = torch.backends.cuda.matmul.allow_tf32
+    return "tf32" if dtype == torch.float32 and allowed else "ieee"
+
+
+def _batches(batch: int):
+    """Image ranges of at most _MAX_BATCH (grid axis 1's limit)."""
+    for start in range(0, batch, _MAX_BATCH):
+        yield start, min(batch, start + _MAX_BATCH)
+
+
+def gram_matrix(g, x, other, scale: float, gram) -> None:
+    """gram = scale * x x^T per image, or scale * (x o^T + o x^T) with ``other``."""
+    cross = other is not None
+    o = other if cross else x
+    block, block_l = _FORWARD_TILES[x.element_size()]
+    tiles = triton.cdiv(g.C, block)
+    for start, end in _batches(g.B):
+        _gram_kernel[(tiles * tiles, end - start)](
+            x[start:end], o[start:end], gram[start:end], g.C, g.L, *x.stride(), *o.stride(),
+            *gram.stride(), scale, CROSS=cross, PRECISION=_precision(x.dtype),
+            ACC=acc_type(x.dtype), BLOCK=block, BLOCK_L=block_l, num_warps=_NUM_WARPS)
+
+
+def gram_matrix_backward(g, grad_gram, x, scale: float, grad_x) -> None:
+    """grad_x = scale * (grad_gram + grad_gram^T) x per image."""
+    block_m, block_n, block_k = _BACKWARD_TILES[x.element_size()]
+    grid = triton.cdiv(g.C, block_m) * triton.cdiv(g.L, block_n)
+    for start, end in _batches(g.B):
+        _gram_backward_kernel[(grid, end - start)](
+            grad_gram[start:end], x[start:end], grad_x[start:end], g.C, g.L,
+            *grad_gram.stride(), *x.stride(), *grad_x.stride(), scale,
+            PRECISION=_precision(x.dtype), ACC=acc_type(x.dtype), BLOCK_M=block_m,
+            BLOCK_N=block_n, BLOCK_K=block_k, num_warps=_NUM_WARPS)
+
+
+def difference_dot(g, u, v, a, b, scale: float, partials, out) -> None:
+    """out[0] = scale * sum (u - v)(a - b): a partial per chunk, then their sum."""
+    chunks = triton.cdiv(g.N, g.chunk)
+    _difference_dot_kernel[(chunks,)](
+        u, v if v is not None else u, a, b if b is not None else a, partials, g.N, u.stride(0),
+        v.stride(0) if v is not None else 0, a.stride(0), b.stride(0) if b is not None else 0,
+        HAS_V=v is not None, HAS_B=b is not None, ACC=acc_type(u.dtype), CHUNK=g.chunk,
+        BLOCK=_REDUCTION_BLOCK, num_warps=_NUM_WARPS)
+    _sum_partials_kernel[(1,)](partials, out, chunks, scale, ACC=acc_type(u.dtype),
+                               BLOCK=_REDUCTION_BLOCK, num_warps=_NUM_WARPS)
+
+
+def scaled_difference(g, a, b, weight, scale: float, out) -> None:
+    """out = scale * weight[0] * (a - b)."""
+    _scaled_difference_kernel[(triton.cdiv(g.N, _REDUCTION_BLOCK),)](
+        a, b if b is not None else a, weight, out, g.N, a.stride(0),
+        b.stride(0) if b is not None else 0, out.stride(0), scale, HAS_B=b is not None,
+        ACC=acc_type(a.dtype), BLOCK=_REDUCTION_BLOCK, num_warps=_NUM_WARPS)
+
+
+def static_check_specs():
+    """Every kernel in every launch configuration (dtype x variant x
+    precision), for the static GPU check; each runs its dots on tensor cores
+    except exact fp32."""
+    specs = []
+    for dtype in ("float32", "float16", "bfloat16"):
+        ptr = TORCH_TO_TRITON_POINTER[dtype]
+        width = getattr(torch, dtype).itemsize
+        block, block_l = _FORWARD_TILES[width]
+        block_m, block_n, block_k = _BACKWARD_TILES[width]
+        precisions = ("tf32", "ieee") if dtype == "float32" else ("ieee",)
+        for precision in precisions:
+            tensor_cores = precision == "tf32" or dtype != "float32"
+            for cross in (False, True):
+                specs.append(compile_spec(
+                    f"gram_forward[{dtype},{precision},CROSS={cross}]", _gram_kernel,
+                    pointers={"x_ptr": ptr, "o_ptr": ptr, "g_ptr": ptr, "scale": "fp32"},
+                    constexprs={"CROSS": cross, "PRECISION": precision, "ACC": tl.float32,
+                                "BLOCK": block, "BLOCK_L": block_l},
+                    num_warps=_NUM_WARPS, tensor_cores=tensor_cores))
+            specs.append(compile_spec(
+                f"gram_backward[{dtype},{precision}]", _gram_backward_kernel,
+                pointers={"dg_ptr": ptr, "x_ptr": ptr, "gx_ptr": ptr, "scale": "fp32"},
+                constexprs={"PRECISION": precision, "ACC": tl.float32, "BLOCK_M": block_m,
+                            "BLOCK_N": block_n, "BLOCK_K": block_k},
+                num_warps=_NUM_WARPS, tensor_cores=tensor_cores))
+        for has_second in (False, True):
+            for has_b in (False, True):
+                specs.append(compile_spec(
+                    f"gram_difference_dot[{dtype},V={has_second},B={has_b}]",
+                    _difference_dot_kernel,
+                    pointers={"u_ptr": ptr, "v_ptr": ptr, "a_ptr": ptr, "b_ptr": ptr,
+                              "partial_ptr": "*fp32"},
+                    constexprs={"HAS_V": has_second, "HAS_B": has_b, "ACC": tl.float32,
+                                "CHUNK": 8192, "BLOCK": _REDUCTION_BLOCK},
+                    num_warps=_NUM_WARPS))
+            specs.append(compile_spec(
+                f"gram_scaled_difference[{dtype},B={has_second}]", _scaled_difference_kernel,
+                pointers={"a_ptr": ptr, "b_ptr": ptr, "w_ptr": ptr, "out_ptr": ptr,
+                          "scale": "fp32"},
+                constexprs={"HAS_B": has_second, "ACC": tl.float32, "BLOCK": _REDUCTION_BLOCK},
+                num_warps=_NUM_WARPS))
+        specs.append(compile_spec(
+            f"gram_sum_partials[{dtype}]", _sum_partials_kernel,
+            pointers={"partial_ptr": "*fp32", "out_ptr": ptr, "scale": "fp32"},
+            constexprs={"ACC": tl.float32, "BLOCK": _REDUCTION_BLOCK}, num_warps=_NUM_WARPS))
+    return specs
