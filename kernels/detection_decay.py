@@ -26,7 +26,7 @@ from cnnkernels.kernels.common import acc_type
 from cnnkernels.kernels.detection import _div, _load_box, _max, _min, _overlap
 
 _BLOCK = 128
-_MATRIX_TILE = (16, 32)  # BLOCK_K, BLOCK
+_MATRIX_TILE = (8, 32)  # BLOCK_K, BLOCK (16 x 32 spilled with Triton 3.6)
 _WARPS = 4
 
 

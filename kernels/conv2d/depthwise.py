@@ -296,7 +296,8 @@ _GENERAL = (0, 0, 0)
 # sm_90, static check).
 _BLOCKS = {"forward": {"nchw": (256, 1), "channels_last": (16, 32)},
            "grad_input": {"nchw": (128, 2), "channels_last": (16, 16)}}
-_FILTER_BLOCKS = {("grad_input", "channels_last", (3, 3, 2)): (8, 16)}
+_FILTER_BLOCKS = {("grad_input", "channels_last", (3, 3, 2)): (8, 16),
+                  ("grad_input", "channels_last", _GENERAL): (8, 16)}  # 16 x 16: Triton 3.6 spilled
 # grad_weight's (BLOCK_M, BLOCK_C) per layout for 16 taps a program; BLOCK_T
 # taps per program: a specialised filter's taps in one block (16 for 3x3, 32
 # for 5x5, with BLOCK_M halved so the [tap, pixel, channel] tile keeps its
