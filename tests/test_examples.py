@@ -17,6 +17,7 @@ EXAMPLES = {
                        ("style_transfer.png", "style_transfer_loss.png")),
     "detect": (["--steps", "2"], ("detect.png", "detect_loss.png")),
     "face_verify": (["--steps", "2"], ("face_verify.png", "face_verify_loss.png")),
+    "segment": (["--steps", "2", "--size", "32"], ("segment.png", "segment_loss.png")),
 }
 
 
