@@ -293,3 +293,47 @@ def test_torchvision_models_patched_and_fused(name):
     fused = ck.patch(copy.deepcopy(reference), fuse=True)
     assert fused.cnnkernels_report.fused or name == "vgg16"
     assert_same_results(grads(fused, x), grads(reference, x), 5000, f"fused {name}")
+
+
+# --- torch.compile ----------------------------------------------------------
+
+def compiled_resnet_matches_eager(backend: str) -> None:
+    """A patched ResNet-18 (torchvision's structure, width 4, one 64x64
+    image), pinned to the cpu backend, compiled with fullgraph=True (no
+    graph break allowed) under a global choice that could not run it:
+    training forward and backward (the compiled backward graph), then an
+    SGD step, as eager torch; and the fused eval model's forward."""
+    torch.manual_seed(17)
+    reference = tv.randomize_batch_norms(tv.resnet18(width=4), generator(18))
+    model = ck.patch(copy.deepcopy(reference), backend="cpu")
+    eval_reference = copy.deepcopy(reference).eval()
+    fused = ck.patch(copy.deepcopy(eval_reference), backend="cpu", fuse=True)
+    x, y = torch.randn(1, 3, 64, 64), torch.tensor([3])
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (model, reference)]
+    with ck.use(backend="cuda"):
+        loss = torch.nn.functional.cross_entropy(
+            torch.compile(model, fullgraph=True, backend=backend)(x), y)
+        fused_out = torch.compile(fused, fullgraph=True, backend=backend)(x)
+    expected = torch.nn.functional.cross_entropy(reference(x), y)
+    torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-5)
+    for net_loss, optimizer in zip((loss, expected), optimizers, strict=True):
+        net_loss.backward()  # the compiled model's backward graph
+        # torch's optimizers break the graph on purpose (_use_grad in
+        # torch/optim/optimizer.py); compiling one tests torch, not us.
+        optimizer.step()
+    for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
+    torch.testing.assert_close(fused_out, eval_reference(x), rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_patched_resnet_traces_without_graph_breaks():
+    """Dynamo and AOT autograd (what finds graph breaks and runs the ops'
+    fake implementations and derivative formulas); ~45 s on 2 busy cores."""
+    compiled_resnet_matches_eager("aot_eager")
+
+
+@pytest.mark.slow
+def test_compiled_patched_resnet_with_inductor():
+    """Inductor's code generation around our ops (~2 minutes of compilation
+    on 2 cores: slow)."""
+    compiled_resnet_matches_eager("inductor")
