@@ -39,6 +39,7 @@ _COMPUTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # What patch changed on a module, to be undone by unpatch: the class it
 # had and the instance attributes it set.
 _RESTORE = "_cnnkernels_restore"
+_ABSENT = object()
 REPORT = "cnnkernels_report"
 
 
@@ -89,9 +90,6 @@ def _remember(module: torch.nn.Module, attributes: dict) -> None:
         for name in attributes:
             saved.setdefault(name, module.__dict__.get(name, _ABSENT))
     module.__dict__.update(attributes)
-
-
-_ABSENT = object()
 
 
 def _why_not_replaced(module: torch.nn.Module) -> str | None:
@@ -204,6 +202,7 @@ def unpatch(model: torch.nn.Module) -> torch.nn.Module:
     run again) and ``model.cnnkernels_report`` too. Layers built as
     cnnkernels.nn modules stay so."""
     for module in model.modules():
+        module.__dict__.pop(nn.FOLD_CACHE, None)
         record = module.__dict__.pop(_RESTORE, None)
         if record is not None:
             original_class, attributes = record

@@ -222,6 +222,33 @@ def test_fused_model_equals_torch_forward_and_backward(make, size):
     assert_same_results(grads(model, x), grads(reference, x), 500, "fused")
 
 
+def test_fused_model_sees_every_change_of_its_parameters_and_buffers():
+    """Inference caches the folded weights: in-place edits, an optimizer
+    step and load_state_dict must all show in the next output."""
+    reference, model = eval_copy_pair(tv.resnet18(width=2), 19)
+    ck.patch(model, fuse=True)
+    x = torch.randn(2, 3, 32, 32, dtype=F64)
+    for change in range(4):
+        with torch.no_grad():
+            assert_close(model(x), reference(x), F64, 500, f"after change {change}")
+        for net in (model, reference):
+            if change == 0:
+                with torch.no_grad():
+                    net.layer1[0].bn1.running_var.mul_(2)
+                    net.layer2[0].conv2.weight.add_(0.1)
+            elif change == 1:
+                net.layer3[1].bn2.eps = 0.5
+            elif change == 2:
+                torch.nn.functional.cross_entropy(net(x), torch.tensor([0, 1])).backward()
+                torch.optim.SGD(net.parameters(), lr=0.5).step()
+        if change == 3:
+            state = tv.randomize_batch_norms(copy.deepcopy(reference), generator(20)).state_dict()
+            model.load_state_dict(state)
+            reference.load_state_dict(state)
+            with torch.no_grad():
+                assert_close(model(x), reference(x), F64, 500, "after load_state_dict")
+
+
 def test_fusion_report_names_the_patterns():
     _, model = eval_copy_pair(tv.resnet18(width=2), 12)
     ck.patch(model, fuse=True)
