@@ -142,14 +142,19 @@ def patch(model: torch.nn.Module, *, backend: str | None = None,
       torchvision's Conv2dNormActivation): a cnnkernels Conv2d without an
       activation of its own, then optionally a BatchNorm2d, then optionally
       a ReLU, ReLU6 or SiLU (exact classes);
-    - a ResNet block with torchvision's structure: a class named
-      ``BasicBlock`` (attributes conv1, bn1, relu, conv2, bn2, downsample) or
-      ``Bottleneck`` (also conv3, bn3), convs patched to cnnkernels with no
-      activation, BatchNorm2d norms, an ``nn.ReLU`` and a forward that reads
-      exactly those attributes: taken to be torchvision's forward
-      ``relu(bn2(conv2(relu(bn1(conv1(x))))) + identity)`` (Bottleneck: one
-      conv-bn-relu more), identity = downsample(x) or x; its last convolution
-      adds the shortcut in the epilogue.
+    - torchvision's blocks, recognised by class name, attributes of the
+      exact classes above (the convs patched) and a forward that reads
+      exactly those attributes, which is then taken to compute what
+      torchvision's forward does:
+      ``BasicBlock`` (ResNet-18/34: conv1, bn1, relu, conv2, bn2,
+      downsample; ``relu(bn2(conv2(relu(bn1(conv1(x))))) + identity)``,
+      identity = downsample(x) or x) and ``Bottleneck`` (ResNet-50 and up:
+      conv3, bn3 too, one conv-bn-relu more), whose last convolution adds
+      the shortcut in its epilogue; ``InvertedResidual`` (MobileNetV2: conv,
+      a Sequential ending in a conv and a batch norm, and use_res_connect;
+      ``x + conv(x)`` or ``conv(x)``), the shortcut added by the last conv;
+      ``BasicConv2d`` (GoogLeNet, Inception v3: conv, bn;
+      ``F.relu(bn(conv(x)))``).
 
     Modules with hooks are not fused (a fused module is not called).
     In training mode the fused forwards run the original modules in turn,
@@ -262,27 +267,25 @@ def _sequential_steps(sequential: torch.nn.Sequential):
     return tuple(steps), chains
 
 
-def _resnet_block_layers(block) -> tuple[tuple, str] | None:
-    """The (conv, bn) pairs of a ResNet block with torchvision's structure
-    (see patch's docstring) and their names, or None."""
-    names = {"BasicBlock": ("conv1", "bn1", "conv2", "bn2"),
-             "Bottleneck": ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3")
-             }.get(type(block).__name__)
-    if names is None or _hooked(block):
-        return None
-    if set(type(block).forward.__code__.co_names) != {*names, "relu", "downsample"}:
-        return None
-    layers = [getattr(block, name, None) for name in names]
-    pairs = tuple(zip(layers[::2], layers[1::2], strict=True))
-    if type(getattr(block, "relu", None)) is not torch.nn.ReLU or _hooked(block.relu) or not all(
-            _fusable_conv(conv) and type(bn) is torch.nn.BatchNorm2d and not _hooked(bn)
-            for conv, bn in pairs):
-        return None
-    described = ", ".join(f"{c}+{b}+relu" for c, b in zip(names[::2], names[1::2], strict=True))
-    return pairs, f"{type(block).__name__}: {described}, the shortcut added in {names[-2]}"
+# torchvision's blocks fusion recognises (see patch's docstring): class
+# name -> its (conv, bn) attribute pairs and everything else its forward
+# reads.
+_BLOCKS = {
+    "BasicBlock": ((("conv1", "bn1"), ("conv2", "bn2")), {"relu", "downsample"}),
+    "Bottleneck": ((("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
+                   {"relu", "downsample"}),
+    "BasicConv2d": ((("conv", "bn"),), {"F", "relu"}),
+    "InvertedResidual": ((), {"use_res_connect", "conv"}),
+}
+# What BasicConv2d's forward applies as torch.nn.functional.relu.
+_RELU = torch.nn.ReLU()
 
 
-def _fused_resnet_block(block, pairs: tuple, x):
+def _fusable_pair(conv, norm) -> bool:
+    return _fusable_conv(conv) and type(norm) is torch.nn.BatchNorm2d and not _hooked(norm)
+
+
+def _fused_resnet_block(block, x, pairs: tuple):
     identity = x if block.downsample is None else block.downsample(x)
     out = x
     for conv, bn in pairs[:-1]:
@@ -291,21 +294,61 @@ def _fused_resnet_block(block, pairs: tuple, x):
     return nn.conv_norm_activation(conv, bn, block.relu, out, identity)
 
 
+def _fused_basic_conv(block, x):
+    return nn.conv_norm_activation(block.conv, block.bn, _RELU, x)
+
+
+def _fused_inverted_residual(block, x):
+    if not block.use_res_connect:
+        return block.conv(x)
+    *head, conv, bn = block.conv
+    out = x
+    for module in head:
+        out = module(out)
+    return nn.conv_norm_activation(conv, bn, None, out, x)
+
+
+def _block_plan(block) -> tuple | None:
+    """(fused forward, the modules it folds in, what it fuses) for a block
+    with torchvision's structure, or None."""
+    kind = type(block).__name__
+    pair_names, others = _BLOCKS[kind]
+    read = {*others, *(name for pair in pair_names for name in pair)}
+    if _hooked(block) or set(type(block).forward.__code__.co_names) != read:
+        return None
+    pairs = tuple((getattr(block, c, None), getattr(block, b, None)) for c, b in pair_names)
+    if not all(_fusable_pair(conv, bn) for conv, bn in pairs):
+        return None
+    if kind == "BasicConv2d":
+        return _fused_basic_conv, set(pairs[0]), "conv+bn+relu"
+    if kind == "InvertedResidual":
+        layers = block.conv
+        if type(layers) is not torch.nn.Sequential or _hooked(layers) or len(layers) < 2 \
+                or not _fusable_pair(layers[-2], layers[-1]):
+            return None
+        return (_fused_inverted_residual, {layers[-2], layers[-1]},
+                f"the shortcut added in conv[{len(layers) - 2}] (when use_res_connect)")
+    if type(getattr(block, "relu", None)) is not torch.nn.ReLU or _hooked(block.relu):
+        return None
+    described = ", ".join(f"{c}+{b}+relu" for c, b in pair_names)
+    return (functools.partial(_fused_resnet_block, pairs=pairs), {block.relu, *sum(pairs, ())},
+            f"{described}, the shortcut added in {pair_names[-1][0]}")
+
+
 def _fuse(model: torch.nn.Module, report: PatchReport) -> set:
     """Install the fused forwards; the ids of the modules they fold in."""
     fused = set()
     for name, module in model.named_modules():
-        if type(module).__name__ in ("BasicBlock", "Bottleneck"):
-            block = _resnet_block_layers(module)
-            if block is None:
+        if type(module).__name__ in _BLOCKS:
+            plan = _block_plan(module)
+            if plan is None:
                 report.left_alone.append((name, type(module).__name__,
                                           "not fused: not torchvision's structure (see patch)"))
                 continue
-            pairs, described = block
-            _remember(module, {"forward": functools.partial(_fused_resnet_block, module, pairs)})
-            fused.update(id(m) for pair in pairs for m in pair)
-            fused.add(id(module.relu))
-            report.fused.append((name, described))
+            forward, members, described = plan
+            _remember(module, {"forward": functools.partial(forward, module)})
+            fused.update(id(m) for m in members)
+            report.fused.append((name, f"{type(module).__name__}: {described}"))
         elif isinstance(module, torch.nn.Sequential) \
                 and type(module).forward is torch.nn.Sequential.forward:
             steps, chains = _sequential_steps(module)

@@ -1,13 +1,14 @@
-"""torchvision's ResNet (BasicBlock, Bottleneck) and MobileNetV2
-(Conv2dNormActivation, InvertedResidual) rebuilt module for module on
+"""torchvision's ResNet (BasicBlock, Bottleneck), MobileNetV2
+(Conv2dNormActivation, InvertedResidual) and GoogLeNet's BasicConv2d rebuilt module for module on
 torch.nn, for the patch tests where torchvision is not installed (its
 wheels need CUDA torch). Same classes, attribute names, module tree and
-forward computations as torchvision.models.resnet / mobilenetv2 and
-torchvision.ops.misc, at any width: what ``cnnkernels.patch`` recognises
+forward computations as torchvision.models.resnet / mobilenetv2 / googlenet
+and torchvision.ops.misc, at any width: what ``cnnkernels.patch`` recognises
 in torchvision models is recognised here."""
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 class BasicBlock(nn.Module):
@@ -148,6 +149,27 @@ def mobilenet_v2_small(num_classes=10):
                 Conv2dNormActivation(12, 32, kernel_size=1, activation_layer=nn.ReLU6)]
     return nn.Sequential(nn.Sequential(*features), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                          nn.Dropout(0.2), nn.Linear(32, num_classes))
+
+
+class BasicConv2d(nn.Module):
+    def __init__(self, in_channels, out_channels, **kwargs):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, bias=False, **kwargs)
+        self.bn = nn.BatchNorm2d(out_channels, eps=0.001)
+
+    def forward(self, x):
+        x = self.conv(x)
+        x = self.bn(x)
+        return F.relu(x, inplace=True)
+
+
+def inception_stem_small(num_classes=10):
+    """GoogLeNet's stem kinds (BasicConv2d, ceil-mode max pool) at a few channels."""
+    return nn.Sequential(BasicConv2d(3, 8, kernel_size=7, stride=2, padding=3),
+                         nn.MaxPool2d(3, stride=2, ceil_mode=True),
+                         BasicConv2d(8, 8, kernel_size=1),
+                         BasicConv2d(8, 12, kernel_size=3, padding=1),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, num_classes))
 
 
 def randomize_batch_norms(model: nn.Module, generator: torch.Generator) -> nn.Module:
