@@ -96,7 +96,7 @@ def _why_not_replaced(module: torch.nn.Module) -> str | None:
     """Why a torch layer of a class with a twin cannot run on cnnkernels
     exactly, or None when it can."""
     if isinstance(module, torch.nn.ConvTranspose2d) and module.padding_mode != "zeros":
-        return f"padding_mode={module.padding_mode!r} (torch runs only 'zeros' for it either)"
+        return f"padding_mode={module.padding_mode!r} (torch's runs only 'zeros' too)"
     weight = getattr(module, "weight", None)
     if weight is not None and weight.dtype not in _COMPUTED_DTYPES:
         return f"weight dtype {weight.dtype}: cnnkernels computes float16/bfloat16/float32/float64"
@@ -110,7 +110,8 @@ def _subclass_reason(module: torch.nn.Module) -> str | None:
             if isinstance(module, torch.nn.modules.lazy.LazyModuleMixin):
                 return "an uninitialised lazy module: patch after its first forward"
             if torch.nn.utils.parametrize.is_parametrized(module):
-                return "parametrized (torch.nn.utils.parametrize): its class is torch's own"
+                return ("parametrized (torch.nn.utils.parametrize made its class; switching "
+                        "it would drop the parametrization)")
             return (f"a subclass of torch.nn.{torch_class.__name__} (its forward may differ "
                     f"from torch's)")
     return None
@@ -183,9 +184,6 @@ def patch(model: torch.nn.Module, *, backend: str | None = None,
         elif isinstance(module, _OURS):
             if backend is not None:
                 _remember(module, {"backend": backend})
-        elif isinstance(module, nn.Conv2dNormActivation):
-            if backend is not None:
-                _remember(module[0], {"backend": backend})
         else:
             reason = _subclass_reason(module)
             if reason is not None:

@@ -151,7 +151,8 @@ def test_patch_reports_what_it_replaced_and_left_alone():
         torch.nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"),
         torch.nn.ConvTranspose2d(4, 4, 2, stride=2),
         MyConv(4, 4, 1), torch.nn.LazyConv2d(4, 1), torch.nn.BatchNorm2d(4),
-        torch.nn.MaxPool2d(2))
+        torch.nn.MaxPool2d(2),
+        torch.nn.utils.parametrizations.weight_norm(torch.nn.Conv2d(4, 4, 1)))
     ck.patch(model)
     report = model.cnnkernels_report
     assert isinstance(report, ck.PatchReport)
@@ -160,6 +161,8 @@ def test_patch_reports_what_it_replaced_and_left_alone():
     assert "subclass of torch.nn.Conv2d" in reasons["2"]
     assert "lazy" in reasons["3"]
     assert reasons["4"] == "no cnnkernels layer: torch runs it"
+    assert "parametrized" in reasons["6"]
+    assert type(model[6]).__name__ == "ParametrizedConv2d"
     text = str(report)
     assert "3 layers replaced" in text and "Conv2d x1" in text and "MyConv x1" in text
 
