@@ -171,6 +171,7 @@ def patch(model: torch.nn.Module, *, backend: str | None = None,
                            f"training mode ({', '.join(training[:3])}...): call model.eval() "
                            f"first")
     report = PatchReport(backend, fuse)
+    covered = set()  # the norms and activations cnnkernels blocks fuse themselves
     for name, module in model.named_modules():
         twin = _TWINS.get(type(module))
         if twin is not None:
@@ -184,14 +185,16 @@ def patch(model: torch.nn.Module, *, backend: str | None = None,
         elif isinstance(module, _OURS):
             if backend is not None:
                 _remember(module, {"backend": backend})
+        elif isinstance(module, nn.Conv2dNormActivation):
+            covered.update(id(m) for m in module)
         else:
             reason = _subclass_reason(module)
             if reason is not None:
                 report.left_alone.append((name, type(module).__name__, reason))
-    fused_modules = _fuse(model, report) if fuse else set()
+    covered |= _fuse(model, report) if fuse else set()
     for name, module in model.named_modules():
         if (not list(module.children()) and not isinstance(module, (*_OURS, *_TWINS))
-                and id(module) not in fused_modules):
+                and id(module) not in covered):
             report.left_alone.append((name, type(module).__name__,
                                       "no cnnkernels layer: torch runs it"))
     model.__dict__[REPORT] = report

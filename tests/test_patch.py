@@ -152,7 +152,8 @@ def test_patch_reports_what_it_replaced_and_left_alone():
         torch.nn.ConvTranspose2d(4, 4, 2, stride=2),
         MyConv(4, 4, 1), torch.nn.LazyConv2d(4, 1), torch.nn.BatchNorm2d(4),
         torch.nn.MaxPool2d(2),
-        torch.nn.utils.parametrizations.weight_norm(torch.nn.Conv2d(4, 4, 1)))
+        torch.nn.utils.parametrizations.weight_norm(torch.nn.Conv2d(4, 4, 1)),
+        ck.nn.Conv2dNormActivation(4, 4))
     ck.patch(model)
     report = model.cnnkernels_report
     assert isinstance(report, ck.PatchReport)
@@ -162,6 +163,7 @@ def test_patch_reports_what_it_replaced_and_left_alone():
     assert "lazy" in reasons["3"]
     assert reasons["4"] == "no cnnkernels layer: torch runs it"
     assert "parametrized" in reasons["6"]
+    assert not [name for name in reasons if name.startswith("7")]  # fuses its norm itself
     assert type(model[6]).__name__ == "ParametrizedConv2d"
     text = str(report)
     assert "3 layers replaced" in text and "Conv2d x1" in text and "MyConv x1" in text
@@ -371,6 +373,6 @@ def test_compiled_patched_resnet_traces_without_graph_breaks():
 
 @pytest.mark.slow
 def test_compiled_patched_resnet_with_inductor():
-    """Inductor's code generation around our ops (~2 minutes of compilation
-    on 2 cores: slow)."""
+    """Inductor's code generation around our ops (1-2 minutes of
+    compilation on 2 busy cores: slow)."""
     compiled_resnet_matches_eager("inductor")
