@@ -33,7 +33,6 @@ class _OnBackend:
     ``cnnkernels.patch`` switched to these classes without constructing them."""
 
     backend: str | None = None
-    activation: str | None = None
 
     def __init__(self, *args, backend: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -41,13 +40,15 @@ class _OnBackend:
 
     def extra_repr(self) -> str:
         extra = "".join(f", {name}={getattr(self, name)!r}" for name in ("activation", "backend")
-                        if getattr(self, name) is not None)
+                        if getattr(self, name, None) is not None)
         return super().extra_repr() + extra
 
 
 class Conv2d(_OnBackend, _torch.nn.Conv2d):
     """``torch.nn.Conv2d`` on cnnkernels' kernels. ``activation`` (None,
     "relu", "relu6", "silu") is applied in the convolution's epilogue."""
+
+    activation: str | None = None  # the default of a module patch switched
 
     def __init__(self, *args, activation: str | None = None, backend: str | None = None,
                  **kwargs):
@@ -76,6 +77,8 @@ class ConvTranspose2d(_OnBackend, _torch.nn.ConvTranspose2d):
     """``torch.nn.ConvTranspose2d`` on cnnkernels' kernels (forward's
     ``output_size`` chooses the output_padding as torch does). ``activation``
     (None, "relu", "relu6", "silu") is applied after the bias, fused."""
+
+    activation: str | None = None  # the default of a module patch switched
 
     def __init__(self, *args, activation: str | None = None, backend: str | None = None,
                  **kwargs):

@@ -213,6 +213,23 @@ def test_patch_pins_the_backend():
     assert all("backend" not in m.__dict__ for m in model)
 
 
+def test_layers_built_with_a_backend_keep_it():
+    torch.manual_seed(24)
+    layers = [ck.nn.Conv2d(2, 3, 3, backend="cpu"), ck.nn.MaxPool2d(2, backend="cpu"),
+              ck.nn.ConvTranspose2d(3, 2, 2, backend="cpu"), ck.nn.AvgPool2d(2, backend="cpu"),
+              ck.nn.AdaptiveMaxPool2d(3, backend="cpu"), ck.nn.AdaptiveAvgPool2d(1, backend="cpu")]
+    model = torch.nn.Sequential(*layers).to(F64)
+    reference = copy.deepcopy(model)
+    ck.unpatch(reference)  # built as cnnkernels layers: they stay so
+    assert all(type(m).__module__ == "cnnkernels.nn" for m in reference)
+    for m in reference:
+        m.__class__ = m.__class__.__mro__[2]
+    x = torch.randn(1, 2, 12, 12, dtype=F64)
+    with ck.use(backend="cuda"):  # would refuse CPU tensors
+        assert_close(model(x), reference(x), F64, 18, "output")
+    assert "backend='cpu'" in repr(model[1])
+
+
 # --- fusion -----------------------------------------------------------------
 
 @pytest.mark.parametrize("make, size", [(lambda: tv.resnet18(width=4), 32),
