@@ -80,6 +80,12 @@ def current_backend() -> str:
     return _settings["backend"]
 
 
+def requested(backend: str | None) -> str:
+    """The backend a call asks for: ``backend`` (a public function's
+    keyword, which pins the call), or the current choice when None."""
+    return current_backend() if backend is None else check_choice("backend", backend, BACKENDS)
+
+
 def current_conv_algorithm() -> str:
     return _settings["conv_algorithm"]
 

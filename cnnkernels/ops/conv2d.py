@@ -854,7 +854,7 @@ conv2d_grad_weight_op.register_derivatives(setup_context=_grad_setup,
 
 def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=1, padding=0,
            dilation=1, groups: int = 1, *, activation: Optional[str] = None,
-           residual: Optional[Tensor] = None) -> Tensor:
+           residual: Optional[Tensor] = None, backend: Optional[str] = None) -> Tensor:
     """``torch.nn.functional.conv2d`` on cnnkernels' kernels, with a fused
     epilogue: ``activation(conv2d(input, weight, bias, ...) + residual)``.
 
@@ -867,8 +867,9 @@ def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=
     ``activation`` is None, "relu", "relu6" or "silu". Both are applied in
     the kernel's epilogue (one pass over the output) and their gradients in
     the backward kernels; the residual's gradient is grad_output through the
-    activation's derivative. Backend and algorithm come from
-    ``cnnkernels.use`` / ``CNNK_BACKEND``.
+    activation's derivative. The algorithm comes from ``cnnkernels.use``,
+    the backend too unless ``backend`` pins this call to one ("auto",
+    "cpu", "cuda", "triton").
     """
     _args.check_tensor(input, "input", ndim=(3, 4))
     _args.check_tensor(weight, "weight", ndim=4)
@@ -889,5 +890,5 @@ def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=
     keep = act == "silu" and derivatives_needed((input, weight, bias, residual))
     output, _ = conv2d_op(input, weight, bias, residual, list(stride), list(padding),
                           list(dilation), groups, act, keep, _backend.current_conv_algorithm(),
-                          _backend.current_backend())
+                          _backend.requested(backend))
     return output.squeeze(0) if unbatched else output

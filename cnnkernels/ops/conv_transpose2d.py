@@ -386,7 +386,7 @@ conv_transpose2d_grad_weight_op.register_derivatives(
 
 def conv_transpose2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=1,
                      padding=0, output_padding=0, groups: int = 1, dilation=1, *,
-                     activation: Optional[str] = None) -> Tensor:
+                     activation: Optional[str] = None, backend: Optional[str] = None) -> Tensor:
     """``torch.nn.functional.conv_transpose2d`` on cnnkernels' kernels, with
     a fused ``activation`` (None, "relu", "relu6", "silu") applied after the
     bias.
@@ -395,8 +395,9 @@ def conv_transpose2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = Non
     torch: stride/padding/output_padding/dilation take an int or a pair;
     input may be 3-D (unbatched); under autocast it runs in the autocast
     dtype. Computed as conv2d's input gradient (no zero insertion), its
-    gradients as conv2d's forward and weight gradient. Backend and algorithm
-    come from ``cnnkernels.use`` / ``CNNK_BACKEND``.
+    gradients as conv2d's forward and weight gradient. The algorithm comes
+    from ``cnnkernels.use``, the backend too unless ``backend`` pins this
+    call to one.
     """
     _args.check_tensor(input, "input", ndim=(3, 4))
     _args.check_tensor(weight, "weight", ndim=4)
@@ -415,5 +416,5 @@ def conv_transpose2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = Non
     output, _ = conv_transpose2d_op(input, weight, bias, list(stride), list(padding),
                                     list(output_padding), list(dilation), groups, act, keep,
                                     _backend.current_conv_algorithm(),
-                                    _backend.current_backend())
+                                    _backend.requested(backend))
     return output.squeeze(0) if unbatched else output

@@ -501,31 +501,35 @@ def _needs_indices(input: Tensor, return_indices: bool) -> bool:
 
 
 def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
-               ceil_mode: bool = False, return_indices: bool = False):
+               ceil_mode: bool = False, return_indices: bool = False, *,
+               backend: Optional[str] = None):
     """``torch.nn.functional.max_pool2d`` on cnnkernels' kernels: same
     arguments and results, indices included (first maximum wins a tie, NaN
-    propagates)."""
+    propagates). Like every pooling function here, the backend is the
+    current choice of ``cnnkernels.use`` unless ``backend`` pins the call."""
     input, unbatched = _batched(input)
     kernel, stride, padding, dilation = _window(kernel_size, stride, padding, dilation)
     result = max_pool2d_op(input, kernel, stride, padding, dilation,
                            _args.flag(ceil_mode, "ceil_mode"),
                            _needs_indices(input, return_indices),
-                           _backend.current_backend())
+                           _backend.requested(backend))
     return _max_result(result, unbatched, return_indices)
 
 
-def adaptive_max_pool2d(input: Tensor, output_size, return_indices: bool = False):
+def adaptive_max_pool2d(input: Tensor, output_size, return_indices: bool = False, *,
+                        backend: Optional[str] = None):
     """``torch.nn.functional.adaptive_max_pool2d`` on cnnkernels' kernels."""
     input, unbatched = _batched(input)
     result = adaptive_max_pool2d_op(
         input, _output_size(input, output_size),
         _needs_indices(input, return_indices),
-        _backend.current_backend())
+        _backend.requested(backend))
     return _max_result(result, unbatched, return_indices)
 
 
 def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
-               count_include_pad: bool = True, divisor_override: Optional[int] = None) -> Tensor:
+               count_include_pad: bool = True, divisor_override: Optional[int] = None, *,
+               backend: Optional[str] = None) -> Tensor:
     """``torch.nn.functional.avg_pool2d`` on cnnkernels' kernels (any
     non-zero ``divisor_override``, negative too, like torch)."""
     input, unbatched = _batched(input)
@@ -536,15 +540,15 @@ def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bo
             raise ValueError("divisor_override must be a non-zero int or None, got 0")
     output = avg_pool2d_op(input, kernel, stride, padding, _args.flag(ceil_mode, "ceil_mode"),
                            _args.flag(count_include_pad, "count_include_pad"), divisor_override,
-                           _backend.current_backend())
+                           _backend.requested(backend))
     return _unbatch(output, unbatched)
 
 
-def adaptive_avg_pool2d(input: Tensor, output_size) -> Tensor:
+def adaptive_avg_pool2d(input: Tensor, output_size, *, backend: Optional[str] = None) -> Tensor:
     """``torch.nn.functional.adaptive_avg_pool2d`` on cnnkernels' kernels
     (output_size 1 is the global average pool of ResNet, MobileNet and
     Inception)."""
     input, unbatched = _batched(input)
     output = adaptive_avg_pool2d_op(input, _output_size(input, output_size),
-                                    _backend.current_backend())
+                                    _backend.requested(backend))
     return _unbatch(output, unbatched)
