@@ -8,8 +8,11 @@ torchvision's, so its weights load unchanged:
     model.load_state_dict(torchvision_resnet50_state_dict)
 
 Builders: lenet5, alexnet, vgg16, resnet18, resnet34, resnet50, googlenet,
-mobilenet_v1, mobilenet_v2, unet, facenet_embedding, yolo."""
+mobilenet_v1, mobilenet_v2, unet, facenet_embedding, yolo.
+``plain_torch_copy(model)``: the same model on plain torch ops, the
+reference to compare against."""
 
+from cnnkernels.models._plain_torch import plain_torch_copy
 from cnnkernels.models.alexnet import AlexNet, alexnet
 from cnnkernels.models.facenet import FaceNetEmbedding, facenet_embedding
 from cnnkernels.models.googlenet import GoogLeNet, GoogLeNetOutputs, googlenet
@@ -23,4 +26,5 @@ from cnnkernels.models.yolo import YOLO, yolo, yolo_loss
 __all__ = ["VGG", "YOLO", "AlexNet", "FaceNetEmbedding", "GoogLeNet", "GoogLeNetOutputs",
            "LeNet5", "MobileNetV1", "MobileNetV2", "ResNet", "UNet", "alexnet",
            "facenet_embedding", "googlenet", "lenet5", "mobilenet_v1", "mobilenet_v2",
-           "resnet18", "resnet34", "resnet50", "unet", "vgg16", "yolo", "yolo_loss"]
+           "plain_torch_copy", "resnet18", "resnet34", "resnet50", "unet", "vgg16", "yolo",
+           "yolo_loss"]
