@@ -126,6 +126,17 @@ def test_unet_widths_and_output_size():
     assert small(torch.randn(1, 3, 16, 24)).shape == (1, 5, 16, 24)
 
 
+def test_empty_batch():
+    with torch.no_grad():
+        assert models.lenet5().eval()(torch.randn(0, 3, 32, 32)).shape == (0, 10)
+        assert models.unet(base_channels=2, depth=2).eval()(torch.randn(0, 1, 8, 8)).shape == \
+            (0, 2, 8, 8)
+        count, boxes, scores, classes = models.yolo(base_channels=2).eval().detect(
+            torch.randn(0, 3, 64, 64), max_detections=7)
+    assert (count.shape, boxes.shape, scores.shape, classes.shape) == \
+        ((0,), (0, 7, 4), (0, 7), (0, 7))
+
+
 # --- state_dict keys derived from torchvision's source ---------------------
 
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
