@@ -87,6 +87,43 @@ def test_mobilenet_v1_is_the_papers_224_layout():
     assert half.classifier[1].in_features == 512
 
 
+@pytest.mark.parametrize(("kwargs", "count"), [
+    ({"groups": 32, "width_per_group": 4}, 25_028_904),   # torchvision's resnext50_32x4d
+    ({"width_per_group": 128}, 68_883_240),               # and wide_resnet50_2
+])
+def test_resnet50_variants_have_torchvisions_counts(kwargs, count):
+    assert parameter_count(models.resnet50(**kwargs)) == count
+
+
+def test_resnet_options():
+    """Dilation instead of the last two strides keeps 1/8 of the input size
+    (torchvision's segmentation backbones); zero_init_residual zeroes each
+    block's last batch-norm scale."""
+    model = models.resnet50(num_classes=3, replace_stride_with_dilation=[False, True, True])
+    shapes = []
+    model.layer4.register_forward_hook(lambda _, __, out: shapes.append(tuple(out.shape)))
+    with torch.no_grad():
+        model.eval()(torch.randn(1, 3, 64, 64))
+    assert shapes == [(1, 2048, 8, 8)]
+    model = models.resnet18(zero_init_residual=True)
+    blocks = [m for m in model.modules() if isinstance(m, models.resnet.BasicBlock)]
+    assert len(blocks) == 8 and all(bool((b.bn2.weight == 0).all()) for b in blocks)
+    assert all(bool((b.bn1.weight == 1).all()) for b in blocks)
+
+
+def test_googlenet_transform_input():
+    """transform_input maps ImageNet normalisation to the ported weights'
+    (x - 0.5) / 0.5 scaling before the first convolution."""
+    model = copy.deepcopy(built("googlenet", aux_logits=False)).eval()
+    x = torch.randn(1, 3, 32, 32)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = model((x * std + mean - 0.5) / 0.5)
+        model.transform_input = True
+        torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
+
+
 # --- LeNet-5: the notes' table ---------------------------------------------
 
 def test_lenet5_follows_the_notes_table():

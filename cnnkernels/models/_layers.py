@@ -7,29 +7,20 @@ from cnnkernels import nn
 
 class Conv2dNormActivation(torch.nn.Sequential):
     """torchvision.ops.Conv2dNormActivation's layout on cnnkernels'
-    convolution: a Sequential of 0 the convolution, 1 the normalisation,
-    2 the activation (state_dict keys ``0.weight``, ``1.running_mean``, ...
-    as torchvision's). ``padding`` None keeps the spatial size at stride 1;
-    ``bias`` None means a bias only without a normalisation. The activation
+    convolution, as the models here use it: a Sequential of 0 the
+    convolution (no bias, padding that keeps the size at stride 1), 1 the
+    normalisation, 2 the activation, in place (state_dict keys
+    ``0.weight``, ``1.running_mean``, ... as torchvision's). The activation
     stays a module of its own: in training the batch norm sits between it
     and the convolution, so it cannot be fused into the convolution's
     epilogue."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
-                 padding: int | None = None, groups: int = 1,
-                 norm_layer=torch.nn.BatchNorm2d, activation_layer=torch.nn.ReLU,
-                 dilation: int = 1, inplace: bool | None = True, bias: bool | None = None):
-        if padding is None:
-            padding = (kernel_size - 1) // 2 * dilation
-        if bias is None:
-            bias = norm_layer is None
-        layers = [nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding,
-                            dilation=dilation, groups=groups, bias=bias)]
-        if norm_layer is not None:
-            layers.append(norm_layer(out_channels))
-        if activation_layer is not None:
-            layers.append(activation_layer(**({} if inplace is None else {"inplace": inplace})))
-        super().__init__(*layers)
+                 groups: int = 1, norm_layer=torch.nn.BatchNorm2d,
+                 activation_layer=torch.nn.ReLU):
+        super().__init__(nn.Conv2d(in_channels, out_channels, kernel_size, stride,
+                                   (kernel_size - 1) // 2, groups=groups, bias=False),
+                         norm_layer(out_channels), activation_layer(inplace=True))
         self.out_channels = out_channels
 
 
