@@ -370,7 +370,15 @@ def test_cpu_algorithms_match_torch(device, backend, algorithm, seed):
     # A padded row wider than a pixel block (the in-place path's slack).
     dict(N=1, C=3, K=13, H=3, W=300, R=3, S=5, stride=(1, 1), padding=(1, 2),
          activation="silu", residual="noncontiguous"),
-], ids=["many_tiles", "split_reduction", "strided", "pointwise_cl", "big_padding", "wide"])
+    # Small planes: the columns run across images (7 x 7 x 11 images: blocks
+    # that start and end inside an image) and, with few column blocks, the
+    # rows (K = 40 > 12 * 2) split between tasks; the residual and bias by row.
+    dict(N=11, C=12, K=40, H=7, W=7, R=3, S=3, stride=(1, 1), padding=1,
+         residual="contiguous"),
+    dict(N=5, C=20, K=30, H=2, W=2, R=3, S=3, stride=(1, 1), padding=1, activation="relu6",
+         layout="channels_last", residual="channels_last"),
+], ids=["many_tiles", "split_reduction", "strided", "pointwise_cl", "big_padding", "wide",
+        "planes_across_images", "tiny_planes_cl"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_implicit_gemm_blocking_edges(device, backend, case, dtype):
     full = dict(dilation=(1, 1), groups=1, bias=True, activation="relu", layout="contiguous")

@@ -119,17 +119,17 @@ struct Source {
   }
 };
 
-// B[l, j] for l in [l0, l0 + kc), j in [j0, j0 + cols): the input of the
+// B[l, col0 + j] for l in [l0, l0 + kc), j in [0, cols): the input of the
 // forward-like GEMM at (n, c_base + c, p * sh - pt + r * dh, q * sw - pl + s * dw)
-// for output pixel j = (p, q) and tap l = (c, r, s).
+// for output pixel j0 + j = (p, q) of image n and tap l = (c, r, s).
 template <typename T, bool Masked>
 void gather_pixels(const Conv2dGeometry& g, const Source<T, Masked>& src, const Taps& taps,
                    const Tap* table, int64_t n, int64_t c_base, int64_t l0, int64_t kc,
-                   int64_t j0, int64_t cols, int nr, acc_t<T>* b) {
+                   int64_t j0, int64_t cols, int nr, acc_t<T>* b, int64_t col0) {
   using Acc = acc_t<T>;
   if (taps.channels_fast) {  // per pixel, runs of channels
     for (int64_t j = 0, p = j0 / g.Q, q = j0 % g.Q; j < cols; ++j) {
-      Acc* column = b + ((j / nr) * kc) * nr + j % nr;
+      Acc* column = b + (((col0 + j) / nr) * kc) * nr + (col0 + j) % nr;
       for (int64_t l = 0; l < kc;) {
         const Tap& t = table[l0 + l];
         const int64_t run = std::min(taps.C - t.c, kc - l);
@@ -153,7 +153,7 @@ void gather_pixels(const Conv2dGeometry& g, const Source<T, Masked>& src, const 
   for (int64_t l = 0; l < kc; ++l) {  // per tap, runs of an input row
     const Tap& t = table[l0 + l];
     const IndexRange rows = t.rows, valid = t.cols;
-    gemm::Cursor<Acc> cursor{b + l * nr, 0, nr, 1, kc * nr};
+    gemm::Cursor<Acc> cursor{b + (col0 / nr) * kc * nr + l * nr, col0 % nr, nr, 1, kc * nr};
     for (int64_t j = 0, p = j0 / g.Q, q = j0 % g.Q; j < cols; j += g.Q - q, ++p, q = 0) {
       const int64_t end = std::min(g.Q, q + cols - j);
       if (p < rows.lo || p >= rows.hi) {
@@ -293,7 +293,7 @@ Status forward_in_place(const Conv2dGeometry& g, const PlaneView<Acc>& view,
                               block, l0 > 0);
       }
     }
-    epilogue(n, gi, tile, block, j0, cols, wp);
+    epilogue(n, gi, 0, M, tile, block, j0, cols, wp);
   },
       gemm::tile_work(m_pad, block, L));
 }
@@ -301,9 +301,10 @@ Status forward_in_place(const Conv2dGeometry& g, const PlaneView<Acc>& view,
 // The forward-like GEMM: for every image n, group and output channel o of
 // the group, out(n, o, pixel) = sum over taps l of
 // weights[row_offset(group, o) + tap_offset(group, tap l)] * (gathered
-// source); epilogue(n, group, tile, ldc, j0, cols) stores a finished tile
-// (rows: the group's output channels, columns: pixels [j0, j0 + cols) of
-// image n). The weight offsets are tabulated once, so packing A is a load
+// source); epilogue(n, group, i0, rows, tile, ldc, j0, cols, width) stores a
+// finished tile (rows: the group's output channels [i0, i0 + rows), columns:
+// pixels [j0, j0 + cols) of image n on a grid `width` wide). The weight
+// offsets are tabulated once, so packing A is a load
 // and a conversion per element.
 template <typename T, bool Masked, typename RowOffset, typename TapOffset, typename Epilogue>
 Status forward_gemm(const Conv2dGeometry& g, const Source<T, Masked>& src, const T* weights,
@@ -339,15 +340,22 @@ Status forward_gemm(const Conv2dGeometry& g, const Source<T, Masked>& src, const
   // no conversion reads the source itself; with more taps, they share a
   // zero-padded copy (a 1 x 1 filter reads each input value once: packing
   // it costs one pass, the copy two).
+  // The in-place path computes round_up(P * wp, nr) columns per image for
+  // P * Q outputs; below 7/8 of them useful (planes of 7 x 7 and less) the
+  // packed path's columns across images waste less than its gather costs.
+  const auto in_place_pays = [&](int64_t wp) {
+    return 8 * g.P * g.Q >= 7 * round_up(g.P * wp, mk.nr);
+  };
   if (g.stride_h == 1 && g.stride_w == 1) {
-    if (g.R * g.S == 1 && !Masked && std::is_same_v<T, Acc> && src.stride.w == 1 &&
+    if (g.R * g.S == 1 && in_place_pays(g.Q) && !Masked && std::is_same_v<T, Acc> &&
+        src.stride.w == 1 &&
         (g.H == 1 || src.stride.h == g.W) && g.pad_top == 0 && g.pad_left == 0 &&
         g.P == g.H && g.Q == g.W) {  // output pixel j reads input pixel j
       const PlaneView<Acc> view{reinterpret_cast<const Acc*>(src.data), src.stride.n,
                                 src.stride.c, g.W, false};
       return forward_in_place(g, view, mk, a.get(), table.get(), epilogue);
     }
-    if (g.R * g.S > 1) {
+    if (g.R * g.S > 1 && in_place_pays(g.Q + (g.S - 1) * g.dil_w)) {
       const PaddedPlanes<Acc> padded = pad_planes(g, src, mk.nr);
       if (padded.data != nullptr)  // else: out of memory for the copy, the packed path
         return forward_in_place(
@@ -356,24 +364,47 @@ Status forward_gemm(const Conv2dGeometry& g, const Source<T, Masked>& src, const
     }
   }
 
-  const int64_t PQ = g.P * g.Q, block = std::min(PIXEL_BLOCK, PQ);
-  const int64_t blocks = (PQ + block - 1) / block, cols_pad = round_up(block, mk.nr);
-  return parallel_tasks<Acc>(g.N * G * blocks, KC * cols_pad + m_pad * cols_pad,
+  // Columns are the output pixels of all images, (n, pq) flattened, so a
+  // small plane (7 x 7, 2 x 2) fills the micro-tiles' columns with the next
+  // images' pixels instead of padding; when the column blocks are fewer than
+  // the threads, the rows (output channels) are split too. Neither changes
+  // any output's reduction order.
+  const int64_t PQ = g.P * g.Q, NPQ = g.N * PQ, block = std::min(PIXEL_BLOCK, NPQ);
+  const int64_t blocks = (NPQ + block - 1) / block, cols_pad = round_up(block, mk.nr);
+  const int64_t m_panels = m_pad / mk.mr;
+  const int64_t row_blocks = std::clamp<int64_t>(
+      (2 * omp_get_max_threads() + G * blocks - 1) / (G * blocks), 1, m_panels);
+  const int64_t panels_per_block = (m_panels + row_blocks - 1) / row_blocks;
+  return parallel_tasks<Acc>(G * blocks * row_blocks, KC * cols_pad + m_pad * cols_pad,
                              [&](int64_t task, Acc* scratch) {
-    const int64_t jb = task % blocks, gi = (task / blocks) % G, n = task / (blocks * G);
-    const int64_t j0 = jb * block, cols = std::min(block, PQ - j0);
+    const int64_t ib = task % row_blocks, jb = (task / row_blocks) % blocks;
+    const int64_t gi = task / (row_blocks * blocks);
+    const int64_t ip0 = ib * panels_per_block;
+    const int64_t panels = std::min(panels_per_block, m_panels - ip0);
+    if (panels <= 0) return;
+    const int64_t i0 = ip0 * mk.mr, rows = std::min(panels * mk.mr, M - i0);
+    const int64_t j0 = jb * block, cols = std::min(block, NPQ - j0);
     Acc* b = scratch;
     Acc* tile = scratch + KC * cols_pad;
     for (int64_t l0 = 0; l0 < L; l0 += KC) {
       const int64_t kc = std::min(KC, L - l0);
-      gather_pixels(g, src, taps, table.get(), n, gi * g.C_g(), l0, kc, j0, cols, mk.nr, b);
+      for (int64_t j = 0; j < cols;) {  // one image's run of pixels at a time
+        const int64_t n = (j0 + j) / PQ, pq = (j0 + j) % PQ, run = std::min(PQ - pq, cols - j);
+        gather_pixels(g, src, taps, table.get(), n, gi * g.C_g(), l0, kc, pq, run, mk.nr, b, j);
+        j += run;
+      }
       gemm::zero_b_padding(kc, cols, mk.nr, b);
-      gemm::multiply_packed(mk, kc, m_pad / mk.mr, (cols + mk.nr - 1) / mk.nr,
-                            a.get() + gi * m_pad * L + l0 * m_pad, b, tile, cols_pad, l0 > 0);
+      gemm::multiply_packed(mk, kc, panels, (cols + mk.nr - 1) / mk.nr,
+                            a.get() + gi * m_pad * L + l0 * m_pad + i0 * kc, b, tile, cols_pad,
+                            l0 > 0);
     }
-    epilogue(n, gi, tile, cols_pad, j0, cols, g.Q);
+    for (int64_t j = 0; j < cols;) {
+      const int64_t n = (j0 + j) / PQ, pq = (j0 + j) % PQ, run = std::min(PQ - pq, cols - j);
+      epilogue(n, gi, i0, rows, tile + j, cols_pad, pq, run, g.Q);
+      j += run;
+    }
   },
-      gemm::tile_work(m_pad, cols_pad, L));
+      gemm::tile_work(panels_per_block * mk.mr, cols_pad, L));
 }
 
 // The forward epilogue's optional tensors (cnnk/conv2d.h): the residual
@@ -398,10 +429,10 @@ P* element_at(P* data, const Strides4& stride, int64_t n, int64_t k, int64_t p, 
 // unit-stride rows (a residual block's usual case), vectorise.
 template <typename T, Activation Act, bool Extra>
 void store_tile_as(const Conv2dGeometry& g, Tensor4 out, const ResidualPreact& extra, int64_t n,
-                   int64_t gi, const acc_t<T>* tile, int64_t ldc, int64_t j0, int64_t cols,
-                   int64_t width, const acc_t<T>* bias) {
+                   int64_t gi, int64_t i0, int64_t M, const acc_t<T>* tile, int64_t ldc,
+                   int64_t j0, int64_t cols, int64_t width, const acc_t<T>* bias) {
   using Acc = acc_t<T>;
-  const int64_t M = g.K_g(), k0 = gi * M;
+  const int64_t k0 = gi * g.K_g() + i0;
   T* base = static_cast<T*>(out.data) + n * out.stride.n + k0 * out.stride.c;
   const T* residual = static_cast<const T*>(extra.residual.data);
   T* preact = static_cast<T*>(extra.preact.data);
@@ -459,21 +490,22 @@ void store_tile_as(const Conv2dGeometry& g, Tensor4 out, const ResidualPreact& e
 
 template <typename T, bool Extra>
 void store_tile_with(const Conv2dGeometry& g, Tensor4 out, const ResidualPreact& extra,
-                     int64_t n, int64_t gi, const acc_t<T>* tile, int64_t ldc, int64_t j0,
-                     int64_t cols, int64_t width, const acc_t<T>* bias, Activation activation) {
+                     int64_t n, int64_t gi, int64_t i0, int64_t rows, const acc_t<T>* tile,
+                     int64_t ldc, int64_t j0, int64_t cols, int64_t width, const acc_t<T>* bias,
+                     Activation activation) {
   switch (activation) {
     case Activation::relu:
-      return store_tile_as<T, Activation::relu, Extra>(g, out, extra, n, gi, tile, ldc, j0, cols,
-                                                       width, bias);
+      return store_tile_as<T, Activation::relu, Extra>(g, out, extra, n, gi, i0, rows, tile, ldc,
+                                                       j0, cols, width, bias);
     case Activation::relu6:
-      return store_tile_as<T, Activation::relu6, Extra>(g, out, extra, n, gi, tile, ldc, j0,
-                                                        cols, width, bias);
+      return store_tile_as<T, Activation::relu6, Extra>(g, out, extra, n, gi, i0, rows, tile, ldc,
+                                                        j0, cols, width, bias);
     case Activation::silu:
-      return store_tile_as<T, Activation::silu, Extra>(g, out, extra, n, gi, tile, ldc, j0, cols,
-                                                       width, bias);
+      return store_tile_as<T, Activation::silu, Extra>(g, out, extra, n, gi, i0, rows, tile, ldc,
+                                                       j0, cols, width, bias);
     default:
-      return store_tile_as<T, Activation::none, Extra>(g, out, extra, n, gi, tile, ldc, j0, cols,
-                                                       width, bias);
+      return store_tile_as<T, Activation::none, Extra>(g, out, extra, n, gi, i0, rows, tile, ldc,
+                                                       j0, cols, width, bias);
   }
 }
 
@@ -481,12 +513,14 @@ void store_tile_with(const Conv2dGeometry& g, Tensor4 out, const ResidualPreact&
 // pre-activation loops only when `extra` has either.
 template <typename T>
 void store_tile(const Conv2dGeometry& g, Tensor4 out, const ResidualPreact& extra, int64_t n,
-                int64_t gi, const acc_t<T>* tile, int64_t ldc, int64_t j0, int64_t cols,
-                int64_t width, const acc_t<T>* bias, Activation activation) {
+                int64_t gi, int64_t i0, int64_t rows, const acc_t<T>* tile, int64_t ldc,
+                int64_t j0, int64_t cols, int64_t width, const acc_t<T>* bias,
+                Activation activation) {
   if (extra.residual.data || extra.preact.data)
-    return store_tile_with<T, true>(g, out, extra, n, gi, tile, ldc, j0, cols, width, bias,
-                                    activation);
-  store_tile_with<T, false>(g, out, extra, n, gi, tile, ldc, j0, cols, width, bias, activation);
+    return store_tile_with<T, true>(g, out, extra, n, gi, i0, rows, tile, ldc, j0, cols, width,
+                                    bias, activation);
+  store_tile_with<T, false>(g, out, extra, n, gi, i0, rows, tile, ldc, j0, cols, width, bias,
+                            activation);
 }
 
 template <typename T>
@@ -504,10 +538,10 @@ Status forward(const Conv2dGeometry& g, Tensor4 x, Tensor4 w, Tensor1 bias, Tens
   return forward_gemm(
       g, src, wp, [&](int64_t gi, int64_t k) { return (gi * M + k) * w.stride.n; },
       [&](int64_t, const Tap& t) { return w.stride.offset(0, t.c, t.r, t.s); },
-      [&](int64_t n, int64_t gi, const Acc* tile, int64_t ldc, int64_t j0, int64_t cols,
-          int64_t width) {
-        store_tile<T>(g, y, extra, n, gi, tile, ldc, j0, cols, width, biases.get() + gi * M,
-                      g.activation);
+      [&](int64_t n, int64_t gi, int64_t i0, int64_t rows, const Acc* tile, int64_t ldc,
+          int64_t j0, int64_t cols, int64_t width) {
+        store_tile<T>(g, y, extra, n, gi, i0, rows, tile, ldc, j0, cols, width,
+                      biases.get() + gi * M + i0, g.activation);
       });
 }
 
@@ -529,10 +563,10 @@ Status grad_input_stride1(const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y, Te
   auto tap_offset = [&](int64_t gi, const Tap& t) {
     return w.stride.offset(gi * Kg + t.c, 0, g.R - 1 - t.r, g.S - 1 - t.s);
   };
-  auto store = [&](int64_t n, int64_t gi, const Acc* tile, int64_t ldc, int64_t j0,
-                   int64_t cols, int64_t width) {
-    store_tile<T>(t, grad_x, ResidualPreact{}, n, gi, tile, ldc, j0, cols, width, nullptr,
-                  Activation::none);
+  auto store = [&](int64_t n, int64_t gi, int64_t i0, int64_t rows, const Acc* tile,
+                   int64_t ldc, int64_t j0, int64_t cols, int64_t width) {
+    store_tile<T>(t, grad_x, ResidualPreact{}, n, gi, i0, rows, tile, ldc, j0, cols, width,
+                  nullptr, Activation::none);
   };
   if (g.activation == Activation::none)
     return forward_gemm(t, Source<T, false>{static_cast<const T*>(grad_y.data), grad_y.stride,
@@ -605,7 +639,7 @@ Status grad_input_scatter(const Conv2dGeometry& g, const Source<T, Masked>& dy, 
           for (int64_t l0 = 0; l0 < Kg; l0 += KC) {
             const int64_t kc = std::min(KC, Kg - l0);
             gather_pixels(pointwise, dy, channel_taps, channel_table.get(), n, gi * Kg, l0, kc,
-                          j0, cols, mk.nr, b);
+                          j0, cols, mk.nr, b, 0);
             gemm::zero_b_padding(kc, cols, mk.nr, b);
             gemm::multiply_packed(mk, kc, rows_pad / mk.mr, (cols + mk.nr - 1) / mk.nr,
                                   a + l0 * rows_pad, b, tile, cols_pad, l0 > 0);
