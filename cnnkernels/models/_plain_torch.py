@@ -28,7 +28,8 @@ def plain_torch_copy(model: torch.nn.Module) -> torch.nn.Module:
             continue
         activation = getattr(m, "activation", None)
         if activation is None:
-            m.__class__ = type(m).__mro__[1]
+            m.__class__ = next(base for base in type(m).__mro__
+                               if base.__module__.startswith("torch.nn."))
         elif isinstance(m, nn.Conv2d):
             m.__class__ = _TorchConv2dWithActivation
         else:

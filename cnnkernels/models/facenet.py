@@ -13,7 +13,7 @@ import torch
 from torch.nn import functional as F
 
 from cnnkernels import _args, nn
-from cnnkernels.models._layers import Conv2dNormActivation
+from cnnkernels.nn import Conv2dNormActivation
 
 __all__ = ["FaceNetEmbedding", "facenet_embedding"]
 

@@ -20,7 +20,8 @@ torch's."""
 import torch
 
 from cnnkernels import _args, nn
-from cnnkernels.models._layers import Conv2dNormActivation, check_no_weights, check_probability
+from cnnkernels.models._layers import check_no_weights, check_probability
+from cnnkernels.nn import Conv2dNormActivation
 
 __all__ = ["InvertedResidual", "MobileNetV1", "MobileNetV2", "mobilenet_v1", "mobilenet_v2"]
 

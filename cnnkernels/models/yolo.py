@@ -32,7 +32,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from cnnkernels import _args, nn, ops
-from cnnkernels.models._layers import Conv2dNormActivation
+from cnnkernels.nn import Conv2dNormActivation
 
 __all__ = ["YOLO", "yolo", "yolo_loss"]
 
