@@ -62,7 +62,8 @@ def test_bad_selections_name_the_option(capsys, args):
 
 
 def _bench(tmp_path, capsys, *extra):
-    status = cli.main(["bench", "--quick", "--ops", "gram", "--direction", "forward",
+    status = cli.main(["bench", "--quick", "--ops", "gram", "detection", "--models", "vgg", "nms",
+                       "--direction", "forward",
                        "--results-dir", str(tmp_path / "results"), *extra])
     return status, capsys.readouterr().out
 
@@ -88,11 +89,12 @@ def test_two_runs_history_compare_and_every_output(tmp_path, capsys):
     runs = [json.loads(line) for line in history_file.read_text().splitlines()]
     assert len(runs) == 2 and all(run["rows"] for run in runs)
     rows = json.loads(outputs["json"].read_text())["rows"]
-    assert {row["op"] for row in rows} == {"gram"} and all(r["status"] == "ok" for r in rows)
+    assert {row["op"] for row in rows} == {"gram", "detection"}
+    assert all(r["status"] == "ok" for r in rows)
     assert outputs["csv"].read_text().count("\n") == len(rows) + 1
     assert "## Summary" in outputs["markdown"].read_text()
-    assert {p.name for p in (tmp_path / "plots").iterdir()} >= {"speedup_per_layer.png",
-                                                                "roofline_fraction.png"}
+    assert {p.name for p in (tmp_path / "plots").iterdir()} == {
+        "speedup_per_layer.png", "roofline_fraction.png", "nms_time.png"}
 
 
 def test_verify_passes_and_fails_on_a_broken_kernel(monkeypatch, capsys):

@@ -57,7 +57,8 @@ class DetectionCase:
         return text + (f", {self.classes} classes" if self.classes > 1 else "")
 
     def quick(self) -> DetectionCase:
-        return replace(self, boxes=min(self.boxes, 1000))
+        """A tenth of the boxes: the sizes stay distinct (NMS time against boxes)."""
+        return replace(self, boxes=max(self.boxes // 10, 10))
 
     def work(self, batch: int, dtype: torch.dtype, direction: str) -> tuple[None, int]:
         """(no flops, minimum bytes): the boxes read and the result written."""

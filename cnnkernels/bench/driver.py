@@ -356,14 +356,17 @@ SIZE_FIELDS = ("model", "name", "height", "width", "channels", "in_channels", "o
 
 
 def distinct_configurations(cases: list) -> list:
-    """The first case of each configuration apart from its sizes (kernel,
-    stride, padding, groups > 1, activation, kind, ...): the cases a quick
-    verification needs to reach every algorithm and code path."""
+    """The first case of each configuration apart from its sizes: its other
+    fields (activation, kind, residual, ...), whole numbers told apart only
+    as 0, 1 or more (a 1x1 or a larger kernel, stride 1 or more, groups or
+    not); the cases a quick verification needs to reach every algorithm and
+    code path."""
     seen, kept = set(), []
     for case in cases:
         key = (type(case), tuple(
-            (name, getattr(case, name) > 1 if name == "groups" else getattr(case, name))
-            for name in case.__dataclass_fields__ if name not in SIZE_FIELDS))
+            (name, min(value, 2) if type(value) is int else value)
+            for name, value in ((n, getattr(case, n)) for n in case.__dataclass_fields__
+                                if n not in SIZE_FIELDS)))
         if key not in seen:
             seen.add(key)
             kept.append(case)
@@ -602,19 +605,20 @@ def case_rows(table: Table, case, dtype: torch.dtype, layout: str, direction: st
         reference = family.reference(case, inputs, direction)
     flops, nbytes = case.work(batch, dtype, direction)
     tf32 = settings.tf32 and dtype == torch.float32
-    base = {"op": table.op, **asdict(case), "group": case.group, "shape": case.describe(),
+    base = {"op": table.op, **asdict(case), "group": case.group, "name": case.name,
+            "shape": case.describe(),
             "batch": batch, "dtype": dtype_name(dtype), "tf32": tf32, "layout": layout,
             "direction": direction, "flops": flops, "bytes": nbytes,
             "tolerance": TF32_TOLERANCE if tf32 else TOLERANCES[dtype]}
-    torch_timing = None
-    try:
-        torch_fn, torch_results = family.prepare(family.torch_impl, case, inputs, direction)
-        torch_errors, torch_mismatches = compare(torch_results, reference)
-        del torch_results
-        if timer is not None:
+    torch_timing, torch_errors, torch_mismatches = None, {}, None
+    if timer is not None:  # verify checks ours against the reference only
+        try:
+            torch_fn, torch_results = family.prepare(family.torch_impl, case, inputs, direction)
+            torch_errors, torch_mismatches = compare(torch_results, reference)
+            del torch_results
             torch_timing = timer(torch_fn)
-    except Exception as error:  # e.g. a dtype torch lacks on this device: ours still runs
-        torch_errors, torch_mismatches = {"message": _one_line(error)}, None
+        except Exception as error:  # e.g. a dtype torch lacks on this device: ours still runs
+            torch_errors = {"message": _one_line(error)}
 
     rows = []
     for backend, algorithm in ((b, a) for b in settings.backends for a in table.algorithms):
@@ -773,6 +777,7 @@ def _run(tables, settings, out, wide, timed, progress) -> list[Result]:
                 if budget is not None and time.perf_counter() - start > budget:
                     results.append(Result(case, {
                         "op": section.table.op, **asdict(case), "group": case.group,
+                        "name": case.name,
                         "dtype": dtype_name(section.dtype), "layout": section.layout,
                         "direction": section.direction, "status": "skipped",
                         "message": f"time budget of {budget:g} s spent"}))

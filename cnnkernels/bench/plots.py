@@ -37,7 +37,7 @@ def _label(row: dict) -> str:
 def speedup_per_layer(rows: list[dict], path: Path) -> Path | None:
     by_model: dict[str, list[dict]] = {}
     for row in _ok(rows):
-        if row.get("speedup"):
+        if row.get("speedup") and row.get("model"):  # a model's layer, not a workload
             by_model.setdefault(row["group"], []).append(row)
     if not by_model:
         return None
