@@ -60,7 +60,8 @@ def test_environment_variable_sets_initial_backend():
 
 
 def test_bad_environment_variable_names_itself():
-    result = _run_python("import cnnkernels", CNNK_BACKEND="tpu")
+    """Read when the API loads: on the first use of a public name."""
+    result = _run_python("import cnnkernels; cnnkernels.conv2d", CNNK_BACKEND="tpu")
     assert result.returncode != 0
     assert "CNNK_BACKEND must be one of" in result.stderr
 
