@@ -21,9 +21,9 @@ a float64 torch reference: a wrong result or an error makes the command exit
 with status 1 once every case has run (a timing never does).
 
 Columns: case (model and layer), impl (backend and algorithm), ours (median
-time and its spread, half the interquartile range), speedup (torch time / ours,
-with "x slower" spelled out below 1), rate (GFLOP/s or TFLOP/s for ops with
-flops, GB/s of minimum traffic for memory-bound ones), roof% (the time at the
+time and its spread, half the interquartile range), vs torch (torch time /
+ours, "Nx faster" or "Nx slower"), rate (MFLOP/s to TFLOP/s for ops with
+flops, MB/s to TB/s of minimum traffic for memory-bound ones), roof% (the time at the
 roofline over ours: measured FMA peak and copy bandwidth on the CPU, the GPU's
 datasheet figures on a GPU) and check (max relative error vs float64). --wide
 shows each family's own columns (shapes, torch time, per-result errors).

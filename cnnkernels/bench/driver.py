@@ -40,7 +40,13 @@ A case is whatever the family times; the driver uses only this protocol of it
 - ``work(batch, dtype, direction)``: (flops or None for a memory-bound op,
   minimum DRAM bytes), for the rates and the roofline fraction;
 - ``quick()``: the case as a --quick smoke run times it (a layer: H and W
-  capped).
+  capped);
+- optionally ``tiny()``: the case as the Triton interpreter verifies it on a
+  CPU (default: tiny_case caps the size fields it knows, TINY_LIMITS).
+
+The layer cases of conv2d, conv_transpose2d and pool2d are traced from
+cnnkernels.models (trace.py); verify (command.py) runs the same families
+without timing.
 """
 
 from __future__ import annotations

@@ -192,7 +192,7 @@ def heading(header: dict) -> str:
     for backend, reason in header.get("excluded", {}).items():
         lines.append(f"not run: {backend}: {reason}")
     if header["command"] == "bench":
-        lines.append("speedup = torch time / ours (same process, same inputs); check = max "
+        lines.append("vs torch = torch time / ours (same process, same inputs); check = max "
                      "|ours - ref| / max |ref| against torch in float64")
     return wrap("\n".join(lines)) + "\n"
 
