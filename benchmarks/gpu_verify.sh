@@ -136,10 +136,12 @@ sed -n '/short test summary info/,$p' "$logs/tests.log" >"$logs/tests_summary.lo
   echo
 } >>"$md"
 
-# Correctness on this GPU: every op x backend x algorithm x dtype x layout.
-step verify "$logs/verify.log" "$python" -m cnnkernels verify --json "$logs/verify.json"
+# Correctness on this GPU: every op x backend x algorithm x dtype x layout, on one
+# layer of each configuration at full size (--quick; every layer is tests/' and
+# the benchmarks' job here).
+step verify "$logs/verify.log" "$python" -m cnnkernels verify --quick --json "$logs/verify.json"
 {
-  echo "## Verify: \`python -m cnnkernels verify\`"
+  echo "## Verify: \`python -m cnnkernels verify --quick\`"
   echo
   grep -E '^(verify:|FAIL|[0-9]+ checks)' "$logs/verify.log" >"$logs/verify_summary.log" || true
   fenced "$logs/verify_summary.log"
