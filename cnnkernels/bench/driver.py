@@ -486,26 +486,33 @@ def _timing(times_ms: list[float]) -> Timing:
     return Timing(median, (q3 - q1) / 2 / median if median > 0 else 0.0)
 
 
-def _time_cpu(fn, rep_ms: float, min_runs: int = 5, max_runs: int = 100) -> Timing:
-    """Median wall time of ``fn`` and its spread over runs until ``rep_ms``
-    have passed (at least ``min_runs``, at most ``max_runs``). No warm-up run
-    of its own: every caller has already run ``fn`` once to get the result
-    it checks."""
-    times: list[float] = []
-    deadline = time.perf_counter() + rep_ms / 1e3
-    while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() < deadline):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return _timing(times)
+def _time_cpu(*fns, rep_ms: float, min_runs: int = 5, max_runs: int = 100) -> list[Timing]:
+    """The median wall time and spread of each of ``fns``, timed in turns (one
+    run of each per round, so that a machine's slow spells fall on all of them
+    alike) until ``rep_ms`` have passed (at least ``min_runs`` rounds, at most
+    ``max_runs``). No warm-up run of its own: every caller has already run
+    each fn once to get the result it checks."""
+    times: list[list[float]] = [[] for _ in fns]
+    deadline = time.perf_counter() + rep_ms / 1e3 * len(fns)
+    while len(times[0]) < max_runs and (len(times[0]) < min_runs
+                                         or time.perf_counter() < deadline):
+        for fn, fn_times in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            fn()
+            fn_times.append((time.perf_counter() - start) * 1e3)
+    return [_timing(fn_times) for fn_times in times]
 
 
-def _time_cuda(fn, warmup: float, rep: float) -> Timing:
-    """triton.testing.do_bench's quartiles (L2 flushed between runs)."""
+def _time_cuda(*fns, warmup: float, rep: float) -> list[Timing]:
+    """triton.testing.do_bench's quartiles of each of ``fns`` (L2 flushed
+    between runs)."""
     from triton.testing import do_bench
 
-    q1, median, q3 = do_bench(fn, warmup=warmup, rep=rep, quantiles=[0.25, 0.5, 0.75])
-    return Timing(median, (q3 - q1) / 2 / median if median > 0 else 0.0)
+    timings = []
+    for fn in fns:
+        q1, median, q3 = do_bench(fn, warmup=warmup, rep=rep, quantiles=[0.25, 0.5, 0.75])
+        timings.append(Timing(median, (q3 - q1) / 2 / median if median > 0 else 0.0))
+    return timings
 
 
 def _timer_settings(device: torch.device, quick: bool) -> dict:
@@ -519,13 +526,14 @@ def _timer_settings(device: torch.device, quick: bool) -> dict:
 def timer_description(device: torch.device, quick: bool) -> dict:
     """What make_timer times with, for the results' header."""
     function = ("triton.testing.do_bench, median and quartiles" if device.type == "cuda" else
-                "perf_counter median and quartiles after one warm-up run")
+                "perf_counter median and quartiles, ours and torch's in turns, after one "
+                "warm-up run")
     return {"function": function, **_timer_settings(device, quick)}
 
 
 def make_timer(device: torch.device, quick: bool):
-    """Timing = timer(fn), fn already run once: triton.testing.do_bench on
-    CUDA, perf_counter on the CPU."""
+    """[Timing of each fn] = timer(*fns), each fn already run once:
+    triton.testing.do_bench on CUDA, perf_counter in turns on the CPU."""
     if device.type == "cuda":
         return functools.partial(_time_cuda, **_timer_settings(device, quick))
     return functools.partial(_time_cpu, **_timer_settings(device, quick))
@@ -616,21 +624,19 @@ def case_rows(table: Table, case, dtype: torch.dtype, layout: str, direction: st
             "batch": batch, "dtype": dtype_name(dtype), "tf32": tf32, "layout": layout,
             "direction": direction, "flops": flops, "bytes": nbytes,
             "tolerance": TF32_TOLERANCE if tf32 else TOLERANCES[dtype]}
-    torch_timing, torch_errors, torch_mismatches = None, {}, None
+    torch_fn, torch_errors, torch_mismatches = None, {}, None
     if timer is not None:  # verify checks ours against the reference only
         try:
             torch_fn, torch_results = family.prepare(family.torch_impl, case, inputs, direction)
             torch_errors, torch_mismatches = compare(torch_results, reference)
             del torch_results
-            torch_timing = timer(torch_fn)
         except Exception as error:  # e.g. a dtype torch lacks on this device: ours still runs
-            torch_errors = {"message": _one_line(error)}
+            torch_fn, torch_errors = None, {"message": _one_line(error)}
 
     rows = []
     for backend, algorithm in ((b, a) for b in settings.backends for a in table.algorithms):
         row = {**base, "backend": backend, "algorithm": algorithm, "ours_ms": None,
-               "ours_spread": None, "torch_ms": torch_timing and torch_timing.ms,
-               "torch_spread": torch_timing and torch_timing.spread, "speedup": None,
+               "ours_spread": None, "torch_ms": None, "torch_spread": None, "speedup": None,
                "tflops": None, "gbps": None, "roofline_fraction": None, "peak_bytes": None,
                "errors": {}, "index_mismatches": None, "torch_errors": torch_errors,
                "torch_index_mismatches": torch_mismatches, "status": "ok", "message": ""}
@@ -649,7 +655,11 @@ def case_rows(table: Table, case, dtype: torch.dtype, layout: str, direction: st
                 row["errors"], row["index_mismatches"] = compare(results, reference)
                 del results
                 if timer is not None:
-                    timing = timer(fn)
+                    # ours and torch's in turns: a row's speedup compares runs of one spell
+                    timing, *torch_timing = timer(fn, *(() if torch_fn is None else (torch_fn,)))
+                    if torch_timing:
+                        row.update(torch_ms=torch_timing[0].ms,
+                                   torch_spread=torch_timing[0].spread)
                     row["peak_bytes"] = _peak_memory(device, fn)
                 del fn
         except (Unsupported, ValueError) as error:
