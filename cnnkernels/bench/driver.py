@@ -300,16 +300,23 @@ def parse_ops(names: list[str] | None) -> list[str]:
     return list(dict.fromkeys(names)) or known
 
 
+def runnable_backends(device: torch.device, allow_interpreter: bool = False) -> list[str]:
+    """default_backends, plus the Triton interpreter on a CPU where
+    ``allow_interpreter`` (verify) and it can run."""
+    backends = default_backends(device)
+    if allow_interpreter and device.type == "cpu" \
+            and _backend.backend_problem("triton", device) is None:
+        backends.append("triton")
+    return backends
+
+
 def parse_backends(names: list[str] | None, device: torch.device,
                    allow_interpreter: bool = False) -> list[str]:
     """--backend, each checked to run on ``device``; the Triton interpreter
     only where ``allow_interpreter`` (verify). A backend that cannot run is
     a UsageError saying why."""
     if not names:
-        backends = default_backends(device)
-        if allow_interpreter and device.type == "cpu" \
-                and _backend.backend_problem("triton", device) is None:
-            backends.append("triton")
+        backends = runnable_backends(device, allow_interpreter)
         if not backends:
             reasons = "; ".join(f"{b}: {_backend.backend_problem(b, device)}"
                                 for b in ("cpu", "cuda", "triton"))
@@ -348,8 +355,17 @@ def settings_from_args(args: argparse.Namespace, allow_interpreter: bool = False
                     layouts=parse_layouts(args), quick=args.quick,
                     budget_s=getattr(args, "budget", None), algorithms=algorithms,
                     tf32=getattr(args, "tf32", False),
-                    excluded={b: r for b, r in excluded_backends(device).items()
-                              if b not in backends})
+                    excluded=_excluded(device, backends, allow_interpreter))
+
+
+def _excluded(device: torch.device, backends: list[str], allow_interpreter: bool) -> dict:
+    """{backend: why it does not run} for the header: not selected, or
+    excluded_backends' reason."""
+    runnable = runnable_backends(device, allow_interpreter)
+    reasons = excluded_backends(device)
+    return {b: "not selected (--backend)" if b in runnable else reasons[b]
+            for b in ("cpu", "cuda", "triton") if b not in backends
+            and (b in runnable or b in reasons)}
 
 
 def group_key(name: str) -> str:
@@ -783,8 +799,9 @@ def _run(tables, settings, out, wide, timed, progress) -> list[Result]:
         for index, section in enumerate(plan):
             family = section.table.family
             columns = family.COLUMNS if wide else report.compact_columns(timed)
-            legend = f"{report.wrap(family.LEGEND)}\n" if wide or index == 0 or \
-                plan[index - 1].table is not section.table else ""
+            # The family's legend explains its timing columns: not for verify's table.
+            legend = f"{report.wrap(family.LEGEND)}\n" if timed and (
+                wide or index == 0 or plan[index - 1].table is not section.table) else ""
             emit(f"{chr(10) if index else ''}{legend}== {section.heading()}\n"
                  f"{report.table_header(columns)}")
             for case in section.table.cases:
