@@ -98,4 +98,4 @@ def compare(previous: dict, rows: list[dict]) -> tuple[str, int]:
                      f"{report.duration(new_ms)} ({change:+.0%})")
     lines.append(f"{matched} rows matched the previous run: {regressions} regressions and "
                  f"{improvements} improvements beyond the measured spread; the rest within it")
-    return "\n".join(lines), regressions
+    return report.wrap("\n".join(lines)), regressions
