@@ -14,7 +14,6 @@ testpaths = ["tests"]).
 """
 
 import contextlib
-from dataclasses import replace
 from types import ModuleType
 
 import pytest
@@ -31,10 +30,11 @@ DTYPE = torch.bfloat16 if CUDA else torch.float32
 ROUNDS = 50 if CUDA else 5
 
 
-def select(cases, wanted: set) -> list:
-    """The (group, name) cases in ``wanted``, shrunk on the CPU."""
-    return [case if CUDA else case.quick()
-            for case in cases if (case.group, case.name) in wanted]
+def select(family: ModuleType, groups: list[str] | None, per_group: int) -> list:
+    """The first ``per_group`` cases of each of ``groups`` (every group when
+    None), chosen as ``cnnkernels bench --models`` chooses them, shrunk on
+    the CPU as --quick shrinks them."""
+    return driver.select_cases(family.CASES, groups, quick=not CUDA, per_group=per_group)
 
 
 def params(family: ModuleType, cases, interpreter_smoke_case):
@@ -50,7 +50,7 @@ def params(family: ModuleType, cases, interpreter_smoke_case):
             label = impl if algorithm is None else f"{impl}-{algorithm}"
             yield pytest.param(impl, algorithm, case, id=f"{case.group}-{case.name}-{label}")
     if not CUDA and _backend.backend_problem("triton", DEVICE) is None:
-        yield pytest.param("triton", None, replace(interpreter_smoke_case, height=8, width=8),
+        yield pytest.param("triton", None, driver.tiny_case(interpreter_smoke_case),
                            id="interpreter-smoke-triton")
 
 
@@ -85,14 +85,14 @@ def run(benchmark, family: ModuleType, impl: str, algorithm: str | None, case,
                            warmup_rounds=0 if interpreted else 1)
 
 
-def family_benchmark(family: ModuleType, wanted: set):
-    """The test of a family's suite: the (group, name) cases in ``wanted``
-    (the interpreter's smoke case: the family's first), each implementation,
-    forward and backward."""
+def family_benchmark(family: ModuleType, groups: list[str] | None = None, per_group: int = 1):
+    """The test of a family's suite: the first ``per_group`` cases of each
+    of ``groups`` (the interpreter's smoke case: the family's first), each
+    implementation, forward and backward."""
 
     @pytest.mark.parametrize("direction", driver.DIRECTIONS)
     @pytest.mark.parametrize(("impl", "algorithm", "case"),
-                             params(family, select(family.CASES, wanted), family.CASES[0]))
+                             params(family, select(family, groups, per_group), family.CASES[0]))
     def test(benchmark, impl, algorithm, case, direction):
         run(benchmark, family, impl, algorithm, case, direction)
 

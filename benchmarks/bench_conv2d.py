@@ -10,7 +10,6 @@ from bench_common import family_benchmark
 
 from cnnkernels.bench import conv2d
 
-# A classic small conv, a large 3x3, a bottleneck 3x3, depthwise and pointwise.
-test_conv2d = family_benchmark(conv2d, {("LeNet-5", "conv2"), ("VGG-16", "conv1_2"),
-                                        ("ResNet-50", "layer1.3x3"), ("MobileNet", "dw32"),
-                                        ("MobileNet", "pw32-64")})
+# The first layer of LeNet-5, VGG-16, the ResNets and the MobileNets: a classic small
+# conv, a large 3x3, a strided 7x7 stem and MobileNet's stem.
+test_conv2d = family_benchmark(conv2d, ["lenet", "vgg", "resnet", "mobilenet"])

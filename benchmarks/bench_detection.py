@@ -1,5 +1,5 @@
 """pytest-benchmark suite for detection: the plain torch references and every
-cnnkernels backend that runs here, on box_iou, a loss, nms and batched_nms
+cnnkernels backend that runs here, on box_iou, the three losses, nms and batched_nms
 (1k boxes; 80 classes), forward (and the loss's backward). How it runs:
 bench_common.py.
 
@@ -10,5 +10,4 @@ from bench_common import family_benchmark
 
 from cnnkernels.bench import detection
 
-test_detection = family_benchmark(detection, {("box_iou", "1k"), ("giou_loss", "100k"),
-                                              ("nms", "1k"), ("batched_nms", "1k")})
+test_detection = family_benchmark(detection)

@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # The one command to run on a GPU machine (no network needed): builds the CUDA
-# kernels, runs the test suite with CUDA tensors, benchmarks every op family
-# on the reference models' layers and writes one results file plus its JSON:
+# kernels, runs the test suite with CUDA tensors, `cnnkernels verify` (every
+# op x backend x algorithm x dtype x layout against float64), `cnnkernels
+# tune` (fills Triton's autotune cache), the full `cnnkernels bench` (its
+# report, JSON, plots and a line in the device's history, compared with the
+# previous one), each family's benchmark configurations, and the end-to-end
+# model benchmarks; it writes one results file plus its JSON and the plots:
 #     ${OUT:-benchmarks/results}/gpu_verify_<gpu-slug>_<YYYYmmdd>.md / .json
+#     ${OUT:-benchmarks/results}/<gpu-slug>.jsonl (the history) and plots_<gpu-slug>_<date>/
+# `benchmarks/gpu_verify.sh --dry-run` (or DRY_RUN=1) prints every command
+# instead of running it (no GPU needed), to check the script.
 # Every step runs even when an earlier one failed; the failures are listed in
-# the results file and the exit status is 1 if there were any. About 9
-# minutes on an H100 (build ~0.5, tests ~3, benchmarks ~5-6: conv2d runs every
-# algorithm on every backend, in bfloat16 and float16 in both layouts and in
-# float32 with and without TF32). The
+# the results file and the exit status is 1 if there were any. Before the
+# verify, tune, full-bench and end-to-end steps it took about 9 minutes on an
+# H100 (build ~0.5, tests ~3, benchmarks ~5-6); the full bench adds up to 20
+# minutes (its budget); verify, tune and end-to-end are not timed on a GPU yet. The
 # benchmark configurations, and any targets a family states for them, come
 # from the families' bench modules (VERIFY_CONFIGS and VERIFY_TARGETS in
 # cnnkernels/bench/<family>.py, listed by cnnkernels.bench.verify). Each
@@ -18,6 +25,8 @@
 # there is no .git folder), PYTHON (default: python), BENCH_BATCH (default 16).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+dry_run=${DRY_RUN:-0}
+[[ ${1:-} == --dry-run ]] && dry_run=1
 unset TRITON_INTERPRET # the Triton backend must run CUDA tensors, not the interpreter
 
 python=${PYTHON:-python}
@@ -47,7 +56,11 @@ step() {
   shift 2
   echo "=== $name: $*"
   step_rc=0
-  "$@" 2>&1 | tee "$log" || step_rc=$?
+  if ((dry_run)); then
+    echo "(dry run: not run)" | tee "$log"
+  else
+    "$@" 2>&1 | tee "$log" || step_rc=$?
+  fi
   echo "=== $name: exit $step_rc after $((SECONDS - start)) s"
   if ((step_rc != 0)); then
     failures+=("$name (exit $step_rc)")
@@ -123,13 +136,43 @@ sed -n '/short test summary info/,$p' "$logs/tests.log" >"$logs/tests_summary.lo
   echo
 } >>"$md"
 
-bench_jsons=()
+# Correctness on this GPU: every op x backend x algorithm x dtype x layout, on one
+# layer of each configuration at full size (--quick; every layer is tests/' and
+# the benchmarks' job here).
+step verify "$logs/verify.log" "$python" -m cnnkernels verify --quick --json "$logs/verify.json"
+{
+  echo "## Verify: \`python -m cnnkernels verify --quick\`"
+  echo
+  grep -E '^(verify:|FAIL|[0-9]+ checks)' "$logs/verify.log" >"$logs/verify_summary.log" || true
+  fenced "$logs/verify_summary.log"
+} >>"$md"
+
+step tune "$logs/tune.log" "$python" -m cnnkernels tune --batch "$batch"
+
+# The full benchmark: every family, model and algorithm, the report, the plots
+# and this run's line in the device's history (compared with the last one).
+plots=$results_dir/plots_${slug}_$(date +%Y%m%d)
+# It starts no new case after 20 minutes (every traced layer x algorithm x backend
+# x dtype is more than that on one GPU); the skipped ones are listed.
+step "bench (full)" "$logs/bench_full.log" "$python" -m cnnkernels bench --batch "$batch" \
+  --budget 1200 --compare --results-dir "$results_dir" --json "$logs/bench_full.json" \
+  --markdown "$stem.bench.md" --plots "$plots"
+{
+  echo "## Benchmark: \`python -m cnnkernels bench --batch $batch --compare\`"
+  echo
+  echo "Report: \`$stem.bench.md\`; plots: \`$plots/\`."
+  echo
+  sed -n '/rows in [0-9.]* s:/,$p' "$logs/bench_full.log" >"$logs/bench_summary.log" || true
+  fenced "$logs/bench_summary.log"
+} >>"$md"
+
+bench_jsons=("$logs/bench_full.json")
 # bench LABEL ARGS...: one benchmark configuration, its table appended to the results file.
 bench() {
   local label=$1
   shift
   bench_jsons+=("$logs/bench_$label.json")
-  step "bench $label" "$logs/bench_$label.log" "$python" -m cnnkernels bench --batch "$batch" \
+  step "bench $label" "$logs/bench_$label.log" "$python" -m cnnkernels bench --batch "$batch" --no-history \
     --json "$logs/bench_$label.json" "$@"
   {
     echo "### $label: \`$*\`"
@@ -150,6 +193,14 @@ while read -r -u 3 kind line; do
       ;;
   esac
 done 3<<<"$plan"
+
+step "end-to-end" "$logs/end_to_end.log" "$python" -m cnnkernels bench --end-to-end \
+  --batch "$batch" --json "$logs/end_to_end.json"
+{
+  echo "## End to end: \`python -m cnnkernels bench --end-to-end --batch $batch\`"
+  echo
+  fenced "$logs/end_to_end.log"
+} >>"$md"
 
 {
   echo "## Result"

@@ -1,7 +1,8 @@
 """Triton pieces the families share: the accumulator type, the fused
 activations and their derivatives, the deterministic split-sum, channel
 blocking (the block size for a channel count, a program's channel tile of a
-grouped dimension), and geometries passed to kernels by field name.
+grouped dimension), geometries passed to kernels by field name, and
+autotuning with its on-disk cache.
 
 The activation codes are ``cnnkernels._ext.Activation``'s (C++'s
 cnnk::Activation, read from _C), as compile-time globals the kernels compare
@@ -18,6 +19,18 @@ from cnnkernels._ext import Activation
 RELU = tl.constexpr(int(Activation.relu))
 RELU6 = tl.constexpr(int(Activation.relu6))
 SILU = tl.constexpr(int(Activation.silu))
+
+
+def autotune(configs: list, key: list[str]):
+    """``triton.autotune`` with Triton's on-disk cache of the tuned
+    configurations (``cache_results``): the timings of each tuning key (the
+    shape) are stored under TRITON_CACHE_DIR in a file keyed by the Triton
+    version, the GPU target, the kernel's source and the configurations, so
+    a later process reads them instead of tuning again (``cnnkernels tune``
+    fills the cache for the reference models). Triton writes each file to a
+    temporary directory and renames it into place (os.replace), so
+    processes tuning at once lose nothing. The interpreter never tunes."""
+    return triton.autotune(configs=configs, key=key, cache_results=True)
 
 
 def acc_type(dtype: torch.dtype):

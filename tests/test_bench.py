@@ -1,12 +1,21 @@
 """The benchmark driver's algorithm rows: every conv2d algorithm on each backend, a skipped
 row (with the op's reason) where the op rejects the algorithm, the fused residual row, and
-the summary's lines for them. Timings are not checked; results are, against float64 torch."""
+the summary's lines for them. Timings are not checked; results are, against float64 torch.
+Then the report's formatting, the history's comparison, the layers traced from a model,
+the end-to-end measurement and the autotune cache's concurrent writers."""
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from cnnkernels.bench import conv2d, driver
-from cnnkernels.bench.layers import ConvLayer
+import cnnkernels
+from cnnkernels.bench import conv2d, driver, history, models, report, trace
+from cnnkernels.bench.layers import CONV_LAYERS, ConvLayer, ConvTransposeLayer, PoolLayer
 
 TINY = ConvLayer("Tiny", "3x3", 3, 7, 6, 5, 3, 1, 1, 1, "relu")
 TINY_RESIDUAL = ConvLayer("Tiny", "1x1+res", 4, 5, 7, 6, 1, 1, 0, 1, "relu", True)
@@ -15,7 +24,7 @@ TINY_RESIDUAL = ConvLayer("Tiny", "1x1+res", 4, 5, 7, 6, 1, 1, 0, 1, "relu", Tru
 def settings(backends, algorithms=None, directions=("forward",)):
     return driver.Settings(device=torch.device("cpu"), ops=["conv2d"], dtypes=[torch.float32],
                            batch=2, backends=list(backends), directions=list(directions),
-                           channels_last=False, quick=True, budget_s=None,
+                           layouts=["nchw"], quick=True, budget_s=None,
                            algorithms=algorithms)
 
 
@@ -24,8 +33,8 @@ def rows_of(case, run_settings):
                              driver.select_algorithms(conv2d, run_settings.algorithms))]
     timer = driver.make_timer(run_settings.device, quick=True)
     return [row for direction in run_settings.directions
-            for row in driver.case_rows(table, case, torch.float32, direction, run_settings,
-                                        timer, roofline=None)]
+            for row in driver.case_rows(table, case, torch.float32, "nchw", direction,
+                                        run_settings, timer, roofline=None)]
 
 
 def test_every_algorithm_runs_on_the_cpu_backend():
@@ -50,7 +59,7 @@ def test_an_algorithm_the_case_does_not_fit_is_a_skipped_row_with_the_ops_reason
     assert "'pointwise' takes 1x1 convolutions" in row["message"]
     text, ok = driver.summary([driver.Result(TINY, row)], 0.0)
     assert ok
-    assert "skipped conv2d cpu pointwise float32: 1 rows" in text
+    assert "skipped conv2d cpu pointwise float32 nchw: 1 rows" in text
 
 
 def test_fused_residual_row_against_torchs_chain():
@@ -62,17 +71,218 @@ def test_fused_residual_row_against_torchs_chain():
 def test_forward_plus_backward_speedup_in_the_summary():
     def row(direction, ours_ms, torch_ms):
         return {"op": "conv2d", "backend": "cpu", "algorithm": "direct", "dtype": "float32",
-                "tf32": False, "direction": direction, "status": "ok", "ours_ms": ours_ms,
-                "torch_ms": torch_ms, "speedup": torch_ms / ours_ms, "flops": 1, "bytes": 1,
+                "layout": "nchw", "tf32": False, "direction": direction, "status": "ok",
+                "ours_ms": ours_ms, "torch_ms": torch_ms, "speedup": torch_ms / ours_ms,
+                "flops": 1, "bytes": 1,
                 "roofline_fraction": None}
 
     results = [driver.Result(TINY, row("forward", 1.0, 3.0)),
                driver.Result(TINY, row("backward", 3.0, 3.0))]
     text, ok = driver.summary(results, 0.0)
     assert ok
-    assert "geometric-mean speedup conv2d cpu direct float32 forward+backward: 1.50x" in text
+    assert ("geometric-mean speedup conv2d cpu direct float32 nchw forward+backward: "
+            "1.50x (faster)") in text
 
 
 def test_unknown_algorithm_is_refused_with_the_known_ones():
-    with pytest.raises(SystemExit, match="direct"):
+    with pytest.raises(driver.UsageError) as raised:
         driver.select_tables(["conv2d"], None, True, ["winograd"])
+    assert "direct" in raised.value.message
+
+
+# ---------------------------------------------------------------------------
+# Report formatting, history, layer derivation, end-to-end, autotune cache
+
+
+def test_speedups_below_one_say_how_much_slower():
+    assert report.speedup_text(0.15) == "0.15x (6.67x slower)"
+    assert report.speedup_text(2.0) == "2.00x (faster)"
+    assert report.speedup_short(0.5) == "2.00x slower"
+
+
+def test_rates_and_times_in_adaptive_units():
+    assert report.rate({"tflops": 0.000288}) == "288 MFLOP/s"
+    assert report.rate({"tflops": 0.0456}) == "45.6 GFLOP/s"
+    assert report.rate({"tflops": 12.34}) == "12.3 TFLOP/s"
+    assert report.rate({"tflops": None, "gbps": 45.6}) == "45.6 GB/s"
+    assert report.speedup_short(1234.5) == "1234x faster"
+    assert report.duration(0.5) == "500 us"
+    assert report.duration(4.567) == "4.57 ms"
+    assert report.duration(2500) == "2.50 s"
+
+
+def test_compact_table_fits_100_columns():
+    row = {"group": "ResNet-50", "name": "layer3.3x3.s2", "backend": "triton",
+           "algorithm": "implicit_gemm", "ours_ms": 123.456, "ours_spread": 0.123,
+           "speedup": 0.0123, "tflops": 123.4, "roofline_fraction": 0.999, "status": "wrong",
+           "errors": {"a": 0.31}, "index_mismatches": None}
+    columns = report.compact_columns()
+    for line in (report.table_header(columns), report.table_row(row, columns)):
+        assert max(map(len, line.splitlines())) <= report.WIDTH, line
+
+
+def _history_row(ms, spread, name="conv1"):
+    return {"op": "conv2d", "group": "Tiny", "name": name, "shape": "s", "batch": 1,
+            "dtype": "float32", "tf32": False, "layout": "nchw", "direction": "forward",
+            "backend": "cpu", "algorithm": "direct", "status": "ok", "ours_ms": ms,
+            "ours_spread": spread}
+
+
+def test_history_flags_only_changes_beyond_the_spread(tmp_path):
+    header = {"device": "Some CPU (R) 9000", "date": "then", "commit": "abc"}
+    path = history.append(tmp_path, header, [_history_row(1.0, 0.02, "a"),
+                                             _history_row(1.0, 0.02, "b"),
+                                             _history_row(1.0, 0.02, "c")])
+    assert path.name == "some-cpu-r-9000.jsonl"
+    previous = history.last_run(tmp_path, header["device"])
+    text, regressions = history.compare(previous, [
+        _history_row(1.5, 0.02, "a"),   # slower, far beyond both spreads
+        _history_row(1.5, 0.40, "b"),   # slower, but within its own (noisy) spread
+        _history_row(0.5, 0.02, "c"),   # faster
+        _history_row(9.0, 0.02, "new")])
+    assert regressions == 1
+    assert "REGRESSION" in text and "Tiny a" in text and "Tiny b" not in text
+    assert "improved" in text and "3 rows matched" in text
+
+
+def test_tiny_case_keeps_a_depthwise_layer_depthwise():
+    depthwise = ConvLayer("M", "dw", 96, 56, 56, 96, 3, 2, 1, 96, "relu6")
+    tiny = driver.tiny_case(depthwise)
+    assert (tiny.in_channels, tiny.out_channels, tiny.groups, tiny.height) == (8, 8, 8, 8)
+
+
+class SmallNet(torch.nn.Module):
+    """Every traced kind: conv + batch norm + ReLU (twice, the second the same
+    geometry: deduplicated), a strided conv followed by ReLU6, pools, a
+    transposed conv and the global average."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.relu = torch.nn.ReLU()
+        self.again = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.bn2 = torch.nn.BatchNorm2d(8)
+        self.same = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.down = torch.nn.Conv2d(8, 16, 3, stride=2, padding=1, groups=8)
+        self.relu6 = torch.nn.ReLU6()
+        self.pool = torch.nn.MaxPool2d(3, 2, 1, ceil_mode=True)
+        self.up = torch.nn.ConvTranspose2d(16, 4, 2, stride=2)
+        self.avg = torch.nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x):
+        x = self.relu(self.bn(self.stem(x)))
+        x = self.relu(self.bn2(self.again(x)))
+        x = self.same(x)
+        x = self.relu6(self.down(x))
+        return self.avg(self.up(self.pool(x)))
+
+
+def test_layers_traced_from_a_model_with_their_geometry():
+    traced = trace.trace_layers(SmallNet, (3, 20, 20), "Small")
+    assert traced.conv == [
+        ConvLayer("Small", "stem", 3, 20, 20, 8, 3, 1, 1, 1, "relu"),
+        ConvLayer("Small", "again", 8, 20, 20, 8, 3, 1, 1, 1, "relu"),
+        ConvLayer("Small", "same", 8, 20, 20, 8, 3, 1, 1, 1, None),
+        ConvLayer("Small", "down", 8, 20, 20, 16, 3, 2, 1, 8, "relu6")]
+    assert traced.pool == [PoolLayer("Small", "pool", "max", 16, 10, 10, 3, 2, 1, True),
+                           PoolLayer("Small", "avg", "global_avg", 4, 12, 12)]
+    assert traced.conv_transpose == [ConvTransposeLayer("Small", "up", 16, 6, 6, 4, 2, 2)]
+    # The traced geometry is the one torch runs: each case's output size is the
+    # module's output size.
+    net = SmallNet()
+    down = net.down(torch.randn(1, 8, 20, 20))
+    assert traced.conv[3].output_size() == tuple(down.shape[2:])
+    pooled = net.pool(down)
+    assert traced.pool[0].output_size() == tuple(pooled.shape[2:])
+    assert traced.conv_transpose[0].output_size() == tuple(net.up(pooled).shape[2:])
+
+
+def test_cases_fall_back_to_the_tables_without_the_models_package(monkeypatch):
+    monkeypatch.setattr(trace, "reference_layers", lambda: None)
+    assert trace.cases("conv", CONV_LAYERS) is CONV_LAYERS
+
+
+class FusedNet(torch.nn.Module):
+    """A model as cnnkernels.models builds them: cnnkernels.nn modules with
+    fused activations."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = cnnkernels.nn.Conv2d(3, 4, 3, padding=1, activation="relu")
+        self.pool = cnnkernels.nn.MaxPool2d(2)
+        self.head = torch.nn.Linear(4 * 4 * 4, 5)
+
+    def forward(self, x):
+        return self.head(self.pool(self.conv(x)).flatten(1))
+
+
+def test_unpatched_model_is_plain_torch_with_the_same_results():
+    model = FusedNet().double()
+    plain = models.unpatched(model)
+    assert not any(type(m).__module__ == "cnnkernels.nn" for m in plain.modules())
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    expected = torch.nn.functional.max_pool2d(torch.nn.functional.relu(
+        torch.nn.functional.conv2d(x, model.conv.weight, model.conv.bias, padding=1)), 2)
+    expected = model.head(expected.flatten(1))
+    torch.testing.assert_close(plain(x), expected)
+    torch.testing.assert_close(model(x), expected)
+
+
+def test_end_to_end_measures_both_variants_eager_and_compiled():
+    rows = models.measure(FusedNet, (3, 8, 8), "Fused", torch.device("cpu"), batch=2,
+                          executions=("eager", "compile"), steps=1, repeats=1, warmup=1,
+                          compile_backend="eager")
+    assert {(r.mode, r.execution, r.variant) for r in rows} == {
+        (mode, execution, variant) for mode in ("train", "infer")
+        for execution in ("eager", "compile") for variant in ("torch", "cnnkernels")}
+    assert all(r.images_per_s and r.images_per_s > 0 for r in rows), rows
+    assert len(models.pairs(rows)) == 4
+
+
+_CACHE_WRITER = """
+import hashlib, json, sys
+from triton.runtime.cache import get_cache_manager
+writer = int(sys.argv[1])
+for shape in range(20):
+    # every writer also writes the shapes all the others write (the same key),
+    # hashed as Triton's autotuner hashes its keys
+    for name, value in ((f"shape-{shape}", {"shape": shape}),
+                        (f"shape-{shape}-{writer}", {"writer": writer})):
+        get_cache_manager(hashlib.sha256(name.encode()).hexdigest()).put(
+            json.dumps(value), "kernel.autotune.json", binary=False)
+"""
+
+
+def test_autotune_cache_loses_nothing_with_concurrent_writers(tmp_path, monkeypatch):
+    """The on-disk cache common.autotune turns on (Triton's: a temporary
+    directory, then os.replace): four processes writing the same 20 keys and
+    20 keys of their own at once leave every file whole and readable."""
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    writers = [subprocess.Popen([sys.executable, "-c", _CACHE_WRITER, str(i)])
+               for i in range(4)]
+    assert [w.wait(timeout=120) for w in writers] == [0] * 4
+    from triton.runtime.cache import get_cache_manager
+
+    def read(name):
+        manager = get_cache_manager(hashlib.sha256(name.encode()).hexdigest())
+        return json.loads(Path(manager.get_file("kernel.autotune.json")).read_text())
+
+    for shape in range(20):
+        assert read(f"shape-{shape}") == {"shape": shape}
+        for writer in range(4):
+            assert read(f"shape-{shape}-{writer}") == {"writer": writer}
+    assert not list(tmp_path.glob("*/tmp.pid_*")), "a temporary file was left behind"
+
+
+def test_the_autotuned_kernels_cache_their_choices(monkeypatch):
+    """kernels/common.autotune asks Triton to keep its tuning on disk (the
+    interpreter, which never tunes, cannot show the cache itself)."""
+    pytest.importorskip("triton")
+    from cnnkernels.kernels import common
+
+    calls = []
+    monkeypatch.setattr(common.triton, "autotune", lambda **kwargs: calls.append(kwargs))
+    common.autotune(["config"], key=["n"])
+    assert calls == [{"configs": ["config"], "key": ["n"], "cache_results": True}]

@@ -13,11 +13,13 @@ import torch
 import torch.nn.functional as F
 
 import cnnkernels
-from cnnkernels.bench import report
+from cnnkernels.bench import report, trace
 from cnnkernels.bench.layers import CONV_LAYERS, LAYER_COLUMNS, ConvLayer
 from cnnkernels.bench.verify import VerifyConfig
 
-CASES = CONV_LAYERS
+# Derived from cnnkernels.models (trace.py); a residual addition is no module the
+# trace sees, so the fused conv + residual rows stay from the table.
+CASES = trace.cases("conv", CONV_LAYERS, extra=tuple(c for c in CONV_LAYERS if c.residual))
 # The op module (cnnkernels.ops.conv2d is also the name of the op function there).
 ALGORITHMS = {name: functools.partial(cnnkernels.use, conv_algorithm=name)
               for name in importlib.import_module("cnnkernels.ops.conv2d").ALGORITHMS}

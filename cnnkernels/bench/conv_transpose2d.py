@@ -12,11 +12,12 @@ import torch
 import torch.nn.functional as F
 
 import cnnkernels
-from cnnkernels.bench import report
+from cnnkernels.bench import report, trace
 from cnnkernels.bench.layers import CONV_TRANSPOSE_LAYERS, LAYER_COLUMNS, ConvTransposeLayer
 from cnnkernels.bench.verify import VerifyConfig
 
-CASES = CONV_TRANSPOSE_LAYERS
+# Derived from cnnkernels.models (trace.py).
+CASES = trace.cases("conv_transpose", CONV_TRANSPOSE_LAYERS)
 # The conv2d algorithms whose launchers compute it (auto: conv2d's router,
 # by direction); im2col and pointwise are left to conv2d's own table.
 ALGORITHMS = {name: functools.partial(cnnkernels.use, conv_algorithm=name)

@@ -40,7 +40,13 @@ A case is whatever the family times; the driver uses only this protocol of it
 - ``work(batch, dtype, direction)``: (flops or None for a memory-bound op,
   minimum DRAM bytes), for the rates and the roofline fraction;
 - ``quick()``: the case as a --quick smoke run times it (a layer: H and W
-  capped).
+  capped);
+- optionally ``tiny()``: the case as the Triton interpreter verifies it on a
+  CPU (default: tiny_case caps the size fields it knows, TINY_LIMITS).
+
+The layer cases of conv2d, conv_transpose2d and pool2d are traced from
+cnnkernels.models (trace.py); verify (command.py) runs the same families
+without timing.
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ import math
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from types import ModuleType
 from typing import Any, NamedTuple
 
@@ -205,11 +211,24 @@ class Settings:
     batch: int
     backends: list[str]
     directions: list[str]
-    channels_last: bool
+    layouts: list[str]
     quick: bool
     budget_s: float | None
     algorithms: list[str] | None = None  # None: every algorithm of each family
     tf32: bool = False  # float32 may run as TF32 (ours and torch's alike)
+    excluded: dict = field(default_factory=dict)  # backend -> why it does not run here
+
+
+LAYOUTS = ("nchw", "channels_last")
+
+
+class UsageError(SystemExit):
+    """A request this machine or these options cannot satisfy: the command
+    prints the one-line message and exits with status 2."""
+
+    def __init__(self, message: str):
+        super().__init__(2)
+        self.message = message
 
 
 def default_backends(device: torch.device) -> list[str]:
@@ -220,52 +239,179 @@ def default_backends(device: torch.device) -> list[str]:
             and not (b == "triton" and device.type == "cpu")]
 
 
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    device_type = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device_type)
-    if args.dtype:
-        names = [n for item in args.dtype for n in item.split(",") if n]
-        unknown = [n for n in names if n.lower() not in DTYPE_NAMES]
-        if unknown:
-            raise SystemExit(f"unknown dtype {unknown[0]!r}; choose from {sorted(DTYPE_NAMES)}")
-        dtypes = list(dict.fromkeys(DTYPE_NAMES[n.lower()] for n in names))
-    elif device_type == "cuda":
-        dtypes = [torch.float32, torch.bfloat16]
-    else:
-        dtypes = [torch.float32]
-    if args.batch is not None and args.batch < 1:
-        raise SystemExit(f"--batch must be >= 1, got {args.batch}")
-    batch = args.batch or (32 if device_type == "cuda" and not args.quick else 1)
-    backends = args.backend or default_backends(device)
-    if not backends:
-        reasons = "; ".join(f"{b}: {_backend.backend_problem(b, device)}"
-                            for b in ("cpu", "cuda", "triton"))
-        raise SystemExit(f"no cnnkernels backend runs on {device_type} here ({reasons})")
-    ops = [family.name for family in FAMILIES] if args.op == "all" else [args.op]
+def excluded_backends(device: torch.device) -> dict:
+    """{backend: why it does not run (or is not timed) here} for the
+    backends default_backends leaves out, for the header."""
+    reasons = {}
+    for backend in ("cpu", "cuda", "triton"):
+        if backend in default_backends(device):
+            continue
+        if backend == "triton" and device.type == "cpu" and _backend.triton_available():
+            reasons[backend] = ("Triton is installed, but without a GPU it runs only in its "
+                                "interpreter, which is never timed (cnnkernels verify checks it)")
+        elif backend == "cuda" and device.type == "cpu":
+            reasons[backend] = ("CUDA kernels built, but no GPU here" if _ext.has_cuda_kernels()
+                                else "no GPU here (and cnnkernels._C was built without CUDA)")
+        elif backend == "cpu" and device.type != "cpu":
+            continue  # the cpu backend runs CPU tensors: not a gap on a GPU run
+        else:
+            reasons[backend] = _backend.backend_problem(backend, device)
+    return reasons
+
+
+def resolve_device(requested: str | None) -> torch.device:
+    """--device, or cuda when available, else cpu; cuda without CUDA is a UsageError."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        why = ("torch was built without CUDA" if torch.version.cuda is None
+               else "torch sees no CUDA device")
+        raise UsageError(f"--device cuda: {why} (torch {torch.__version__}); "
+                         "run without --device to use the cpu")
+    return torch.device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def parse_dtypes(names: list[str] | None, device: torch.device) -> list[torch.dtype]:
+    """--dtype (comma- or space-separated); default float32 and bfloat16 on
+    CUDA, float32 on the CPU."""
+    if not names:
+        return [torch.float32, torch.bfloat16] if device.type == "cuda" else [torch.float32]
+    names = [n for item in names for n in item.split(",") if n]
+    unknown = [n for n in names if n.lower() not in DTYPE_NAMES]
+    if unknown:
+        raise UsageError(f"--dtype {unknown[0]!r}: choose from {', '.join(sorted(DTYPE_NAMES))}")
+    return list(dict.fromkeys(DTYPE_NAMES[n.lower()] for n in names))
+
+
+def parse_layouts(args: argparse.Namespace) -> list[str]:
+    layouts = [n for item in args.layout or () for n in item.split(",") if n]
+    unknown = [n for n in layouts if n not in LAYOUTS]
+    if unknown:
+        raise UsageError(f"--layout {unknown[0]!r}: choose from {', '.join(LAYOUTS)}")
+    if args.channels_last:
+        layouts.append("channels_last")
+    return list(dict.fromkeys(layouts)) or ["nchw"]
+
+
+def parse_ops(names: list[str] | None) -> list[str]:
+    known = [family.name for family in FAMILIES]
+    names = [n for item in names or () for n in item.split(",") if n]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UsageError(f"--ops {unknown[0]!r}: the op families are {', '.join(known)}")
+    return list(dict.fromkeys(names)) or known
+
+
+def runnable_backends(device: torch.device, allow_interpreter: bool = False) -> list[str]:
+    """default_backends, plus the Triton interpreter on a CPU where
+    ``allow_interpreter`` (verify) and it can run."""
+    backends = default_backends(device)
+    if allow_interpreter and device.type == "cpu" \
+            and _backend.backend_problem("triton", device) is None:
+        backends.append("triton")
+    return backends
+
+
+def parse_backends(names: list[str] | None, device: torch.device,
+                   allow_interpreter: bool = False) -> list[str]:
+    """--backend, each checked to run on ``device``; the Triton interpreter
+    only where ``allow_interpreter`` (verify). A backend that cannot run is
+    a UsageError saying why."""
+    if not names:
+        backends = runnable_backends(device, allow_interpreter)
+        if not backends:
+            reasons = "; ".join(f"{b}: {_backend.backend_problem(b, device)}"
+                                for b in ("cpu", "cuda", "triton"))
+            raise UsageError(f"no cnnkernels backend runs on {device.type} here ({reasons})")
+        return backends
+    names = list(dict.fromkeys(n for item in names for n in item.split(",") if n))
+    for name in names:
+        if name not in ("cpu", "cuda", "triton"):
+            raise UsageError(f"--backend {name!r}: choose from cpu, cuda, triton")
+        if name == "triton" and device.type == "cpu" and not allow_interpreter:
+            raise UsageError("--backend triton: there is no GPU here, and Triton's interpreter "
+                             "(its only way to run CPU tensors) is never timed, being "
+                             "thousands of times slower; cnnkernels verify checks its results")
+        problem = _backend.backend_problem(name, device)
+        if problem is not None:
+            raise UsageError(f"--backend {name}: cannot run on {device.type} here: {problem}")
+    return names
+
+
+def settings_from_args(args: argparse.Namespace, allow_interpreter: bool = False) -> Settings:
+    """The run's settings; a request this machine cannot satisfy raises UsageError."""
+    device = resolve_device(args.device)
+    batch = getattr(args, "batch", None)
+    if batch is not None and batch < 1:
+        raise UsageError(f"--batch must be >= 1, got {batch}")
+    batch = batch or (32 if device.type == "cuda" and not args.quick else 1)
+    directions = [n for item in getattr(args, "direction", None) or () for n in item.split(",")]
+    unknown = [n for n in directions if n not in DIRECTIONS]
+    if unknown:
+        raise UsageError(f"--direction {unknown[0]!r}: choose from {', '.join(DIRECTIONS)}")
+    backends = parse_backends(args.backend, device, allow_interpreter)
     algorithms = list(dict.fromkeys(args.algorithm)) if args.algorithm else None
-    return Settings(device=device, ops=ops, dtypes=dtypes, batch=batch, backends=backends,
-                    directions=list(dict.fromkeys(args.direction)),
-                    channels_last=args.channels_last, quick=args.quick, budget_s=args.budget,
-                    algorithms=algorithms, tf32=args.tf32)
+    return Settings(device=device, ops=parse_ops(args.ops),
+                    dtypes=parse_dtypes(args.dtype, device), batch=batch, backends=backends,
+                    directions=list(dict.fromkeys(directions)) or list(DIRECTIONS),
+                    layouts=parse_layouts(args), quick=args.quick,
+                    budget_s=getattr(args, "budget", None), algorithms=algorithms,
+                    tf32=getattr(args, "tf32", False),
+                    excluded=_excluded(device, backends, allow_interpreter))
 
 
-def _group_key(name: str) -> str:
+def _excluded(device: torch.device, backends: list[str], allow_interpreter: bool) -> dict:
+    """{backend: why it does not run} for the header: not selected, or
+    excluded_backends' reason."""
+    runnable = runnable_backends(device, allow_interpreter)
+    reasons = excluded_backends(device)
+    return {b: "not selected (--backend)" if b in runnable else reasons[b]
+            for b in ("cpu", "cuda", "triton") if b not in backends
+            and (b in runnable or b in reasons)}
+
+
+def group_key(name: str) -> str:
     return "".join(c for c in name.lower() if c.isalnum())
 
 
-def select_cases(cases: tuple, groups: list[str] | None = None, quick: bool = False) -> list:
+# The fields of a case that are sizes: distinct_configurations ignores them.
+SIZE_FIELDS = ("model", "name", "height", "width", "channels", "in_channels", "out_channels",
+               "boxes")
+
+
+def distinct_configurations(cases: list) -> list:
+    """The first case of each configuration apart from its sizes: its other
+    fields (activation, kind, residual, ...), whole numbers told apart only
+    as 0, 1 or more (a 1x1 or a larger kernel, stride 1 or more, groups or
+    not); the cases a quick verification needs to reach every algorithm and
+    code path."""
+    seen, kept = set(), []
+    for case in cases:
+        key = (type(case), tuple(
+            (name, min(value, 2) if type(value) is int else value)
+            for name, value in ((n, getattr(case, n)) for n in case.__dataclass_fields__
+                                if n not in SIZE_FIELDS)))
+        if key not in seen:
+            seen.add(key)
+            kept.append(case)
+    return kept
+
+
+def select_cases(cases: tuple, groups: list[str] | None = None, quick: bool = False,
+                 per_group: int | None = None) -> list:
     """The ``cases`` whose group starts with one of ``groups``, ignoring case
     and punctuation ("vgg", "resnet", "unet"; all when None); with ``quick``,
-    the first QUICK_CASES_PER_GROUP of each group, each as ``case.quick()``."""
-    wanted = [_group_key(g) for g in groups] if groups else None
-    selected, per_group = [], {}
+    each as ``case.quick()`` and only the first ``per_group`` of each group
+    (default QUICK_CASES_PER_GROUP; None with ``quick`` False: all)."""
+    if per_group is None and quick:
+        per_group = QUICK_CASES_PER_GROUP
+    wanted = [group_key(g) for g in groups] if groups else None
+    selected, counts = [], {}
     for case in cases:
-        if wanted and not any(_group_key(case.group).startswith(g) for g in wanted):
+        if wanted and not any(group_key(case.group).startswith(g) for g in wanted):
+            continue
+        counts[case.group] = counts.get(case.group, 0) + 1
+        if per_group is not None and counts[case.group] > per_group:
             continue
         if quick:
-            per_group[case.group] = per_group.get(case.group, 0) + 1
-            if per_group[case.group] > QUICK_CASES_PER_GROUP:
-                continue
             case = case.quick()
         selected.append(case)
     return selected
@@ -292,7 +438,8 @@ def select_algorithms(family: ModuleType, wanted: list[str] | None) -> list:
 
 
 def select_tables(ops: list[str], groups: list[str] | None, quick: bool,
-                  algorithms: list[str] | None = None) -> list[Table]:
+                  algorithms: list[str] | None = None,
+                  per_group: int | None = None) -> list[Table]:
     """The tables of the families named ``ops`` that keep a case after
     select_cases (and an algorithm named in ``algorithms``, for a family that
     has algorithms); none raises SystemExit naming the groups there are. An
@@ -302,34 +449,86 @@ def select_tables(ops: list[str], groups: list[str] | None, quick: bool,
     known = [name for _, family in families for name in family.ALGORITHMS]
     unknown = [name for name in algorithms or () if name not in known]
     if unknown:
-        raise SystemExit(f"unknown --algorithm {unknown[0]!r}; the selected ops have "
+        raise UsageError(f"--algorithm {unknown[0]!r}: the selected ops have "
                          f"{', '.join(known) or 'none'}")
-    tables = [Table(op, family, select_cases(family.CASES, groups, quick),
+    tables = [Table(op, family, select_cases(family.CASES, groups, quick, per_group),
                     select_algorithms(family, algorithms))
               for op, family in families]
     tables = [table for table in tables if table.cases and table.algorithms]
     if not tables:
         names = dict.fromkeys(case.group for _, family in families for case in family.CASES)
-        raise SystemExit(f"no {' or '.join(ops)} layer matches --model "
-                         f"{' '.join(groups or ())}; models: {', '.join(names)}")
+        raise UsageError(f"no {' or '.join(ops)} case matches --models "
+                         f"{' '.join(groups or ())}; there are: {', '.join(names)}")
     return tables
+
+
+# The tiny form of a case, for the Triton interpreter: each size field the
+# case has, capped.
+TINY_LIMITS = {"height": 8, "width": 8, "in_channels": 8, "out_channels": 8, "channels": 8,
+               "boxes": 64}
+
+
+def tiny_case(case):
+    """``case.tiny()`` where the case defines it, else the case with its
+    TINY_LIMITS fields capped (a grouped convolution keeps its channels per
+    group: depthwise stays depthwise)."""
+    if hasattr(case, "tiny"):
+        return case.tiny()
+    changes = {name: min(getattr(case, name), limit) for name, limit in TINY_LIMITS.items()
+               if hasattr(case, name)}
+    if getattr(case, "groups", 1) > 1:
+        changes["groups"] = math.gcd(case.groups, changes["in_channels"],
+                                     changes["out_channels"])
+    return replace(case, **changes)
 
 
 # ---------------------------------------------------------------------------
 # Timing
 
 
-def _time_cpu(fn, rep_ms: float, min_runs: int = 3, max_runs: int = 100) -> float:
-    """Median wall time of ``fn`` in ms over runs until ``rep_ms`` have passed
-    (at least ``min_runs``, at most ``max_runs``). No warm-up run of its own:
-    every caller has already run ``fn`` once to get the result it checks."""
-    times: list[float] = []
-    deadline = time.perf_counter() + rep_ms / 1e3
-    while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() < deadline):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+class Timing(NamedTuple):
+    """A median time in ms and its spread: half the interquartile range, as a
+    fraction of the median (what --compare measures a change against)."""
+
+    ms: float
+    spread: float
+
+
+def _timing(times_ms: list[float]) -> Timing:
+    median = statistics.median(times_ms)
+    if len(times_ms) < 2:
+        return Timing(median, 0.0)
+    q1, _, q3 = statistics.quantiles(times_ms, n=4)
+    return Timing(median, (q3 - q1) / 2 / median if median > 0 else 0.0)
+
+
+def _time_cpu(*fns, rep_ms: float, min_runs: int = 5, max_runs: int = 100) -> list[Timing]:
+    """The median wall time and spread of each of ``fns``, timed in turns (one
+    run of each per round, so that a machine's slow spells fall on all of them
+    alike) until ``rep_ms`` have passed (at least ``min_runs`` rounds, at most
+    ``max_runs``). No warm-up run of its own: every caller has already run
+    each fn once to get the result it checks."""
+    times: list[list[float]] = [[] for _ in fns]
+    deadline = time.perf_counter() + rep_ms / 1e3 * len(fns)
+    while len(times[0]) < max_runs and (len(times[0]) < min_runs
+                                         or time.perf_counter() < deadline):
+        for fn, fn_times in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            fn()
+            fn_times.append((time.perf_counter() - start) * 1e3)
+    return [_timing(fn_times) for fn_times in times]
+
+
+def _time_cuda(*fns, warmup: float, rep: float) -> list[Timing]:
+    """triton.testing.do_bench's quartiles of each of ``fns`` (L2 flushed
+    between runs)."""
+    from triton.testing import do_bench
+
+    timings = []
+    for fn in fns:
+        q1, median, q3 = do_bench(fn, warmup=warmup, rep=rep, quantiles=[0.25, 0.5, 0.75])
+        timings.append(Timing(median, (q3 - q1) / 2 / median if median > 0 else 0.0))
+    return timings
 
 
 def _timer_settings(device: torch.device, quick: bool) -> dict:
@@ -337,24 +536,22 @@ def _timer_settings(device: torch.device, quick: bool) -> dict:
     --quick smoke run; the repetition time of the perf_counter loop on the CPU."""
     if device.type == "cuda":
         return {"warmup": 5, "rep": 20} if quick else {"warmup": 25, "rep": 100}
-    return {"rep_ms": 30 if quick else 200}
+    return {"rep_ms": 20, "min_runs": 3} if quick else {"rep_ms": 200}
 
 
 def timer_description(device: torch.device, quick: bool) -> dict:
     """What make_timer times with, for the results' header."""
-    function = ("triton.testing.do_bench, median" if device.type == "cuda" else
-                "perf_counter median after one warm-up run")
+    function = ("triton.testing.do_bench, median and quartiles" if device.type == "cuda" else
+                "perf_counter median and quartiles, ours and torch's in turns, after one "
+                "warm-up run")
     return {"function": function, **_timer_settings(device, quick)}
 
 
 def make_timer(device: torch.device, quick: bool):
-    """ms = timer(fn), fn already run once: triton.testing.do_bench (median) on
-    CUDA, a perf_counter median on the CPU."""
+    """[Timing of each fn] = timer(*fns), each fn already run once:
+    triton.testing.do_bench on CUDA, perf_counter in turns on the CPU."""
     if device.type == "cuda":
-        from triton.testing import do_bench
-
-        return functools.partial(do_bench, return_mode="median",
-                                 **_timer_settings(device, quick))
+        return functools.partial(_time_cuda, **_timer_settings(device, quick))
     return functools.partial(_time_cpu, **_timer_settings(device, quick))
 
 
@@ -415,35 +612,50 @@ def _one_line(error: Exception) -> str:
     return f"{type(error).__name__}: {text}"
 
 
-def case_rows(table: Table, case, dtype: torch.dtype, direction: str, settings: Settings,
-              timer, roofline: Roofline | None) -> list[dict]:
-    """One row per backend and algorithm for this case, dtype and direction."""
+def _peak_memory(device: torch.device, fn) -> int | None:
+    """Bytes of the device's peak allocation while ``fn`` runs once, above what
+    was allocated before (CUDA; None on the CPU, where torch keeps no count)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before
+
+
+def case_rows(table: Table, case, dtype: torch.dtype, layout: str, direction: str,
+              settings: Settings, timer, roofline: Roofline | None) -> list[dict]:
+    """One row per backend and algorithm for this case, dtype, layout and
+    direction; ``timer`` None checks the results without timing (verify)."""
     family, device, batch = table.family, settings.device, settings.batch
-    inputs = family.make_inputs(case, batch, dtype, device, settings.channels_last)
+    inputs = family.make_inputs(case, batch, dtype, device, layout == "channels_last")
     with _cudnn_autotuning_off():
         reference = family.reference(case, inputs, direction)
     flops, nbytes = case.work(batch, dtype, direction)
     tf32 = settings.tf32 and dtype == torch.float32
-    base = {"op": table.op, **asdict(case), "shape": case.describe(), "batch": batch,
-            "dtype": dtype_name(dtype), "tf32": tf32,
-            "layout": "channels_last" if settings.channels_last else "nchw",
+    base = {"op": table.op, **asdict(case), "group": case.group, "name": case.name,
+            "shape": case.describe(),
+            "batch": batch, "dtype": dtype_name(dtype), "tf32": tf32, "layout": layout,
             "direction": direction, "flops": flops, "bytes": nbytes,
             "tolerance": TF32_TOLERANCE if tf32 else TOLERANCES[dtype]}
-    try:
-        torch_fn, torch_results = family.prepare(family.torch_impl, case, inputs, direction)
-        torch_errors, torch_mismatches = compare(torch_results, reference)
-        del torch_results
-        torch_ms = timer(torch_fn)
-    except Exception as error:  # e.g. a dtype torch lacks on this device: ours still runs
-        torch_ms, torch_errors, torch_mismatches = None, {"message": _one_line(error)}, None
+    torch_fn, torch_errors, torch_mismatches = None, {}, None
+    if timer is not None:  # verify checks ours against the reference only
+        try:
+            torch_fn, torch_results = family.prepare(family.torch_impl, case, inputs, direction)
+            torch_errors, torch_mismatches = compare(torch_results, reference)
+            del torch_results
+        except Exception as error:  # e.g. a dtype torch lacks on this device: ours still runs
+            torch_fn, torch_errors = None, {"message": _one_line(error)}
 
     rows = []
     for backend, algorithm in ((b, a) for b in settings.backends for a in table.algorithms):
         row = {**base, "backend": backend, "algorithm": algorithm, "ours_ms": None,
-               "torch_ms": torch_ms, "speedup": None, "tflops": None, "gbps": None,
-               "roofline_fraction": None, "errors": {}, "index_mismatches": None,
-               "torch_errors": torch_errors, "torch_index_mismatches": torch_mismatches,
-               "status": "ok", "message": ""}
+               "ours_spread": None, "torch_ms": None, "torch_spread": None, "speedup": None,
+               "tflops": None, "gbps": None, "roofline_fraction": None, "peak_bytes": None,
+               "errors": {}, "index_mismatches": None, "torch_errors": torch_errors,
+               "torch_index_mismatches": torch_mismatches, "status": "ok", "message": ""}
         supported = _backend.SUPPORTED_DTYPES.get((backend, device.type))
         if supported is not None and dtype not in supported:
             row.update(status="unsupported",
@@ -458,7 +670,13 @@ def case_rows(table: Table, case, dtype: torch.dtype, direction: str, settings: 
                 fn, results = family.prepare(family.ours_impl, case, inputs, direction)
                 row["errors"], row["index_mismatches"] = compare(results, reference)
                 del results
-                ours_ms = timer(fn)
+                if timer is not None:
+                    # ours and torch's in turns: a row's speedup compares runs of one spell
+                    timing, *torch_timing = timer(fn, *(() if torch_fn is None else (torch_fn,)))
+                    if torch_timing:
+                        row.update(torch_ms=torch_timing[0].ms,
+                                   torch_spread=torch_timing[0].spread)
+                    row["peak_bytes"] = _peak_memory(device, fn)
                 del fn
         except (Unsupported, ValueError) as error:
             # An explicit algorithm the op rejects for this backend or shape, or a
@@ -472,15 +690,8 @@ def case_rows(table: Table, case, dtype: torch.dtype, direction: str, settings: 
             row.update(status="error", message=_one_line(error))
             rows.append(row)
             continue
-        seconds = ours_ms * 1e-3
-        precision = "tf32" if tf32 else dtype
-        row.update(ours_ms=ours_ms, gbps=nbytes / seconds / 1e9,
-                   roofline_fraction=_roofline_fraction(flops, nbytes, precision, roofline,
-                                                        seconds))
-        if flops is not None:
-            row["tflops"] = flops / seconds / 1e12
-        if torch_ms is not None:
-            row["speedup"] = torch_ms / ours_ms
+        if timer is not None:
+            _add_rates(row, timing, flops, nbytes, "tf32" if tf32 else dtype, roofline)
         problems = []
         if not all(e <= row["tolerance"] for e in row["errors"].values()):  # NaN fails too
             problems.append(f"error above {row['tolerance']:g}")
@@ -491,6 +702,18 @@ def case_rows(table: Table, case, dtype: torch.dtype, direction: str, settings: 
             row.update(status="wrong", message="; ".join(problems))
         rows.append(row)
     return rows
+
+
+def _add_rates(row: dict, timing: Timing, flops: int | None, nbytes: int, precision,
+               roofline: Roofline | None) -> None:
+    seconds = timing.ms * 1e-3
+    row.update(ours_ms=timing.ms, ours_spread=timing.spread, gbps=nbytes / seconds / 1e9,
+               roofline_fraction=_roofline_fraction(flops, nbytes, precision, roofline,
+                                                    seconds))
+    if flops is not None:
+        row["tflops"] = flops / seconds / 1e12
+    if row["torch_ms"] is not None:
+        row["speedup"] = row["torch_ms"] / timing.ms
 
 
 # ---------------------------------------------------------------------------
@@ -504,64 +727,137 @@ class Result(NamedTuple):
     row: dict
 
 
-def run(tables: list[Table], settings: Settings, out=sys.stdout) -> list[Result]:
-    """Every case of each table x dtypes x directions, one table per family,
-    printing rows as they complete; cases not started within
+class Section(NamedTuple):
+    """Rows printed under one heading: a family in one dtype, layout and direction."""
+
+    table: Table
+    dtype: torch.dtype
+    layout: str
+    direction: str
+
+    def heading(self) -> str:
+        return f"{self.table.op} | {dtype_name(self.dtype)} | {self.layout} | {self.direction}"
+
+
+def sections(tables: list[Table], settings: Settings) -> list[Section]:
+    return [Section(table, dtype, layout, direction) for table in tables
+            for dtype in settings.dtypes for layout in settings.layouts
+            for direction in settings.directions]
+
+
+def _progress(total: int):
+    """(advance(description), write(line), close()): a tqdm bar on stderr when
+    tqdm is installed (hidden when stderr is not a terminal), else a plain
+    ``[k/total]`` line on stderr per case."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        count = [0]
+
+        def advance(description: str) -> None:
+            count[0] += 1
+            print(f"[{count[0]}/{total}] {description}", file=sys.stderr, flush=True)
+
+        return advance, None, lambda: None
+    bar = tqdm(total=total, unit="case", file=sys.stderr, leave=False, dynamic_ncols=True,
+               disable=None)
+
+    def advance(description: str) -> None:
+        bar.set_description_str(description[:40])
+        bar.update()
+
+    return advance, bar, bar.close
+
+
+def run(tables: list[Table], settings: Settings, out=None, wide: bool = False,
+        timed: bool = True, progress: bool = True) -> list[Result]:
+    """Every case of each table x dtypes x layouts x directions, a heading per
+    section and a line per row as it completes (the family's own columns with
+    ``wide``, else report.COMPACT_COLUMNS); cases not started within
     ``settings.budget_s`` of the start are skipped (one row each with status
-    "skipped", no backend run)."""
+    "skipped", no backend run). ``timed`` False checks results only (verify)."""
     with tf32_allowed(settings.tf32):
-        return _run(tables, settings, out)
+        return _run(tables, settings, out or sys.stdout, wide, timed, progress)
 
 
-def _run(tables: list[Table], settings: Settings, out) -> list[Result]:
-    timer = make_timer(settings.device, settings.quick)
-    roofline = roofline_for(settings.device)
+def _run(tables, settings, out, wide, timed, progress) -> list[Result]:
+    timer = make_timer(settings.device, settings.quick) if timed else None
+    roofline = roofline_for(settings.device) if timed else None
     start = time.perf_counter()
     results: list[Result] = []
-    for index, table in enumerate(tables):
-        if index:
-            print(file=out)
-        print(f"{table.family.LEGEND}\n{report.table_header(table.family.COLUMNS)}", file=out,
-              flush=True)
-        for case in table.cases:
-            for dtype in settings.dtypes:
-                for direction in settings.directions:
-                    budget = settings.budget_s
-                    if budget is not None and time.perf_counter() - start > budget:
-                        results.append(Result(case, {
-                            "op": table.op, **asdict(case), "dtype": dtype_name(dtype),
-                            "direction": direction, "status": "skipped",
-                            "message": f"time budget of {budget:g} s spent"}))
-                        continue
-                    for row in case_rows(table, case, dtype, direction, settings, timer,
-                                         roofline):
-                        print(report.table_row(row, table.family.COLUMNS), file=out,
-                              flush=True)
-                        results.append(Result(case, row))
+    plan = sections(tables, settings)
+    total = sum(len(section.table.cases) for section in plan)
+    advance, bar, close = _progress(total) if progress else (lambda _: None, None, lambda: None)
+
+    def emit(text: str) -> None:
+        if bar is not None:
+            bar.write(text, file=out)
+        else:
+            print(text, file=out, flush=True)
+
+    try:
+        for index, section in enumerate(plan):
+            family = section.table.family
+            columns = family.COLUMNS if wide else report.compact_columns(timed)
+            # The family's legend explains its timing columns: not for verify's table.
+            legend = f"{report.wrap(family.LEGEND)}\n" if timed and (
+                wide or index == 0 or plan[index - 1].table is not section.table) else ""
+            emit(f"{chr(10) if index else ''}{legend}== {section.heading()}\n"
+                 f"{report.table_header(columns)}")
+            for case in section.table.cases:
+                advance(f"{section.table.op} {case.group} {case.name}")
+                budget = settings.budget_s
+                if budget is not None and time.perf_counter() - start > budget:
+                    results.append(Result(case, {
+                        "op": section.table.op, **asdict(case), "group": case.group,
+                        "name": case.name,
+                        "dtype": dtype_name(section.dtype), "layout": section.layout,
+                        "direction": section.direction, "status": "skipped",
+                        "message": f"time budget of {budget:g} s spent"}))
+                    continue
+                for row in case_rows(section.table, case, section.dtype, section.layout,
+                                     section.direction, settings, timer, roofline):
+                    emit(report.table_row(row, columns))
+                    results.append(Result(case, row))
+    finally:
+        close()
     return results
 
 
 def _variant(row: dict) -> str:
-    """What a geometric mean is taken over: op, backend, algorithm and dtype
-    ("tf32" for float32 allowed to run as TF32)."""
+    """What a geometric mean is taken over: op, backend, algorithm, dtype
+    ("tf32" for float32 allowed to run as TF32) and layout."""
     algorithm = f" {row['algorithm']}" if row.get("algorithm") else ""
     dtype = "tf32" if row.get("tf32") else row["dtype"]
-    return f"{row['op']} {row.get('backend')}{algorithm} {dtype}"
+    return f"{row['op']} {row.get('backend')}{algorithm} {dtype} {row.get('layout', 'nchw')}"
+
+
+def _geomean_line(label: str, values: list[float], what: str) -> str:
+    speedup = report.speedup_text(statistics.geometric_mean(values))
+    return f"geometric-mean speedup {label}: {speedup} over {len(values)} {what}"
+
+
+# What the cpu backend is for, said once under the CPU figures.
+CPU_BACKEND_NOTE = ("the cpu backend is the library's portable path (the same ops, autograd and "
+                    "torch.compile support where there is no GPU); torch's CPU ops (oneDNN, MKL) "
+                    "are the figures it is measured against, not a target it claims to beat")
 
 
 def summary(results: list[Result], elapsed_s: float) -> tuple[str, bool]:
     """(text to print after the tables, whether every case passed): status
-    counts, geometric-mean speedups per direction and of forward + backward
-    (the sums of both rows' times of each case: a training step's
-    convolution), for memory-bound ops the fraction of the copy bandwidth
-    reached on the cases of at least LARGE_CASE_BYTES, the reasons for
-    skipped rows, and the failures."""
+    counts, geometric-mean speedups per family variant and direction and of
+    forward + backward (the sums of both rows' times of each case: a
+    training step's share), per model (every family's rows of its layers),
+    for memory-bound ops the fraction of the copy bandwidth reached on the
+    cases of at least LARGE_CASE_BYTES, the reasons for skipped rows, and
+    the failures."""
     counts = {}
     for _, row in results:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
     lines = [f"{len(results)} rows in {elapsed_s:.1f} s: "
              + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))]
     speedups: dict[tuple, list[float]] = {}
+    per_model: dict[tuple, list[float]] = {}
     bandwidth: dict[tuple, list[Result]] = {}
     timed: dict[tuple, dict[str, dict]] = {}  # (variant, case) -> {direction: row}
     for result in results:
@@ -572,6 +868,7 @@ def summary(results: list[Result], elapsed_s: float) -> tuple[str, bool]:
         if row.get("speedup"):
             speedups.setdefault(key, []).append(row["speedup"])
             timed.setdefault((_variant(row), result.case), {})[row["direction"]] = row
+            per_model.setdefault((result.case.group, row["backend"]), []).append(row["speedup"])
         if (row.get("roofline_fraction") is not None and row["flops"] is None
                 and row["bytes"] >= LARGE_CASE_BYTES):
             bandwidth.setdefault(key, []).append(result)
@@ -581,8 +878,10 @@ def summary(results: list[Result], elapsed_s: float) -> tuple[str, bool]:
             speedups.setdefault((variant, "forward+backward"), []).append(
                 torch_ms / sum(row["ours_ms"] for row in rows.values()))
     for (variant, direction), values in sorted(speedups.items()):
-        lines.append(f"geometric-mean speedup {variant} {direction}: "
-                     f"{statistics.geometric_mean(values):.2f}x over {len(values)} layers")
+        lines.append(_geomean_line(f"{variant} {direction}", values, "cases"))
+    for (group, backend), values in sorted(per_model.items()):
+        lines.append(_geomean_line(f"{group} ({backend}, every op and direction)", values,
+                                   "rows"))
     for (variant, direction), large in sorted(bandwidth.items()):
         fractions = [r.row["roofline_fraction"] for r in large]
         lowest = min(large, key=lambda r: r.row["roofline_fraction"]).case
@@ -590,16 +889,19 @@ def summary(results: list[Result], elapsed_s: float) -> tuple[str, bool]:
                      f"{statistics.median(fractions):.0%}, lowest {min(fractions):.0%} "
                      f"({lowest.group} {lowest.name}) over the {len(large)} layers "
                      f"moving >= {LARGE_CASE_BYTES / 1e6:g} MB")
+    if any(backend == "cpu" for _, backend in per_model):
+        lines.append(f"note: {CPU_BACKEND_NOTE}")
     skipped: dict[str, list[dict]] = {}
     for _, row in results:
         if row["status"] == "skipped" and row.get("backend"):
             skipped.setdefault(_variant(row), []).append(row)
     for variant, rows in sorted(skipped.items()):
-        reasons = dict.fromkeys(row["message"] for row in rows)
-        lines.append(f"skipped {variant}: {len(rows)} rows ({'; '.join(reasons)})")
+        reasons = list(dict.fromkeys(row["message"] for row in rows))
+        more = f"; and {len(reasons) - 1} more like it" if len(reasons) > 1 else ""
+        lines.append(f"skipped {variant}: {len(rows)} rows ({reasons[0]}{more})")
     for case, row in results:
         if row["status"] in ("error", "wrong"):
             lines.append(f"{row['status'].upper()} {case.group} {case.name} {_variant(row)} "
                          f"{row['direction']}: {row['message']}")
     ok = not any(row["status"] in ("error", "wrong") for _, row in results)
-    return "\n".join(lines), ok
+    return "\n".join(report.wrap(line) for line in lines), ok

@@ -50,8 +50,13 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def environment(settings: Settings) -> dict:
-    """Where, with what, on which commit, and the run's settings."""
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+
+
+def environment(settings: Settings, command: str = "bench") -> dict:
+    """Where, with what, on which commit, and the run's settings; ``command``
+    (bench, verify) says what the rows are."""
     device = settings.device
     cuda = device.type == "cuda"
     triton_version = None
@@ -60,7 +65,7 @@ def environment(settings: Settings) -> dict:
 
         triton_version = triton.__version__
     cpu = {}
-    roofline = None if cuda else roofline_for(device)
+    roofline = None if cuda or command != "bench" else roofline_for(device)
     if roofline is not None:  # the cpu backend's roofline and its GEMM core
         cpu = {"cpu_isa": _ext.cpu_isa(),
                "cpu_peak_gflops": {dtype_name(d): round(f / 1e9, 1)
@@ -69,7 +74,8 @@ def environment(settings: Settings) -> dict:
                "gemm_core": gemm_core_rate()}
     return {
         **cpu,
-        "device": torch.cuda.get_device_name(device) if cuda else _cpu_name(),
+        "command": command,
+        "device": device_name(device),
         "device_type": device.type,
         "cpu_threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -85,10 +91,11 @@ def environment(settings: Settings) -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "ops": settings.ops,
         "dtypes": [dtype_name(d) for d in settings.dtypes],
-        "layout": "channels_last" if settings.channels_last else "nchw",
+        "layouts": settings.layouts,
         "batch": settings.batch,
         "directions": settings.directions,
         "backends": settings.backends,
+        "excluded": settings.excluded,
         "quick": settings.quick,
         "timer": timer_description(device, settings.quick),
     }

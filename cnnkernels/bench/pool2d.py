@@ -10,11 +10,12 @@ import torch
 import torch.nn.functional as F
 
 import cnnkernels
-from cnnkernels.bench import report
+from cnnkernels.bench import report, trace
 from cnnkernels.bench.layers import LAYER_COLUMNS, POOL_LAYERS, PoolLayer
 from cnnkernels.bench.verify import VerifyConfig
 
-CASES = POOL_LAYERS
+# Derived from cnnkernels.models (trace.py).
+CASES = trace.cases("pool", POOL_LAYERS)
 ALGORITHMS = {}  # one way per pooling op
 
 LEGEND = ("pool2d: forward and backward as in training (max pooling writes, then reads, int64 "

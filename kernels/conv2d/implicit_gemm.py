@@ -46,7 +46,8 @@ grad_bias, from the tap-0 programs' grad_output tiles) go to a workspace
 reduced in split order by ``common.sum_splits``. Same FLOPs as the forward.
 
 Configurations: the forward and grad_input kernels are autotuned on the GPU
-over ``_CONFIGS`` (keyed on the GEMM sizes and the filter); the interpreter
+over ``_CONFIGS`` (keyed on the GEMM sizes and the filter; the choices are
+cached on disk, ``common.autotune``); the interpreter
 runs one configuration picked by size. Every configuration uses 4 warps:
 Inductor's conv template miscompiles at num_warps >= 8 for kernels larger
 than 1x1 (pytorch issue 173068), and nothing here was run on a GPU yet.
@@ -67,6 +68,7 @@ from cnnkernels.kernels.common import (
     acc_dtype,
     acc_type,
     apply_activation,
+    autotune,
     geometry_args,
     masked_grad,
     split_reduction,
@@ -373,7 +375,7 @@ def _interpreted_config(rows: int, cols: int) -> tuple:
 
 
 def _autotuned(kernel, configs):
-    return triton.autotune(
+    return autotune(
         configs=[triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_C": c},
                                num_warps=_NUM_WARPS, num_stages=stages)
                  for m, n, c, stages in configs],
