@@ -16,6 +16,7 @@ import torch
 import cnnkernels
 from cnnkernels.bench import conv2d, driver, history, models, report, trace
 from cnnkernels.bench.layers import CONV_LAYERS, ConvLayer, ConvTransposeLayer, PoolLayer
+from cnnkernels.models import plain_torch_copy
 
 TINY = ConvLayer("Tiny", "3x3", 3, 7, 6, 5, 3, 1, 1, 1, "relu")
 TINY_RESIDUAL = ConvLayer("Tiny", "1x1+res", 4, 5, 7, 6, 1, 1, 0, 1, "relu", True)
@@ -217,9 +218,9 @@ class FusedNet(torch.nn.Module):
         return self.head(self.pool(self.conv(x)).flatten(1))
 
 
-def test_unpatched_model_is_plain_torch_with_the_same_results():
+def test_plain_torch_copy_is_plain_torch_with_the_same_results():
     model = FusedNet().double()
-    plain = models.unpatched(model)
+    plain = plain_torch_copy(model)
     assert not any(type(m).__module__ == "cnnkernels.nn" for m in plain.modules())
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     expected = torch.nn.functional.max_pool2d(torch.nn.functional.relu(

@@ -3,8 +3,8 @@ model (trace.REFERENCE_MODELS, built by cnnkernels.models), for a training
 step (forward, backward, SGD step) and for inference (eval, no grad), run
 on cnnkernels' kernels ("patched": the builders' cnnkernels.nn modules,
 plus ``cnnkernels.patch`` for any plain torch.nn one) and on plain torch
-(``unpatched``: every cnnkernels.nn module turned back into its torch.nn
-base, a fused activation run as torch's module after it), eager and under
+(``cnnkernels.models.plain_torch_copy``: every cnnkernels.nn module turned
+back into its torch.nn base, a fused activation run by torch after it), eager and under
 ``torch.compile``; on a GPU also compiled with CUDA graphs
 (mode="reduce-overhead").
 
@@ -16,7 +16,6 @@ CUDA; images/s = batch * steps / block time.
 from __future__ import annotations
 
 import copy
-import importlib
 import statistics
 import sys
 import time
@@ -26,38 +25,7 @@ import torch
 
 import cnnkernels
 from cnnkernels.bench import driver, report, trace
-
-_TORCH_ACTIVATIONS = {"relu": torch.nn.ReLU, "relu6": torch.nn.ReLU6, "silu": torch.nn.SiLU}
-
-
-class _Activated(torch.nn.Module):
-    """A torch.nn convolution followed by the activation cnnkernels fused."""
-
-    def __init__(self, conv: torch.nn.Module, activation: str):
-        super().__init__()
-        self.conv = conv
-        self.activation = _TORCH_ACTIVATIONS[activation]()
-
-    def forward(self, *args, **kwargs):
-        return self.activation(self.conv(*args, **kwargs))
-
-
-def unpatched(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of ``model`` on plain torch: each cnnkernels.nn module becomes
-    its torch.nn base class (same parameters), with a fused activation run
-    by torch's module after it."""
-    model = copy.deepcopy(model)
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child).__module__ != "cnnkernels.nn":
-                continue
-            base = next(c for c in type(child).__mro__[1:] if c.__module__.startswith("torch."))
-            activation = getattr(child, "activation", None)
-            child.__class__ = base
-            if activation is not None:
-                del child.activation
-                setattr(parent, name, _Activated(child, activation))
-    return model
+from cnnkernels.models import plain_torch_copy
 
 
 def _loss(output) -> torch.Tensor:
@@ -126,7 +94,7 @@ def measure(build, input_chw, name: str, device: torch.device, batch: int,
     torch's then cnnkernels', side by side; a failure is a row with its message."""
     torch.manual_seed(0)
     patched = cnnkernels.patch(build().to(device))
-    variants = {"torch": unpatched(patched), "cnnkernels": patched}
+    variants = {"torch": plain_torch_copy(patched), "cnnkernels": patched}
     inputs = torch.randn((batch, *input_chw), device=device)
     rows = []
     for mode in modes:
@@ -180,11 +148,7 @@ def pairs(rows: list[Measurement]) -> list[_Pair]:
 def main(args) -> int:
     """The --end-to-end run: every selected reference model the installed
     cnnkernels.models builds; 1 if a measurement failed."""
-    try:
-        models = importlib.import_module("cnnkernels.models")
-    except ImportError:
-        raise driver.UsageError("--end-to-end: the reference models (cnnkernels.models) are "
-                                "not in this installation") from None
+    from cnnkernels import models
     device = driver.resolve_device(args.device)
     batch = args.batch or (32 if device.type == "cuda" else 2)
     wanted = [driver.group_key(n) for n in args.models or ()] if args.models else None
