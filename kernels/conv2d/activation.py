@@ -45,9 +45,11 @@ def store_epilogue(
     """Stores act(acc + bias + residual) to y (and the pre-activation to z
     with HAS_PREACT) for the tile of pixels (n, p, q) x output channels k.
     OUTPUT_STRIDES: the residual and z are laid out like y, so y's offset
-    tile serves all three."""
+    tile serves all three; otherwise y's is formed at the store, where it
+    is first needed (not live through the epilogue)."""
     mask = m_mask[:, None] & k_mask[None, :]
-    y_off = (n * ys_n + p * ys_p + q * ys_q)[:, None] + (k * ys_k)[None, :]
+    if OUTPUT_STRIDES:
+        y_off = (n * ys_n + p * ys_p + q * ys_q)[:, None] + (k * ys_k)[None, :]
     if HAS_BIAS:
         acc += tl.load(b_ptr + k * bs, mask=k_mask, other=0.0).to(ACC)[None, :]
     if HAS_RESIDUAL:
@@ -63,6 +65,8 @@ def store_epilogue(
             z_off = (n * zs_n + p * zs_p + q * zs_q)[:, None] + (k * zs_k)[None, :]
         tl.store(z_ptr + z_off, acc.to(z_ptr.dtype.element_ty), mask=mask)
     acc = apply_activation(acc, ACTIVATION)
+    if not OUTPUT_STRIDES:
+        y_off = (n * ys_n + p * ys_p + q * ys_q)[:, None] + (k * ys_k)[None, :]
     tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
