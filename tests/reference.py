@@ -1,6 +1,8 @@
 """Comparison against an independent float64 reference (DESIGN.md,
 correctness method): torch's own op on float64 CPU copies of the inputs,
-tolerance by dtype scaled with the reduction length, NaN never passes."""
+tolerance by dtype scaled with the reduction length, NaN never passes; and
+the random inputs the tests draw (never zeros), with the convolution
+families' layouts and output gradients."""
 
 import math
 
