@@ -14,7 +14,14 @@ import torch
 import torch.nn.functional as F
 from conftest import backend_params, dtypes_for
 from harness import FamilySpec, Sample, common_tests
-from reference import assert_close, float64_cpu, random_tensor, tolerance
+from reference import (
+    assert_close,
+    conv_inputs,
+    float64_cpu,
+    output_gradient,
+    random_tensor,
+    tolerance,
+)
 
 import cnnkernels as ck
 from cnnkernels import _args
@@ -75,29 +82,6 @@ def random_case(seed: int, tiny: bool) -> dict:
     )
 
 
-def make_inputs(case: dict, dtype: torch.dtype, device: str, generator: torch.Generator):
-    """Input, weight, bias in the case's layout (the values are what matter;
-    the layout only changes the strides the kernels see)."""
-    shape_x = (case["N"], case["C"], case["H"], case["W"])
-    shape_w = (case["K"], case["C"] // case["groups"], case["R"], case["S"])
-    x = random_tensor(shape_x, dtype, device, generator=generator)
-    w = random_tensor(shape_w, dtype, device, generator=generator)
-    b = random_tensor((case["K"],), dtype, device, generator=generator) if case["bias"] else None
-    layout = case["layout"]
-    if layout == "channels_last":
-        x = x.to(memory_format=torch.channels_last)
-    elif layout == "weight_channels_last":
-        w = w.to(memory_format=torch.channels_last)
-    elif layout == "noncontiguous":
-        # Every other column of a wider tensor, and a weight transposed twice.
-        wide = random_tensor((*shape_x[:3], 2 * shape_x[3]), dtype, device, generator=generator)
-        x = wide[..., ::2]
-        w = w.transpose(2, 3).contiguous().transpose(2, 3)
-        if b is not None:
-            b = random_tensor((2 * case["K"],), dtype, device, generator=generator)[::2]
-    return x, w, b
-
-
 def make_residual(layout, shape, dtype, device, generator):
     """A residual of the output's shape in ``layout`` (None: no residual)."""
     if layout is None:
@@ -117,25 +101,10 @@ def reference_forward(case, x, w, b):
     return leaves, pre
 
 
-def output_gradient(case, pre, dtype, device, generator, tol):
-    """Random grad_y, zero where the reference pre-activation lies within the
-    output tolerance of a kink of the activation (0 for relu, 0 and 6 for
-    relu6): there a result that is correct to within rounding (a bf16 5.99
-    stored as 6.0) may legitimately take the other branch of the derivative.
-    silu's derivative is smooth: nothing to zero."""
-    grad_y = random_tensor(pre.shape, dtype, device, generator=generator)
-    if case["activation"] not in ("relu", "relu6"):
-        return grad_y
-    margin = tol * pre.abs().max().item()
-    near = pre.detach().abs() <= margin
-    if case["activation"] == "relu6":
-        near |= (pre.detach() - 6).abs() <= margin
-    return grad_y.masked_fill(near.to(device), 0)
-
-
 def run_case(device, backend, case, dtype, seed):
     generator = torch.Generator().manual_seed(seed)
-    x, w, b = make_inputs(case, dtype, device, generator)
+    x, w, b = conv_inputs(case, (case["K"], case["C"] // case["groups"], case["R"], case["S"]),
+                          dtype, device, generator)
     (x64, w64, b64), pre64 = reference_forward(case, x, w, b)
     r = make_residual(case.get("residual"), pre64.shape, dtype, device, generator)
     if r is not None:
@@ -394,17 +363,23 @@ def test_cpu_algorithms_are_deterministic_across_thread_counts():
     x = random_tensor((3, 24, 20, 20), torch.float32, "cpu", generator=generator)
     w = random_tensor((36, 24, 3, 3), torch.float32, "cpu", generator=generator)
     grad_y = random_tensor((3, 36, 20, 20), torch.float32, "cpu", generator=generator)
+    _assert_same_across_thread_counts("implicit_gemm", x, w, grad_y, groups=1)
+
+
+def _assert_same_across_thread_counts(algorithm, x, w, grad_y, groups):
+    """The cpu ``algorithm``'s output and gradients of a padded relu
+    convolution with 1, 2 and again 2 threads: bit-identical."""
     threads = torch.get_num_threads()
 
     def run():
         xl, wl = x.clone().requires_grad_(), w.clone().requires_grad_()
-        y = ck.conv2d(xl, wl, padding=1, activation="relu")
+        y = ck.conv2d(xl, wl, padding=1, groups=groups, activation="relu")
         y.backward(grad_y)
         return y.detach(), xl.grad, wl.grad
 
     results = []
     try:
-        with ck.use(backend="cpu", conv_algorithm="implicit_gemm"):
+        with ck.use(backend="cpu", conv_algorithm=algorithm):
             for count in (1, 2, 2):
                 torch.set_num_threads(count)
                 results.append(run())
@@ -685,25 +660,7 @@ def test_cpu_depthwise_is_deterministic_across_thread_counts(layout):
     x = x.to(memory_format=layout)
     w = random_tensor((40, 1, 3, 3), torch.float32, "cpu", generator=generator)
     grad_y = random_tensor((4, 40, 24, 24), torch.float32, "cpu", generator=generator)
-    threads = torch.get_num_threads()
-
-    def run():
-        xl, wl = x.clone().requires_grad_(), w.clone().requires_grad_()
-        y = ck.conv2d(xl, wl, padding=1, groups=40, activation="relu")
-        y.backward(grad_y)
-        return y.detach(), xl.grad, wl.grad
-
-    results = []
-    try:
-        with ck.use(backend="cpu", conv_algorithm="depthwise"):
-            for count in (1, 2, 2):
-                torch.set_num_threads(count)
-                results.append(run())
-    finally:
-        torch.set_num_threads(threads)
-    for other in results[1:]:
-        for a, b in zip(results[0], other, strict=True):
-            assert torch.equal(a, b)
+    _assert_same_across_thread_counts("depthwise", x, w, grad_y, groups=40)
 
 
 @pytest.mark.parametrize("channels", [3, 8])

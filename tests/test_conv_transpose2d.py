@@ -15,7 +15,14 @@ import torch
 import torch.nn.functional as F
 from conftest import backend_params, dtypes_for, interpreted
 from harness import FamilySpec, Sample, common_tests
-from reference import assert_close, float64_cpu, random_tensor, tolerance
+from reference import (
+    assert_close,
+    conv_inputs,
+    float64_cpu,
+    output_gradient,
+    random_tensor,
+    tolerance,
+)
 
 import cnnkernels as ck
 from cnnkernels import _args
@@ -58,49 +65,15 @@ def random_case(seed: int, tiny: bool) -> dict:
                                    "weight_channels_last")))
 
 
-def make_inputs(case: dict, dtype, device, generator):
-    """Input (N, C, H, W), weight (C, K/groups, R, S), bias (K) in the
-    case's layout."""
-    shape_x = (case["N"], case["C"], case["H"], case["W"])
-    shape_w = (case["C"], case["K"] // case["groups"], case["R"], case["S"])
-    x = random_tensor(shape_x, dtype, device, generator=generator)
-    w = random_tensor(shape_w, dtype, device, generator=generator)
-    b = random_tensor((case["K"],), dtype, device, generator=generator) if case["bias"] else None
-    layout = case["layout"]
-    if layout == "channels_last":
-        x = x.to(memory_format=torch.channels_last)
-    elif layout == "weight_channels_last":
-        w = w.to(memory_format=torch.channels_last)
-    elif layout == "noncontiguous":
-        wide = random_tensor((*shape_x[:3], 2 * shape_x[3]), dtype, device, generator=generator)
-        x = wide[..., ::2]
-        w = w.transpose(2, 3).contiguous().transpose(2, 3)
-        if b is not None:
-            b = random_tensor((2 * case["K"],), dtype, device, generator=generator)[::2]
-    return x, w, b
-
-
 def _torch_args(case):
     return (case["stride"], case["padding"], case["output_padding"], case["groups"],
             case["dilation"])
 
 
-def output_gradient(case, pre, dtype, device, generator, tol):
-    """Random grad_y, zero within the tolerance of a relu / relu6 kink
-    (as in the conv2d tests)."""
-    grad_y = random_tensor(pre.shape, dtype, device, generator=generator)
-    if case["activation"] not in ("relu", "relu6"):
-        return grad_y
-    margin = tol * pre.abs().max().item()
-    near = pre.detach().abs() <= margin
-    if case["activation"] == "relu6":
-        near |= (pre.detach() - 6).abs() <= margin
-    return grad_y.masked_fill(near.to(device), 0)
-
-
 def run_case(device, backend, case, dtype, seed):
     generator = torch.Generator().manual_seed(seed)
-    x, w, b = make_inputs(case, dtype, device, generator)
+    x, w, b = conv_inputs(case, (case["C"], case["K"] // case["groups"], case["R"], case["S"]),
+                          dtype, device, generator)
     leaves = [None if t is None else float64_cpu(t).requires_grad_() for t in (x, w, b)]
     x64, w64, b64 = leaves
     pre64 = F.conv_transpose2d(x64, w64, b64, *_torch_args(case))

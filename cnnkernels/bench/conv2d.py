@@ -13,8 +13,14 @@ import torch
 import torch.nn.functional as F
 
 import cnnkernels
-from cnnkernels.bench import report, trace
-from cnnkernels.bench.layers import CONV_LAYERS, LAYER_COLUMNS, ConvLayer
+from cnnkernels.bench import trace
+from cnnkernels.bench.layers import (
+    CONV_LAYERS,
+    CONV_RESULT_COLUMNS,
+    LAYER_COLUMNS,
+    ConvLayer,
+    float64_reference,
+)
 from cnnkernels.bench.verify import VerifyConfig
 
 # Derived from cnnkernels.models (trace.py); a residual addition is no module the
@@ -31,12 +37,7 @@ LEGEND = ("conv2d: backward = grad_input + grad_weight (max rel err of each); "
 COLUMNS = (
     *LAYER_COLUMNS,
     ("act", 8, lambda r: (r["activation"] or "-") + ("+res" if r["residual"] else "")),
-    ("algorithm", 13, lambda r: r["algorithm"] or "-"),
-    *report.CASE_COLUMNS,
-    ("TFLOP/s", 8, lambda r: report.number(r["tflops"], ".3g")),
-    ("roof%", 6, lambda r: report.percent(r["roofline_fraction"])),
-    ("max rel err", 17, report.errors),
-    report.STATUS_COLUMN,
+    *CONV_RESULT_COLUMNS,
 )
 
 # Every algorithm on every backend, forward and backward: ResNet-50 at batch 32
@@ -137,8 +138,7 @@ def reference(case: ConvLayer, inputs: dict, direction: str) -> dict:
     so every implementation then gets the same gy."""
     if direction == "backward" and case.activation:
         _zero_grad_at_kinks(case, inputs)
-    ref_inputs = {name: t.double() for name, t in inputs.items()}
-    return prepare(torch_impl, case, ref_inputs, direction)[1]
+    return float64_reference(prepare, torch_impl, case, inputs, direction)
 
 
 def _zero_grad_at_kinks(case: ConvLayer, inputs: dict) -> None:

@@ -12,8 +12,14 @@ import torch
 import torch.nn.functional as F
 
 import cnnkernels
-from cnnkernels.bench import report, trace
-from cnnkernels.bench.layers import CONV_TRANSPOSE_LAYERS, LAYER_COLUMNS, ConvTransposeLayer
+from cnnkernels.bench import trace
+from cnnkernels.bench.layers import (
+    CONV_RESULT_COLUMNS,
+    CONV_TRANSPOSE_LAYERS,
+    LAYER_COLUMNS,
+    ConvTransposeLayer,
+    float64_reference,
+)
 from cnnkernels.bench.verify import VerifyConfig
 
 # Derived from cnnkernels.models (trace.py).
@@ -29,12 +35,7 @@ LEGEND = ("conv_transpose2d: forward = conv2d's grad_input (no zero insertion) +
           "roof% = time at the roofline (compute or memory bound) / ours ms")
 COLUMNS = (
     *LAYER_COLUMNS,
-    ("algorithm", 13, lambda r: r["algorithm"] or "-"),
-    *report.CASE_COLUMNS,
-    ("TFLOP/s", 8, lambda r: report.number(r["tflops"], ".3g")),
-    ("roof%", 6, lambda r: report.percent(r["roofline_fraction"])),
-    ("max rel err", 17, report.errors),
-    report.STATUS_COLUMN,
+    *CONV_RESULT_COLUMNS,
 )
 
 VERIFY_CONFIGS = (
@@ -101,4 +102,4 @@ def prepare(impl, case: ConvTransposeLayer, inputs: dict, direction: str):
 
 def reference(case: ConvTransposeLayer, inputs: dict, direction: str) -> dict:
     """torch's float64 result on the same device."""
-    return prepare(torch_impl, case, {n: t.double() for n, t in inputs.items()}, direction)[1]
+    return float64_reference(prepare, torch_impl, case, inputs, direction)

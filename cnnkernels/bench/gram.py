@@ -12,7 +12,7 @@ import torch
 
 import cnnkernels
 from cnnkernels.bench import report
-from cnnkernels.bench.layers import LAYER_COLUMNS, Layer
+from cnnkernels.bench.layers import LAYER_COLUMNS, Layer, float64_reference
 from cnnkernels.bench.verify import VerifyConfig
 
 
@@ -100,5 +100,4 @@ def prepare(impl, case: GramLayer, inputs: dict, direction: str):
 
 def reference(case: GramLayer, inputs: dict, direction: str) -> dict:
     """torch's float64 result on the same device."""
-    ref_inputs = {name: t.double() for name, t in inputs.items()}
-    return prepare(torch_impl, case, ref_inputs, direction)[1]
+    return float64_reference(prepare, torch_impl, case, inputs, direction)

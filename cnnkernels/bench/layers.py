@@ -1,12 +1,15 @@
 """The layers of the reference models that the conv2d, conv_transpose2d and
-pool2d benchmarks run (the cases of those families), and the table columns
-that name them."""
+pool2d benchmarks run (the cases of those families), the table columns that
+name them and show a convolution's results, and the float64 reference the
+layer families share."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
 import torch
+
+from cnnkernels.bench import report
 
 # --quick caps a layer's H and W at this size.
 QUICK_MAX_SIZE = 16
@@ -31,7 +34,30 @@ class Layer:
 
 
 @dataclass(frozen=True)
-class ConvLayer(Layer):
+class _Convolution(Layer):
+    """What a convolution layer's rates and shape column need of its fields
+    (in_channels, height, width, out_channels, kernel, stride, groups) and of
+    its ``flops`` and ``min_bytes``."""
+
+    def work(self, batch: int, dtype: torch.dtype, direction: str) -> tuple[int, int]:
+        """(flops, minimum bytes) of one direction; backward is two
+        convolutions' worth of flops (grad_input and grad_weight)."""
+        passes = 1 if direction == "forward" else 2
+        return self.flops(batch) * passes, self.min_bytes(batch, dtype, direction)
+
+    def describe(self) -> str:
+        """e.g. ``64x56x56->64 3x3 s2 g64``: what the table's shape column shows."""
+        text = (f"{self.in_channels}x{self.height}x{self.width}->{self.out_channels} "
+                f"{self.kernel}x{self.kernel}")
+        if self.stride != 1:
+            text += f" s{self.stride}"
+        if self.groups != 1:
+            text += f" g{self.groups}"
+        return text
+
+
+@dataclass(frozen=True)
+class ConvLayer(_Convolution):
     """One convolution of a reference model: input C x H x W, K filters of
     R x R, and the activation the model applies right after it (a ReLU that
     follows a batch norm counts: at inference the norm folds into the
@@ -76,22 +102,6 @@ class ConvLayer(Layer):
             per_pass_y = y * (2 if self.activation else 1)
             elements = 2 * per_pass_y + (w + x) + (x + w)
         return elements * dtype.itemsize
-
-    def work(self, batch: int, dtype: torch.dtype, direction: str) -> tuple[int, int]:
-        """(flops, minimum bytes) of one direction; backward is two
-        convolutions' worth of flops (grad_input and grad_weight)."""
-        passes = 1 if direction == "forward" else 2
-        return self.flops(batch) * passes, self.min_bytes(batch, dtype, direction)
-
-    def describe(self) -> str:
-        """e.g. ``64x56x56->64 3x3 s2 g64``: what the table's shape column shows."""
-        text = (f"{self.in_channels}x{self.height}x{self.width}->{self.out_channels} "
-                f"{self.kernel}x{self.kernel}")
-        if self.stride != 1:
-            text += f" s{self.stride}"
-        if self.groups != 1:
-            text += f" g{self.groups}"
-        return text
 
 
 # MobileNet v1 (Howard et al. 2017, table 1): after the stem (32 channels at
@@ -293,7 +303,7 @@ POOL_LAYERS: tuple[PoolLayer, ...] = (
 del _P
 
 @dataclass(frozen=True)
-class ConvTransposeLayer(Layer):
+class ConvTransposeLayer(_Convolution):
     """One transposed convolution of a reference model: input C x H x W,
     weight (C, K/groups, R, R), output K x H_out x W_out."""
 
@@ -336,20 +346,6 @@ class ConvTransposeLayer(Layer):
             elements = 2 * y * (2 if self.activation else 1) + 2 * (w + x)
         return elements * dtype.itemsize
 
-    def work(self, batch: int, dtype: torch.dtype, direction: str) -> tuple[int, int]:
-        passes = 1 if direction == "forward" else 2
-        return self.flops(batch) * passes, self.min_bytes(batch, dtype, direction)
-
-    def describe(self) -> str:
-        """e.g. ``1024x28x28->512 2x2 s2``."""
-        text = (f"{self.in_channels}x{self.height}x{self.width}->{self.out_channels} "
-                f"{self.kernel}x{self.kernel}")
-        if self.stride != 1:
-            text += f" s{self.stride}"
-        if self.groups != 1:
-            text += f" g{self.groups}"
-        return text
-
 
 # U-Net's up-convolutions (2x2, stride 2, halving the channels) on the paper's
 # 572x572 tile: each doubles the map its decoder block's two valid 3x3
@@ -367,3 +363,20 @@ LAYER_COLUMNS = (
     ("layer", 13, lambda r: r["name"]),
     ("shape", 24, lambda r: r["shape"]),
 )
+
+# What a convolution's table shows after the layer (and its activation).
+CONV_RESULT_COLUMNS = (
+    ("algorithm", 13, lambda r: r["algorithm"] or "-"),
+    *report.CASE_COLUMNS,
+    ("TFLOP/s", 8, lambda r: report.number(r["tflops"], ".3g")),
+    ("roof%", 6, lambda r: report.percent(r["roofline_fraction"])),
+    ("max rel err", 17, report.errors),
+    report.STATUS_COLUMN,
+)
+
+
+def float64_reference(prepare, torch_impl, case: Layer, inputs: dict, direction: str) -> dict:
+    """A family's ``reference``: torch's results (``torch_impl`` through the
+    family's ``prepare``) on float64 copies of the inputs, on their device."""
+    ref_inputs = {name: t.double() for name, t in inputs.items()}
+    return prepare(torch_impl, case, ref_inputs, direction)[1]

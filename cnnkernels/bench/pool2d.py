@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import cnnkernels
 from cnnkernels.bench import report, trace
-from cnnkernels.bench.layers import LAYER_COLUMNS, POOL_LAYERS, PoolLayer
+from cnnkernels.bench.layers import LAYER_COLUMNS, POOL_LAYERS, PoolLayer, float64_reference
 from cnnkernels.bench.verify import VerifyConfig
 
 # Derived from cnnkernels.models (trace.py).
@@ -104,5 +104,4 @@ def prepare(impl, case: PoolLayer, inputs: dict, direction: str):
 
 def reference(case: PoolLayer, inputs: dict, direction: str) -> dict:
     """torch's float64 result on the same device."""
-    ref_inputs = {name: t.double() for name, t in inputs.items()}
-    return prepare(torch_impl, case, ref_inputs, direction)[1]
+    return float64_reference(prepare, torch_impl, case, inputs, direction)

@@ -32,6 +32,7 @@ csrc/cpu/conv2d/<algorithm>.cpp, csrc/cuda/conv2d/<algorithm>.cu, launchers
 ``conv2d_<algorithm>_*``) and one launcher class here.
 """
 
+import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional
@@ -249,82 +250,73 @@ def _grad_weight_workspace(backend: str, algorithm: str, g: Conv2dGeometry, x: T
     return (torch.empty(nbytes, dtype=torch.uint8, device=x.device),)
 
 
-def _triton_direct():
-    from cnnkernels.kernels.conv2d import direct
-
-    return direct
-
-
 def _triton_activation():
     from cnnkernels.kernels.conv2d import activation
 
     return activation
 
 
-class _Direct:
-    """The direct algorithm's kernels on each backend (launchers
-    ``conv2d_direct_*``): kernels/conv2d/direct.py (Triton),
-    csrc/cpu/conv2d/direct.cpp and csrc/cuda/conv2d/direct.cu (through _C)."""
+class _Launchers:
+    """An algorithm whose directions are one launcher each on every backend,
+    ``{PREFIX}_forward``, ``{PREFIX}_grad_input`` and ``{PREFIX}_grad_weight``
+    (with the CUDA workspace that ``conv2d_{WORKSPACE}_grad_weight_workspace_
+    bytes`` sizes): kernels/conv2d/{TRITON_MODULE}.py (imported on first
+    use) or _C's, each called with the backend's ``_flags`` last."""
 
     BACKENDS = ("cpu", "cuda", "triton")
-
-    @staticmethod
-    def forward(backend: str, g: Conv2dGeometry, x, w, bias, residual, y, preact) -> None:
-        _ext.launchers(backend, x, _triton_direct).conv2d_direct_forward(g, x, w, bias, residual,
-                                                                         y, preact)
-
-    @staticmethod
-    def grad_input(backend: str, g: Conv2dGeometry, grad_y, y, w, grad_x) -> None:
-        _ext.launchers(backend, grad_y, _triton_direct).conv2d_direct_grad_input(
-            g, grad_y, y, w, grad_x)
-
-    @staticmethod
-    def grad_weight(backend: str, g: Conv2dGeometry, grad_y, y, x, grad_w, grad_bias) -> None:
-        _ext.launchers(backend, x, _triton_direct).conv2d_direct_grad_weight(
-            g, grad_y, y, x, grad_w, grad_bias, *_grad_weight_workspace(backend, "direct", g, x))
-
-
-def _triton_implicit_gemm():
-    from cnnkernels.kernels.conv2d import implicit_gemm
-
-    return implicit_gemm
-
-
-class _ImplicitGemm:
-    """The implicit_gemm algorithm (launchers ``conv2d_implicit_gemm_*``):
-    kernels/conv2d/implicit_gemm.py (Triton, tensor cores),
-    csrc/cpu/conv2d/implicit_gemm.cpp (the cpu GEMM core) and
-    csrc/cuda/conv2d/implicit_gemm.cu (mma.sync)."""
-
-    BACKENDS = ("cpu", "cuda", "triton")
-    PREFIX = "conv2d_implicit_gemm"
+    PREFIX: str
+    WORKSPACE: str
+    TRITON_MODULE: str
 
     @classmethod
     def _launchers(cls, backend, like):
-        return _ext.launchers(backend, like, _triton_implicit_gemm)
+        return _ext.launchers(backend, like, lambda: importlib.import_module(
+            f"cnnkernels.kernels.conv2d.{cls.TRITON_MODULE}"))
+
+    @staticmethod
+    def _flags(backend: str) -> tuple:
+        return ()
 
     @classmethod
     def forward(cls, backend: str, g: Conv2dGeometry, x, w, bias, residual, y, preact) -> None:
         getattr(cls._launchers(backend, x), f"{cls.PREFIX}_forward")(
-            g, x, w, bias, residual, y, preact, *_tf32_flag(backend))
+            g, x, w, bias, residual, y, preact, *cls._flags(backend))
 
     @classmethod
     def grad_input(cls, backend: str, g: Conv2dGeometry, grad_y, y, w, grad_x) -> None:
         getattr(cls._launchers(backend, grad_y), f"{cls.PREFIX}_grad_input")(
-            g, grad_y, y, w, grad_x, *_tf32_flag(backend))
+            g, grad_y, y, w, grad_x, *cls._flags(backend))
 
     @classmethod
     def grad_weight(cls, backend: str, g: Conv2dGeometry, grad_y, y, x, grad_w,
                     grad_bias) -> None:
         getattr(cls._launchers(backend, x), f"{cls.PREFIX}_grad_weight")(
             g, grad_y, y, x, grad_w, grad_bias,
-            *_grad_weight_workspace(backend, "implicit_gemm", g, x), *_tf32_flag(backend))
+            *_grad_weight_workspace(backend, cls.WORKSPACE, g, x), *cls._flags(backend))
+
+
+class _Direct(_Launchers):
+    """The direct algorithm's kernels on each backend (launchers
+    ``conv2d_direct_*``): kernels/conv2d/direct.py (Triton),
+    csrc/cpu/conv2d/direct.cpp and csrc/cuda/conv2d/direct.cu (through _C)."""
+
+    PREFIX, WORKSPACE, TRITON_MODULE = "conv2d_direct", "direct", "direct"
 
 
 def _tf32_flag(backend: str) -> tuple:
     """The CUDA tensor-core launchers take torch's TF32 switch for
     convolutions; Triton's read it themselves, the cpu's have no TF32."""
     return (tf32_allowed(),) if backend == "cuda" else ()
+
+
+class _ImplicitGemm(_Launchers):
+    """The implicit_gemm algorithm (launchers ``conv2d_implicit_gemm_*``):
+    kernels/conv2d/implicit_gemm.py (Triton, tensor cores),
+    csrc/cpu/conv2d/implicit_gemm.cpp (the cpu GEMM core) and
+    csrc/cuda/conv2d/implicit_gemm.cu (mma.sync)."""
+
+    PREFIX, WORKSPACE, TRITON_MODULE = "conv2d_implicit_gemm", "implicit_gemm", "implicit_gemm"
+    _flags = staticmethod(_tf32_flag)
 
 
 class _Pointwise(_ImplicitGemm):
@@ -436,36 +428,14 @@ class _Im2col:
             grad_w.copy_(gemm_grad)
 
 
-def _triton_depthwise():
-    from cnnkernels.kernels.conv2d import depthwise
-
-    return depthwise
-
-
-class _Depthwise:
+class _Depthwise(_Launchers):
     """The depthwise algorithm, one input channel per group (launchers
     ``conv2d_depthwise_*``): csrc/cpu/conv2d/depthwise.cpp (padded planes,
     taps in registers, plane kernels per instruction set),
     kernels/conv2d/depthwise.py (Triton) and csrc/cuda/conv2d/depthwise.cu
     (spatial tiles, taps in registers; grad_weight a fixed-order split)."""
 
-    BACKENDS = ("cpu", "cuda", "triton")
-
-    @staticmethod
-    def forward(backend: str, g: Conv2dGeometry, x, w, bias, residual, y, preact) -> None:
-        _ext.launchers(backend, x, _triton_depthwise).conv2d_depthwise_forward(
-            g, x, w, bias, residual, y, preact)
-
-    @staticmethod
-    def grad_input(backend: str, g: Conv2dGeometry, grad_y, y, w, grad_x) -> None:
-        _ext.launchers(backend, grad_y, _triton_depthwise).conv2d_depthwise_grad_input(
-            g, grad_y, y, w, grad_x)
-
-    @staticmethod
-    def grad_weight(backend: str, g: Conv2dGeometry, grad_y, y, x, grad_w, grad_bias) -> None:
-        _ext.launchers(backend, x, _triton_depthwise).conv2d_depthwise_grad_weight(
-            g, grad_y, y, x, grad_w, grad_bias,
-            *_grad_weight_workspace(backend, "depthwise", g, x))
+    PREFIX, WORKSPACE, TRITON_MODULE = "conv2d_depthwise", "depthwise", "depthwise"
 
 
 _ALGORITHM_KERNELS = {"direct": _Direct, "implicit_gemm": _ImplicitGemm, "pointwise": _Pointwise,
@@ -512,6 +482,20 @@ def _channels_last(input: Tensor, weight: Tensor) -> bool:
             and not (input.is_cuda and input.dtype == torch.float64))
 
 
+def _forward_outputs(shape: tuple, input: Tensor, weight: Tensor, activation: str,
+                     keep_preactivation: bool) -> tuple:
+    """A forward op's (output, preactivation, preact): the output of
+    ``shape`` in torch's memory format; the pre-activation z when the
+    activation is silu and it is kept, else an empty tensor; preact, z for
+    the launchers (None when not kept)."""
+    channels_last = _channels_last(input, weight)
+    output = _args.empty_4d(shape, input, channels_last)
+    kept = activation == "silu" and keep_preactivation
+    preactivation = (_args.empty_4d(output.shape, input, channels_last) if kept
+                     else input.new_empty(0))
+    return output, preactivation, preactivation if kept else None
+
+
 @define_op("cnnk::conv2d", returns=tuple[Tensor, Tensor], autocast=True)
 def conv2d_op(input: Tensor, weight: Tensor, bias: Optional[Tensor], residual: Optional[Tensor],
               stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int], groups: int,
@@ -523,12 +507,8 @@ def conv2d_op(input: Tensor, weight: Tensor, bias: Optional[Tensor], residual: O
     tensor."""
     g = _geometry(input, weight, bias, stride, padding, dilation, groups, activation, algorithm,
                   residual)
-    channels_last = _channels_last(input, weight)
-    output = _args.empty_4d((g.N, g.K, g.P, g.Q), input, channels_last)
-    kept = activation == "silu" and keep_preactivation
-    preactivation = (_args.empty_4d(output.shape, input, channels_last) if kept
-                     else input.new_empty(0))
-    preact = preactivation if kept else None
+    output, preactivation, preact = _forward_outputs((g.N, g.K, g.P, g.Q), input, weight,
+                                                     activation, keep_preactivation)
     return Launch((output, preactivation),
                   {"input": input, "weight": weight, "bias": bias, "residual": residual,
                    "output": output, "preactivation": preact},
@@ -540,14 +520,21 @@ def conv2d_op(input: Tensor, weight: Tensor, bias: Optional[Tensor], residual: O
 def _grad_geometry(grad_output, output, input, weight, stride, padding, dilation, groups,
                    activation, algorithm) -> Conv2dGeometry:
     g = _geometry(input, weight, None, stride, padding, dilation, groups, activation, algorithm)
+    expected = (g.N, g.K, g.P, g.Q)
+    _check_grad_output(grad_output, expected, input, output)
+    _check_saved(output, activation, expected)
+    return g
+
+
+def _check_grad_output(grad_output: Tensor, expected: tuple, input: Tensor,
+                       output: Optional[Tensor] = None) -> None:
+    """A backward op's grad_output: 4-D, of the forward output's shape
+    ``expected``, with input's dtype and device (and output's, if given)."""
     _args.check_tensor(grad_output, "grad_output", ndim=4)
     _args.check_same(input, "input", {"grad_output": grad_output, "output": output})
-    expected = (g.N, g.K, g.P, g.Q)
     if tuple(grad_output.shape) != expected:
         raise ValueError(f"grad_output must have the output's shape {expected}, "
                          f"got {tuple(grad_output.shape)}")
-    _check_saved(output, activation, expected)
-    return g
 
 
 def _check_saved(output: Optional[Tensor], activation: str, expected: tuple) -> None:
@@ -691,22 +678,48 @@ def _unmasked(params: tuple) -> tuple:
     return (stride, padding, dilation, groups, "none", algorithm, backend)
 
 
-def _conv2d_setup(ctx, inputs, outputs) -> None:
-    (input, weight, bias, _residual, stride, padding, dilation, groups, activation, keep,
-     algorithm, backend) = inputs
+def _save_fused(ctx, op: str, input: Tensor, weight: Tensor, bias: Optional[Tensor],
+                outputs: tuple, activation: str, keep: bool) -> None:
+    """The setup a forward op with a fused activation shares (``op``: its
+    name, for the error): input, weight and the tensor the activation's
+    derivative reads (the output; silu's pre-activation) saved, and what
+    the backward and jvp ask of the bias and the outputs."""
     output, preactivation = outputs
     if activation == "silu" and not keep:
-        raise ValueError("conv2d with activation 'silu' is differentiated from its "
-                         "pre-activation: call it with keep_preactivation=True")
+        raise ValueError(f"{op} with activation 'silu' is differentiated from its "
+                         f"pre-activation: call it with keep_preactivation=True")
     saved = {"none": None, "silu": preactivation}.get(activation, output)
     save(ctx, input, weight, saved)
-    ctx.params = (stride, padding, dilation, groups, activation, algorithm, backend)
     ctx.has_bias = bias is not None
     ctx.kept_preactivation = activation == "silu"
     ctx.output_shape = output.shape
     # Unused outputs' gradients arrive as None (the pre-activation's, but in
     # silu's double backward), not as tensors of zeros.
     ctx.set_materialize_grads(False)
+
+
+def _fused_jvp(ctx, conv, input: Tensor, weight: Tensor, saved: Optional[Tensor],
+               activation: str, backend: str, input_tangent, weight_tangent, bias_tangent,
+               residual_tangent=None) -> tuple:
+    """The tangents (output, pre-activation) of a convolution ``conv(x, w,
+    b)`` (no activation) with a fused activation: bilinear in (input,
+    weight), affine in the bias and the residual, which gives z's tangent;
+    y's is act'(z) times it."""
+    tangent = _sum(
+        None if input_tangent is None else conv(input_tangent, weight, None),
+        None if weight_tangent is None else conv(input, weight_tangent, bias_tangent),
+        None if bias_tangent is None or weight_tangent is not None
+        else bias_tangent[None, :, None, None].expand(ctx.output_shape),
+        residual_tangent)
+    preactivation_tangent = tangent if ctx.kept_preactivation else tangent.new_zeros(0)
+    return _activation_grad(tangent, saved, activation, backend), preactivation_tangent
+
+
+def _conv2d_setup(ctx, inputs, outputs) -> None:
+    (input, weight, bias, _residual, stride, padding, dilation, groups, activation, keep,
+     algorithm, backend) = inputs
+    _save_fused(ctx, "conv2d", input, weight, bias, outputs, activation, keep)
+    ctx.params = (stride, padding, dilation, groups, activation, algorithm, backend)
 
 
 def _conv2d_backward(ctx, grad_output, grad_preactivation):
@@ -739,8 +752,6 @@ def _conv2d_backward(ctx, grad_output, grad_preactivation):
 
 
 def _conv2d_jvp(ctx, input_tangent, weight_tangent, bias_tangent, residual_tangent, *_):
-    """The convolution is bilinear in (input, weight) and affine in the bias
-    and the residual: that gives z's tangent; y's is act'(z) times it."""
     input, weight, saved = ctx.saved_tensors
     stride, padding, dilation, groups, activation, algorithm, backend = ctx.params
 
@@ -748,14 +759,8 @@ def _conv2d_jvp(ctx, input_tangent, weight_tangent, bias_tangent, residual_tange
         return conv2d_op(x, w, b, None, stride, padding, dilation, groups, "none", False,
                          algorithm, backend)[0]
 
-    tangent = _sum(
-        None if input_tangent is None else conv(input_tangent, weight, None),
-        None if weight_tangent is None else conv(input, weight_tangent, bias_tangent),
-        None if bias_tangent is None or weight_tangent is not None
-        else bias_tangent[None, :, None, None].expand(ctx.output_shape),
-        residual_tangent)
-    preactivation_tangent = tangent if ctx.kept_preactivation else tangent.new_zeros(0)
-    return _activation_grad(tangent, saved, activation, backend), preactivation_tangent
+    return _fused_jvp(ctx, conv, input, weight, saved, activation, backend, input_tangent,
+                      weight_tangent, bias_tangent, residual_tangent)
 
 
 conv2d_op.register_derivatives(setup_context=_conv2d_setup, backward=_conv2d_backward,

@@ -54,8 +54,12 @@ from cnnkernels.ops.conv2d import (
     Conv2dGeometry,
     _activation_grad,
     _channels_last,
+    _check_grad_output,
     _Direct,
+    _forward_outputs,
+    _fused_jvp,
     _kernels,
+    _save_fused,
     _sum,
 )
 
@@ -179,26 +183,13 @@ def conv_transpose2d_op(input: Tensor, weight: Tensor, bias: Optional[Tensor],
     g = transposed_geometry(input, weight, bias, stride, padding, output_padding, dilation,
                             groups, algorithm)
     act = _args.activation(None if activation == "none" else activation)
-    channels_last = _channels_last(input, weight)
-    output = _args.empty_4d((g.N, g.C, g.H, g.W), input, channels_last)
-    kept = activation == "silu" and keep_preactivation
-    preactivation = (_args.empty_4d(output.shape, input, channels_last) if kept
-                     else input.new_empty(0))
-    preact = preactivation if kept else None
+    output, preactivation, preact = _forward_outputs((g.N, g.C, g.H, g.W), input, weight,
+                                                     activation, keep_preactivation)
     return Launch((output, preactivation),
                   {"input": input, "weight": weight, "bias": bias, "output": output,
                    "preactivation": preact},
                   lambda b: _run_forward(b, g, act, algorithm, input, weight, bias, output, preact),
                   g.index_extent())
-
-
-def _check_grad_z(grad_z: Tensor, g: Conv2dGeometry, like: Tensor) -> None:
-    _args.check_tensor(grad_z, "grad_output", ndim=4)
-    _args.check_same(like, "input", {"grad_output": grad_z})
-    expected = (g.N, g.C, g.H, g.W)
-    if tuple(grad_z.shape) != expected:
-        raise ValueError(f"grad_output must have the output's shape {expected}, "
-                         f"got {tuple(grad_z.shape)}")
 
 
 @define_op("cnnk::conv_transpose2d_grad_input", returns=Tensor)
@@ -211,7 +202,7 @@ def conv_transpose2d_grad_input_op(grad_output: Tensor, input: Tensor, weight: T
     only the shape and format."""
     g = transposed_geometry(input, weight, None, stride, padding, output_padding, dilation,
                             groups, algorithm)
-    _check_grad_z(grad_output, g, input)
+    _check_grad_output(grad_output, (g.N, g.C, g.H, g.W), input)
     grad_input = _args.empty_4d(input.shape, input, _channels_last(input, weight))
     return Launch(grad_input, {"grad_output": grad_output, "weight": weight,
                                "grad_input": grad_input},
@@ -244,7 +235,7 @@ def conv_transpose2d_grad_weight_op(grad_output: Tensor, input: Tensor, weight: 
     and format."""
     g = transposed_geometry(input, weight, None, stride, padding, output_padding, dilation,
                             groups, algorithm)
-    _check_grad_z(grad_output, g, input)
+    _check_grad_output(grad_output, (g.N, g.C, g.H, g.W), input)
     grad_weight = _args.empty_4d(weight.shape, weight, _channels_last(input, weight))
     grad_bias = torch.empty(g.C, dtype=weight.dtype, device=weight.device)
     return Launch((grad_weight, grad_bias),
@@ -257,18 +248,9 @@ def conv_transpose2d_grad_weight_op(grad_output: Tensor, input: Tensor, weight: 
 def _conv_setup(ctx, inputs, outputs) -> None:
     (input, weight, bias, stride, padding, output_padding, dilation, groups, activation, keep,
      algorithm, backend) = inputs
-    output, preactivation = outputs
-    if activation == "silu" and not keep:
-        raise ValueError("conv_transpose2d with activation 'silu' is differentiated from its "
-                         "pre-activation: call it with keep_preactivation=True")
-    saved = {"none": None, "silu": preactivation}.get(activation, output)
-    save(ctx, input, weight, saved)
+    _save_fused(ctx, "conv_transpose2d", input, weight, bias, outputs, activation, keep)
     ctx.geometry = (stride, padding, output_padding, dilation, groups)
     ctx.activation, ctx.algorithm, ctx.backend = activation, algorithm, backend
-    ctx.has_bias = bias is not None
-    ctx.kept_preactivation = activation == "silu"
-    ctx.output_shape = output.shape
-    ctx.set_materialize_grads(False)
 
 
 def _conv_backward(ctx, grad_output, grad_preactivation):
@@ -302,18 +284,10 @@ def _transpose(params: tuple, x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tens
 
 
 def _conv_jvp(ctx, input_tangent, weight_tangent, bias_tangent, *_):
-    """Bilinear in (input, weight), affine in the bias: z's tangent; y's is
-    act'(z) times it."""
     input, weight, saved = ctx.saved_tensors
     params = (*ctx.geometry, ctx.algorithm, ctx.backend)
-    tangent = _sum(
-        None if input_tangent is None else _transpose(params, input_tangent, weight, None),
-        None if weight_tangent is None else _transpose(params, input, weight_tangent,
-                                                       bias_tangent),
-        None if bias_tangent is None or weight_tangent is not None
-        else bias_tangent[None, :, None, None].expand(ctx.output_shape))
-    preactivation_tangent = tangent if ctx.kept_preactivation else tangent.new_zeros(0)
-    return _activation_grad(tangent, saved, ctx.activation, ctx.backend), preactivation_tangent
+    return _fused_jvp(ctx, lambda x, w, b: _transpose(params, x, w, b), input, weight, saved,
+                      ctx.activation, ctx.backend, input_tangent, weight_tangent, bias_tangent)
 
 
 conv_transpose2d_op.register_derivatives(setup_context=_conv_setup, backward=_conv_backward,

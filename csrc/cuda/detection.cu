@@ -333,16 +333,9 @@ __global__ void __launch_bounds__(kThreads) yolo_decode_kernel(YoloGeometry g, T
   const T* h = static_cast<const T*>(head.data);
   auto logit = [&](int64_t k) { return load(h, head.stride.offset(b, y, x, a * (5 + g.C) + k)); };
   const T* anchor = static_cast<const T*>(anchors.data) + a * anchors.stride[0];
-  const Box<A> box = yolo_box(logit(0), logit(1), logit(2), logit(3), x, y, load(anchor, 0),
-                              load(anchor, anchors.stride[1]), static_cast<A>(g.stride));
-  T* out = static_cast<T*>(boxes.data) + b * boxes.stride[0] + row * boxes.stride[1];
-  const int64_t s = boxes.stride[2];
-  out[0] = from_acc<T>(box.x1), out[s] = from_acc<T>(box.y1);
-  out[2 * s] = from_acc<T>(box.x2), out[3 * s] = from_acc<T>(box.y2);
-  const A objectness = sigmoid(logit(4));
-  T* score = static_cast<T*>(scores.data) + b * scores.stride[0] + row * scores.stride[1];
-  for (int64_t c = 0; c < g.C; ++c)
-    score[c * scores.stride[2]] = from_acc<T>(objectness * sigmoid(logit(5 + c)));
+  yolo_store<T>(logit, x, y, load(anchor, 0), load(anchor, anchors.stride[1]),
+                static_cast<A>(g.stride), g.C, boxes, scores, b, row,
+                [](A v) { return from_acc<T>(v); });
 }
 
 template <typename Run>

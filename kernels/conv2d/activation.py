@@ -1,6 +1,13 @@
-"""conv2d's fused activation, backward: a Triton kernel and its launcher
-``conv2d_activation_grad`` (named and called like the C++/CUDA launchers),
-shared by every algorithm.
+"""conv2d's fused epilogue and activation backward, shared by every
+algorithm: ``store_epilogue``, the forward kernels' epilogue, and a Triton
+kernel and its launcher ``conv2d_activation_grad`` (named and called like the
+C++/CUDA launchers).
+
+``store_epilogue``: cnnk/conv2d.h's epilogue on a forward kernel's
+accumulator tile (pixels x output channels) in registers: z = acc + bias +
+residual, z stored to ``preact`` when asked for (silu's backward reads it),
+y = act(z) stored; the output is written once. Its options are the kernels'
+compile-time constants, so an absent tensor costs nothing.
 
 grad_z[n, k, p, q] = grad_y * act'(saved) (``common.masked_grad``), with
 ``saved`` the forward output (relu, relu6) or the pre-activation z (silu):
@@ -19,10 +26,48 @@ interpreter only).
 import triton
 import triton.language as tl
 from cnnkernels.kernels import TORCH_TO_TRITON_POINTER, compile_spec
-from cnnkernels.kernels.common import acc_type, masked_grad
+from cnnkernels.kernels.common import acc_type, apply_activation, masked_grad
 
 from cnnkernels import _args
 from cnnkernels._ext import Activation
+
+
+@triton.jit
+def store_epilogue(
+    acc, n, p, q, k, m_mask, k_mask,
+    b_ptr, bs,
+    res_ptr, rs_n, rs_k, rs_p, rs_q,
+    y_ptr, ys_n, ys_k, ys_p, ys_q,
+    z_ptr, zs_n, zs_k, zs_p, zs_q,
+    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_PREACT: tl.constexpr,
+    OUTPUT_STRIDES: tl.constexpr, ACTIVATION: tl.constexpr, ACC: tl.constexpr,
+):
+    """Stores act(acc + bias + residual) to y (and the pre-activation to z
+    with HAS_PREACT) for the tile of pixels (n, p, q) x output channels k.
+    OUTPUT_STRIDES: the residual and z are laid out like y, so y's offset
+    tile serves all three; otherwise y's is formed at the store, where it
+    is first needed (not live through the epilogue)."""
+    mask = m_mask[:, None] & k_mask[None, :]
+    if OUTPUT_STRIDES:
+        y_off = (n * ys_n + p * ys_p + q * ys_q)[:, None] + (k * ys_k)[None, :]
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + k * bs, mask=k_mask, other=0.0).to(ACC)[None, :]
+    if HAS_RESIDUAL:
+        if OUTPUT_STRIDES:
+            res_off = y_off
+        else:
+            res_off = (n * rs_n + p * rs_p + q * rs_q)[:, None] + (k * rs_k)[None, :]
+        acc += tl.load(res_ptr + res_off, mask=mask, other=0.0).to(ACC)
+    if HAS_PREACT:
+        if OUTPUT_STRIDES:
+            z_off = y_off
+        else:
+            z_off = (n * zs_n + p * zs_p + q * zs_q)[:, None] + (k * zs_k)[None, :]
+        tl.store(z_ptr + z_off, acc.to(z_ptr.dtype.element_ty), mask=mask)
+    acc = apply_activation(acc, ACTIVATION)
+    if not OUTPUT_STRIDES:
+        y_off = (n * ys_n + p * ys_p + q * ys_q)[:, None] + (k * ys_k)[None, :]
+    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit

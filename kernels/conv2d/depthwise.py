@@ -17,14 +17,14 @@ other sizes and strides) takes the general path with run-time loops. No
 GEMM, no tensor cores, no atomics: every result is summed in a fixed order.
 
 ``_forward_kernel``: acc[m, k] = sum over taps of x[n, c, ih, iw] * w[k, tap],
-taps outer (a weight vector per tap, loaded once per program: the taps stay
-in registers), then the epilogue (cnnk/conv2d.h: z = acc + bias + residual,
-z kept in ``preact`` when asked, y = act(z)) on the tile, one pass over the
-output. Bound: memory. Per output element 2*R*S FLOPs against one output
-write and (once x is cached) 1/K_g of an input read: 2*R*S*K_g / (1 + K_g)
-FLOP per element moved, 9 FLOP/element (4.5 FLOP/byte in bf16) for 3x3 at
-multiplier 1, far below the H100's ridge (~260 FLOP/byte in bf16, ~20 for
-fp32 FMA); bytes x + y + w (+ residual, + z when kept).
+taps outer (a weight vector per tap, loaded once per program: the taps stay in
+registers), then the epilogue (cnnk/conv2d.h: z = acc + bias + residual, z
+kept in ``preact`` when asked, y = act(z); ``activation.store_epilogue``) on
+the tile, one pass over the output. Bound: memory. Per output element 2*R*S
+FLOPs against one output write and (once x is cached) 1/K_g of an input read:
+2*R*S*K_g / (1 + K_g) FLOP per element moved, 9 FLOP/element (4.5 FLOP/byte in
+bf16) for 3x3 at multiplier 1, far below the H100's ridge (~260 FLOP/byte in
+bf16, ~20 for fp32 FMA); bytes x + y + w (+ residual, + z when kept).
 
 ``_grad_input_kernel``: the gather over the flipped filter (no scatter):
 grad_x[n, c, h, w] = sum over j < K_g and taps (r, s) of gy'[n, c*K_g + j,
@@ -61,12 +61,12 @@ from cnnkernels.kernels import TORCH_TO_TRITON_POINTER, compile_spec, interprete
 from cnnkernels.kernels.common import (
     acc_dtype,
     acc_type,
-    apply_activation,
     geometry_args,
     masked_grad,
     split_reduction,
     sum_splits,
 )
+from cnnkernels.kernels.conv2d.activation import store_epilogue
 
 from cnnkernels._ext import Activation
 
@@ -129,24 +129,9 @@ def _forward_kernel(
                                    ih0 + r * dil_h, iw0 + s * dil_w, m_mask, k_mask, H, W,
                                    xs_h, xs_w, ACC)
 
-    mask = m_mask[:, None] & k_mask[None, :]
-    y_off = (n * ys_n + p * ys_p + q * ys_q)[:, None] + (k * ys_k)[None, :]
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + k * bs, mask=k_mask, other=0.0).to(ACC)[None, :]
-    if HAS_RESIDUAL:
-        if OUTPUT_STRIDES:  # the residual is laid out like the output: one offset tile
-            res_off = y_off
-        else:
-            res_off = (n * rs_n + p * rs_p + q * rs_q)[:, None] + (k * rs_k)[None, :]
-        acc += tl.load(res_ptr + res_off, mask=mask, other=0.0).to(ACC)
-    if HAS_PREACT:
-        if OUTPUT_STRIDES:
-            z_off = y_off
-        else:
-            z_off = (n * zs_n + p * zs_p + q * zs_q)[:, None] + (k * zs_k)[None, :]
-        tl.store(z_ptr + z_off, acc.to(z_ptr.dtype.element_ty), mask=mask)
-    acc = apply_activation(acc, ACTIVATION)
-    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=mask)
+    store_epilogue(acc, n, p, q, k, m_mask, k_mask, b_ptr, bs, res_ptr, rs_n, rs_k, rs_p, rs_q,
+                   y_ptr, ys_n, ys_k, ys_p, ys_q, z_ptr, zs_n, zs_k, zs_p, zs_q,
+                   HAS_BIAS, HAS_RESIDUAL, HAS_PREACT, OUTPUT_STRIDES, ACTIVATION, ACC)
 
 
 @triton.jit

@@ -12,15 +12,15 @@ zero.
 Kernels (all deterministic: no atomics, fixed summation order):
 
 ``_forward_kernel``: a program owns BLOCK_M output pixels (flattened n, p, q)
-x BLOCK_K output channels of one group and accumulates rank-1 updates
-x[m] * w[k] over the filter taps (c, r, s) in registers, taps outer (bounds
-mask computed once per tap) and channels inner. The epilogue
-(cnnk/conv2d.h: z = acc + bias + residual, z kept in ``preact`` when asked,
-y = act(z)) runs on the tile in registers, so the output is written once.
-Cost 2*N*K*P*Q*(C/groups)*R*S flops; each tap loads BLOCK_M + BLOCK_K values
-for BLOCK_M*BLOCK_K FMAs, so it is bound by load issue and FMA rate, not by
-DRAM (x is re-read R*S*K/BLOCK_K times, mostly from L1/L2; the epilogue
-reads the residual and writes z once each when given).
+x BLOCK_K output channels of one group and accumulates rank-1 updates x[m] *
+w[k] over the filter taps (c, r, s) in registers, taps outer (bounds mask
+computed once per tap) and channels inner. The epilogue (cnnk/conv2d.h: z =
+acc + bias + residual, z kept in ``preact`` when asked, y = act(z);
+``activation.store_epilogue``) runs on the tile in registers, so the output is
+written once. Cost 2*N*K*P*Q*(C/groups)*R*S flops; each tap loads BLOCK_M +
+BLOCK_K values for BLOCK_M*BLOCK_K FMAs, so it is bound by load issue and FMA
+rate, not by DRAM (x is re-read R*S*K/BLOCK_K times, mostly from L1/L2; the
+epilogue reads the residual and writes z once each when given).
 
 ``_grad_input_kernel``: the same structure over input pixels: each input
 element gathers gy'[n, k, p, q] * w[k, c, r, s] over the taps with
@@ -47,7 +47,6 @@ from cnnkernels.kernels import TORCH_TO_TRITON_POINTER, compile_spec
 from cnnkernels.kernels.common import (
     acc_dtype,
     acc_type,
-    apply_activation,
     channel_block,
     channel_tile,
     geometry_args,
@@ -56,6 +55,7 @@ from cnnkernels.kernels.common import (
     sum_splits,
     sum_splits_specs,
 )
+from cnnkernels.kernels.conv2d.activation import store_epilogue
 
 from cnnkernels._ext import Activation
 
@@ -106,18 +106,10 @@ def _forward_kernel(
             wv = tl.load(w_tap + c * ws_c, mask=k_mask, other=0.0)
             acc += xv.to(ACC)[:, None] * wv.to(ACC)[None, :]
 
-    out_mask = m_mask[:, None] & k_mask[None, :]
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + k * bs, mask=k_mask, other=0.0).to(ACC)[None, :]
-    if HAS_RESIDUAL:
-        r_off = (n * rs_n + p * rs_p + q * rs_q)[:, None] + (k * rs_k)[None, :]
-        acc += tl.load(r_ptr + r_off, mask=out_mask, other=0.0).to(ACC)
-    if KEEP_PREACT:
-        z_off = (n * zs_n + p * zs_p + q * zs_q)[:, None] + (k * zs_k)[None, :]
-        tl.store(z_ptr + z_off, acc.to(z_ptr.dtype.element_ty), mask=out_mask)
-    acc = apply_activation(acc, ACTIVATION)
-    y_off = (n * ys_n + p * ys_p + q * ys_q)[:, None] + (k * ys_k)[None, :]
-    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=out_mask)
+    # Residual and pre-activation through their own strides (OUTPUT_STRIDES off).
+    store_epilogue(acc, n, p, q, k, m_mask, k_mask, b_ptr, bs, r_ptr, rs_n, rs_k, rs_p, rs_q,
+                   y_ptr, ys_n, ys_k, ys_p, ys_q, z_ptr, zs_n, zs_k, zs_p, zs_q,
+                   HAS_BIAS, HAS_RESIDUAL, KEEP_PREACT, False, ACTIVATION, ACC)
 
 
 @triton.jit

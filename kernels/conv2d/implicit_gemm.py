@@ -18,16 +18,17 @@ order.
 reduced over (tap r, s; channel c) with the taps outer and BLOCK_C channels
 per step, so channels_last input gives contiguous loads; one flattened loop
 over (tap, channel block) so Triton software-pipelines it (``num_stages``).
-Tiles are visited in GROUP_M-row bands for L2 reuse of the weight tiles;
-the groups of a grouped convolution are a third tile coordinate. Epilogue
-in one pass over the output: + bias, + residual, the pre-activation stored
-when asked for (silu's backward needs it), the activation. POINTWISE (1x1,
-stride 1, no padding) drops the gather: a plain GEMM over N*H*W pixels.
-Cost 2*N*K*P*Q*(C/groups)*R*S FLOPs; bytes at least x + w + y (+ residual),
-each read once from DRAM when the tiles fit L2: arithmetic intensity about
-2*C_g*R*S*K / (C + K) FLOP/byte per pixel pair, e.g. ~290 for ResNet-50's
-3x3 64->64 in bf16, well above the H100's ridge (~790 TFLOP/s / 3 TB/s ~ 260):
-tensor-core bound once the tiles are large, load-issue bound for small C.
+Tiles are visited in GROUP_M-row bands for L2 reuse of the weight tiles; the
+groups of a grouped convolution are a third tile coordinate. Epilogue in one
+pass over the output: + bias, + residual, the pre-activation stored when asked
+for (silu's backward needs it), the activation
+(``activation.store_epilogue``). POINTWISE (1x1, stride 1, no padding) drops
+the gather: a plain GEMM over N*H*W pixels. Cost 2*N*K*P*Q*(C/groups)*R*S
+FLOPs; bytes at least x + w + y (+ residual), each read once from DRAM when
+the tiles fit L2: arithmetic intensity about 2*C_g*R*S*K / (C + K) FLOP/byte
+per pixel pair, e.g. ~290 for ResNet-50's 3x3 64->64 in bf16, well above the
+H100's ridge (~790 TFLOP/s / 3 TB/s ~ 260): tensor-core bound once the tiles
+are large, load-issue bound for small C.
 
 ``_grad_input_kernel``: the transposed problem as an implicit GEMM over the
 flipped filter: M = N*H*W input pixels x N = C/groups channels, reduced over
@@ -67,13 +68,13 @@ from cnnkernels.kernels import TORCH_TO_TRITON_POINTER, compile_spec, interprete
 from cnnkernels.kernels.common import (
     acc_dtype,
     acc_type,
-    apply_activation,
     autotune,
     geometry_args,
     masked_grad,
     split_reduction,
     sum_splits,
 )
+from cnnkernels.kernels.conv2d.activation import store_epilogue
 
 from cnnkernels._ext import Activation
 from cnnkernels.ops.conv2d import is_pointwise, tf32_allowed
@@ -156,24 +157,9 @@ def _forward_kernel(
                         mask=c_mask[:, None] & k_mask[None, :], other=0.0)
             acc = tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=ACC)
 
-    mask = m_mask[:, None] & k_mask[None, :]
-    y_off = (n * ys_n + p * ys_p + q * ys_q)[:, None] + (k * ys_k)[None, :]
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + k * bs, mask=k_mask, other=0.0).to(ACC)[None, :]
-    if HAS_RESIDUAL:
-        if OUTPUT_STRIDES:  # the residual is laid out like the output: one offset tile
-            res_off = y_off
-        else:
-            res_off = (n * rs_n + p * rs_p + q * rs_q)[:, None] + (k * rs_k)[None, :]
-        acc += tl.load(res_ptr + res_off, mask=mask, other=0.0).to(ACC)
-    if HAS_PREACT:
-        if OUTPUT_STRIDES:
-            z_off = y_off
-        else:
-            z_off = (n * zs_n + p * zs_p + q * zs_q)[:, None] + (k * zs_k)[None, :]
-        tl.store(z_ptr + z_off, acc.to(z_ptr.dtype.element_ty), mask=mask)
-    acc = apply_activation(acc, ACTIVATION)
-    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=mask)
+    store_epilogue(acc, n, p, q, k, m_mask, k_mask, b_ptr, bs, res_ptr, rs_n, rs_k, rs_p, rs_q,
+                   y_ptr, ys_n, ys_k, ys_p, ys_q, z_ptr, zs_n, zs_k, zs_p, zs_q,
+                   HAS_BIAS, HAS_RESIDUAL, HAS_PREACT, OUTPUT_STRIDES, ACTIVATION, ACC)
 
 
 @triton.jit

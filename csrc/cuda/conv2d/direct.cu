@@ -837,14 +837,11 @@ Status conv2d_direct_grad_weight(DType dtype, const Conv2dGeometry& g, Tensor4 g
                   (g.activation != Activation::none && y.data == nullptr)))
     return Status::bad_argument;
   if (!conv2d_fits_int(g)) return Status::index_overflow;
-  const GwPlan plan = plan_grad_weight(dtype, g);
-  if (plan.workspace_bytes > 0 &&
-      (workspace.data == nullptr || workspace.bytes < plan.workspace_bytes))
-    return Status::bad_argument;
-  return dispatch_dtype(dtype, [&](auto type) {
-    return grad_weight_impl<typename decltype(type)::type>(g, plan, grad_y, y, x, grad_w,
-                                                           grad_bias, workspace.data, stream);
-  });
+  return run_grad_weight_plan(
+      dtype, g, plan_grad_weight, workspace, [&](auto type, const GwPlan& plan) {
+        return grad_weight_impl<typename decltype(type)::type>(g, plan, grad_y, y, x, grad_w,
+                                                               grad_bias, workspace.data, stream);
+      });
 }
 
 }  // namespace cuda

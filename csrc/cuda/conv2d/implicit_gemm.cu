@@ -438,10 +438,10 @@ __device__ __forceinline__ T masked(T grad, T saved, Activation act) {
   return from_acc<T>(activation_grad(to_acc(grad), to_acc(saved), act));
 }
 
-// Forward A: x gathered by output pixel m (row) and reduction index
-// j = (r, s, c) (c within the group).
+// x gathered by output pixel m (a row of the forward's A, of grad_weight's
+// B) and tap (r, s, c) (c within the group): what both operands share.
 template <typename T>
-struct ForwardInput {
+struct InputGather {
   const T* x;
   Strides4 xs;
   int64_t group_offset;  // grp * C_g * xs.c
@@ -468,16 +468,25 @@ struct ForwardInput {
     return r.in && static_cast<unsigned>(ih) < static_cast<unsigned>(g->H) &&
            static_cast<unsigned>(iw) < static_cast<unsigned>(g->W);
   }
-  __device__ const T* chunk(const Row& r, const Tap& t) const {
+  __device__ const T* chunk_at(const Row& r, const Tap& t) const {
     int64_t off;
     return locate(r, t, off) ? x + off : nullptr;
   }
-  __device__ T element(const Row& r, const Tap& t) const {
+  __device__ T element_at(const Row& r, const Tap& t) const {
     int64_t off;
     return locate(r, t, off) ? __ldg(x + off) : zero<T>();
   }
-  __device__ uint4 masked_chunk(const Row&, const Tap&) const { return uint4{}; }
   __device__ const T* base() const { return x; }
+};
+
+// Forward A: x gathered by output pixel m (row) and reduction index
+// j = (r, s, c) (c within the group).
+template <typename T>
+struct ForwardInput : InputGather<T> {
+  using Row = typename InputGather<T>::Row;
+  __device__ const T* chunk(const Row& r, const Tap& t) const { return this->chunk_at(r, t); }
+  __device__ T element(const Row& r, const Tap& t) const { return this->element_at(r, t); }
+  __device__ uint4 masked_chunk(const Row&, const Tap&) const { return uint4{}; }
 };
 
 // Forward B: w[k, c, r, s] by output channel k (row, within the group) and
@@ -645,8 +654,8 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocks)
   const int tm = blockIdx.x / a.tiles_n, tn = blockIdx.x - tm * a.tiles_n;
   const int m0 = tm * Tile::BM, n0 = tn * Tile::BN;
 
-  const ForwardInput<T> xsrc{static_cast<const T*>(a.x.data), a.x.stride,
-                             int64_t{grp} * g.Cg * a.x.stride.c, &g, a.M};
+  const ForwardInput<T> xsrc{{static_cast<const T*>(a.x.data), a.x.stride,
+                              int64_t{grp} * g.Cg * a.x.stride.c, &g, a.M}};
   const Weight<T> wsrc{static_cast<const T*>(a.w.data), int64_t{grp} * g.Kg * a.w.stride.n,
                        a.w.stride.n, a.w.stride.c, a.w.stride.h, a.w.stride.w, g.Kg};
   NormalLoader<T, Tile::BM, Tile::kThreads, ForwardInput<T>> la(xsrc, a.x_mode, m0, a.J, g.Cg,
@@ -811,44 +820,18 @@ struct GradWeightGy {
 // j = (r, s, c); column J (when the bias gradient is asked for) is all ones,
 // so the GEMM's column J is sum_m gy'[k, m]: grad_bias.
 template <typename T>
-struct GradWeightInput {
-  const T* x;
-  Strides4 xs;
-  int64_t group_offset;
-  const Geom* g;
-  int M, J, columns;  // columns: J + 1 with the bias, else J
+struct GradWeightInput : InputGather<T> {
+  using Row = typename InputGather<T>::Row;
+  int J, columns;  // columns: J + 1 with the bias, else J
   struct Col {
     int j;
     Tap t;
   };
-  __device__ Col col(int j) const { return {j, tap_of(j < J ? j : 0, g->Cg, g->S)}; }
-  struct Row {
-    int64_t off;  // (n, group's first channel, ih0, iw0)
-    int ih0, iw0;
-    bool in;
-  };
-  __device__ Row row(int m) const {
-    Row r{0, 0, 0, m < M};
-    if (r.in) {
-      const Pixel px = pixel_of(m, g->P, g->Q);
-      r.ih0 = px.h * g->sh - g->ph, r.iw0 = px.w * g->sw - g->pw;
-      r.off = px.n * xs.n + group_offset + int64_t{r.ih0} * xs.h + int64_t{r.iw0} * xs.w;
-    }
-    return r;
-  }
-  __device__ bool locate(const Row& r, const Tap& t, int64_t& off) const {
-    const int ih = r.ih0 + t.r * g->dh, iw = r.iw0 + t.s * g->dw;
-    off = r.off + int64_t{t.r} * g->dh * xs.h + int64_t{t.s} * g->dw * xs.w + int64_t{t.c} * xs.c;
-    return r.in && static_cast<unsigned>(ih) < static_cast<unsigned>(g->H) &&
-           static_cast<unsigned>(iw) < static_cast<unsigned>(g->W);
-  }
+  __device__ Col col(int j) const { return {j, tap_of(j < J ? j : 0, this->g->Cg, this->g->S)}; }
   // Columns past J are constant chunks (ones for the bias column, zeros
   // after it); async mode sends them through masked_chunk.
   __device__ bool constant(const Col& c) const { return c.j >= J; }
-  __device__ const T* chunk(const Row& r, const Col& c) const {
-    int64_t off;
-    return locate(r, c.t, off) ? x + off : nullptr;
-  }
+  __device__ const T* chunk(const Row& r, const Col& c) const { return this->chunk_at(r, c.t); }
   __device__ uint4 masked_chunk(const Row& r, const Col& c) const {
     Chunk<T> v{};
     if (r.in && c.j == J && c.j < columns) v.v[0] = from_acc<T>(acc_t<T>(1));
@@ -858,11 +841,9 @@ struct GradWeightInput {
     const int j = c.j + u;
     if (j >= J) return r.in && j == J && j < columns ? from_acc<T>(acc_t<T>(1)) : zero<T>();
     Tap t = c.t;
-    for (int i = 0; i < u; ++i) next_tap(t, g->Cg, g->S);
-    int64_t off;
-    return locate(r, t, off) ? __ldg(x + off) : zero<T>();
+    for (int i = 0; i < u; ++i) next_tap(t, this->g->Cg, this->g->S);
+    return this->element_at(r, t);
   }
-  __device__ const T* base() const { return x; }
 };
 
 // Fills a transposed tile (64 reduction bytes' worth of pixel rows x E GEMM
@@ -956,8 +937,9 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocks)
                              int64_t{grp} * g.Kg * a.y.stride.c,
                              &g,
                              a.M};
-  const GradWeightInput<T> xsrc{static_cast<const T*>(a.x.data), a.x.stride,
-                                int64_t{grp} * g.Cg * a.x.stride.c, &g, a.M, a.J, a.columns};
+  const GradWeightInput<T> xsrc{{static_cast<const T*>(a.x.data), a.x.stride,
+                                 int64_t{grp} * g.Cg * a.x.stride.c, &g, a.M},
+                                a.J, a.columns};
   TransposedLoader<T, Tile::BM, Tile::kThreads, GradWeightGy<T>> la(gsrc, a.gy_mode, m0);
   TransposedLoader<T, Tile::BN, Tile::kThreads, GradWeightInput<T>> lb(xsrc, a.x_mode, n0);
   const int kt_begin = split * a.kt_per_split;

@@ -143,6 +143,27 @@ CNNK_HOST_DEVICE Box<T> yolo_box(T tx, T ty, T tw, T th, int64_t x, int64_t y, T
   return {cx - half_w, cy - half_h, cx + half_w, cy + half_h};
 }
 
+// Decodes one YOLO prediction into row `row` of image b of boxes (B, rows, 4)
+// and scores (B, rows, C): its yolo_box and its C scores, objectness x class
+// sigmoid. logit(k) reads the prediction's k-th logit in the accumulator
+// type A; round(v) converts an A to the outputs' type T (each backend's
+// from_acc).
+template <typename T, typename A, typename Logit, typename Round>
+CNNK_HOST_DEVICE void yolo_store(const Logit& logit, int64_t x, int64_t y, A anchor_w,
+                                 A anchor_h, A stride, int64_t classes, TensorN<3> boxes,
+                                 TensorN<3> scores, int64_t b, int64_t row, const Round& round) {
+  const Box<A> box = yolo_box(logit(0), logit(1), logit(2), logit(3), x, y, anchor_w, anchor_h,
+                              stride);
+  T* out = static_cast<T*>(boxes.data) + b * boxes.stride[0] + row * boxes.stride[1];
+  const int64_t s = boxes.stride[2];
+  out[0] = round(box.x1), out[s] = round(box.y1);
+  out[2 * s] = round(box.x2), out[3 * s] = round(box.y2);
+  const A objectness = sigmoid(logit(4));
+  T* score = static_cast<T*>(scores.data) + b * scores.stride[0] + row * scores.stride[1];
+  for (int64_t c = 0; c < classes; ++c)
+    score[c * scores.stride[2]] = round(objectness * sigmoid(logit(5 + c)));
+}
+
 // The IoU losses of torchvision.ops (generalized_box_iou_loss,
 // distance_box_iou_loss, complete_box_iou_loss), per pair of boxes a
 // (predicted) and b (target), with their eps:

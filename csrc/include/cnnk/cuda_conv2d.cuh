@@ -1,5 +1,6 @@
 // What the CUDA conv2d algorithms with int indices share (direct,
-// depthwise). Include only from .cu files.
+// depthwise): the int-index check and the grad_weight launchers' tail.
+// Include only from .cu files.
 #pragma once
 
 #include <cstdint>
@@ -24,6 +25,22 @@ inline bool conv2d_fits_int(const Conv2dGeometry& g) {
          (g.P - 1) * g.stride_h + (g.R - 1) * g.dil_h + g.H + g.pad_top <= kIntMax &&
          (g.Q - 1) * g.stride_w + (g.S - 1) * g.dil_w + g.W + g.pad_left <= kIntMax &&
          g.stride_h * g.dil_h <= kIntMax && g.stride_w * g.dil_w <= kIntMax;
+}
+
+// The tail of a grad_weight launcher whose arguments are checked: the plan
+// plan_for(dtype, g) (a function of the dtype and geometry alone, so the
+// launcher's *_workspace_bytes sizes the workspace from the same plan), the
+// lent workspace checked against the plan's, then the dtype dispatch:
+// run(TypeTag<T>{}, plan) launches the kernels for dtype's element type T.
+template <typename Plan, typename Run>
+Status run_grad_weight_plan(DType dtype, const Conv2dGeometry& g,
+                            Plan (*plan_for)(DType, const Conv2dGeometry&), Workspace workspace,
+                            Run&& run) {
+  const Plan plan = plan_for(dtype, g);
+  if (plan.workspace_bytes > 0 &&
+      (workspace.data == nullptr || workspace.bytes < plan.workspace_bytes))
+    return Status::bad_argument;
+  return dispatch_dtype(dtype, [&](auto type) { return run(type, plan); });
 }
 
 }  // namespace cnnk::cuda
