@@ -27,7 +27,7 @@
 //
 // gram_matrix_backward: grad_x[b] = S x[b] with S = scale (dG + dG^T),
 // a GEMM of M = C, N = L, K = C. S is packed once per image (the A operand);
-// a task owns a block of kColumns columns of one image, packs its B panel
+// a task owns a block of (at most) kColumns columns of one image, packs its B panel
 // from x chunk by chunk and runs every row of S past it. 2 * B * C^2 * L
 // flops; x read once, grad_x written once.
 //
@@ -142,14 +142,14 @@ struct UpperPlan {
 };
 
 // Enough tasks for the threads (four each: the dynamic schedule evens out
-// a thread that is descheduled): slices of L first (no work repeated),
+// a thread that is descheduled; one on one thread): slices of L first (no work repeated),
 // then bands of rows of equal area of the triangle (each band packs the
 // channels from its first row on).
 UpperPlan plan_upper(const GramGeometry& g, int mr, int nr) {
   UpperPlan p;
   p.rows = gemm::round_up(g.C, mr);
   p.cols = gemm::round_up(g.C, nr);
-  const int64_t wanted = 4 * omp_get_max_threads();
+  const int64_t threads = omp_get_max_threads(), wanted = threads > 1 ? 4 * threads : 1;
   p.slices = std::clamp<int64_t>(ceil_div(wanted, g.B), 1, std::max<int64_t>(1, g.L / kMinSlice));
   p.slice = gemm::round_up(ceil_div(std::max<int64_t>(g.L, 1), p.slices), gemm::KC);
   const int64_t bands = std::clamp<int64_t>(ceil_div(wanted, g.B * p.slices), 1,
@@ -344,12 +344,17 @@ Status gram_backward(const GramGeometry& g, Tensor3 grad_gram, Tensor3 x, double
   },
       m_pad * KC);
   if (s != Status::ok) return s;
-  const int64_t blocks = ceil_div(g.L, kColumns);
+  // Narrower blocks when the images have too few for the threads (short
+  // planes: VGG's conv5_1 at 256^2 is one block of 256).
+  const int64_t threads = omp_get_max_threads(), wanted = threads > 1 ? 4 * threads : 1;
+  const int64_t columns = std::clamp<int64_t>(
+      gemm::round_up(ceil_div(g.B * g.L, wanted), mk.nr), mk.nr, kColumns);
+  const int64_t blocks = ceil_div(g.L, columns);
   T* out = static_cast<T*>(grad_x.data);
   return parallel_tasks<Acc>(g.B * blocks, KC * kColumns + m_pad * kColumns,
                              [&](int64_t task, Acc* scratch) {
-    const int64_t b = task / blocks, j0 = (task % blocks) * kColumns;
-    const int64_t cols = std::min(kColumns, g.L - j0);
+    const int64_t b = task / blocks, j0 = (task % blocks) * columns;
+    const int64_t cols = std::min(columns, g.L - j0);
     Acc* packed_b = scratch;
     Acc* tile = scratch + KC * kColumns;
     for (int64_t k0 = 0; k0 < g.C; k0 += KC) {
@@ -368,7 +373,7 @@ Status gram_backward(const GramGeometry& g, Tensor3 grad_gram, Tensor3 x, double
       for (int64_t j = 0; j < cols; ++j)
         image[i * grad_x.stride[1] + j * grad_x.stride[2]] = from_acc<T>(tile[i * kColumns + j]);
   },
-      gemm::tile_work(m_pad, kColumns, g.C));
+      gemm::tile_work(m_pad, columns, g.C));
 }
 
 }  // namespace
