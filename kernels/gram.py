@@ -66,7 +66,10 @@ _FORWARD_TILES = {2: (64, 32), 4: (32, 32), 8: (32, 32)}  # element bytes -> BLO
 _BACKWARD_TILES = {2: (64, 64, 32), 4: (32, 64, 32), 8: (32, 64, 32)}  # BLOCK_M, _N, _K
 _NUM_WARPS = 4
 _STYLE_TILE = 32  # the style loss's tile (cnnkernels.ops.gram.STYLE_TILE, for the static check)
-_STYLE_BLOCK_L = 32
+# Positions per step of the style loss by element bytes: fp32 operands at
+# 32 spilled 8 bytes on sm_80 under Triton 3.6 (the epilogue's target and
+# residual tiles live beside them).
+_STYLE_BLOCK_L = {2: 32, 4: 16, 8: 16}
 _REDUCTION_BLOCK = 1024  # elements per step of the difference kernels
 _MAX_BATCH = 65535  # grid axis 1
 
@@ -139,21 +142,25 @@ def _style_loss_kernel(x_ptr, t_ptr, r_ptr, partial_ptr, C, L, xs_b, xs_c, xs_l,
         inside = (rows[:, None] < C) & (cols[None, :] < C)
         upper = inside & (rows[:, None] <= cols[None, :])
         lower = inside & (rows[:, None] < cols[None, :])
+        # One triangle after the other (fewer live registers: fp32 with both
+        # at once spilled on sm_90a).
         t_img = t_ptr + b * ts_b
+        r_img = r_ptr + b * rs_b
+        gram = acc * gram_scale
         target = tl.load(t_img + rows[:, None] * ts_r + cols[None, :] * ts_c, mask=upper,
                          other=0.0).to(ACC)
+        d = tl.where(upper, gram - target, 0.0)
+        total = tl.sum(tl.sum(d * d, axis=1), axis=0)
+        if KEEP:
+            tl.store(r_img + rows[:, None] * rs_r + cols[None, :] * rs_c,
+                     d.to(r_ptr.dtype.element_ty), mask=upper)
         mirrored = tl.load(t_img + cols[None, :] * ts_r + rows[:, None] * ts_c, mask=lower,
                            other=0.0).to(ACC)
-        gram = acc * gram_scale
-        d_upper = tl.where(upper, gram - target, 0.0)
-        d_lower = tl.where(lower, gram - mirrored, 0.0)
-        tl.store(partial, tl.sum(tl.sum(d_upper * d_upper + d_lower * d_lower, axis=1), axis=0))
+        d = tl.where(lower, gram - mirrored, 0.0)
+        tl.store(partial, total + tl.sum(tl.sum(d * d, axis=1), axis=0))
         if KEEP:
-            r_img = r_ptr + b * rs_b
-            tl.store(r_img + rows[:, None] * rs_r + cols[None, :] * rs_c,
-                     d_upper.to(r_ptr.dtype.element_ty), mask=upper)
             tl.store(r_img + cols[None, :] * rs_r + rows[:, None] * rs_c,
-                     d_lower.to(r_ptr.dtype.element_ty), mask=lower)
+                     d.to(r_ptr.dtype.element_ty), mask=lower)
 
 
 @triton.jit
@@ -279,7 +286,7 @@ def style_loss(g, x, target, gram_scale: float, loss_scale: float, partials, res
             x[start:end], target[start:end], r[start:end], partials[start * tiles * tiles:],
             g.C, g.L, *x.stride(), *target.stride(), *r.stride(), gram_scale, KEEP=keep,
             PRECISION=_precision(x.dtype), ACC=acc_type(x.dtype), BLOCK=g.tile,
-            BLOCK_L=_STYLE_BLOCK_L, num_warps=_NUM_WARPS)
+            BLOCK_L=_STYLE_BLOCK_L[x.element_size()], num_warps=_NUM_WARPS)
     _sum_partials_kernel[(1,)](partials, out, g.B * tiles * tiles, loss_scale,
                                ACC=acc_type(x.dtype), BLOCK=_REDUCTION_BLOCK,
                                num_warps=_NUM_WARPS)
@@ -331,7 +338,7 @@ def static_check_specs():
                     pointers={"x_ptr": ptr, "t_ptr": ptr, "r_ptr": ptr, "partial_ptr": "*fp32",
                               "gram_scale": "fp32"},
                     constexprs={"KEEP": keep, "PRECISION": precision, "ACC": tl.float32,
-                                "BLOCK": _STYLE_TILE, "BLOCK_L": _STYLE_BLOCK_L},
+                                "BLOCK": _STYLE_TILE, "BLOCK_L": _STYLE_BLOCK_L[width]},
                     num_warps=_NUM_WARPS, tensor_cores=tensor_cores))
             specs.append(compile_spec(
                 f"gram_backward[{dtype},{precision}]", _gram_backward_kernel,
