@@ -27,6 +27,28 @@ Each is the other's derivative, so every order of derivative composes the
 two; None operands are zeros. Tensors are read flat in their memory order
 (NCHW and channels_last without a copy).
 
+The style loss runs on one fused operator, ``style_loss(features, target,
+gram_scale, loss_scale, keep_residual)`` -> (loss, residual): with
+R = s F F^T - T (s the Gram's normalisation, T the target, (B, C, C), any
+strides: a shared target is expanded with batch stride 0), loss =
+w * sum R^2 (w the loss's normalisation). Each backend computes the Gram's
+upper-triangle tiles, subtracts the target (both triangles: T need not be
+symmetric), squares and sums per tile, then adds the tiles' partials in
+order (deterministic, no atomics): the Gram is never written. With
+``keep_residual`` the same pass writes R, which the derivatives read:
+dF = s (dR + dR^T) F with dR = 2 w g R (the Gram's backward op after
+``scaled_difference``, which reads the incoming gradient g on the device),
+dT = -dR. Why save R rather than recompute it in the backward: R is
+B * C^2 values, written once (at most what torch's composition keeps, its
+G), while recomputing it costs the forward's B * C * (C + tile) * L
+multiply-adds again, half the backward's own product or more (VGG's
+conv1_1 at 256^2: 16 KiB of R against 134 M multiply-adds). The public
+function asks for R only when derivatives will be taken, so a loss
+evaluated without them writes nothing but the partials. R is a
+differentiable output (R' = s (F' F^T + F F'^T) - T', the symmetrised
+product): the double backward and the jvp compose the Gram ops and
+``difference_dot`` on it.
+
 Derivatives of the Gram ops: both are bilinear, so two ops close the algebra. With
 G = s F F^T: dF = s (dG + dG^T) F (the backward op) and the tangent
 s (F' F^T + F F'^T) (the symmetrised product). The backward op's

@@ -36,6 +36,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "cnnk/cpu_gemm.h"
@@ -64,11 +65,31 @@ Rows<T> rows_of(Tensor3 t) {
   return {static_cast<const T*>(t.data), t.stride[0], t.stride[1], t.stride[2]};
 }
 
+typedef float F32x4 __attribute__((vector_size(16)));  // SSE2 / NEON, GCC and Clang
+
+// Writes the 4 x 4 block of four rows (`stride` apart) from `src` on,
+// transposed: four steps of four packed lanes, `width` apart. In
+// registers (eight shuffles), twice the rate of element-by-element stores.
+inline void transpose4(const float* src, int64_t stride, float* dst, int64_t width) {
+  F32x4 r[4];
+  for (int k = 0; k < 4; ++k) std::memcpy(&r[k], src + k * stride, sizeof(F32x4));
+  const F32x4 ab_lo = __builtin_shufflevector(r[0], r[1], 0, 4, 1, 5);
+  const F32x4 ab_hi = __builtin_shufflevector(r[0], r[1], 2, 6, 3, 7);
+  const F32x4 cd_lo = __builtin_shufflevector(r[2], r[3], 0, 4, 1, 5);
+  const F32x4 cd_hi = __builtin_shufflevector(r[2], r[3], 2, 6, 3, 7);
+  const F32x4 t[4] = {__builtin_shufflevector(ab_lo, cd_lo, 0, 1, 4, 5),
+                      __builtin_shufflevector(ab_lo, cd_lo, 2, 3, 6, 7),
+                      __builtin_shufflevector(ab_hi, cd_hi, 0, 1, 4, 5),
+                      __builtin_shufflevector(ab_hi, cd_hi, 2, 3, 6, 7)};
+  for (int k = 0; k < 4; ++k) std::memcpy(dst + k * width, &t[k], sizeof(F32x4));
+}
+
 // Packs rows [r0, r0 + m) x steps [l0, l0 + kc) of image b of u as
 // micro-panels of width `width` (cnnk/cpu_gemm.h's packed layout,
 // zero-padded past m). When l is u's contiguous dimension (NCHW) each row
 // is read in order, four rows at a time (four neighbouring values of a
-// packed row per step); channels_last rows are gathered step by step.
+// packed row per step; float by 4 x 4 register transposes); channels_last
+// rows are gathered step by step.
 template <typename Acc, typename T>
 void pack_rows(const Rows<T>& u, int64_t b, int64_t r0, int64_t l0, int64_t m, int64_t kc,
                int width, Acc* out) {
@@ -83,7 +104,11 @@ void pack_rows(const Rows<T>& u, int64_t b, int64_t r0, int64_t l0, int64_t m, i
     Acc* lanes = out + (i / width) * width * kc + i % width;
     const T* row = u.data + b * u.sb + (r0 + i) * u.sc + l0 * u.sl;
     const int64_t sc = u.sc, sl = u.sl;
-    for (int64_t l = 0; l < kc; ++l) {
+    int64_t l = 0;
+    if constexpr (std::is_same_v<T, float>)
+      if (sl == 1)
+        for (; l + 4 <= kc; l += 4) transpose4(row + l, sc, lanes + l * width, width);
+    for (; l < kc; ++l) {
       const T* at = row + l * sl;
       lanes[l * width + 0] = to_acc(at[0]);
       lanes[l * width + 1] = to_acc(at[sc]);
@@ -102,6 +127,12 @@ void pack_rows(const Rows<T>& u, int64_t b, int64_t r0, int64_t l0, int64_t m, i
   }
 }
 
+// kc steps of MR consecutive values, `stride` apart in src, packed in dst.
+template <int MR, typename Acc>
+void copy_steps(const Acc* src, int64_t stride, int64_t kc, Acc* dst) {
+  for (int64_t l = 0; l < kc; ++l) std::memcpy(dst + l * MR, src + l * stride, sizeof(Acc) * MR);
+}
+
 // Copies rows [r0, r1) (multiples of mr) of a chunk packed as B micro-panels
 // (width nr, starting at channel c0, `rows` valid channels after it) into A
 // micro-panels (width mr): the same values, regrouped; zeros past the valid rows.
@@ -114,8 +145,15 @@ void repack_a(const Acc* packed_b, int64_t c0, int64_t valid, int64_t r0, int64_
     const bool one_panel = first / nr == (first + mr - 1) / nr && first + mr <= valid;
     if (one_panel) {  // mr consecutive values of each packed row
       const Acc* src = packed_b + (first / nr) * nr * kc + first % nr;
-      for (int64_t l = 0; l < kc; ++l)
-        std::memcpy(panel + l * mr, src + l * nr, sizeof(Acc) * static_cast<size_t>(mr));
+      // The micro-kernels' row counts as constants: fixed-size moves, not
+      // a memcpy call per step.
+      switch (mr) {
+        case 12: copy_steps<12>(src, nr, kc, panel); break;
+        case 6: copy_steps<6>(src, nr, kc, panel); break;
+        default:
+          for (int64_t l = 0; l < kc; ++l)
+            std::memcpy(panel + l * mr, src + l * nr, sizeof(Acc) * static_cast<size_t>(mr));
+      }
       continue;
     }
     for (int64_t i = 0; i < mr; ++i) {
