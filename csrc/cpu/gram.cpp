@@ -272,13 +272,14 @@ Status for_upper_tiles(const GramGeometry& g, const UpperPlan& p, const Acc* acc
     const int64_t i0 = ti * tile, i1 = std::min(g.C, i0 + tile);
     for (int64_t tj = ti; tj < tiles; ++tj) {
       const int64_t j0 = tj * tile, j1 = std::min(g.C, j0 + tile);
-      for (int64_t i = i0; i < i1; ++i) {
+      for (int64_t i = i0; i < i1; ++i) {  // row by row: vectorisable loops
         const Acc* at = acc + b * p.slices * plane + i * p.cols;
-        for (int64_t j = std::max(i, j0); j < j1; ++j) {
-          Acc sum = at[j];
-          for (int64_t s = 1; s < p.slices; ++s) sum += at[s * plane + j];
-          e[(i - i0) * tile + j - j0] = factor * sum;
-        }
+        Acc* row = e + (i - i0) * tile - j0;
+        const int64_t jb = std::max(i, j0);
+        std::copy(at + jb, at + j1, row + jb);
+        for (int64_t s = 1; s < p.slices; ++s)
+          for (int64_t j = jb; j < j1; ++j) row[j] += at[s * plane + j];
+        for (int64_t j = jb; j < j1; ++j) row[j] *= factor;
       }
       fn(b, ti, tj, e);
     }
@@ -303,12 +304,18 @@ Status gram_forward(const GramGeometry& g, Tensor3 x, Tensor3 other, double scal
     const int64_t i0 = ti * tile, j0 = tj * tile;
     const int64_t i1 = std::min(g.C, i0 + tile), j1 = std::min(g.C, j0 + tile);
     T* image = out + b * gram.stride[0];
-    for (int64_t i = i0; i < i1; ++i)
-      for (int64_t j = std::max(i, j0); j < j1; ++j)
-        image[i * gram.stride[1] + j * gram.stride[2]] = from_acc<T>(e[(i - i0) * tile + j - j0]);
+    const int64_t s1 = gram.stride[1], s2 = gram.stride[2];
+    for (int64_t i = i0; i < i1; ++i) {
+      const Acc* row = e + (i - i0) * tile - j0;
+      T* dst = image + i * s1;
+      if (s2 == 1)  // the usual contiguous result: a vectorisable row
+        for (int64_t j = std::max(i, j0); j < j1; ++j) dst[j] = from_acc<T>(row[j]);
+      else
+        for (int64_t j = std::max(i, j0); j < j1; ++j) dst[j * s2] = from_acc<T>(row[j]);
+    }
     for (int64_t j = j0; j < j1; ++j)
       for (int64_t i = i0; i < std::min(i1, j); ++i)
-        image[j * gram.stride[1] + i * gram.stride[2]] = from_acc<T>(e[(i - i0) * tile + j - j0]);
+        image[j * s1 + i * s2] = from_acc<T>(e[(i - i0) * tile + j - j0]);
   });
 }
 
