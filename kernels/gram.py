@@ -26,6 +26,19 @@ is formed in fp32 from two loads (one transposed) and rounded once to the
 input dtype for the dot. 2 * B * C^2 * L flops; x read C / BLOCK_M times
 (from L2), grad_x written once.
 
+``_style_loss_kernel`` + ``_sum_partials_kernel``: the fused style loss
+(contract in csrc/include/cnnk/gram.h): a program owns one STYLE_TILE x
+STYLE_TILE tile (ti <= tj) of one image's Gram, accumulates it with
+``tl.dot`` as ``_gram_kernel`` does, and never stores it: the epilogue
+subtracts the target tile and the mirrored target tile (target[j, i]: any
+target, symmetric or not), squares, sums the upper elements (i <= j; the
+mirrored term where i < j) to the tile's partial and, with KEEP, stores the
+residual tile and its mirror. Programs below the diagonal write a zero
+partial; one program then adds the B * tiles^2 partials in order. Cost: the
+Gram's B * C * (C + tile) * L multiply-adds; bytes: x read once per tile
+row and column, the target read once, the residual written once (if kept),
+the Gram never.
+
 ``_difference_dot_kernel`` + ``_sum_partials_kernel``: the content loss's
 scale * sum (u - v)(a - b); a program sums one chunk of g.chunk elements
 (BLOCK lanes, a fixed order) to a partial, then one program adds the
@@ -52,6 +65,11 @@ from cnnkernels.kernels.common import acc_type
 _FORWARD_TILES = {2: (64, 32), 4: (32, 32), 8: (32, 32)}  # element bytes -> BLOCK, BLOCK_L
 _BACKWARD_TILES = {2: (64, 64, 32), 4: (32, 64, 32), 8: (32, 64, 32)}  # BLOCK_M, _N, _K
 _NUM_WARPS = 4
+_STYLE_TILE = 32  # the style loss's tile (cnnkernels.ops.gram.STYLE_TILE, for the static check)
+# Positions per step of the style loss by element bytes: fp32 operands at
+# 32 spilled 8 bytes on sm_80 under Triton 3.6 (the epilogue's target and
+# residual tiles live beside them).
+_STYLE_BLOCK_L = {2: 32, 4: 16, 8: 16}
 _REDUCTION_BLOCK = 1024  # elements per step of the difference kernels
 _MAX_BATCH = 65535  # grid axis 1
 
@@ -94,6 +112,55 @@ def _gram_kernel(x_ptr, o_ptr, g_ptr, C, L, xs_b, xs_c, xs_l, os_b, os_c, os_l,
                  mask=inside & (rows[:, None] <= cols[None, :]))
         tl.store(g_img + cols[None, :] * gs_r + rows[:, None] * gs_c, value,
                  mask=inside & (rows[:, None] < cols[None, :]))
+
+
+@triton.jit
+def _style_loss_kernel(x_ptr, t_ptr, r_ptr, partial_ptr, C, L, xs_b, xs_c, xs_l, ts_b, ts_r,
+                       ts_c, rs_b, rs_r, rs_c, gram_scale,
+                       KEEP: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+                       BLOCK: tl.constexpr, BLOCK_L: tl.constexpr):
+    tiles = tl.cdiv(C, BLOCK)
+    ti = tl.program_id(0) // tiles
+    tj = tl.program_id(0) % tiles
+    b = tl.program_id(1)
+    partial = partial_ptr + b * tiles * tiles + tl.program_id(0)
+    if tj < ti:
+        tl.store(partial, tl.zeros((), dtype=ACC))
+    else:
+        rows = ti * BLOCK + tl.arange(0, BLOCK)
+        cols = tj * BLOCK + tl.arange(0, BLOCK)
+        steps = tl.arange(0, BLOCK_L)
+        x_img = x_ptr + b * xs_b
+        acc = tl.zeros((BLOCK, BLOCK), dtype=ACC)
+        for l0 in range(0, L, BLOCK_L):
+            pos = l0 + steps
+            a = tl.load(x_img + rows[:, None] * xs_c + pos[None, :] * xs_l,
+                        mask=(rows[:, None] < C) & (pos[None, :] < L), other=0.0)
+            bt = tl.load(x_img + cols[None, :] * xs_c + pos[:, None] * xs_l,
+                         mask=(pos[:, None] < L) & (cols[None, :] < C), other=0.0)
+            acc = tl.dot(a, bt, acc, input_precision=PRECISION, out_dtype=ACC)
+        inside = (rows[:, None] < C) & (cols[None, :] < C)
+        upper = inside & (rows[:, None] <= cols[None, :])
+        lower = inside & (rows[:, None] < cols[None, :])
+        # One triangle after the other (fewer live registers: fp32 with both
+        # at once spilled on sm_90a).
+        t_img = t_ptr + b * ts_b
+        r_img = r_ptr + b * rs_b
+        gram = acc * gram_scale
+        target = tl.load(t_img + rows[:, None] * ts_r + cols[None, :] * ts_c, mask=upper,
+                         other=0.0).to(ACC)
+        d = tl.where(upper, gram - target, 0.0)
+        total = tl.sum(tl.sum(d * d, axis=1), axis=0)
+        if KEEP:
+            tl.store(r_img + rows[:, None] * rs_r + cols[None, :] * rs_c,
+                     d.to(r_ptr.dtype.element_ty), mask=upper)
+        mirrored = tl.load(t_img + cols[None, :] * ts_r + rows[:, None] * ts_c, mask=lower,
+                           other=0.0).to(ACC)
+        d = tl.where(lower, gram - mirrored, 0.0)
+        tl.store(partial, total + tl.sum(tl.sum(d * d, axis=1), axis=0))
+        if KEEP:
+            tl.store(r_img + cols[None, :] * rs_r + rows[:, None] * rs_c,
+                     d.to(r_ptr.dtype.element_ty), mask=lower)
 
 
 @triton.jit
@@ -207,6 +274,24 @@ def gram_matrix_backward(g, grad_gram, x, scale: float, grad_x) -> None:
             BLOCK_N=block_n, BLOCK_K=block_k, num_warps=_NUM_WARPS)
 
 
+def style_loss(g, x, target, gram_scale: float, loss_scale: float, partials, residual,
+               out) -> None:
+    """out[0] = loss_scale * sum (gram_scale * x x^T - target)^2 over every
+    image, a partial per tile then their sum; the residual if given."""
+    keep = residual is not None
+    r = residual if keep else target
+    tiles = triton.cdiv(g.C, g.tile)
+    for start, end in _batches(g.B):
+        _style_loss_kernel[(tiles * tiles, end - start)](
+            x[start:end], target[start:end], r[start:end], partials[start * tiles * tiles:],
+            g.C, g.L, *x.stride(), *target.stride(), *r.stride(), gram_scale, KEEP=keep,
+            PRECISION=_precision(x.dtype), ACC=acc_type(x.dtype), BLOCK=g.tile,
+            BLOCK_L=_STYLE_BLOCK_L[x.element_size()], num_warps=_NUM_WARPS)
+    _sum_partials_kernel[(1,)](partials, out, g.B * tiles * tiles, loss_scale,
+                               ACC=acc_type(x.dtype), BLOCK=_REDUCTION_BLOCK,
+                               num_warps=_NUM_WARPS)
+
+
 def difference_dot(g, u, v, a, b, scale: float, partials, out) -> None:
     """out[0] = scale * sum (u - v)(a - b): a partial per chunk, then their sum."""
     chunks = triton.cdiv(g.N, g.chunk)
@@ -246,6 +331,14 @@ def static_check_specs():
                     pointers={"x_ptr": ptr, "o_ptr": ptr, "g_ptr": ptr, "scale": "fp32"},
                     constexprs={"CROSS": cross, "PRECISION": precision, "ACC": tl.float32,
                                 "BLOCK": block, "BLOCK_L": block_l},
+                    num_warps=_NUM_WARPS, tensor_cores=tensor_cores))
+            for keep in (False, True):
+                specs.append(compile_spec(
+                    f"gram_style_loss[{dtype},{precision},KEEP={keep}]", _style_loss_kernel,
+                    pointers={"x_ptr": ptr, "t_ptr": ptr, "r_ptr": ptr, "partial_ptr": "*fp32",
+                              "gram_scale": "fp32"},
+                    constexprs={"KEEP": keep, "PRECISION": precision, "ACC": tl.float32,
+                                "BLOCK": _STYLE_TILE, "BLOCK_L": _STYLE_BLOCK_L[width]},
                     num_warps=_NUM_WARPS, tensor_cores=tensor_cores))
             specs.append(compile_spec(
                 f"gram_backward[{dtype},{precision}]", _gram_backward_kernel,

@@ -10,6 +10,13 @@ struct PyStruct<GramGeometry> : std::true_type {
 };
 
 template <>
+struct PyStruct<StyleLossGeometry> : std::true_type {
+  static StyleLossGeometry read(const Fields& f) {
+    return {CNNK_FIELD(B), CNNK_FIELD(C), CNNK_FIELD(L), CNNK_FIELD(tile)};
+  }
+};
+
+template <>
 struct PyStruct<DifferenceGeometry> : std::true_type {
   static DifferenceGeometry read(const Fields& f) { return {CNNK_FIELD(N), CNNK_FIELD(chunk)}; }
 };
@@ -18,6 +25,8 @@ CNNK_BINDINGS(gram, m) {
   m.structure<GramGeometry>("GramGeometry");
   CNNK_LAUNCHER(m, gram_matrix);
   CNNK_LAUNCHER(m, gram_matrix_backward);
+  m.structure<StyleLossGeometry>("StyleLossGeometry");
+  CNNK_LAUNCHER(m, style_loss);
   m.structure<DifferenceGeometry>("DifferenceGeometry");
   CNNK_LAUNCHER(m, difference_dot);
   CNNK_LAUNCHER(m, scaled_difference);

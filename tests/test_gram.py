@@ -10,7 +10,8 @@ import random
 
 import pytest
 import torch
-from conftest import backend_params, dtypes_for
+import torch.utils._python_dispatch
+from conftest import backend_params, dtypes_for, interpreted
 from harness import FamilySpec, Sample, common_tests
 from reference import assert_close, float64_cpu, random_tensor
 
@@ -20,6 +21,7 @@ from cnnkernels.ops.gram import (
     gram_matrix_backward_op,
     gram_matrix_op,
     scaled_difference_op,
+    style_loss_op,
 )
 
 
@@ -108,11 +110,17 @@ def _samples():
         return (random_tensor((batch, 3, 4, 5), dtype, device, generator=generator),
                 random_tensor((3, 3), dtype, device, generator=generator))
 
+    def with_targets(dtype, device, generator, batch):
+        return (random_tensor((batch, 3, 4, 5), dtype, device, generator=generator),
+                random_tensor((batch, 3, 3), dtype, device, generator=generator))
+
     return (*(Sample(f"gram_{normalize}",
                      lambda x, normalize=normalize: ck.gram_matrix(x, normalize=normalize),
                      lambda x, normalize=normalize: reference_gram(x, normalize), inputs, 20)
               for normalize in ("none", "chw")),
             Sample("style_loss", ck.style_loss, reference_style_loss, with_target, 20 * 9),
+            Sample("style_loss_per_image", ck.style_loss, reference_style_loss, with_targets,
+                   20 * 9),
             Sample("style_loss_tutorial",
                    lambda x, t: ck.style_loss(x, t, normalize="tutorial"),
                    lambda x, t: reference_style_loss(x, t, "tutorial"), with_target, 20 * 9),
@@ -129,6 +137,9 @@ def _op_calls(device, backend, dtype):
         (gram_matrix_op, (x, None, 0.5, backend)),
         (gram_matrix_op, (x, other, 0.5, backend)),
         (gram_matrix_backward_op, (grad_gram, x, 0.25, backend)),
+        (style_loss_op, (x, grad_gram, 0.5, 0.25, True, backend)),
+        # Without the residual it has no derivatives: inputs that need none.
+        (style_loss_op, (x.detach(), grad_gram.detach(), 0.5, 0.25, False, backend)),
         (difference_dot_op, (x, other, x, other, 0.5, backend)),
         (difference_dot_op, (x, None, other, None, 0.5, backend)),
         (scaled_difference_op, (x, other, grad_gram[0, 0, 0].detach(), 2.0, backend)),
@@ -144,6 +155,12 @@ BAD_INPUTS = (
     ("style_normalize", lambda: ck.style_loss(torch.randn(2, 3, 4), torch.randn(3, 3),
                                               normalize="none"), ValueError,
      "normalize must be one of"),
+    ("style_op_target", lambda: style_loss_op(torch.randn(1, 2, 3), torch.randn(1, 3, 3), 1.0,
+                                              1.0, False, "cpu"), ValueError,
+     "target must have shape (1, 2, 2)"),
+    ("style_op_dtype", lambda: style_loss_op(torch.randn(1, 2, 3), torch.randn(1, 2, 2).double(),
+                                             1.0, 1.0, False, "cpu"), TypeError,
+     "target must have features's dtype"),
     ("content_shapes", lambda: ck.content_loss(torch.randn(1, 2, 3, 3), torch.randn(1, 2, 3, 4)),
      ValueError, "a_content and a_generated must have the same shape"),
     ("content_rank", lambda: ck.content_loss(torch.randn(2, 3), torch.randn(2, 3)), ValueError,
@@ -244,3 +261,86 @@ def test_style_loss_matches_reference(device, backend, normalize):
     assert_close(loss, expected.detach(), dtype, 70 * 70 * 15, "style loss")
     assert_close(x.grad, x64.grad, dtype, 70 * 15, "grad features")
     assert_close(target.grad, t64.grad, dtype, 15, "grad target")
+
+
+@pytest.mark.parametrize(("device", "backend"), backend_params())
+@pytest.mark.parametrize("normalize", ["course", "tutorial"])
+@pytest.mark.parametrize("target_kind", ["shared", "per_image"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_fused_style_loss_matches_reference(device, backend, normalize, target_kind, layout):
+    """The fused operator through the public function: odd sizes, C across
+    the 32-channel tiles and the cpu's micro-panels, a target that is not
+    symmetric, NCHW and channels_last, shared (C, C) and per-image targets;
+    loss and both gradients against float64 torch."""
+    dtype = dtypes_for(device, backend)[0]
+    tiny = interpreted(device, backend)
+    B, C, H, W = (2, 35, 3, 5) if tiny else (2, 77, 13, 9)
+    generator = torch.Generator().manual_seed(17)
+    x = make_input(dict(B=B, C=C, H=H, W=W, layout=layout), dtype, device,
+                   generator).requires_grad_()
+    shape = (C, C) if target_kind == "shared" else (B, C, C)
+    target = random_tensor(shape, dtype, device, generator=generator)
+    if normalize == "tutorial":  # targets of the Grams' size, so neither term dominates
+        target = target / (C * H * W) ** 0.5
+    target.requires_grad_()
+    with ck.use(backend=backend):
+        loss = ck.style_loss(x, target, normalize=normalize)
+        grad_x, grad_t = torch.autograd.grad(loss, (x, target))
+    x64, t64 = float64_cpu(x).requires_grad_(), float64_cpu(target).requires_grad_()
+    expected = reference_style_loss(x64, t64, normalize)
+    expected_x, expected_t = torch.autograd.grad(expected, (x64, t64))
+    assert loss.shape == () and loss.dtype == dtype
+    assert_close(loss, expected.detach(), dtype, C * C * H * W, "style loss")
+    assert_close(grad_x, expected_x, dtype, C * H * W, "grad features")
+    assert_close(grad_t, expected_t, dtype, H * W, "grad target")
+
+
+@pytest.mark.parametrize(("device", "backend"), backend_params())
+def test_style_loss_op_residual(device, backend):
+    """The operator's second output: the residual s F F^T - T with both
+    triangles (T not symmetric), and an empty tensor when not kept; the
+    loss from the unnormalised sum of squares."""
+    dtype = dtypes_for(device, backend)[0]
+    generator = torch.Generator().manual_seed(23)
+    x = random_tensor((2, 33, 7), dtype, device, generator=generator)
+    target = random_tensor((2, 33, 33), dtype, device, generator=generator)
+    loss, residual = style_loss_op(x, target, 0.5, 0.125, True, backend)
+    x64, t64 = float64_cpu(x), float64_cpu(target)
+    expected = 0.5 * x64 @ x64.transpose(1, 2) - t64
+    assert_close(residual, expected, dtype, 7, "residual")
+    assert_close(loss, 0.125 * expected.square().sum(), dtype, 33 * 33 * 7, "loss")
+    unkept_loss, unkept = style_loss_op(x, target, 0.5, 0.125, False, backend)
+    assert unkept.numel() == 0
+    assert torch.equal(unkept_loss, loss)
+
+
+class _OpsCalled(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the operators called and the shapes of their outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        outputs = out if isinstance(out, tuple) else (out,)
+        self.calls.append((str(func.overloadpacket),
+                           [tuple(t.shape) for t in outputs if isinstance(t, torch.Tensor)]))
+        return out
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_style_loss_never_writes_the_gram(grad):
+    """style_loss runs the fused operator, not the Gram's: no cnnk op but
+    style_loss in the forward, and without derivatives no (B, C, C) output
+    at all (the residual is empty)."""
+    x = torch.randn(2, 40, 6, 6, requires_grad=grad)
+    target = torch.randn(40, 40)
+    with ck.use(backend="cpu"), _OpsCalled() as mode:
+        ck.style_loss(x, target)
+    cnnk_ops = [name for name, _ in mode.calls if name.startswith("cnnk.")]
+    assert cnnk_ops == ["cnnk.style_loss"]
+    if not grad:
+        created = [shape for name, shapes in mode.calls if name == "cnnk.style_loss"
+                   for shape in shapes]
+        assert (2, 40, 40) not in created and (40, 40) not in created

@@ -27,6 +27,28 @@ Each is the other's derivative, so every order of derivative composes the
 two; None operands are zeros. Tensors are read flat in their memory order
 (NCHW and channels_last without a copy).
 
+The style loss runs on one fused operator, ``style_loss(features, target,
+gram_scale, loss_scale, keep_residual)`` -> (loss, residual): with
+R = s F F^T - T (s the Gram's normalisation, T the target, (B, C, C), any
+strides: a shared target is expanded with batch stride 0), loss =
+w * sum R^2 (w the loss's normalisation). Each backend computes the Gram's
+upper-triangle tiles, subtracts the target (both triangles: T need not be
+symmetric), squares and sums per tile, then adds the tiles' partials in
+order (deterministic, no atomics): the Gram is never written. With
+``keep_residual`` the same pass writes R, which the derivatives read:
+dF = s (dR + dR^T) F with dR = 2 w g R (the Gram's backward op after
+``scaled_difference``, which reads the incoming gradient g on the device),
+dT = -dR. Why save R rather than recompute it in the backward: R is
+B * C^2 values, written once (at most what torch's composition keeps, its
+G), while recomputing it costs the forward's B * C * (C + tile) * L
+multiply-adds again, half the backward's own product or more (VGG's
+conv1_1 at 256^2: 16 KiB of R against 134 M multiply-adds). The public
+function asks for R only when derivatives will be taken, so a loss
+evaluated without them writes nothing but the partials. R is a
+differentiable output (R' = s (F' F^T + F F'^T) - T', the symmetrised
+product): the double backward and the jvp compose the Gram ops and
+``difference_dot`` on it.
+
 Derivatives of the Gram ops: both are bilinear, so two ops close the algebra. With
 G = s F F^T: dF = s (dG + dG^T) F (the backward op) and the tangent
 s (F' F^T + F F'^T) (the symmetrised product). The backward op's
@@ -42,7 +64,7 @@ import torch
 from torch import Tensor
 
 from cnnkernels import _args, _backend, _ext
-from cnnkernels.ops._define import Family, Launch, define_op, save
+from cnnkernels.ops._define import Family, Launch, define_op, derivatives_needed, save
 
 FAMILY = Family(name="gram", public=("gram_matrix", "style_loss", "content_loss"),
                 triton_modules=("cnnkernels.kernels.gram",),
@@ -334,6 +356,101 @@ scaled_difference_op.register_derivatives(setup_context=_difference_setup,
                                           backward=_difference_backward, jvp=_difference_jvp)
 
 
+STYLE_TILE = 32  # side of the style loss's partial-sum tiles, the same on every backend
+
+
+@dataclass(frozen=True)
+class StyleLossGeometry:
+    """The fused style loss's sizes, field for field ``cnnk::StyleLossGeometry``:
+    features (B, C, L), target and residual (B, C, C), one partial sum per
+    ``tile`` x ``tile`` tile of each image's C x C matrix."""
+
+    B: int
+    C: int
+    L: int
+    tile: int
+
+    def tiles(self) -> int:
+        return -(-self.C // self.tile)
+
+    def index_extent(self) -> int:
+        return max(self.B * self.tiles() ** 2, self.C * self.C, self.L)
+
+
+@define_op("cnnk::style_loss", returns=tuple[Tensor, Tensor])
+def style_loss_op(features: Tensor, target: Tensor, gram_scale: float, loss_scale: float,
+                  keep_residual: bool, backend: str) -> Launch:
+    """(loss, residual): loss = loss_scale * sum over images and (i, j) of
+    (gram_scale * F F^T - target)^2, a 0-d tensor, the Gram never written;
+    residual = gram_scale * F F^T - target, (B, C, C), when
+    ``keep_residual`` (what the derivatives read), else an empty tensor."""
+    op = "style_loss"
+    g = _features(features, "features", op)
+    _args.check_tensor(target, "target", ndim=3)
+    _args.check_same(features, "features", {"target": target})
+    _check_shape(target, "target", (g.B, g.C, g.C), op)
+    sg = StyleLossGeometry(g.B, g.C, g.L, STYLE_TILE)
+    loss = features.new_empty(())
+    residual = features.new_empty((g.B, g.C, g.C) if keep_residual else (0,))
+    kept = residual if keep_residual else None
+    partials = torch.empty(g.B * sg.tiles() ** 2, device=features.device,
+                           dtype=torch.float64 if features.dtype == torch.float64
+                           else torch.float32)
+    return Launch((loss, residual), {"features": features, "target": target,
+                                     "partials": partials, "residual": kept, "loss": loss},
+                  lambda b: _ext.launchers(b, features, _triton).style_loss(
+                      sg, features, target, float(gram_scale), float(loss_scale), partials,
+                      kept, loss.view(1)),
+                  sg.index_extent())
+
+
+def _style_setup(ctx, inputs, outputs) -> None:
+    features, _target, gram_scale, loss_scale, keep, backend = inputs
+    if not keep:
+        raise ValueError("style_loss is differentiated from its residual: call it with "
+                         "keep_residual=True")
+    save(ctx, features, outputs[1])
+    ctx.gram_scale, ctx.loss_scale, ctx.backend = gram_scale, loss_scale, backend
+    # An unused output's gradient arrives as None, not as zeros.
+    ctx.set_materialize_grads(False)
+
+
+def _style_backward(ctx, grad_loss, grad_residual):
+    """With R = s F F^T - T and J = w sum R^2: dJ/dR = 2 w R, and R's own
+    gradient adds to it; dF = s (dR + dR^T) F (the Gram's backward op),
+    dT = -dR."""
+    features, residual = ctx.saved_tensors
+    grad_r = None
+    if grad_loss is not None:
+        grad_r = scaled_difference_op(residual, None, grad_loss, 2 * ctx.loss_scale, ctx.backend)
+    grad_r = _add(grad_r, grad_residual)
+    if grad_r is None:
+        return None, None, None, None, None, None
+    need = ctx.needs_input_grad
+    grad_features = (gram_matrix_backward_op(grad_r, features, ctx.gram_scale, ctx.backend)
+                     if need[0] else None)
+    return grad_features, -grad_r if need[1] else None, None, None, None, None
+
+
+def _style_jvp(ctx, features_tangent, target_tangent, *_):
+    """R' = s (F' F^T + F F'^T) - T' (the symmetrised product), J' = 2 w sum R R'."""
+    features, residual = ctx.saved_tensors
+    tangent = None
+    if features_tangent is not None:
+        tangent = gram_matrix_op(features_tangent, features, ctx.gram_scale, ctx.backend)
+    if target_tangent is not None:
+        tangent = -target_tangent if tangent is None else tangent - target_tangent
+    if tangent is None:
+        return None, None
+    loss_tangent = difference_dot_op(residual, None, tangent, None, 2 * ctx.loss_scale,
+                                     ctx.backend)
+    return loss_tangent, tangent
+
+
+style_loss_op.register_derivatives(setup_context=_style_setup, backward=_style_backward,
+                                   jvp=_style_jvp)
+
+
 def gram_scale(normalize: str, channels: int, positions: int) -> float:
     """The factor ``normalize`` applies to F F^T (see the module docstring)."""
     _backend.check_choice("normalize", normalize, NORMALIZATIONS)
@@ -386,9 +503,11 @@ def style_loss(features: Tensor, target_gram: Tensor, *, normalize: str = "cours
     G = F F^T / (C H W), the mean of (G - target)^2 over the batch's
     B * C * C entries.
 
-    It runs our Gram kernel (upper-triangle tiles) and our fused
-    difference-square-sum; the generated Gram is still written once in
-    between (the single fused Gram-and-loss kernel is not done yet)."""
+    One fused pass (the ``style_loss`` operator): the Gram's upper-triangle
+    tiles, the squared difference and the sum; the generated Gram is never
+    written. When derivatives will be taken the same pass writes the
+    residual G - target that they read. Features and target of different
+    dtypes compute in torch's promoted dtype."""
     _backend.check_choice("normalize", normalize, STYLE_NORMALIZATIONS)
     flat = flat_features(features)
     B, C, L = flat.shape
@@ -399,11 +518,9 @@ def style_loss(features: Tensor, target_gram: Tensor, *, normalize: str = "cours
     gram_factor = 1.0 if course or L == 0 else 1.0 / (C * L)
     # An empty batch or plane sums nothing: 0 (torch's mean of nothing is NaN).
     loss_factor = 1.0 / max(1, (2 * C * L) ** 2 if course else B * C * C)
-    backend = _backend.current_backend()
-    # A loss: autocast keeps it in its inputs' precision, as torch's mse_loss.
-    with torch.autocast(flat.device.type, enabled=False):
-        gram = gram_matrix_op(flat, None, gram_factor, backend)
     # torch's promotion, for bfloat16 features against a float32 target, say.
-    dtype = torch.promote_types(gram.dtype, target_gram.dtype)
-    gram, target = gram.to(dtype), target_gram.to(dtype).expand(B, C, C)
-    return difference_dot_op(gram, target, gram, target, loss_factor, backend)
+    dtype = torch.promote_types(flat.dtype, target_gram.dtype)
+    flat, target = flat.to(dtype), target_gram.to(dtype).expand(B, C, C)
+    keep = derivatives_needed((flat, target))
+    return style_loss_op(flat, target, gram_factor, loss_factor, keep,
+                         _backend.current_backend())[0]

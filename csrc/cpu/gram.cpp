@@ -1,29 +1,42 @@
-// gram on the cpu: the Gram matrix and its backward on the GEMM core
-// (cnnk/cpu_gemm.h), contracts in cnnk/gram.h.
+// gram on the cpu: the Gram matrix, its backward and the fused style loss on
+// the GEMM core (cnnk/cpu_gemm.h), contracts in cnnk/gram.h.
 //
-// gram_matrix: the C x C result is cut into square tiles of kTile channels;
-// only the tiles on or above the diagonal are computed. A task owns one
-// tile of one image over one slice of L: it packs the tile's row block of
-// x as the A operand and its column block as the B operand (the same packing,
-// by micro-panel width), KC values of l at a time, and runs the micro-kernel
-// (with `other`, two products: x_i other_j^T + other_i x_j^T). Small Gram
-// matrices (one or three tiles per image) cut L into slices so that two
-// threads have work; the slices' partial tiles are summed in slice order
-// afterwards, so the result does not depend on the thread count. The store
-// scales and writes the tile and its mirror.
-// Bound: compute, 2 * B * C * (C + kTile) / 2 * L flops (about half a bmm's
-// 2 * B * C^2 * L for C >> kTile), x read once per tile row and column; the
-// partial tiles (B * tiles * slices * kTile^2 accumulators) are scratch.
+// The upper triangle (gram_matrix and style_loss): G = x x^T is a SYRK, C
+// small and L = H * W long. A task owns one image, one slice of L and one
+// band of rows; per KC-step chunk of its slice it packs the chunk of x
+// once, channels [c0, C) as the B operand's nr-wide micro-panels (c0 the
+// band's first row, rounded down to nr), copies its band's rows from there
+// into the A operand's mr-wide micro-panels, and runs the micro-kernel on
+// the micro-tiles (mr x nr) that hold an element i <= j only: a B
+// micro-panel stays in L1 while an A block of MC rows (L2) streams past it.
+// Each task accumulates into its own accumulator (one C x C tile per image
+// and slice; bands own disjoint rows). With `other` (x o^T + o x^T, also
+// symmetric) it packs both and runs two products. Slices (when L is long)
+// and bands (balanced by area, when C is large) make enough tasks for the
+// threads; the epilogue adds a tile's slices in slice order, so the result
+// is deterministic for a given thread count. The epilogues:
+//   gram_matrix  scales and stores each upper element and its mirror;
+//   style_loss   per tile x tile tile (cnnk/gram.h), the squared differences
+//                against the target (the lower triangle through the upper:
+//                (e - t[i, j])^2 + (e - t[j, i])^2), the residual if wanted,
+//                and a partial sum per tile; the partials are then added in
+//                order in double. G is never written.
+// Bound: compute, 2 * B * C * (C + nr) / 2 * L flops (a bmm's 2 * B * C^2 * L
+// for C >> nr halves); packing writes x once per band and chunk; the
+// accumulators (B * slices * C^2 values) are scratch.
 //
 // gram_matrix_backward: grad_x[b] = S x[b] with S = scale (dG + dG^T),
 // a GEMM of M = C, N = L, K = C. S is packed once per image (the A operand);
-// a task owns a block of kColumns columns of one image, packs its B panel
+// a task owns a block of (at most) kColumns columns of one image, packs its B panel
 // from x chunk by chunk and runs every row of S past it. 2 * B * C^2 * L
 // flops; x read once, grad_x written once.
 //
 // Limits: any strides; float16/bfloat16 are converted to float when packed.
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "cnnk/cpu_gemm.h"
@@ -33,9 +46,9 @@
 namespace cnnk::cpu {
 namespace {
 
-constexpr int64_t kTile = 64;      // channels per Gram tile (padded to mr / nr when packed)
 constexpr int64_t kColumns = 256;  // columns of L per backward task
 constexpr int64_t kMinSlice = 4 * gemm::KC;  // shortest L slice worth a task of its own
+constexpr int64_t kMinBand = 48;   // fewest rows in a band of the triangle
 
 // Element (c, l) of image b of a (B, C, L) tensor, in the accumulator type.
 template <typename T>
@@ -52,10 +65,31 @@ Rows<T> rows_of(Tensor3 t) {
   return {static_cast<const T*>(t.data), t.stride[0], t.stride[1], t.stride[2]};
 }
 
-// Packs rows [0, m) x steps [0, kc) of u as micro-panels of width `width`
-// (cnnk/cpu_gemm.h's packed layout, zero-padded past m). When l is u's
-// contiguous dimension (NCHW) each row is read in order, one pass per row:
-// gemm::pack_a's column order would touch m rows, m pages apart, per step.
+typedef float F32x4 __attribute__((vector_size(16)));  // SSE2 / NEON, GCC and Clang
+
+// Writes the 4 x 4 block of four rows (`stride` apart) from `src` on,
+// transposed: four steps of four packed lanes, `width` apart. In
+// registers (eight shuffles), twice the rate of element-by-element stores.
+inline void transpose4(const float* src, int64_t stride, float* dst, int64_t width) {
+  F32x4 r[4];
+  for (int k = 0; k < 4; ++k) std::memcpy(&r[k], src + k * stride, sizeof(F32x4));
+  const F32x4 ab_lo = __builtin_shufflevector(r[0], r[1], 0, 4, 1, 5);
+  const F32x4 ab_hi = __builtin_shufflevector(r[0], r[1], 2, 6, 3, 7);
+  const F32x4 cd_lo = __builtin_shufflevector(r[2], r[3], 0, 4, 1, 5);
+  const F32x4 cd_hi = __builtin_shufflevector(r[2], r[3], 2, 6, 3, 7);
+  const F32x4 t[4] = {__builtin_shufflevector(ab_lo, cd_lo, 0, 1, 4, 5),
+                      __builtin_shufflevector(ab_lo, cd_lo, 2, 3, 6, 7),
+                      __builtin_shufflevector(ab_hi, cd_hi, 0, 1, 4, 5),
+                      __builtin_shufflevector(ab_hi, cd_hi, 2, 3, 6, 7)};
+  for (int k = 0; k < 4; ++k) std::memcpy(dst + k * width, &t[k], sizeof(F32x4));
+}
+
+// Packs rows [r0, r0 + m) x steps [l0, l0 + kc) of image b of u as
+// micro-panels of width `width` (cnnk/cpu_gemm.h's packed layout,
+// zero-padded past m). When l is u's contiguous dimension (NCHW) each row
+// is read in order, four rows at a time (four neighbouring values of a
+// packed row per step; float by 4 x 4 register transposes); channels_last
+// rows are gathered step by step.
 template <typename Acc, typename T>
 void pack_rows(const Rows<T>& u, int64_t b, int64_t r0, int64_t l0, int64_t m, int64_t kc,
                int width, Acc* out) {
@@ -64,7 +98,25 @@ void pack_rows(const Rows<T>& u, int64_t b, int64_t r0, int64_t l0, int64_t m, i
                       out);
     return;
   }
-  for (int64_t i = 0; i < gemm::round_up(m, width); ++i) {
+  const int64_t padded = gemm::round_up(m, width);
+  int64_t i = 0;
+  for (; i + 4 <= m && (i % width) + 4 <= width; i += 4) {
+    Acc* lanes = out + (i / width) * width * kc + i % width;
+    const T* row = u.data + b * u.sb + (r0 + i) * u.sc + l0 * u.sl;
+    const int64_t sc = u.sc, sl = u.sl;
+    int64_t l = 0;
+    if constexpr (std::is_same_v<T, float>)
+      if (sl == 1)
+        for (; l + 4 <= kc; l += 4) transpose4(row + l, sc, lanes + l * width, width);
+    for (; l < kc; ++l) {
+      const T* at = row + l * sl;
+      lanes[l * width + 0] = to_acc(at[0]);
+      lanes[l * width + 1] = to_acc(at[sc]);
+      lanes[l * width + 2] = to_acc(at[2 * sc]);
+      lanes[l * width + 3] = to_acc(at[3 * sc]);
+    }
+  }
+  for (; i < padded; ++i) {
     Acc* lane = out + (i / width) * width * kc + i % width;
     if (i >= m) {
       for (int64_t l = 0; l < kc; ++l) lane[l * width] = Acc(0);
@@ -75,77 +127,244 @@ void pack_rows(const Rows<T>& u, int64_t b, int64_t r0, int64_t l0, int64_t m, i
   }
 }
 
-// The upper-triangle tiles (ti <= tj) of a tiles x tiles grid, in row order.
-std::vector<std::pair<int64_t, int64_t>> upper_tiles(int64_t tiles) {
-  std::vector<std::pair<int64_t, int64_t>> pairs;
-  for (int64_t ti = 0; ti < tiles; ++ti)
-    for (int64_t tj = ti; tj < tiles; ++tj) pairs.emplace_back(ti, tj);
-  return pairs;
+// kc steps of MR consecutive values, `stride` apart in src, packed in dst.
+template <int MR, typename Acc>
+void copy_steps(const Acc* src, int64_t stride, int64_t kc, Acc* dst) {
+  for (int64_t l = 0; l < kc; ++l) std::memcpy(dst + l * MR, src + l * stride, sizeof(Acc) * MR);
+}
+
+// Copies rows [r0, r1) (multiples of mr) of a chunk packed as B micro-panels
+// (width nr, starting at channel c0, `rows` valid channels after it) into A
+// micro-panels (width mr): the same values, regrouped; zeros past the valid rows.
+template <typename Acc>
+void repack_a(const Acc* packed_b, int64_t c0, int64_t valid, int64_t r0, int64_t r1,
+              int64_t kc, int mr, int nr, Acc* out) {
+  for (int64_t p0 = r0; p0 < r1; p0 += mr) {
+    Acc* panel = out + (p0 - r0) * kc;
+    const int64_t first = p0 - c0;
+    const bool one_panel = first / nr == (first + mr - 1) / nr && first + mr <= valid;
+    if (one_panel) {  // mr consecutive values of each packed row
+      const Acc* src = packed_b + (first / nr) * nr * kc + first % nr;
+      // The micro-kernels' row counts as constants: fixed-size moves, not
+      // a memcpy call per step.
+      switch (mr) {
+        case 12: copy_steps<12>(src, nr, kc, panel); break;
+        case 6: copy_steps<6>(src, nr, kc, panel); break;
+        default:
+          for (int64_t l = 0; l < kc; ++l)
+            std::memcpy(panel + l * mr, src + l * nr, sizeof(Acc) * static_cast<size_t>(mr));
+      }
+      continue;
+    }
+    for (int64_t i = 0; i < mr; ++i) {
+      const int64_t c = first + i;
+      if (c >= valid) {
+        for (int64_t l = 0; l < kc; ++l) panel[l * mr + i] = Acc(0);
+        continue;
+      }
+      const Acc* src = packed_b + (c / nr) * nr * kc + c % nr;
+      for (int64_t l = 0; l < kc; ++l) panel[l * mr + i] = src[l * nr];
+    }
+  }
+}
+
+// How the upper triangle's work is cut into tasks (image, slice, band) and
+// where each task accumulates: accumulator (b, slice) is rows x cols values
+// (row stride cols) at (b * slices + slice) * rows * cols.
+struct UpperPlan {
+  int64_t slices = 1, slice = 0, rows = 0, cols = 0;
+  std::vector<int64_t> bands;  // band boundaries: multiples of mr, from 0 to rows
+
+  int64_t band_count() const { return static_cast<int64_t>(bands.size()) - 1; }
+  int64_t tasks(int64_t batch) const { return batch * slices * band_count(); }
+};
+
+// Enough tasks for the threads (four each: the dynamic schedule evens out
+// a thread that is descheduled; one on one thread): slices of L first (no work repeated),
+// then bands of rows of equal area of the triangle (each band packs the
+// channels from its first row on).
+UpperPlan plan_upper(const GramGeometry& g, int mr, int nr) {
+  UpperPlan p;
+  p.rows = gemm::round_up(g.C, mr);
+  p.cols = gemm::round_up(g.C, nr);
+  const int64_t threads = omp_get_max_threads(), wanted = threads > 1 ? 4 * threads : 1;
+  p.slices = std::clamp<int64_t>(ceil_div(wanted, g.B), 1, std::max<int64_t>(1, g.L / kMinSlice));
+  p.slice = gemm::round_up(ceil_div(std::max<int64_t>(g.L, 1), p.slices), gemm::KC);
+  const int64_t bands = std::clamp<int64_t>(ceil_div(wanted, g.B * p.slices), 1,
+                                            std::max<int64_t>(1, p.rows / kMinBand));
+  // Rows [0, r) of the triangle hold about r (C - r / 2) elements: band k
+  // ends where that reaches k / bands of the whole.
+  p.bands.push_back(0);
+  for (int64_t k = 1; k < bands; ++k) {
+    const double r = g.C * (1.0 - std::sqrt(1.0 - static_cast<double>(k) / bands));
+    const int64_t edge = gemm::round_up(static_cast<int64_t>(r), mr);
+    if (edge > p.bands.back() && edge < p.rows) p.bands.push_back(edge);
+  }
+  p.bands.push_back(p.rows);
+  return p;
+}
+
+// The upper triangle's micro-tiles of x[b] x[b]^T (or x o^T + o x^T) for
+// every image, accumulated by plan_upper's tasks into `acc`.
+template <typename T>
+Status upper_products(const GramGeometry& g, Tensor3 x, Tensor3 other, const UpperPlan& p,
+                      const gemm::MicroKernel<acc_t<T>>& mk, acc_t<T>* acc) {
+  using Acc = acc_t<T>;
+  using gemm::KC;
+  const bool cross = other.data != nullptr;
+  const Rows<T> a = rows_of<T>(x), o = rows_of<T>(cross ? other : x);
+  const int64_t operand = (p.cols + p.rows) * KC;  // one packed chunk: B panels, then A panels
+  const int64_t bands = p.band_count(), block = gemm::MC / mk.mr;
+  return parallel_tasks<Acc>(p.tasks(g.B), (cross ? 2 : 1) * operand, [&](int64_t task,
+                                                                            Acc* scratch) {
+    const int64_t b = task / (p.slices * bands), s = task / bands % p.slices;
+    const int64_t r0 = p.bands[task % bands], r1 = p.bands[task % bands + 1];
+    const int64_t c0 = r0 / mk.nr * mk.nr, valid = g.C - c0;
+    Acc* tile = acc + (b * p.slices + s) * p.rows * p.cols;
+    const int64_t l_begin = s * p.slice, l_end = std::min(g.L, l_begin + p.slice);
+    if (l_begin >= l_end)
+      for (int64_t i = r0; i < r1; ++i)
+        std::fill(tile + i * p.cols, tile + (i + 1) * p.cols, Acc(0));
+    for (int64_t l0 = l_begin; l0 < l_end; l0 += KC) {
+      const int64_t kc = std::min(KC, l_end - l0);
+      const int64_t b_size = gemm::round_up(valid, mk.nr) * kc;
+      Acc* packed[2][2];  // [x, o][B panels, A panels]
+      for (int k = 0; k < (cross ? 2 : 1); ++k) {
+        packed[k][0] = scratch + k * operand;
+        packed[k][1] = packed[k][0] + b_size;
+        pack_rows(k == 0 ? a : o, b, c0, l0, valid, kc, mk.nr, packed[k][0]);
+        repack_a(packed[k][0], c0, valid, r0, r1, kc, mk.mr, mk.nr, packed[k][1]);
+      }
+      if (!cross) packed[1][0] = packed[0][0], packed[1][1] = packed[0][1];
+      // A blocks of MC rows (L2) past one B micro-panel (L1) at a time; a
+      // micro-tile is needed when its first row is at most its last column.
+      for (int64_t ib = r0 / mk.mr; ib < r1 / mk.mr; ib += block) {
+        const int64_t ie = std::min(ib + block, r1 / mk.mr);
+        for (int64_t jp = ib * mk.mr / mk.nr; jp < p.cols / mk.nr; ++jp) {
+          const int64_t last = std::min(ie, (jp * mk.nr + mk.nr - 1) / mk.mr + 1);
+          for (int64_t ip = ib; ip < last; ++ip) {
+            const int64_t a_at = (ip * mk.mr - r0) * kc, b_at = (jp - c0 / mk.nr) * mk.nr * kc;
+            Acc* c = tile + ip * mk.mr * p.cols + jp * mk.nr;
+            mk.run(kc, packed[0][1] + a_at, packed[1][0] + b_at, c, p.cols, l0 > l_begin);
+            if (cross) mk.run(kc, packed[1][1] + a_at, packed[0][0] + b_at, c, p.cols, true);
+          }
+        }
+      }
+    }
+  },
+      gemm::tile_work(p.rows, p.cols, p.slice) / std::max<int64_t>(1, 2 * bands));
+}
+
+constexpr int64_t kStoreTile = 32;  // side of the tiles gram_matrix's store works in
+
+// Runs fn(b, ti, tj, e) on every tile (ti <= tj) of side `tile` of every
+// image's upper triangle, e the tile's values (row stride `tile`), scaled by
+// `factor`, the slices added in order; valid where i <= j, that is, on and
+// above the diagonal. A task per tile row (b, ti), in tile order; row
+// (b, ti)'s tiles run in tj order. The tiles keep the mirrored (column)
+// accesses of a store within a few cache lines.
+template <typename Acc, typename Fn>
+Status for_upper_tiles(const GramGeometry& g, const UpperPlan& p, const Acc* acc, Acc factor,
+                       int64_t tile, Fn fn) {
+  const int64_t tiles = ceil_div(g.C, tile), plane = p.rows * p.cols;
+  return parallel_tasks<Acc>(g.B * tiles, tile * tile, [&](int64_t task, Acc* e) {
+    const int64_t b = task / tiles, ti = task % tiles;
+    const int64_t i0 = ti * tile, i1 = std::min(g.C, i0 + tile);
+    for (int64_t tj = ti; tj < tiles; ++tj) {
+      const int64_t j0 = tj * tile, j1 = std::min(g.C, j0 + tile);
+      for (int64_t i = i0; i < i1; ++i) {  // row by row: vectorisable loops
+        const Acc* at = acc + b * p.slices * plane + i * p.cols;
+        Acc* row = e + (i - i0) * tile - j0;
+        const int64_t jb = std::max(i, j0);
+        std::copy(at + jb, at + j1, row + jb);
+        for (int64_t s = 1; s < p.slices; ++s)
+          for (int64_t j = jb; j < j1; ++j) row[j] += at[s * plane + j];
+        for (int64_t j = jb; j < j1; ++j) row[j] *= factor;
+      }
+      fn(b, ti, tj, e);
+    }
+  },
+      tile * g.C * p.slices);
 }
 
 template <typename T>
 Status gram_forward(const GramGeometry& g, Tensor3 x, Tensor3 other, double scale, Tensor3 gram) {
   using Acc = acc_t<T>;
-  using gemm::KC;
   const gemm::MicroKernel<Acc> mk = gemm::micro_kernel<Acc>();
-  const bool cross = other.data != nullptr;
-  const Rows<T> a = rows_of<T>(x), o = rows_of<T>(cross ? other : x);
-  const auto pairs = upper_tiles(ceil_div(g.C, kTile));
-  const int64_t tiles_per_image = static_cast<int64_t>(pairs.size());
-  // Enough tasks for the threads: slices of L when the images give too few tiles.
-  const int64_t wanted = 4 * omp_get_max_threads();
-  const int64_t slices = std::clamp<int64_t>(ceil_div(wanted, g.B * tiles_per_image), 1,
-                                             std::max<int64_t>(1, g.L / kMinSlice));
-  const int64_t slice = gemm::round_up(ceil_div(std::max<int64_t>(g.L, 1), slices), KC);
-  const int64_t rows_pad = gemm::round_up(kTile, mk.mr), cols_pad = gemm::round_up(kTile, mk.nr);
-  const int64_t tile_size = rows_pad * cols_pad;
-  auto partial = allocate_aligned<Acc>(g.B * tiles_per_image * slices * tile_size);
-  if (partial == nullptr) return Status::out_of_memory;
-  const int64_t packed = rows_pad * KC + cols_pad * KC;  // A and B operands of one chunk
-  const int64_t tasks = g.B * tiles_per_image * slices;
-  Status s = parallel_tasks<Acc>(tasks, (cross ? 2 : 1) * packed, [&](int64_t task, Acc* scratch) {
-    const int64_t b = task / (tiles_per_image * slices);
-    const auto [ti, tj] = pairs[(task / slices) % tiles_per_image];
-    const int64_t i0 = ti * kTile, j0 = tj * kTile;
-    const int64_t m = std::min(kTile, g.C - i0), n = std::min(kTile, g.C - j0);
-    const int64_t l_begin = (task % slices) * slice, l_end = std::min(g.L, l_begin + slice);
-    Acc* tile = partial.get() + task * tile_size;
-    if (l_begin >= l_end) std::fill(tile, tile + tile_size, Acc(0));
-    for (int64_t l0 = l_begin; l0 < l_end; l0 += KC) {
-      const int64_t kc = std::min(KC, l_end - l0);
-      // One product u_i v_j^T of this chunk, accumulated into the tile.
-      auto multiply = [&](const Rows<T>& u, const Rows<T>& v, Acc* pack, bool accumulate) {
-        pack_rows(u, b, i0, l0, m, kc, mk.mr, pack);
-        pack_rows(v, b, j0, l0, n, kc, mk.nr, pack + rows_pad * KC);
-        gemm::multiply_packed(mk, kc, ceil_div(m, mk.mr), ceil_div(n, mk.nr), pack,
-                              pack + rows_pad * KC, tile, cols_pad, accumulate);
-      };
-      multiply(a, o, scratch, l0 > l_begin);
-      if (cross) multiply(o, a, scratch + packed, true);
-    }
-  },
-      gemm::tile_work(rows_pad, cols_pad, slice));
+  const UpperPlan p = plan_upper(g, mk.mr, mk.nr);
+  auto acc = allocate_aligned<Acc>(g.B * p.slices * p.rows * p.cols);
+  if (acc == nullptr) return Status::out_of_memory;
+  const Status s = upper_products<T>(g, x, other, p, mk, acc.get());
   if (s != Status::ok) return s;
-  // Sum the slices in order, scale, store the tile and its mirror.
+  // Each upper element and its mirror, both written along rows.
   T* out = static_cast<T*>(gram.data);
-  const Acc factor = static_cast<Acc>(scale);
-  return parallel_tasks<Acc>(g.B * tiles_per_image, 0, [&](int64_t task, Acc*) {
-    const int64_t b = task / tiles_per_image;
-    const auto [ti, tj] = pairs[task % tiles_per_image];
-    const int64_t i0 = ti * kTile, j0 = tj * kTile;
-    const int64_t m = std::min(kTile, g.C - i0), n = std::min(kTile, g.C - j0);
-    Acc* first = partial.get() + task * slices * tile_size;
-    for (int64_t k = 1; k < slices; ++k)
-      for (int64_t e = 0; e < tile_size; ++e) first[e] += first[k * tile_size + e];
+  const int64_t tile = kStoreTile;
+  return for_upper_tiles(g, p, acc.get(), static_cast<Acc>(scale), tile,
+                         [&](int64_t b, int64_t ti, int64_t tj, const Acc* e) {
+    const int64_t i0 = ti * tile, j0 = tj * tile;
+    const int64_t i1 = std::min(g.C, i0 + tile), j1 = std::min(g.C, j0 + tile);
     T* image = out + b * gram.stride[0];
-    for (int64_t i = 0; i < m; ++i)
-      for (int64_t j = 0; j < n; ++j) {
-        const T v = from_acc<T>(factor * first[i * cols_pad + j]);
-        image[(i0 + i) * gram.stride[1] + (j0 + j) * gram.stride[2]] = v;
-        image[(j0 + j) * gram.stride[1] + (i0 + i) * gram.stride[2]] = v;
+    const int64_t s1 = gram.stride[1], s2 = gram.stride[2];
+    for (int64_t i = i0; i < i1; ++i) {
+      const Acc* row = e + (i - i0) * tile - j0;
+      T* dst = image + i * s1;
+      if (s2 == 1)  // the usual contiguous result: a vectorisable row
+        for (int64_t j = std::max(i, j0); j < j1; ++j) dst[j] = from_acc<T>(row[j]);
+      else
+        for (int64_t j = std::max(i, j0); j < j1; ++j) dst[j * s2] = from_acc<T>(row[j]);
+    }
+    for (int64_t j = j0; j < j1; ++j)
+      for (int64_t i = i0; i < std::min(i1, j); ++i)
+        image[j * s1 + i * s2] = from_acc<T>(e[(i - i0) * tile + j - j0]);
+  });
+}
+
+template <typename T>
+Status style_forward(const StyleLossGeometry& sg, Tensor3 x, Tensor3 target, double gram_scale,
+                     double loss_scale, Tensor1 partials, Tensor3 residual, Tensor1 out) {
+  using Acc = acc_t<T>;
+  const GramGeometry g{sg.B, sg.C, sg.L};
+  const gemm::MicroKernel<Acc> mk = gemm::micro_kernel<Acc>();
+  const UpperPlan p = plan_upper(g, mk.mr, mk.nr);
+  auto acc = allocate_aligned<Acc>(g.B * p.slices * p.rows * p.cols);
+  if (acc == nullptr) return Status::out_of_memory;
+  Status s = upper_products<T>(g, x, Tensor3{}, p, mk, acc.get());
+  if (s != Status::ok) return s;
+  const Rows<T> t = rows_of<T>(target);
+  T* r = static_cast<T*>(residual.data);
+  Acc* sums = static_cast<Acc*>(partials.data);
+  const int64_t tile = sg.tile, tiles = ceil_div(g.C, tile);
+  for (int64_t b = 0; b < g.B; ++b)  // the tiles below the diagonal
+    for (int64_t ti = 1; ti < tiles; ++ti)
+      for (int64_t tj = 0; tj < ti; ++tj) sums[((b * tiles + ti) * tiles + tj) * partials.stride] = 0;
+  // A tile's partial: its upper elements against target[i, j] (along rows),
+  // then off the diagonal the same values against target[j, i] (along the
+  // mirrored rows), so target and residual are read and written along rows.
+  s = for_upper_tiles(g, p, acc.get(), static_cast<Acc>(gram_scale), tile,
+                      [&](int64_t b, int64_t ti, int64_t tj, const Acc* e) {
+    const int64_t i0 = ti * tile, j0 = tj * tile;
+    const int64_t i1 = std::min(g.C, i0 + tile), j1 = std::min(g.C, j0 + tile);
+    T* image = r == nullptr ? nullptr : r + b * residual.stride[0];
+    Acc sum = 0;
+    for (int64_t i = i0; i < i1; ++i)
+      for (int64_t j = std::max(i, j0); j < j1; ++j) {
+        const Acc d = e[(i - i0) * tile + j - j0] - t(b, i, j);
+        sum += d * d;
+        if (image) image[i * residual.stride[1] + j * residual.stride[2]] = from_acc<T>(d);
       }
-  },
-      slices * tile_size);
+    for (int64_t j = j0; j < j1; ++j)
+      for (int64_t i = i0; i < std::min(i1, j); ++i) {
+        const Acc d = e[(i - i0) * tile + j - j0] - t(b, j, i);
+        sum += d * d;
+        if (image) image[j * residual.stride[1] + i * residual.stride[2]] = from_acc<T>(d);
+      }
+    sums[((b * tiles + ti) * tiles + tj) * partials.stride] = sum;
+  });
+  if (s != Status::ok) return s;
+  double total = 0;
+  for (int64_t k = 0; k < g.B * tiles * tiles; ++k) total += sums[k * partials.stride];
+  static_cast<T*>(out.data)[0] = from_acc<T>(static_cast<Acc>(loss_scale * total));
+  return Status::ok;
 }
 
 template <typename T>
@@ -170,12 +389,17 @@ Status gram_backward(const GramGeometry& g, Tensor3 grad_gram, Tensor3 x, double
   },
       m_pad * KC);
   if (s != Status::ok) return s;
-  const int64_t blocks = ceil_div(g.L, kColumns);
+  // Narrower blocks when the images have too few for the threads (short
+  // planes: VGG's conv5_1 at 256^2 is one block of 256).
+  const int64_t threads = omp_get_max_threads(), wanted = threads > 1 ? 4 * threads : 1;
+  const int64_t columns = std::clamp<int64_t>(
+      gemm::round_up(ceil_div(g.B * g.L, wanted), mk.nr), mk.nr, kColumns);
+  const int64_t blocks = ceil_div(g.L, columns);
   T* out = static_cast<T*>(grad_x.data);
   return parallel_tasks<Acc>(g.B * blocks, KC * kColumns + m_pad * kColumns,
                              [&](int64_t task, Acc* scratch) {
-    const int64_t b = task / blocks, j0 = (task % blocks) * kColumns;
-    const int64_t cols = std::min(kColumns, g.L - j0);
+    const int64_t b = task / blocks, j0 = (task % blocks) * columns;
+    const int64_t cols = std::min(columns, g.L - j0);
     Acc* packed_b = scratch;
     Acc* tile = scratch + KC * kColumns;
     for (int64_t k0 = 0; k0 < g.C; k0 += KC) {
@@ -194,7 +418,7 @@ Status gram_backward(const GramGeometry& g, Tensor3 grad_gram, Tensor3 x, double
       for (int64_t j = 0; j < cols; ++j)
         image[i * grad_x.stride[1] + j * grad_x.stride[2]] = from_acc<T>(tile[i * kColumns + j]);
   },
-      gemm::tile_work(m_pad, kColumns, g.C));
+      gemm::tile_work(m_pad, columns, g.C));
 }
 
 }  // namespace
@@ -216,6 +440,23 @@ Status gram_matrix_backward(DType dtype, const GramGeometry& g, Tensor3 grad_gra
   if (!grad_gram.data || !x.data || !grad_x.data) return Status::bad_argument;
   return dispatch_dtype(dtype, [&](auto type) {
     return gram_backward<typename decltype(type)::type>(g, grad_gram, x, scale, grad_x);
+  });
+}
+
+Status style_loss(DType dtype, const StyleLossGeometry& g, Tensor3 x, Tensor3 target,
+                  double gram_scale, double loss_scale, Tensor1 partials, Tensor3 residual,
+                  Tensor1 out) {
+  if (check_style_geometry(g) != Status::ok || !out.data) return Status::bad_argument;
+  const bool work = g.B > 0 && g.C > 0;
+  if (work && (!target.data || !partials.data || (g.L > 0 && !x.data)))
+    return Status::bad_argument;
+  return dispatch_dtype(dtype, [&](auto type) {
+    using T = typename decltype(type)::type;
+    if (!work) {
+      static_cast<T*>(out.data)[0] = from_acc<T>(acc_t<T>(0));
+      return Status::ok;
+    }
+    return style_forward<T>(g, x, target, gram_scale, loss_scale, partials, residual, out);
   });
 }
 

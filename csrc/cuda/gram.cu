@@ -12,6 +12,15 @@
 // element written once. CROSS: x o^T + o x^T, two products per step.
 // B * C * (C + 32) * L multiply-adds; x read once per tile row and column.
 //
+// style_loss_kernel: the fused style loss; a block owns tile (ti, tj) as
+// gram_kernel (the same tile_product) and never stores it: each thread
+// takes its upper elements' squared differences against the target (and the
+// mirrored target off the diagonal, cnnk/gram.h), writes the residual if
+// wanted, and a fixed-order block tree gives the tile's partial; blocks
+// below the diagonal write 0. sum_partials_kernel adds the B * tiles^2
+// partials. The Gram's B * C * (C + 32) * L multiply-adds; the target read
+// once, the residual (if kept) written once, the Gram never.
+//
 // gram_backward_kernel: grad_x = scale (dG + dG^T) x, a product of M = C
 // rows, N = L columns, K = C; the A tile dG[i, k] + dG[k, i] is formed as it
 // is staged. 2 * B * C^2 * L flops; x read C / 32 times (mostly from L2).
@@ -59,17 +68,15 @@ __device__ __forceinline__ void stage_rows(acc_t<T> (*tile)[kTile + 1], Tensor3 
   }
 }
 
+// The Gram tile (i0, j0) of image b, x x^T (CROSS: x o^T + o x^T), into
+// each thread's 2 x 2 accumulators (rows ty + 16 r, columns tx + 16 s).
 template <typename T, bool kCross>
-__global__ void __launch_bounds__(kBlock, kMinBlocks)
-    gram_kernel(GramGeometry g, Tensor3 x, Tensor3 o, acc_t<T> scale, Tensor3 gram,
-                int64_t batch0, int tiles) {
+__device__ __forceinline__ void tile_product(acc_t<T> (&acc)[2][2], const GramGeometry& g,
+                                             Tensor3 x, Tensor3 o, int64_t b, int64_t i0,
+                                             int64_t j0) {
   using Acc = acc_t<T>;
-  const int ti = blockIdx.x / tiles, tj = blockIdx.x % tiles;
-  if (tj < ti) return;
-  const int64_t b = batch0 + blockIdx.y, i0 = int64_t{ti} * kTile, j0 = int64_t{tj} * kTile;
   __shared__ Acc xi[kStep][kTile + 1], xj[kStep][kTile + 1];
   __shared__ Acc oi[kCross ? kStep : 1][kTile + 1], oj[kCross ? kStep : 1][kTile + 1];
-  Acc acc[2][2] = {};
   const int ty = threadIdx.y, tx = threadIdx.x;
   for (int64_t l0 = 0; l0 < g.L; l0 += kStep) {
     stage_rows<T>(xi, x, b, i0, l0, g.C, g.L);
@@ -91,17 +98,88 @@ __global__ void __launch_bounds__(kBlock, kMinBlocks)
         }
     __syncthreads();
   }
+}
+
+template <typename T, bool kCross>
+__global__ void __launch_bounds__(kBlock, kMinBlocks)
+    gram_kernel(GramGeometry g, Tensor3 x, Tensor3 o, acc_t<T> scale, Tensor3 gram,
+                int64_t batch0, int tiles) {
+  using Acc = acc_t<T>;
+  const int ti = blockIdx.x / tiles, tj = blockIdx.x % tiles;
+  if (tj < ti) return;
+  const int64_t b = batch0 + blockIdx.y, i0 = int64_t{ti} * kTile, j0 = int64_t{tj} * kTile;
+  Acc acc[2][2] = {};
+  tile_product<T, kCross>(acc, g, x, o, b, i0, j0);
   T* out = static_cast<T*>(gram.data) + b * gram.stride[0];
 #pragma unroll
   for (int r = 0; r < 2; ++r)
 #pragma unroll
     for (int s = 0; s < 2; ++s) {
-      const int64_t i = i0 + ty + kThreads * r, j = j0 + tx + kThreads * s;
+      const int64_t i = i0 + threadIdx.y + kThreads * r, j = j0 + threadIdx.x + kThreads * s;
       if (i >= g.C || j >= g.C || i > j) continue;
       const T v = from_acc<T>(acc[r][s] * scale);
       out[i * gram.stride[1] + j * gram.stride[2]] = v;
       if (i < j) out[j * gram.stride[1] + i * gram.stride[2]] = v;
     }
+}
+
+// The sum of the block's `value`s (thread t of kBlock) in a fixed tree
+// order (thread 0 has it).
+template <typename Acc>
+__device__ Acc block_sum(Acc value, int t) {
+  __shared__ Acc lanes[kBlock];
+  lanes[t] = value;
+  __syncthreads();
+  for (int half = kBlock / 2; half > 0; half /= 2) {
+    if (t < half) lanes[t] += lanes[t + half];
+    __syncthreads();
+  }
+  return lanes[0];
+}
+
+// The fused style loss's tile (ti, tj) of image b: the Gram tile as
+// gram_kernel, then, never stored, its squared differences against the
+// target (cnnk/gram.h) summed to the tile's partial; the residual if wanted.
+template <typename T>
+__global__ void __launch_bounds__(kBlock, kMinBlocks)
+    style_loss_kernel(GramGeometry g, Tensor3 x, Tensor3 target, acc_t<T> gram_scale,
+                      Tensor3 residual, Tensor1 partials, int64_t batch0, int tiles) {
+  using Acc = acc_t<T>;
+  const int ti = blockIdx.x / tiles, tj = blockIdx.x % tiles;
+  const int64_t b = batch0 + blockIdx.y, i0 = int64_t{ti} * kTile, j0 = int64_t{tj} * kTile;
+  const int t = threadIdx.y * kThreads + threadIdx.x;
+  Acc* partial = static_cast<Acc*>(partials.data) +
+                 ((b * tiles + ti) * tiles + tj) * partials.stride;
+  if (tj < ti) {
+    if (t == 0) *partial = Acc(0);
+    return;
+  }
+  Acc acc[2][2] = {};
+  tile_product<T, false>(acc, g, x, x, b, i0, j0);
+  T* r_img = static_cast<T*>(residual.data);
+  Acc sum = 0;
+#pragma unroll
+  for (int r = 0; r < 2; ++r)
+#pragma unroll
+    for (int s = 0; s < 2; ++s) {
+      const int64_t i = i0 + threadIdx.y + kThreads * r, j = j0 + threadIdx.x + kThreads * s;
+      if (i >= g.C || j >= g.C || i > j) continue;
+      const Acc e = acc[r][s] * gram_scale;
+      const Acc upper = e - at<T>(target, b, i, j);
+      sum += upper * upper;
+      if (r_img != nullptr)
+        r_img[b * residual.stride[0] + i * residual.stride[1] + j * residual.stride[2]] =
+            from_acc<T>(upper);
+      if (i < j) {
+        const Acc lower = e - at<T>(target, b, j, i);
+        sum += lower * lower;
+        if (r_img != nullptr)
+          r_img[b * residual.stride[0] + j * residual.stride[1] + i * residual.stride[2]] =
+              from_acc<T>(lower);
+      }
+    }
+  const Acc total = block_sum(sum, t);
+  if (t == 0) *partial = total;
 }
 
 template <typename T>
@@ -160,20 +238,6 @@ __device__ __forceinline__ acc_t<T> operand(Tensor1 t, int64_t i) {
   return t.data == nullptr ? acc_t<T>(0) : load(static_cast<const T*>(t.data), i * t.stride);
 }
 
-// The sum of the block's `value`s in a fixed tree order (thread 0 has it).
-template <typename Acc>
-__device__ Acc block_sum(Acc value) {
-  __shared__ Acc lanes[kBlock];
-  const int t = threadIdx.x;
-  lanes[t] = value;
-  __syncthreads();
-  for (int half = kBlock / 2; half > 0; half /= 2) {
-    if (t < half) lanes[t] += lanes[t + half];
-    __syncthreads();
-  }
-  return lanes[0];
-}
-
 template <typename T>
 __global__ void __launch_bounds__(kBlock)
     difference_dot_kernel(DifferenceGeometry g, Tensor1 u, Tensor1 v, Tensor1 a, Tensor1 b,
@@ -184,7 +248,7 @@ __global__ void __launch_bounds__(kBlock)
   Acc sum = 0;
   for (int64_t i = begin + threadIdx.x; i < end; i += kBlock)
     sum += (operand<T>(u, i) - operand<T>(v, i)) * (operand<T>(a, i) - operand<T>(b, i));
-  const Acc total = block_sum(sum);
+  const Acc total = block_sum(sum, threadIdx.x);
   if (threadIdx.x == 0) static_cast<Acc*>(partials.data)[blockIdx.x * partials.stride] = total;
 }
 
@@ -195,7 +259,7 @@ __global__ void __launch_bounds__(kBlock)
   Acc sum = 0;
   for (int64_t k = threadIdx.x; k < count; k += kBlock)
     sum += static_cast<const Acc*>(partials.data)[k * partials.stride];
-  const Acc total = block_sum(sum);
+  const Acc total = block_sum(sum, threadIdx.x);
   if (threadIdx.x == 0) static_cast<T*>(out.data)[0] = from_acc<T>(total * scale);
 }
 
@@ -250,6 +314,32 @@ Status gram_matrix_backward(DType dtype, const GramGeometry& g, Tensor3 grad_gra
       gram_backward_kernel<T><<<grid, dim3(kThreads, kThreads), 0, stream>>>(
           g, grad_gram, x, factor, grad_x, b0, static_cast<int>(column_tiles));
     });
+  });
+}
+
+Status style_loss(DType dtype, const StyleLossGeometry& sg, Tensor3 x, Tensor3 target,
+                  double gram_scale, double loss_scale, Tensor1 partials, Tensor3 residual,
+                  Tensor1 out, cudaStream_t stream) {
+  if (!supported_dtype(dtype)) return Status::unsupported_dtype;
+  if (check_style_geometry(sg) != Status::ok || sg.tile != kTile || !out.data)
+    return Status::bad_argument;
+  const GramGeometry g{sg.B, sg.C, sg.L};
+  const bool work = g.B > 0 && g.C > 0;
+  if (work && (!target.data || !partials.data || (g.L > 0 && !x.data)))
+    return Status::bad_argument;
+  const int64_t tiles = ceil_div(g.C, kTile);
+  if (tiles > kIntMax / tiles || g.B * tiles * tiles > kIntMax) return Status::index_overflow;
+  return dispatch_dtype(dtype, [&](auto type) {
+    using T = typename decltype(type)::type;
+    const Status s = over_batches(g.B, tiles * tiles, [&](dim3 grid, int64_t b0) {
+      style_loss_kernel<T><<<grid, dim3(kThreads, kThreads), 0, stream>>>(
+          g, x, target, static_cast<acc_t<T>>(gram_scale), residual, partials, b0,
+          static_cast<int>(tiles));
+    });
+    if (s != Status::ok) return s;
+    sum_partials_kernel<T><<<1, kBlock, 0, stream>>>(partials, g.B * tiles * tiles,
+                                                      static_cast<acc_t<T>>(loss_scale), out);
+    return launched();
   });
 }
 

@@ -13,6 +13,11 @@
 //                          Gram's derivative along a tangent (jvp) and the
 //                          adjoint of its backward (double backward).
 //   gram_matrix_backward   grad_x[b] = scale * (grad_gram[b] + grad_gram[b]^T) x[b].
+//   style_loss             the fused Gram and style loss:
+//                          out[0] = loss_scale * sum_b sum_ij (gram_scale * G[b] - target[b])^2
+//                          with G[b] = x[b] x[b]^T never written; optionally the
+//                          residual R[b] = gram_scale * G[b] - target[b] (what the
+//                          derivatives read).
 //
 // The gram is symmetric: the kernels compute the upper triangle's tiles only
 // and store each tile twice (itself and its transpose), so a forward costs
@@ -44,8 +49,27 @@ struct DifferenceGeometry {
   int64_t N, chunk;
 };
 
+// The fused style loss (StyleLossGeometry mirrors the Python dataclass):
+// every backend cuts the C x C matrix into tile x tile tiles and writes one
+// partial sum per tile to partials[(b * tiles + ti) * tiles + tj] (tiles =
+// ceil(C / tile)); a tile on or above the diagonal (ti <= tj) holds, for its
+// elements i <= j, (e - target[i, j])^2 plus, off the diagonal (i < j),
+// (e - target[j, i])^2 with e = gram_scale * G[i, j]: the lower triangle
+// is taken through the upper one, so any target works, symmetric or not.
+// Tiles below the diagonal hold 0. The partials are then added in index
+// order (deterministic) and scaled by loss_scale. target and residual are
+// (B, C, C) through their strides (a shared target has batch stride 0);
+// residual.data may be null (not wanted).
+struct StyleLossGeometry {
+  int64_t B, C, L, tile;
+};
+
 inline Status check_gram_geometry(const GramGeometry& g) {
   return g.B < 0 || g.C < 0 || g.L < 0 ? Status::bad_argument : Status::ok;
+}
+
+inline Status check_style_geometry(const StyleLossGeometry& g) {
+  return g.B < 0 || g.C < 0 || g.L < 0 || g.tile <= 0 ? Status::bad_argument : Status::ok;
 }
 
 namespace cpu {
@@ -54,6 +78,9 @@ Status gram_matrix(DType dtype, const GramGeometry& g, Tensor3 x, Tensor3 other,
                    Tensor3 gram);
 Status gram_matrix_backward(DType dtype, const GramGeometry& g, Tensor3 grad_gram, Tensor3 x,
                             double scale, Tensor3 grad_x);
+Status style_loss(DType dtype, const StyleLossGeometry& g, Tensor3 x, Tensor3 target,
+                  double gram_scale, double loss_scale, Tensor1 partials, Tensor3 residual,
+                  Tensor1 out);
 // out[0] = scale * sum (u - v)(a - b); v.data or b.data may be null (zero).
 Status difference_dot(DType dtype, const DifferenceGeometry& g, Tensor1 u, Tensor1 v, Tensor1 a,
                       Tensor1 b, double scale, Tensor1 partials, Tensor1 out);
@@ -69,6 +96,9 @@ Status gram_matrix(DType dtype, const GramGeometry& g, Tensor3 x, Tensor3 other,
                    Tensor3 gram, cudaStream_t stream);
 Status gram_matrix_backward(DType dtype, const GramGeometry& g, Tensor3 grad_gram, Tensor3 x,
                             double scale, Tensor3 grad_x, cudaStream_t stream);
+Status style_loss(DType dtype, const StyleLossGeometry& g, Tensor3 x, Tensor3 target,
+                  double gram_scale, double loss_scale, Tensor1 partials, Tensor3 residual,
+                  Tensor1 out, cudaStream_t stream);
 Status difference_dot(DType dtype, const DifferenceGeometry& g, Tensor1 u, Tensor1 v, Tensor1 a,
                       Tensor1 b, double scale, Tensor1 partials, Tensor1 out,
                       cudaStream_t stream);
