@@ -15,7 +15,7 @@ import torch
 
 import cnnkernels
 from cnnkernels.bench import conv2d, driver, history, models, report, trace
-from cnnkernels.bench.layers import CONV_LAYERS, ConvLayer, ConvTransposeLayer, PoolLayer
+from cnnkernels.bench.layers import ConvLayer, ConvTransposeLayer, PoolLayer
 from cnnkernels.models import plain_torch_copy
 
 TINY = ConvLayer("Tiny", "3x3", 3, 7, 6, 5, 3, 1, 1, 1, "relu")
@@ -197,11 +197,6 @@ def test_layers_traced_from_a_model_with_their_geometry():
     pooled = net.pool(down)
     assert traced.pool[0].output_size() == tuple(pooled.shape[2:])
     assert traced.conv_transpose[0].output_size() == tuple(net.up(pooled).shape[2:])
-
-
-def test_cases_fall_back_to_the_tables_without_the_models_package(monkeypatch):
-    monkeypatch.setattr(trace, "reference_layers", lambda: None)
-    assert trace.cases("conv", CONV_LAYERS) is CONV_LAYERS
 
 
 class FusedNet(torch.nn.Module):

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 import cnnkernels
 from cnnkernels.bench import trace
 from cnnkernels.bench.layers import (
-    CONV_LAYERS,
     CONV_RESULT_COLUMNS,
     LAYER_COLUMNS,
+    RESIDUAL_LAYERS,
     ConvLayer,
     float64_reference,
 )
@@ -25,7 +25,7 @@ from cnnkernels.bench.verify import VerifyConfig
 
 # Derived from cnnkernels.models (trace.py); a residual addition is no module the
 # trace sees, so the fused conv + residual rows stay from the table.
-CASES = trace.cases("conv", CONV_LAYERS, extra=tuple(c for c in CONV_LAYERS if c.residual))
+CASES = trace.cases("conv", extra=RESIDUAL_LAYERS)
 # The op module (cnnkernels.ops.conv2d is also the name of the op function there).
 ALGORITHMS = {name: functools.partial(cnnkernels.use, conv_algorithm=name)
               for name in importlib.import_module("cnnkernels.ops.conv2d").ALGORITHMS}

@@ -15,7 +15,6 @@ import cnnkernels
 from cnnkernels.bench import trace
 from cnnkernels.bench.layers import (
     CONV_RESULT_COLUMNS,
-    CONV_TRANSPOSE_LAYERS,
     LAYER_COLUMNS,
     ConvTransposeLayer,
     float64_reference,
@@ -23,7 +22,7 @@ from cnnkernels.bench.layers import (
 from cnnkernels.bench.verify import VerifyConfig
 
 # Derived from cnnkernels.models (trace.py).
-CASES = trace.cases("conv_transpose", CONV_TRANSPOSE_LAYERS)
+CASES = trace.cases("conv_transpose")
 # The conv2d algorithms whose launchers compute it (auto: conv2d's router,
 # by direction); im2col and pointwise are left to conv2d's own table.
 ALGORITHMS = {name: functools.partial(cnnkernels.use, conv_algorithm=name)

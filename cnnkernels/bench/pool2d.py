@@ -11,11 +11,11 @@ import torch.nn.functional as F
 
 import cnnkernels
 from cnnkernels.bench import report, trace
-from cnnkernels.bench.layers import LAYER_COLUMNS, POOL_LAYERS, PoolLayer, float64_reference
+from cnnkernels.bench.layers import LAYER_COLUMNS, PoolLayer, float64_reference
 from cnnkernels.bench.verify import VerifyConfig
 
 # Derived from cnnkernels.models (trace.py).
-CASES = trace.cases("pool", POOL_LAYERS)
+CASES = trace.cases("pool")
 ALGORITHMS = {}  # one way per pooling op
 
 LEGEND = ("pool2d: forward and backward as in training (max pooling writes, then reads, int64 "

@@ -21,7 +21,6 @@ them that the installed package has.
 from __future__ import annotations
 
 import functools
-import importlib
 from dataclasses import replace
 from typing import NamedTuple
 
@@ -163,20 +162,15 @@ def _unique_names(cases: list) -> list:
 
 
 @functools.cache
-def reference_layers() -> Traced | None:
-    """Every reference model's traced layers, or None where cnnkernels.models
-    is not installed (the tables in layers.py stand in)."""
-    try:
-        models = importlib.import_module("cnnkernels.models")
-    except ImportError:
-        return None
+def reference_layers() -> Traced:
+    """Every reference model's traced layers."""
+    from cnnkernels import models
+
     traced = Traced([], [], [])
     for reference in REFERENCE_MODELS:
-        build = getattr(models, reference.builder, None)
-        if build is None:
-            continue
         try:
-            layers = trace_layers(build, reference.input_chw, reference.group)
+            layers = trace_layers(getattr(models, reference.builder), reference.input_chw,
+                                  reference.group)
         except Exception as error:
             raise RuntimeError(f"tracing cnnkernels.models.{reference.builder} on a "
                                f"{reference.input_chw} input failed: {error}") from error
@@ -185,11 +179,7 @@ def reference_layers() -> Traced | None:
     return traced
 
 
-def cases(kind: str, table: tuple, extra: tuple = ()) -> tuple:
+def cases(kind: str, extra: tuple = ()) -> tuple:
     """The benchmark cases of ``kind`` (a Traced field: conv, conv_transpose,
-    pool) derived from the reference models, then ``extra``, where
-    cnnkernels.models is installed; else ``table`` (layers.py's hand-written
-    stand-in)."""
-    traced = reference_layers()
-    derived = getattr(traced, kind) if traced is not None else None
-    return (*derived, *extra) if derived else table
+    pool) derived from the reference models, then ``extra``."""
+    return (*getattr(reference_layers(), kind), *extra)
