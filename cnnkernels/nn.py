@@ -13,7 +13,7 @@ from cnnkernels import _args
 from cnnkernels import ops as _ops
 
 __all__ = ["AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "AvgPool2d", "Conv2d", "ConvTranspose2d",
-           "MaxPool2d", "patch"]
+           "MaxPool2d", "TripletMarginLoss", "patch"]
 
 
 class Conv2d(_torch.nn.Conv2d):
@@ -83,6 +83,15 @@ class AdaptiveAvgPool2d(_torch.nn.AdaptiveAvgPool2d):
 class AdaptiveMaxPool2d(_torch.nn.AdaptiveMaxPool2d):
     def forward(self, input):
         return _ops.adaptive_max_pool2d(input, self.output_size, self.return_indices)
+
+
+class TripletMarginLoss(_torch.nn.TripletMarginLoss):
+    """``torch.nn.TripletMarginLoss`` on cnnkernels' fused triplet kernel."""
+
+    def forward(self, anchor, positive, negative):
+        return _ops.triplet_margin_loss(anchor, positive, negative, margin=self.margin,
+                                        p=self.p, eps=self.eps, swap=self.swap,
+                                        reduction=self.reduction)
 
 
 # torch.nn module -> its cnnkernels twin (a subclass with no state of its own

@@ -433,10 +433,11 @@ def triplet_margin_loss(anchor: Tensor, positive: Tensor, negative: Tensor, marg
             f"The anchor, positive, and negative tensors are expected to have the same number "
             f"of dimensions, but got: anchor {anchor.dim()}D, positive {positive.dim()}D, and "
             f"negative {negative.dim()}D inputs")
-    shape = torch.broadcast_shapes(anchor.shape, positive.shape, negative.shape)
     dtype = torch.promote_types(torch.promote_types(anchor.dtype, positive.dtype),
                                 negative.dtype)
-    rows = [t.to(dtype).expand(shape).reshape(-1, shape[-1]) for t in tensors.values()]
+    # Broadcast views (torch's errors for sizes that do not broadcast).
+    rows = [t.to(dtype).reshape(-1, t.shape[-1])
+            for t in torch.broadcast_tensors(anchor, positive, negative)]
     loss = triplet_loss_op(*rows, None, None, margin, p, eps, swap,
                            REDUCTIONS["none"] if anchor.dim() == 1 else code, distance_code,
                            _backend.current_backend())
