@@ -56,6 +56,7 @@ _FORMS = {"norm2": 0, "norm1": 1, "normp": 2, "squared": 3, "cosine": 4}
 _EUCLIDEAN, _SQEUCLIDEAN, _COSINE = 0, 1, 2  # cnnk::Distance
 _MEAN = 1  # cnnk::Reduction
 
+_BLOCK_N = 8  # triplets per program: g.chunk (cnnkernels.ops.metric._CHUNK)
 _BLOCK_D = 64  # embedding values per step of the triplet kernels
 _BLOCK = 32  # distance-matrix and mining tiles
 _BLOCK_K = 8  # differences per step of the distance matrix
@@ -551,14 +552,14 @@ def static_check_specs():
                             _triplet_forward_kernel,
                             pointers={**rows, "partial_ptr": "*fp32", "loss_ptr": ptr},
                             constexprs={"FORM": form, "SWAP": swap, "INDEXED": indexed,
-                                        "REDUCED": reduced, "ACC": tl.float32, "BLOCK_N": 32,
+                                        "REDUCED": reduced, "ACC": tl.float32, "BLOCK_N": _BLOCK_N,
                                         "BLOCK_D": _BLOCK_D}, num_warps=_NUM_WARPS))
                     specs.append(compile_spec(
                         f"metric_triplet_backward[{flags}]", _triplet_backward_kernel,
                         pointers={**rows, "g_ptr": ptr, "ga_ptr": ptr, "gp_ptr": ptr,
                                   "gn_ptr": ptr},
                         constexprs={"FORM": form, "SWAP": swap, "INDEXED": indexed,
-                                    "MEAN": True, "ACC": tl.float32, "BLOCK_N": 32,
+                                    "MEAN": True, "ACC": tl.float32, "BLOCK_N": _BLOCK_N,
                                     "BLOCK_D": _BLOCK_D}, num_warps=_NUM_WARPS))
         for indexed in (False, True):
             specs.append(compile_spec(
