@@ -57,7 +57,9 @@ _EUCLIDEAN, _SQEUCLIDEAN, _COSINE = 0, 1, 2  # cnnk::Distance
 _MEAN = 1  # cnnk::Reduction
 
 _BLOCK_N = 8  # triplets per program: g.chunk (cnnkernels.ops.metric._CHUNK)
-_BLOCK_D = 64  # embedding values per step of the triplet kernels
+# Embedding values per step of the triplet kernels (8 x 64 tiles: Triton 3.6 spilled 4 bytes
+# in the general p-norm's forward).
+_BLOCK_D = 32
 _BLOCK = 32  # distance-matrix and mining tiles
 _BLOCK_K = 8  # differences per step of the distance matrix
 _ROUTE_TILES = (32, 32, 32)  # BLOCK_R, BLOCK_I, BLOCK_D

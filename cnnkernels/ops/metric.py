@@ -130,9 +130,10 @@ def _indices(t: Optional[Tensor], name: str, n: int, rows: int, like: Tensor) ->
 
 
 def _triplet_geometry(anchor, positive, negative, positive_index, negative_index, margin, p,
-                      eps, swap, reduction, distance) -> TripletGeometry:
-    for name, t in (("anchor", anchor), ("positive", positive), ("negative", negative)):
-        _rows(t, name)
+                      eps, swap, reduction, distance) -> tuple[TripletGeometry, list[Tensor]]:
+    """The geometry and the three tensors as the kernels read them."""
+    rows = [_rows(t, name) for t, name in ((anchor, "anchor"), (positive, "positive"),
+                                            (negative, "negative"))]
     _args.check_same(anchor, "anchor", {"positive": positive, "negative": negative})
     indexed = positive_index is not None
     if indexed != (negative_index is not None):
@@ -148,7 +149,7 @@ def _triplet_geometry(anchor, positive, negative, positive_index, negative_index
         raise ValueError(f"distance must be one of {sorted(DISTANCES.values())} and reduction "
                          f"one of {sorted(REDUCTIONS.values())}, got {distance!r}, {reduction!r}")
     return TripletGeometry(N, D, int(distance), float(p), float(eps), float(margin), bool(swap),
-                           int(reduction), indexed, _CHUNK)
+                           int(reduction), indexed, _CHUNK), rows
 
 
 def _partials(g: TripletGeometry, like: Tensor) -> Tensor:
@@ -162,10 +163,8 @@ def triplet_loss_op(anchor: Tensor, positive: Tensor, negative: Tensor,
                     margin: float, p: float, eps: float, swap: bool, reduction: int,
                     distance: int, backend: str) -> Launch:
     """(N,) losses (reduction none) or their sum / mean (0-d)."""
-    g = _triplet_geometry(anchor, positive, negative, positive_index, negative_index, margin, p,
-                          eps, swap, reduction, distance)
-    rows = [_rows(t, name) for t, name in ((anchor, "anchor"), (positive, "positive"),
-                                            (negative, "negative"))]
+    g, rows = _triplet_geometry(anchor, positive, negative, positive_index, negative_index,
+                                margin, p, eps, swap, reduction, distance)
     loss = anchor.new_empty((g.N,) if reduction == REDUCTIONS["none"] else ())
     partials = _partials(g, anchor)
     return Launch(loss, {"anchor": anchor, "positive": positive, "negative": negative,
@@ -183,15 +182,13 @@ def triplet_loss_backward_op(grad: Tensor, anchor: Tensor, positive: Tensor, neg
                              distance: int, backend: str) -> Launch:
     """The gradients of each triplet's anchor, positive and negative rows
     (N, D), for the incoming gradient ``grad`` of the loss."""
-    g = _triplet_geometry(anchor, positive, negative, positive_index, negative_index, margin, p,
-                          eps, swap, reduction, distance)
+    g, rows = _triplet_geometry(anchor, positive, negative, positive_index, negative_index,
+                                margin, p, eps, swap, reduction, distance)
     expected = (g.N,) if reduction == REDUCTIONS["none"] else ()
     _args.check_tensor(grad, "grad", ndim=len(expected))
     _args.check_same(anchor, "anchor", {"grad": grad})
     if tuple(grad.shape) != expected:
         raise ValueError(f"grad must have shape {expected}, got {tuple(grad.shape)}")
-    rows = [_rows(t, name) for t, name in ((anchor, "anchor"), (positive, "positive"),
-                                            (negative, "negative"))]
     grads = tuple(anchor.new_empty((g.N, g.D)) for _ in range(3))
     return Launch(grads, {"anchor": anchor, "positive": positive, "negative": negative,
                           "grad": grad, "positive_index": positive_index,
@@ -433,11 +430,16 @@ def triplet_margin_loss(anchor: Tensor, positive: Tensor, negative: Tensor, marg
             f"The anchor, positive, and negative tensors are expected to have the same number "
             f"of dimensions, but got: anchor {anchor.dim()}D, positive {positive.dim()}D, and "
             f"negative {negative.dim()}D inputs")
-    dtype = torch.promote_types(torch.promote_types(anchor.dtype, positive.dtype),
-                                negative.dtype)
-    # Broadcast views (torch's errors for sizes that do not broadcast).
-    rows = [t.to(dtype).reshape(-1, t.shape[-1])
-            for t in torch.broadcast_tensors(anchor, positive, negative)]
+    rows = [anchor, positive, negative]
+    if not anchor.shape == positive.shape == negative.shape:
+        # Broadcast views (torch's errors for sizes that do not broadcast).
+        rows = torch.broadcast_tensors(*rows)
+    if not anchor.dtype == positive.dtype == negative.dtype:
+        dtype = torch.promote_types(torch.promote_types(anchor.dtype, positive.dtype),
+                                    negative.dtype)
+        rows = [t.to(dtype) for t in rows]
+    if anchor.dim() == 1:
+        rows = [t.reshape(1, -1) for t in rows]
     loss = triplet_loss_op(*rows, None, None, margin, p, eps, swap,
                            REDUCTIONS["none"] if anchor.dim() == 1 else code, distance_code,
                            _backend.current_backend())

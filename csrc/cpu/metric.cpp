@@ -69,30 +69,38 @@ struct Sums {
   A ap, an, pn, aa, pp, nn;
 };
 
-template <PairForm F, typename T>
-Sums<acc_t<T>> row_sums(const T* a, const T* p, const T* n, int64_t D, acc_t<T> offset,
-                        acc_t<T> power, bool swap) {
+template <PairForm F, bool kSwap, typename A, typename T>
+inline void add_terms(const T* __restrict a, const T* __restrict p, const T* __restrict n,
+                      int64_t k, int l, A offset, A power, A* ap, A* an, A* pn, A* aa, A* pp,
+                      A* nn) {
+  const A x = to_acc(a[k]), y = to_acc(p[k]), z = to_acc(n[k]);
+  if constexpr (F == PairForm::cosine) {
+    ap[l] += x * y;
+    an[l] += x * z;
+    pn[l] += y * z;
+    aa[l] += x * x;
+    pp[l] += y * y;
+    nn[l] += z * z;
+  } else {
+    ap[l] += distance_term<F>(x - y + offset, power);
+    an[l] += distance_term<F>(x - z + offset, power);
+    if constexpr (kSwap) pn[l] += distance_term<F>(y - z + offset, power);
+  }
+}
+
+// Whole blocks of kLanes values in lanes (vectorisable), then the tail.
+template <PairForm F, bool kSwap, typename T>
+Sums<acc_t<T>> row_sums_of(const T* __restrict a, const T* __restrict p,
+                           const T* __restrict n, int64_t D, acc_t<T> offset, acc_t<T> power) {
   using A = acc_t<T>;
   A ap[kLanes] = {}, an[kLanes] = {}, pn[kLanes] = {};
   A aa[kLanes] = {}, pp[kLanes] = {}, nn[kLanes] = {};
-  for (int64_t k0 = 0; k0 < D; k0 += kLanes) {
-    const int width = static_cast<int>(std::min<int64_t>(kLanes, D - k0));
-    for (int l = 0; l < width; ++l) {
-      const A x = to_acc(a[k0 + l]), y = to_acc(p[k0 + l]), z = to_acc(n[k0 + l]);
-      if constexpr (F == PairForm::cosine) {
-        ap[l] += x * y;
-        an[l] += x * z;
-        pn[l] += y * z;
-        aa[l] += x * x;
-        pp[l] += y * y;
-        nn[l] += z * z;
-      } else {
-        ap[l] += distance_term<F>(x - y + offset, power);
-        an[l] += distance_term<F>(x - z + offset, power);
-        if (swap) pn[l] += distance_term<F>(y - z + offset, power);
-      }
-    }
-  }
+  int64_t k0 = 0;
+  for (; k0 + kLanes <= D; k0 += kLanes)
+    for (int l = 0; l < kLanes; ++l)
+      add_terms<F, kSwap>(a, p, n, k0 + l, l, offset, power, ap, an, pn, aa, pp, nn);
+  for (int l = 0; k0 + l < D; ++l)
+    add_terms<F, kSwap>(a, p, n, k0 + l, l, offset, power, ap, an, pn, aa, pp, nn);
   Sums<A> s{};
   for (int l = 0; l < kLanes; ++l) {
     s.ap += ap[l];
@@ -103,6 +111,13 @@ Sums<acc_t<T>> row_sums(const T* a, const T* p, const T* n, int64_t D, acc_t<T> 
     s.nn += nn[l];
   }
   return s;
+}
+
+template <PairForm F, typename T>
+Sums<acc_t<T>> row_sums(const T* a, const T* p, const T* n, int64_t D, acc_t<T> offset,
+                        acc_t<T> power, bool swap) {
+  return swap ? row_sums_of<F, true>(a, p, n, D, offset, power)
+              : row_sums_of<F, false>(a, p, n, D, offset, power);
 }
 
 // The three distances of a triplet from its sums.
@@ -181,6 +196,35 @@ Status triplet_forward(const TripletGeometry& g, TensorN<2> anchor, TensorN<2> p
   return Status::ok;
 }
 
+// One triplet's three gradient rows, for the difference-based forms: w_..
+// are pair_scale's (the hinge's coefficients over the distances).
+template <PairForm F, bool kSwap, typename T, typename A>
+void pair_gradients(const T* __restrict a, const T* __restrict p, const T* __restrict n,
+                    int64_t D, const Settings<A>& s, A w_ap, A w_an, A w_pn, A d_ap, A d_an,
+                    A d_pn, T* __restrict ga, T* __restrict gp, T* __restrict gn) {
+  for (int64_t k = 0; k < D; ++k) {
+    const A x = to_acc(a[k]), y = to_acc(p[k]), z = to_acc(n[k]);
+    const A s_ap = pair_slope<F>(x - y + s.offset, w_ap, d_ap, s.power);
+    const A s_an = pair_slope<F>(x - z + s.offset, w_an, d_an, s.power);
+    const A s_pn = kSwap ? pair_slope<F>(y - z + s.offset, w_pn, d_pn, s.power) : A(0);
+    ga[k] = from_acc<T>(s_ap + s_an);
+    gp[k] = from_acc<T>(s_pn - s_ap);
+    gn[k] = from_acc<T>(-s_an - s_pn);
+  }
+}
+
+template <typename T, typename A>
+void cosine_gradients(const T* __restrict a, const T* __restrict p, const T* __restrict n,
+                      int64_t D, CosineSlope<A> ap, CosineSlope<A> an, CosineSlope<A> pn,
+                      T* __restrict ga, T* __restrict gp, T* __restrict gn) {
+  for (int64_t k = 0; k < D; ++k) {
+    const A x = to_acc(a[k]), y = to_acc(p[k]), z = to_acc(n[k]);
+    ga[k] = from_acc<T>(ap.alpha_x * x + ap.beta * y + an.alpha_x * x + an.beta * z);
+    gp[k] = from_acc<T>(ap.alpha_y * y + ap.beta * x + pn.alpha_x * y + pn.beta * z);
+    gn[k] = from_acc<T>(an.alpha_y * z + an.beta * x + pn.alpha_y * z + pn.beta * y);
+  }
+}
+
 template <typename T, PairForm F>
 Status triplet_backward(const TripletGeometry& g, Tensor1 grad, TensorN<2> anchor,
                         TensorN<2> positive, TensorN<2> negative, Tensor1 positive_index,
@@ -213,27 +257,17 @@ Status triplet_backward(const TripletGeometry& g, Tensor1 grad, TensorN<2> ancho
       const TripletRow<A> row = triplet_row(d_ap, d_an, d_pn, g.swap, s.margin,
                                             factor * to_acc(grads[i * grad.stride]));
       if constexpr (F == PairForm::cosine) {
-        const CosineSlope<A> ap = cosine_slope(row.c_ap, sums.ap, sums.aa, sums.pp, s.eps);
-        const CosineSlope<A> an = cosine_slope(row.c_an, sums.an, sums.aa, sums.nn, s.eps);
-        const CosineSlope<A> pn = cosine_slope(row.c_pn, sums.pn, sums.pp, sums.nn, s.eps);
-        for (int64_t k = 0; k < g.D; ++k) {
-          const A x = to_acc(a[k]), y = to_acc(p[k]), z = to_acc(n[k]);
-          ga[k] = from_acc<T>(ap.alpha_x * x + ap.beta * y + an.alpha_x * x + an.beta * z);
-          gp[k] = from_acc<T>(ap.alpha_y * y + ap.beta * x + pn.alpha_x * y + pn.beta * z);
-          gn[k] = from_acc<T>(an.alpha_y * z + an.beta * x + pn.alpha_y * z + pn.beta * y);
-        }
+        cosine_gradients(a, p, n, g.D, cosine_slope(row.c_ap, sums.ap, sums.aa, sums.pp, s.eps),
+                         cosine_slope(row.c_an, sums.an, sums.aa, sums.nn, s.eps),
+                         cosine_slope(row.c_pn, sums.pn, sums.pp, sums.nn, s.eps), ga, gp, gn);
+      } else if (g.swap) {
+        pair_gradients<F, true>(a, p, n, g.D, s, pair_scale<F>(row.c_ap, d_ap),
+                                pair_scale<F>(row.c_an, d_an), pair_scale<F>(row.c_pn, d_pn),
+                                d_ap, d_an, d_pn, ga, gp, gn);
       } else {
-        const A w_ap = pair_scale<F>(row.c_ap, d_ap), w_an = pair_scale<F>(row.c_an, d_an);
-        const A w_pn = pair_scale<F>(row.c_pn, d_pn);
-        for (int64_t k = 0; k < g.D; ++k) {
-          const A x = to_acc(a[k]), y = to_acc(p[k]), z = to_acc(n[k]);
-          const A s_ap = pair_slope<F>(x - y + s.offset, w_ap, d_ap, s.power);
-          const A s_an = pair_slope<F>(x - z + s.offset, w_an, d_an, s.power);
-          const A s_pn = g.swap ? pair_slope<F>(y - z + s.offset, w_pn, d_pn, s.power) : A(0);
-          ga[k] = from_acc<T>(s_ap + s_an);
-          gp[k] = from_acc<T>(s_pn - s_ap);
-          gn[k] = from_acc<T>(-s_an - s_pn);
-        }
+        pair_gradients<F, false>(a, p, n, g.D, s, pair_scale<F>(row.c_ap, d_ap),
+                                 pair_scale<F>(row.c_an, d_an), A(0), d_ap, d_an, d_pn, ga, gp,
+                                 gn);
       }
     }
   },
