@@ -537,8 +537,8 @@ def batch_hard_mining(g, distances, labels, positive_index, negative_index) -> N
 
 
 def static_check_specs():
-    """Every kernel in every launch configuration (dtype x form x swap x
-    indexed x reduced), for the static GPU check."""
+    """Every kernel in every launch configuration the public functions use
+    (dtype x form x swap x indexed x reduced), for the static GPU check."""
     specs = []
     for dtype in ("float32", "float16", "bfloat16"):
         ptr = TORCH_TO_TRITON_POINTER[dtype]
@@ -546,7 +546,10 @@ def static_check_specs():
                 "power": "fp32", "offset": "fp32", "eps": "fp32", "margin": "fp32"}
         for form_name, form in _FORMS.items():
             for swap in (False, True):
-                for indexed in (False, True):
+                # Indexed triplets come from batch_hard_triplet_loss only: the
+                # Euclidean (p = 2) or squared distance, without swap.
+                indexed_too = form_name in ("norm2", "squared") and not swap
+                for indexed in (False, True) if indexed_too else (False,):
                     flags = f"{dtype},{form_name},swap={swap},indexed={indexed}"
                     for reduced in (False, True):
                         specs.append(compile_spec(
