@@ -7,7 +7,8 @@ ops to one backend ("auto", "cpu", "cuda", "triton"; None: the current
 choice of ``cnnkernels.use``).
 ``Conv2dNormActivation`` is torchvision's block of that name whose eval
 forward is one convolution with the batch norm folded in and the
-activation (and a residual) in its epilogue.
+activation (and a residual) in its epilogue. ``TripletMarginLoss`` is
+torch's loss on the fused triplet kernel.
 ``cnnkernels.patch(model)`` (cnnkernels/_patch.py) switches the torch.nn
 modules of an existing model to these in place."""
 
@@ -19,7 +20,7 @@ from cnnkernels import _args, _backend
 from cnnkernels import ops as _ops
 
 __all__ = ["AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "AvgPool2d", "Conv2d", "Conv2dNormActivation",
-           "ConvTranspose2d", "MaxPool2d"]
+           "ConvTranspose2d", "MaxPool2d", "TripletMarginLoss"]
 
 
 def _pinned_backend(backend):
@@ -118,6 +119,15 @@ class AdaptiveMaxPool2d(_OnBackend, _torch.nn.AdaptiveMaxPool2d):
     def forward(self, input):
         return _ops.adaptive_max_pool2d(input, self.output_size, self.return_indices,
                                         backend=self.backend)
+
+
+class TripletMarginLoss(_torch.nn.TripletMarginLoss):
+    """``torch.nn.TripletMarginLoss`` on cnnkernels' fused triplet kernel."""
+
+    def forward(self, anchor, positive, negative):
+        return _ops.triplet_margin_loss(anchor, positive, negative, margin=self.margin,
+                                        p=self.p, eps=self.eps, swap=self.swap,
+                                        reduction=self.reduction)
 
 
 # The activation modules a convolution's epilogue computes exactly (their

@@ -22,6 +22,7 @@ TWINS = {
     "nn.functional.avg_pool2d": ck.avg_pool2d,
     "nn.functional.adaptive_avg_pool2d": ck.adaptive_avg_pool2d,
     "nn.functional.adaptive_max_pool2d": ck.adaptive_max_pool2d,
+    "nn.functional.triplet_margin_loss": ck.triplet_margin_loss,
 }
 OPINFOS = [op for op in op_db if op.name in TWINS]
 

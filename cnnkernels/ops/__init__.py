@@ -12,9 +12,11 @@ from cnnkernels.ops.detection import *  # noqa: F403
 from cnnkernels.ops.detection import FAMILY as DETECTION
 from cnnkernels.ops.gram import *  # noqa: F403
 from cnnkernels.ops.gram import FAMILY as GRAM
+from cnnkernels.ops.metric import *  # noqa: F403
+from cnnkernels.ops.metric import FAMILY as METRIC
 from cnnkernels.ops.pool2d import *  # noqa: F403
 from cnnkernels.ops.pool2d import FAMILY as POOL2D
 
-FAMILIES = (CONV2D, CONV_TRANSPOSE2D, POOL2D, DETECTION, GRAM)
+FAMILIES = (CONV2D, CONV_TRANSPOSE2D, POOL2D, DETECTION, GRAM, METRIC)
 
 __all__ = [name for family in FAMILIES for name in family.public]

@@ -1,0 +1,487 @@
+"""metric: the losses of metric learning, for the Siamese networks of the
+course notes' face verification (4.0): the triplet margin loss, pairwise
+distance matrices and batch-hard triplet mining.
+
+Operators (``torch.ops.cnnk.*``), each a plan (cnnkernels/ops/_define.py):
+``triplet_loss(anchor, positive, negative, positive_index, negative_index,
+...)``: per triplet the distances, the hinge and the reduction, fused in
+one kernel (partials of ``_CHUNK`` rows added in order: deterministic);
+with indices, triplet i takes the rows positive[positive_index[i]] and
+negative[negative_index[i]], and a negative index excludes it (the mean
+then divides by the triplets included). ``triplet_loss_backward``: the
+gradients of the three rows of every triplet, (N, D) each.
+``route_rows(rows, index, M)``: row r of the (M, D) result is the sum of
+the rows i with index[i] == r in increasing i (the indexed rows' backward,
+without atomics). ``distance_matrix(x, y, distance)`` and its backward;
+``batch_hard_mining(distances, labels)``: per anchor the hardest positive
+and negative. The launchers have the same names and arguments on every
+backend: kernels/metric.py (Triton), csrc/cpu/metric.cpp and
+csrc/cuda/metric.cu (contracts in csrc/include/cnnk/metric.h).
+
+Distances: ``"euclidean"``, torch's ``pairwise_distance``
+||x - y + eps||_p (p > 0 finite; torch also takes p = 0 and infinity);
+``"sqeuclidean"``, ||x - y||^2, the course's form of the triplet loss;
+``"cosine"``, 1 - x.y / (max(||x||, eps) max(||y||, eps)), the notes'
+cosine form written as a distance (the notes print the similarities, whose
+difference has the opposite sign).
+
+Derivatives: once. The second derivative raises (the ops' backward ops
+have no derivative of their own); forward mode is the backward's rows
+contracted with the tangents.
+"""
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torch.nn import _reduction
+
+from cnnkernels import _args, _backend, _ext
+from cnnkernels.ops._define import Family, Launch, define_op, save
+
+FAMILY = Family(name="metric",
+                public=("triplet_margin_loss", "pairwise_distance_matrix",
+                        "batch_hard_triplet_loss"),
+                triton_modules=("cnnkernels.kernels.metric",),
+                bench_module="cnnkernels.bench.metric")
+
+__all__ = list(FAMILY.public)
+
+# cnnk::Distance's and cnnk::Reduction's codes.
+DISTANCES = {"euclidean": 0, "sqeuclidean": 1, "cosine": 2}
+REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
+MATRIX_DISTANCES = ("euclidean", "sqeuclidean")
+_CHUNK = 8  # triplets per partial sum on every backend (a CUDA block: a warp each)
+
+
+@dataclass(frozen=True)
+class TripletGeometry:
+    """Field for field ``cnnk::TripletGeometry`` (csrc/include/cnnk/metric.h)."""
+
+    N: int
+    D: int
+    distance: int
+    p: float
+    eps: float
+    margin: float
+    swap: bool
+    reduction: int
+    indexed: bool
+    chunk: int
+
+    def index_extent(self) -> int:
+        return max(self.N, self.D) + self.chunk
+
+
+@dataclass(frozen=True)
+class RouteGeometry:
+    N: int
+    M: int
+    D: int
+
+    def index_extent(self) -> int:
+        return max(self.N, self.M, self.D)
+
+
+@dataclass(frozen=True)
+class DistanceMatrixGeometry:
+    N: int
+    M: int
+    D: int
+    distance: int
+
+    def index_extent(self) -> int:
+        return max(self.N, self.M, self.D)
+
+
+@dataclass(frozen=True)
+class MiningGeometry:
+    N: int
+
+    def index_extent(self) -> int:
+        return self.N
+
+
+def _triton():
+    from cnnkernels.kernels import metric
+
+    return metric
+
+
+def _rows(t: Tensor, name: str) -> Tensor:
+    """A 2-D floating-point tensor whose rows are contiguous (what the
+    kernels read); a copy only for rows that are not."""
+    _args.check_tensor(t, name, ndim=2)
+    if not t.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+    return t if t.stride(1) == 1 or t.shape[1] <= 1 else t.contiguous()
+
+
+def _indices(t: Optional[Tensor], name: str, n: int, rows: int, like: Tensor) -> None:
+    if t is None:
+        return
+    _args.check_tensor(t, name, ndim=1)
+    if t.dtype != torch.int64 or t.device != like.device:
+        raise TypeError(f"{name} must be an int64 tensor on {like.device}, got {t.dtype} on "
+                        f"{t.device}")
+    if t.shape[0] != n:
+        raise ValueError(f"{name} must hold one index per triplet ({n}), got {t.shape[0]}")
+
+
+def _triplet_geometry(anchor, positive, negative, positive_index, negative_index, margin, p,
+                      eps, swap, reduction, distance) -> tuple[TripletGeometry, list[Tensor]]:
+    """The geometry and the three tensors as the kernels read them."""
+    rows = [_rows(t, name) for t, name in ((anchor, "anchor"), (positive, "positive"),
+                                            (negative, "negative"))]
+    _args.check_same(anchor, "anchor", {"positive": positive, "negative": negative})
+    indexed = positive_index is not None
+    if indexed != (negative_index is not None):
+        raise ValueError("positive_index and negative_index must be given together")
+    N, D = anchor.shape
+    for name, t in (("positive", positive), ("negative", negative)):
+        if t.shape[1] != D or (not indexed and t.shape[0] != N):
+            expected = f"(M, {D})" if indexed else f"({N}, {D})"
+            raise ValueError(f"{name} must have shape {expected}, got {tuple(t.shape)}")
+    _indices(positive_index, "positive_index", N, positive.shape[0], anchor)
+    _indices(negative_index, "negative_index", N, negative.shape[0], anchor)
+    if distance not in DISTANCES.values() or reduction not in REDUCTIONS.values():
+        raise ValueError(f"distance must be one of {sorted(DISTANCES.values())} and reduction "
+                         f"one of {sorted(REDUCTIONS.values())}, got {distance!r}, {reduction!r}")
+    return TripletGeometry(N, D, int(distance), float(p), float(eps), float(margin), bool(swap),
+                           int(reduction), indexed, _CHUNK), rows
+
+
+def _partials(g: TripletGeometry, like: Tensor) -> Tensor:
+    return torch.empty(max(1, -(-g.N // g.chunk)), device=like.device,
+                       dtype=torch.float64 if like.dtype == torch.float64 else torch.float32)
+
+
+@define_op("cnnk::triplet_loss", returns=Tensor)
+def triplet_loss_op(anchor: Tensor, positive: Tensor, negative: Tensor,
+                    positive_index: Optional[Tensor], negative_index: Optional[Tensor],
+                    margin: float, p: float, eps: float, swap: bool, reduction: int,
+                    distance: int, backend: str) -> Launch:
+    """(N,) losses (reduction none) or their sum / mean (0-d)."""
+    g, rows = _triplet_geometry(anchor, positive, negative, positive_index, negative_index,
+                                margin, p, eps, swap, reduction, distance)
+    loss = anchor.new_empty((g.N,) if reduction == REDUCTIONS["none"] else ())
+    partials = _partials(g, anchor)
+    return Launch(loss, {"anchor": anchor, "positive": positive, "negative": negative,
+                         "positive_index": positive_index, "negative_index": negative_index,
+                         "partials": partials, "loss": loss},
+                  lambda b: _ext.launchers(b, anchor, _triton).triplet_loss_forward(
+                      g, *rows, positive_index, negative_index, partials, loss.view(-1)),
+                  g.index_extent())
+
+
+@define_op("cnnk::triplet_loss_backward", returns=tuple[Tensor, Tensor, Tensor])
+def triplet_loss_backward_op(grad: Tensor, anchor: Tensor, positive: Tensor, negative: Tensor,
+                             positive_index: Optional[Tensor], negative_index: Optional[Tensor],
+                             margin: float, p: float, eps: float, swap: bool, reduction: int,
+                             distance: int, backend: str) -> Launch:
+    """The gradients of each triplet's anchor, positive and negative rows
+    (N, D), for the incoming gradient ``grad`` of the loss."""
+    g, rows = _triplet_geometry(anchor, positive, negative, positive_index, negative_index,
+                                margin, p, eps, swap, reduction, distance)
+    expected = (g.N,) if reduction == REDUCTIONS["none"] else ()
+    _args.check_tensor(grad, "grad", ndim=len(expected))
+    _args.check_same(anchor, "anchor", {"grad": grad})
+    if tuple(grad.shape) != expected:
+        raise ValueError(f"grad must have shape {expected}, got {tuple(grad.shape)}")
+    grads = tuple(anchor.new_empty((g.N, g.D)) for _ in range(3))
+    return Launch(grads, {"anchor": anchor, "positive": positive, "negative": negative,
+                          "grad": grad, "positive_index": positive_index,
+                          "negative_index": negative_index, "grad_anchor": grads[0],
+                          "grad_positive": grads[1], "grad_negative": grads[2]},
+                  lambda b: _ext.launchers(b, anchor, _triton).triplet_loss_backward(
+                      g, grad.reshape(1).expand(g.N) if grad.dim() == 0 else grad, *rows,
+                      positive_index, negative_index, *grads),
+                  g.index_extent())
+
+
+@define_op("cnnk::route_rows", returns=Tensor)
+def route_rows_op(rows: Tensor, index: Tensor, count: int, backend: str) -> Launch:
+    """(count, D): row r the sum of the rows i with index[i] == r (in i order)."""
+    rows = _rows(rows, "rows")
+    N, D = rows.shape
+    _indices(index, "index", N, count, rows)
+    g = RouteGeometry(N, int(count), D)
+    out = rows.new_empty((g.M, D))
+    return Launch(out, {"rows": rows, "index": index, "out": out},
+                  lambda b: _ext.launchers(b, rows, _triton).route_rows(g, rows, index, out),
+                  g.index_extent())
+
+
+def _triplet_setup(ctx, inputs, output) -> None:
+    save(ctx, *inputs[:5])
+    ctx.settings = inputs[5:]
+
+
+def _triplet_backward(ctx, grad):
+    anchor, positive, negative, positive_index, negative_index = ctx.saved_tensors
+    grads = triplet_loss_backward_op(grad.contiguous(), anchor, positive, negative,
+                                     positive_index, negative_index, *ctx.settings)
+    if positive_index is not None:
+        backend = ctx.settings[-1]
+        grads = (grads[0], route_rows_op(grads[1], positive_index, positive.shape[0], backend),
+                 route_rows_op(grads[2], negative_index, negative.shape[0], backend))
+    return (*grads, None, None, *(None,) * len(ctx.settings))
+
+
+def _gathered(rows: Optional[Tensor], index: Optional[Tensor]) -> Optional[Tensor]:
+    """The tangent rows triplet i reads (zero rows for excluded triplets)."""
+    if rows is None or index is None:
+        return rows
+    return rows[index.clamp_min(0)] * (index >= 0).unsqueeze(1)
+
+
+def _triplet_jvp(ctx, anchor_t, positive_t, negative_t, *_):
+    """The rows' gradients of each triplet's loss (reduction none, incoming
+    gradient 1) contracted with the tangents, then reduced."""
+    anchor, positive, negative, positive_index, negative_index = ctx.saved_tensors
+    margin, p, eps, swap, reduction, distance, backend = ctx.settings
+    ones = anchor.new_ones(anchor.shape[0])
+    grads = triplet_loss_backward_op(ones, anchor, positive, negative, positive_index,
+                                     negative_index, margin, p, eps, swap, REDUCTIONS["none"],
+                                     distance, backend)
+    tangents = (anchor_t, _gathered(positive_t, positive_index),
+                _gathered(negative_t, negative_index))
+    result = torch.zeros_like(ones)
+    for grad, tangent in zip(grads, tangents, strict=True):
+        if tangent is not None:
+            result = result + (grad * tangent).sum(-1)
+    if reduction == REDUCTIONS["none"]:
+        return result
+    if reduction == REDUCTIONS["sum"]:
+        return result.sum()
+    if positive_index is None:
+        return result.sum() / anchor.shape[0]
+    included = ((positive_index >= 0) & (negative_index >= 0)).sum().clamp_min(1)
+    return result.sum() / included
+
+
+triplet_loss_op.register_derivatives(setup_context=_triplet_setup, backward=_triplet_backward,
+                                     jvp=_triplet_jvp)
+
+
+def _no_second_derivative(*_):
+    raise NotImplementedError("cnnkernels differentiates the metric losses once, not twice "
+                              "(their backward ops have no derivative)")
+
+
+for _op in (triplet_loss_backward_op, route_rows_op):
+    _op.register_derivatives(setup_context=lambda ctx, inputs, output: None,
+                             backward=_no_second_derivative, jvp=_no_second_derivative)
+
+
+@define_op("cnnk::distance_matrix", returns=Tensor)
+def distance_matrix_op(x: Tensor, y: Tensor, distance: int, backend: str) -> Launch:
+    """(N, M) distances between the rows of x (N, D) and y (M, D)."""
+    g = _matrix_geometry(x, y, distance)
+    out = x.new_empty((g.N, g.M))
+    rows = _rows(x, "x"), _rows(y, "y")
+    return Launch(out, {"x": x, "y": y, "out": out},
+                  lambda b: _ext.launchers(b, x, _triton).distance_matrix_forward(g, *rows, out),
+                  g.index_extent(), empty_sum=g.D == 0)
+
+
+@define_op("cnnk::distance_matrix_backward", returns=tuple[Tensor, Tensor])
+def distance_matrix_backward_op(grad: Tensor, x: Tensor, y: Tensor, distances: Tensor,
+                                distance: int, backend: str) -> Launch:
+    """(grad_x, grad_y) from the gradient of the (N, M) distances."""
+    g = _matrix_geometry(x, y, distance)
+    for name, t in (("grad", grad), ("distances", distances)):
+        _args.check_tensor(t, name, ndim=2)
+        _args.check_same(x, "x", {name: t})
+        if tuple(t.shape) != (g.N, g.M):
+            raise ValueError(f"{name} must have shape {(g.N, g.M)}, got {tuple(t.shape)}")
+    grad_x, grad_y = x.new_empty((g.N, g.D)), x.new_empty((g.M, g.D))
+    rows = _rows(x, "x"), _rows(y, "y")
+    return Launch((grad_x, grad_y), {"x": x, "y": y, "grad": grad, "distances": distances,
+                                     "grad_x": grad_x, "grad_y": grad_y},
+                  lambda b: _ext.launchers(b, x, _triton).distance_matrix_backward(
+                      g, grad, *rows, distances, grad_x, grad_y),
+                  g.index_extent(), empty_sum=g.N == 0 or g.M == 0)
+
+
+def _matrix_geometry(x: Tensor, y: Tensor, distance: int) -> DistanceMatrixGeometry:
+    _rows(x, "x")
+    _rows(y, "y")
+    _args.check_same(x, "x", {"y": y})
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"x and y must have rows of one size, got {tuple(x.shape)} and "
+                         f"{tuple(y.shape)}")
+    codes = [DISTANCES[name] for name in MATRIX_DISTANCES]
+    if distance not in codes:
+        raise ValueError(f"distance must be one of {codes}, got {distance!r}")
+    return DistanceMatrixGeometry(x.shape[0], y.shape[0], x.shape[1], int(distance))
+
+
+def _matrix_setup(ctx, inputs, output) -> None:
+    save(ctx, inputs[0], inputs[1], output)
+    ctx.distance, ctx.backend = inputs[2], inputs[3]
+
+
+def _matrix_backward(ctx, grad):
+    x, y, distances = ctx.saved_tensors
+    grad_x, grad_y = distance_matrix_backward_op(grad, x, y, distances, ctx.distance,
+                                                 ctx.backend)
+    return grad_x, grad_y, None, None
+
+
+def _matrix_jvp(ctx, x_t, y_t, *_):
+    """d(d_ij) = w_ij (x_i - y_j).(x'_i - y'_j), w = 1 / d (0 at d = 0) or 2."""
+    x, y, distances = ctx.saved_tensors
+    difference = x[:, None] - y[None]
+    tangent = (x_t if x_t is not None else torch.zeros_like(x))[:, None] \
+        - (y_t if y_t is not None else torch.zeros_like(y))[None]
+    dot = (difference * tangent).sum(-1)
+    if ctx.distance == DISTANCES["sqeuclidean"]:
+        return 2 * dot
+    return torch.where(distances == 0, 0, dot / distances)
+
+
+distance_matrix_op.register_derivatives(setup_context=_matrix_setup, backward=_matrix_backward,
+                                        jvp=_matrix_jvp)
+distance_matrix_backward_op.register_derivatives(
+    setup_context=lambda ctx, inputs, output: None, backward=_no_second_derivative,
+    jvp=_no_second_derivative)
+
+
+@define_op("cnnk::batch_hard_mining", returns=tuple[Tensor, Tensor])
+def batch_hard_mining_op(distances: Tensor, labels: Tensor, backend: str) -> Launch:
+    """(positive_index, negative_index), int64 (N,): per anchor the hardest
+    positive and negative, -1 where there is none."""
+    _args.check_tensor(distances, "distances", ndim=2)
+    N = distances.shape[0]
+    if distances.shape[1] != N:
+        raise ValueError(f"distances must be square, got {tuple(distances.shape)}")
+    _check_labels(labels, N, distances)
+    g = MiningGeometry(N)
+    positive_index = labels.new_empty((N,))
+    negative_index = labels.new_empty((N,))
+    return Launch((positive_index, negative_index),
+                  {"distances": distances, "labels": labels, "positive_index": positive_index,
+                   "negative_index": negative_index},
+                  lambda b: _ext.launchers(b, distances, _triton).batch_hard_mining(
+                      g, distances, labels, positive_index, negative_index),
+                  g.index_extent())
+
+
+def _check_labels(labels, n: int, like: Tensor) -> None:
+    _args.check_tensor(labels, "labels", ndim=1)
+    if labels.dtype != torch.int64:
+        raise TypeError(f"labels must be an int64 tensor, got {labels.dtype}")
+    if labels.device != like.device:
+        raise ValueError(f"labels must be on embeddings's device {like.device}, got "
+                         f"{labels.device}")
+    if labels.shape[0] != n:
+        raise ValueError(f"labels must hold one label per embedding ({n}), got "
+                         f"{labels.shape[0]}")
+
+
+def _reduction_code(reduction, size_average=None, reduce=None) -> int:
+    """torch's reduction argument (and its legacy pair), with torch's errors."""
+    if size_average is not None or reduce is not None:
+        reduction = _reduction.legacy_get_string(size_average, reduce, emit_warning=True)
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{reduction} is not a valid value for reduction")
+    return REDUCTIONS[reduction]
+
+
+def _distance_code(distance, allowed=tuple(DISTANCES)) -> int:
+    _backend.check_choice("distance", distance, allowed)
+    return DISTANCES[distance]
+
+
+def _number(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    return float(value)
+
+
+def triplet_margin_loss(anchor: Tensor, positive: Tensor, negative: Tensor, margin: float = 1.0,
+                        p: float = 2, eps: float = 1e-6, swap: bool = False,
+                        size_average=None, reduce=None, reduction: str = "mean", *,
+                        distance: str = "euclidean") -> Tensor:
+    """``torch.nn.functional.triplet_margin_loss`` on cnnkernels' fused
+    kernel: per triplet max(margin + d(a, p) - d(a, n), 0) (with ``swap``,
+    d(a, n) is min(d(a, n), d(p, n))), then the reduction. (N, D) or (D,)
+    inputs of one rank, broadcast against each other as torch does.
+    ``distance`` (keyword-only): ``"euclidean"`` (torch's
+    ||x - y + eps||_p, the default), ``"sqeuclidean"`` (||x - y||^2, the
+    course's form) or ``"cosine"`` (1 - cos, norms clamped at eps)."""
+    code = _reduction_code(reduction, size_average, reduce)
+    distance_code = _distance_code(distance)
+    margin, p, eps = _number(margin, "margin"), _number(p, "p"), _number(eps, "eps")
+    if margin <= 0:
+        raise ValueError(f"margin must be greater than 0, got {margin}")
+    if not 0 < p < float("inf"):
+        raise ValueError(f"p must be a positive finite number, got {p}")
+    swap = _args.flag(swap, "swap")
+    tensors = {"anchor": anchor, "positive": positive, "negative": negative}
+    for name, t in tensors.items():
+        _args.check_tensor(t, name, ndim=(1, 2))
+        if not t.dtype.is_floating_point:
+            raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+    if not anchor.dim() == positive.dim() == negative.dim():
+        raise RuntimeError(
+            f"The anchor, positive, and negative tensors are expected to have the same number "
+            f"of dimensions, but got: anchor {anchor.dim()}D, positive {positive.dim()}D, and "
+            f"negative {negative.dim()}D inputs")
+    rows = [anchor, positive, negative]
+    if not anchor.shape == positive.shape == negative.shape:
+        # Broadcast views (torch's errors for sizes that do not broadcast).
+        rows = torch.broadcast_tensors(*rows)
+    if not anchor.dtype == positive.dtype == negative.dtype:
+        dtype = torch.promote_types(torch.promote_types(anchor.dtype, positive.dtype),
+                                    negative.dtype)
+        rows = [t.to(dtype) for t in rows]
+    if anchor.dim() == 1:
+        rows = [t.reshape(1, -1) for t in rows]
+    loss = triplet_loss_op(*rows, None, None, margin, p, eps, swap,
+                           REDUCTIONS["none"] if anchor.dim() == 1 else code, distance_code,
+                           _backend.current_backend())
+    return loss.reshape(()) if anchor.dim() == 1 else loss
+
+
+def pairwise_distance_matrix(x: Tensor, y: Optional[Tensor] = None, *,
+                             distance: str = "euclidean") -> Tensor:
+    """The (N, M) distances between the rows of x (N, D) and y (M, D) (y
+    None: x against itself), by direct differences, exact at zero distance
+    (torch.cdist's default computes the Euclidean distance from
+    ||x||^2 + ||y||^2 - 2 x.y, which cancels there): ``"euclidean"``
+    equals ``torch.cdist(x, y)`` (p = 2), ``"sqeuclidean"`` its square.
+    Differentiable once."""
+    code = _distance_code(distance, MATRIX_DISTANCES)
+    y = x if y is None else y
+    return distance_matrix_op(x, y, code, _backend.current_backend())
+
+
+def batch_hard_triplet_loss(embeddings: Tensor, labels: Tensor, margin: float = 1.0, *,
+                            distance: str = "euclidean", reduction: str = "mean") -> Tensor:
+    """Batch-hard triplet loss: for each anchor i of the batch (N, D), the
+    hardest positive (the largest distance to another embedding of its
+    label) and the hardest negative (the smallest distance to one of another
+    label), ties to the lowest index; loss_i = max(margin + d_ip - d_in, 0).
+    Anchors without a positive or a negative are excluded: their loss is 0
+    (reduction "none") and the mean divides by the anchors included (0 when
+    none is). ``distance``: "euclidean" (||x - y||) or "sqeuclidean".
+    The mining runs on the distance matrix kernel and the mining kernel;
+    the loss and its gradient (to the chosen pairs only) on the triplet
+    kernels."""
+    code = _reduction_code(reduction)
+    distance_code = _distance_code(distance, MATRIX_DISTANCES)
+    margin = _number(margin, "margin")
+    if margin <= 0:
+        raise ValueError(f"margin must be greater than 0, got {margin}")
+    embeddings = _rows(embeddings, "embeddings")
+    _check_labels(labels, embeddings.shape[0], embeddings)
+    backend = _backend.current_backend()
+    with torch.no_grad():
+        distances = distance_matrix_op(embeddings.detach(), embeddings.detach(), distance_code,
+                                       backend)
+        positive_index, negative_index = batch_hard_mining_op(distances, labels, backend)
+    return triplet_loss_op(embeddings, embeddings, embeddings, positive_index, negative_index,
+                           margin, 2.0, 0.0, False, code, distance_code, backend)
