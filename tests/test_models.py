@@ -15,6 +15,7 @@ from torch.nn import functional as F
 
 import cnnkernels as ck
 from cnnkernels import models
+from cnnkernels.examples import _data
 
 
 @pytest.fixture(autouse=True)
@@ -446,23 +447,10 @@ def test_lenet5_learns_digits():
     assert accuracy > 0.85
 
 
-def synthetic_segmentation(generator, n: int, size: int):
-    """Noisy grey images with one bright rectangle each; the mask is the
-    rectangle."""
-    images = torch.randn((n, 1, size, size), generator=generator) * 0.3
-    masks = torch.zeros((n, size, size), dtype=torch.int64)
-    for i in range(n):
-        y0, x0 = torch.randint(0, size // 2, (2,), generator=generator).tolist()
-        h, w = torch.randint(4, size // 2, (2,), generator=generator).tolist()
-        masks[i, y0:y0 + h, x0:x0 + w] = 1
-        images[i, 0, y0:y0 + h, x0:x0 + w] += 1
-    return images, masks
-
-
 def test_unet_learns_synthetic_segmentation():
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
-    batches = [synthetic_segmentation(generator, 8, 32) for _ in range(8)]
+    batches = [_data.segmentation(8, 32, generator=generator) for _ in range(8)]
     model = models.unet(in_channels=1, num_classes=2, base_channels=8, depth=2)
 
     def loss_of(net, x, y):
@@ -472,30 +460,10 @@ def test_unet_learns_synthetic_segmentation():
     assert last < first / 4, (first, last)
 
 
-COLOURS = torch.eye(3)
-
-
-def synthetic_shapes(generator, n: int, size: int = 64):
-    """Dark images with one or two filled rectangles; the class is the
-    colour (red, green, blue)."""
-    images = torch.rand((n, 3, size, size), generator=generator) * 0.1
-    boxes, labels = [], []
-    for i in range(n):
-        count = int(torch.randint(1, 3, (1,), generator=generator))
-        wh = torch.randint(8, 33, (count, 2), generator=generator)
-        xy = (torch.rand((count, 2), generator=generator) * (size - wh)).long()
-        label = torch.randint(0, 3, (count,), generator=generator)
-        for (x0, y0), (w, h), c in zip(xy.tolist(), wh.tolist(), label.tolist(), strict=True):
-            images[i, :, y0:y0 + h, x0:x0 + w] = COLOURS[c][:, None, None]
-        boxes.append(torch.cat([xy, xy + wh], 1).float())
-        labels.append(label)
-    return images, boxes, labels
-
-
 def test_yolo_learns_synthetic_shapes_and_detects():
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
-    batches = [synthetic_shapes(generator, 16) for _ in range(4)]
+    batches = [_data.shapes(16, 64, max_objects=2, generator=generator) for _ in range(4)]
     model = models.yolo(num_classes=3, base_channels=8)
 
     def loss_of(net, x, boxes, labels):
@@ -541,24 +509,13 @@ def test_yolo_loss_terms():
     assert empty.item() == 0
 
 
-def synthetic_identities(generator, identities: int, per_identity: int):
-    """Each identity a random smooth 3 x 32 x 32 'face'; its pictures the
-    face with noise and a random shift of up to 2 pixels."""
-    faces = F.interpolate(torch.randn((identities, 3, 8, 8), generator=generator), size=(32, 32),
-                          mode="bilinear", align_corners=False)
-    pictures = faces.repeat_interleave(per_identity, 0)
-    pictures = pictures + 0.5 * torch.randn(pictures.shape, generator=generator)
-    shifts = torch.randint(-2, 3, (len(pictures), 2), generator=generator).tolist()
-    pictures = torch.stack([p.roll(s, (1, 2)) for p, s in zip(pictures, shifts, strict=True)])
-    return pictures, torch.arange(identities).repeat_interleave(per_identity)
-
-
 def test_facenet_embedding_learns_identities_with_the_triplet_loss():
-    """torch's triplet_margin_loss (the notes' loss with the distance, not
-    its square); cnnkernels.triplet_margin_loss is another branch's work."""
+    """cnnkernels' triplet_margin_loss with the notes' squared distance."""
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
-    pictures, identity = synthetic_identities(generator, identities=8, per_identity=8)
+    identity = torch.arange(8).repeat_interleave(8)
+    pictures = _data.identity_views(_data.identity_prototypes(8, 32, generator=generator),
+                                    identity, generator=generator)
     batches = []
     for _ in range(10):
         anchor = torch.randint(0, len(pictures), (32,), generator=generator)
@@ -569,7 +526,8 @@ def test_facenet_embedding_learns_identities_with_the_triplet_loss():
     model = models.facenet_embedding(embedding_dim=16, base_channels=8, stages=3)
 
     def loss_of(net, a, p, n):
-        return F.triplet_margin_loss(net(a), net(p), net(n), margin=0.5)
+        return ck.triplet_margin_loss(net(a), net(p), net(n), margin=0.5,
+                                      distance="sqeuclidean")
 
     first, last = train(model, batches, loss_of, steps=40, lr=3e-3)
     assert last < first / 4, (first, last)
