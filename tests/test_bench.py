@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import cnnkernels
-from cnnkernels.bench import conv2d, driver, history, models, report, trace
+from cnnkernels.bench import conv2d, driver, history, layers, models, report, trace
 from cnnkernels.bench.layers import ConvLayer, ConvTransposeLayer, PoolLayer
 from cnnkernels.models import plain_torch_copy
 
@@ -83,6 +83,33 @@ def test_forward_plus_backward_speedup_in_the_summary():
     assert ok
     assert ("geometric-mean speedup conv2d cpu direct float32 nchw forward+backward: "
             "1.50x (faster)") in text
+
+
+def test_kink_window_covers_the_accumulations_rounding():
+    """A float32 pre-activation 1e-6 from ReLU's kink, after 1728 products of
+    magnitude 30, is within the accumulation's rounding (about 6e-4): its
+    gradient is zeroed; one at 0.5 keeps its gradient. In float64 the window
+    shrinks to a few 1e-12."""
+    pre = torch.tensor([0.0, 1e-6, -2e-4, 0.5], dtype=torch.float64)
+    magnitude = torch.full_like(pre, 30.0)
+    inputs = {"gy": torch.ones(4, dtype=torch.float32)}
+    layers.zero_grad_at_kinks(inputs, "relu", pre, magnitude, 1728)
+    assert inputs["gy"].tolist() == [0.0, 0.0, 0.0, 1.0]
+    inputs = {"gy": torch.ones(4, dtype=torch.float64)}
+    layers.zero_grad_at_kinks(inputs, "relu", pre, magnitude, 1728)
+    assert inputs["gy"].tolist() == [0.0, 1.0, 1.0, 1.0]
+    inputs = {"gy": torch.ones(4, dtype=torch.float32)}
+    layers.zero_grad_at_kinks(inputs, "silu", pre, magnitude, 1728)
+    assert inputs["gy"].tolist() == [1.0] * 4
+
+
+def test_relative_error_stops_at_the_dtypes_smallest_normal():
+    """A float16 result that underflows to subnormals is as right as float16
+    holds; the same absolute error on a float32 result is not."""
+    reference = torch.tensor([3e-8, -1e-8], dtype=torch.float64)
+    half = reference.to(torch.float16)
+    assert driver.relative_error(half, reference) < 1e-3
+    assert driver.relative_error(torch.tensor([6e-8, 0.0]), reference) > 0.5
 
 
 def test_unknown_algorithm_is_refused_with_the_known_ones():

@@ -107,6 +107,16 @@ def test_two_runs_history_compare_and_every_output(tmp_path, capsys):
         "speedup_per_layer.png", "roofline_fraction.png", "nms_time.png"}
 
 
+def test_verify_quick_passes_on_the_whole_library():
+    """The README's check, as a user runs it: every family, backend,
+    algorithm, dtype and layout of ``verify --quick`` in a fresh process
+    (its seed fixes every case's data), exit 0."""
+    run = subprocess.run([sys.executable, "-m", "cnnkernels", "verify", "--quick"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "verify: PASS" in run.stdout
+
+
 def test_verify_passes_and_fails_on_a_broken_kernel(monkeypatch, capsys):
     args = ["verify", "--quick", "--ops", "gram", "--backend", "cpu", "--dtype", "float32"]
     assert cli.main(args) == 0

@@ -388,6 +388,27 @@ def test_batch_hard_mining_choices(device, backend):
 
 
 @pytest.mark.parametrize(("device", "backend"), backend_params())
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_batch_hard_mines_half_precision_on_float32_distances(device, backend, dtype):
+    """Positives at distances 1 and 1.0002 from the anchor round to the same
+    float16/bfloat16 distance; mined on float32 distances, the farther one
+    (row 2, not the lower index 1) is the hardest and takes the gradient."""
+    if dtype not in dtypes_for(device, backend):
+        pytest.skip(f"{backend} on {device} does not compute {dtype}")
+    points = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 0.0205], [-1.5, 0.0]])
+    labels = torch.tensor([0, 0, 0, 1], device=device)
+    distances = torch.cdist(points.to(dtype).double(), points.to(dtype).double())
+    assert distances[0, 2] > distances[0, 1]
+    assert distances[0, 2].to(dtype) == distances[0, 1].to(dtype)
+    embeddings = points.to(dtype).to(device).requires_grad_()
+    with ck.use(backend=backend):
+        losses = ck.batch_hard_triplet_loss(embeddings, labels, 1.0, reduction="none")
+    losses[0].backward()
+    grad = embeddings.grad.float().cpu()
+    assert grad[2].abs().sum() > 0 and grad[1].abs().sum() == 0
+
+
+@pytest.mark.parametrize(("device", "backend"), backend_params())
 def test_route_rows_sums_in_index_order(device, backend):
     dtype = dtypes_for(device, backend)[0]
     generator = torch.Generator().manual_seed(2)

@@ -20,6 +20,7 @@ from cnnkernels.bench.layers import (
     RESIDUAL_LAYERS,
     ConvLayer,
     float64_reference,
+    zero_grad_at_kinks,
 )
 from cnnkernels.bench.verify import VerifyConfig
 
@@ -134,25 +135,20 @@ def prepare(impl, case: ConvLayer, inputs: dict, direction: str):
 
 def reference(case: ConvLayer, inputs: dict, direction: str) -> dict:
     """torch's float64 result on the same device. For the backward of a fused
-    activation, gy is first zeroed at the activation's kinks, in ``inputs``,
-    so every implementation then gets the same gy."""
+    activation, gy is first zeroed at the activation's kinks, in ``inputs``
+    (``zero_grad_at_kinks``), so every implementation then gets the same gy."""
     if direction == "backward" and case.activation:
         _zero_grad_at_kinks(case, inputs)
     return float64_reference(prepare, torch_impl, case, inputs, direction)
 
 
 def _zero_grad_at_kinks(case: ConvLayer, inputs: dict) -> None:
-    """Zero gy where the pre-activation lies within 4 ulps (of the dtype) of
-    a kink of the activation (0; and 6 for relu6). There an implementation's
-    rounded output may land on either side and take the other one-sided
-    derivative: legitimately so, but it would read as an O(1) error, e.g.
-    bf16 rounds everything in [5.985, 6) to 6."""
     x, w, b = (inputs[k].double() for k in ("x", "w", "b"))
-    z = F.conv2d(x, w, b, case.stride, case.padding, 1, case.groups)
+    arguments = (case.stride, case.padding, 1, case.groups)
+    pre = F.conv2d(x, w, b, *arguments)
+    magnitude = F.conv2d(x.abs(), w.abs(), b.abs(), *arguments)
     if case.residual:
-        z = z + inputs["r"].double()
-    eps = torch.finfo(inputs["gy"].dtype).eps
-    near = torch.zeros_like(z, dtype=torch.bool)
-    for kink in (0.0, 6.0) if case.activation == "relu6" else (0.0,):
-        near |= (z - kink).abs() <= 4 * eps * max(1.0, kink)
-    inputs["gy"] = inputs["gy"].masked_fill(near, 0)
+        pre = pre + inputs["r"].double()
+        magnitude = magnitude + inputs["r"].double().abs()
+    zero_grad_at_kinks(inputs, case.activation, pre, magnitude,
+                       case.in_channels // case.groups * case.kernel ** 2)

@@ -18,6 +18,7 @@ from cnnkernels.bench.layers import (
     LAYER_COLUMNS,
     ConvTransposeLayer,
     float64_reference,
+    zero_grad_at_kinks,
 )
 from cnnkernels.bench.verify import VerifyConfig
 
@@ -100,5 +101,12 @@ def prepare(impl, case: ConvTransposeLayer, inputs: dict, direction: str):
 
 
 def reference(case: ConvTransposeLayer, inputs: dict, direction: str) -> dict:
-    """torch's float64 result on the same device."""
+    """torch's float64 result on the same device; for the backward of a fused
+    ReLU, gy is first zeroed at its kink (``zero_grad_at_kinks``)."""
+    if direction == "backward" and case.activation:
+        x, w, b = (inputs[k].double() for k in ("x", "w", "b"))
+        pre = F.conv_transpose2d(x, w, b, *_arguments(case))
+        magnitude = F.conv_transpose2d(x.abs(), w.abs(), b.abs(), *_arguments(case))
+        zero_grad_at_kinks(inputs, case.activation, pre, magnitude,
+                           case.in_channels // case.groups * case.kernel ** 2)
     return float64_reference(prepare, torch_impl, case, inputs, direction)

@@ -568,11 +568,15 @@ def _cudnn_autotuning_off():
 
 
 def relative_error(result: torch.Tensor, reference: torch.Tensor) -> float:
-    """max |result - reference| / max |reference|; NaN or inf stays non-finite."""
+    """max |result - reference| / max |reference|; NaN or inf stays non-finite.
+    The denominator is at least the result dtype's smallest normal number:
+    below it (float16's subnormals, under 6.1e-5) a dtype has no relative
+    precision left, so a result that underflows there, as a float16 style
+    loss's gradient does, is as right as the dtype can hold."""
     diff = (result.double() - reference).abs().max().item()
     if not math.isfinite(diff):
         return diff
-    return diff / max(reference.abs().max().item(), torch.finfo(torch.float64).tiny)
+    return diff / max(reference.abs().max().item(), torch.finfo(result.dtype).tiny)
 
 
 def compare(results: dict, reference: dict) -> tuple[dict, int | None]:

@@ -5,6 +5,7 @@ convolution's results, and the float64 reference the layer families share."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -250,3 +251,31 @@ def float64_reference(prepare, torch_impl, case: Layer, inputs: dict, direction:
     family's ``prepare``) on float64 copies of the inputs, on their device."""
     ref_inputs = {name: t.double() for name, t in inputs.items()}
     return prepare(torch_impl, case, ref_inputs, direction)[1]
+
+
+def zero_grad_at_kinks(inputs: dict, activation: str | None, pre: torch.Tensor,
+                       magnitude: torch.Tensor, products: int) -> None:
+    """Zero ``inputs["gy"]`` where the float64 pre-activation ``pre`` lies
+    within rounding distance of a kink of ``activation`` (0 for relu; 0 and
+    6 for relu6; silu is smooth). There an output correct to within
+    rounding may land on either side and take the other one-sided
+    derivative: legitimately so, but it would read as an O(1) error in a
+    whole filter's grad_weight. The distance: 4 ulps of the output dtype at
+    the kink (bf16 rounds everything in [5.985, 6) to 6), plus the
+    accumulation's typical error, 4 sqrt(n) ulps of the accumulator
+    (float32 for the half types; TF32's where a CUDA float32 convolution
+    may use it) times ``magnitude`` (sum |x| |w| + |b| ... over the
+    ``products`` terms of each output)."""
+    if activation not in ("relu", "relu6"):
+        return
+    dtype = inputs["gy"].dtype
+    accumulator_eps = torch.finfo(torch.float64 if dtype == torch.float64
+                                  else torch.float32).eps
+    if dtype == torch.float32 and inputs["gy"].is_cuda and torch.backends.cudnn.allow_tf32:
+        accumulator_eps = 2.0 ** -10  # TF32 keeps 10 mantissa bits
+    window = 4 * math.sqrt(products) * accumulator_eps * magnitude
+    eps = torch.finfo(dtype).eps
+    near = torch.zeros_like(pre, dtype=torch.bool)
+    for kink in (0.0, 6.0) if activation == "relu6" else (0.0,):
+        near |= (pre - kink).abs() <= window + 4 * eps * max(1.0, kink)
+    inputs["gy"] = inputs["gy"].masked_fill(near, 0)

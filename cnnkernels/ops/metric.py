@@ -465,6 +465,8 @@ def batch_hard_triplet_loss(embeddings: Tensor, labels: Tensor, margin: float = 
     hardest positive (the largest distance to another embedding of its
     label) and the hardest negative (the smallest distance to one of another
     label), ties to the lowest index; loss_i = max(margin + d_ip - d_in, 0).
+    Half-precision embeddings are mined on float32 distances (the loss
+    itself is computed in the input dtype, accumulated in float32).
     Anchors without a positive or a negative are excluded: their loss is 0
     (reduction "none") and the mean divides by the anchors included (0 when
     none is). ``distance``: "euclidean" (||x - y||) or "sqeuclidean".
@@ -480,8 +482,13 @@ def batch_hard_triplet_loss(embeddings: Tensor, labels: Tensor, margin: float = 
     _check_labels(labels, embeddings.shape[0], embeddings)
     backend = _backend.current_backend()
     with torch.no_grad():
-        distances = distance_matrix_op(embeddings.detach(), embeddings.detach(), distance_code,
-                                       backend)
+        # Half-precision embeddings are mined on float32 distances: rounded
+        # to float16 (or bfloat16), distances a few ulps apart tie, and the
+        # lowest index would win where the true hardest row is another one.
+        mined = embeddings.detach()
+        if mined.dtype in (torch.float16, torch.bfloat16):
+            mined = mined.float()
+        distances = distance_matrix_op(mined, mined, distance_code, backend)
         positive_index, negative_index = batch_hard_mining_op(distances, labels, backend)
     return triplet_loss_op(embeddings, embeddings, embeddings, positive_index, negative_index,
                            margin, 2.0, 0.0, False, code, distance_code, backend)
