@@ -133,14 +133,17 @@ def run_case(device, backend, case, dtype, seed):
         labels = torch.randint(0, case["labels"], (case["N"],), generator=generator)
         distance = "sqeuclidean" if case["distance"] == "sqeuclidean" else "euclidean"
         settings = dict(distance=distance, reduction=case["reduction"])
+        low = dtype in (torch.float16, torch.bfloat16)
         with ck.use(backend=backend):
             loss = ck.batch_hard_triplet_loss(e, labels.to(device), case["margin"], **settings)
             loss.sum().backward()
-            distances = ck.pairwise_distance_matrix(e.detach(), distance=distance)
+            # 16-bit embeddings are mined on float32 distances
+            distances = ck.pairwise_distance_matrix(e.detach().float() if low else e.detach(),
+                                                    distance=distance)
         e64 = float64_cpu(e).requires_grad_()
-        # 16-bit distances tie where float64 ones do not: the reference mines
-        # on ours then (the matrix has its own cases), else on its own.
-        low = dtype in (torch.float16, torch.bfloat16)
+        # 16-bit values are close together: float32 distances tie where
+        # float64 ones do not, so the reference mines on ours then (the
+        # matrix has its own cases), else on its own.
         expected = reference_batch_hard(e64, labels, case["margin"], **settings,
                                         distances=float64_cpu(distances) if low else None)
         expected.sum().backward()

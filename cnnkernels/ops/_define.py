@@ -116,7 +116,7 @@ def define_op(qualname: str, *, returns, autocast: bool = False):
         op.register_fake(_fake(plan))
         if autocast:
             _register_autocast(op, name)
-        return Operator(op, name, autocast)
+        return Operator(op, name, autocast, implementation)
 
     return decorate
 
@@ -153,10 +153,11 @@ class Operator:
     computes with. ``setup_context`` saves tensors with ``save(ctx, ...)``,
     which both modes can read."""
 
-    def __init__(self, custom_op, name: str, autocast: bool):
+    def __init__(self, custom_op, name: str, autocast: bool, implementation: Callable):
         self.custom_op = custom_op
         self.name = name
         self._autocast = autocast
+        self._implementation = implementation
         self._derivatives = None
 
     def __call__(self, *args):
@@ -170,15 +171,25 @@ class Operator:
                     return self(*(_cast(a, device_type, dtype) for a in args))
         if _differentiated(args):
             return self._derivatives.apply(*_leaves(args))
+        if _plain_call(args):
+            return self._implementation(*args)
         return self.custom_op(*args)
 
     def register_derivatives(self, *, setup_context, backward, jvp) -> None:
         operator = getattr(torch.ops.cnnk, self.name).default
+        implementation = self._implementation
 
         def forward(*args):
             # Below autograd: the Function records the derivatives.
+            values = _values(args)
+            if _plain_call(values):
+                return implementation(*values)
             with torch._C._AutoDispatchBelowAutograd():
-                return operator(*_values(args))
+                return operator(*values)
+
+        # Function.apply binds its arguments to forward's signature on every
+        # call; a precomputed one spares inspect.signature's parse (~8 us).
+        forward.__signature__ = inspect.signature(forward)
 
         def setup(ctx, inputs, output):
             setup_context(ctx, _values(inputs), output)
@@ -226,6 +237,29 @@ def _leaves(args) -> tuple:
 
 def _values(args) -> tuple:
     return tuple(a.value if isinstance(a, _Leaf) else a for a in args)
+
+
+def _plain_call(args) -> bool:
+    """Whether a call may skip torch's dispatcher and run the op's
+    implementation at once, as the dispatcher would: plain (or Parameter)
+    tensors on the cpu or a GPU, and nothing that intercepts ops (a torch
+    function or dispatch mode: fake tensors, make_fx, a TorchDispatchMode
+    counting calls; a torch.func transform; the JIT tracer; the profiler,
+    which should see the op by its name). The dispatcher costs some 30 us a
+    call on the cpu, as much as a small op's kernel."""
+    if (torch._C._len_torch_function_stack() or torch._C._len_torch_dispatch_stack()
+            or torch._C._functorch.maybe_current_level() is not None
+            or torch._C._get_tracing_state() is not None
+            or torch.autograd._profiler_enabled()):
+        return False
+    for a in args:
+        if isinstance(a, torch.Tensor) and (type(a) not in _PLAIN_TENSOR_TYPES
+                                            or not (a.is_cpu or a.is_cuda)):
+            return False
+    return True
+
+
+_PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
 def save(ctx, *tensors) -> None:

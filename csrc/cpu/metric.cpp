@@ -23,10 +23,16 @@
 // Limits: rows contiguous along D (checked); float16/bfloat16 compute in
 // float.
 #include <algorithm>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "cnnk/cpu_types.h"
 #include "cnnk/metric.h"
+
+// Vectors wider than the instruction set's registers have no agreed calling
+// convention (GCC's -Wpsabi); moot: every function taking one is inlined.
+#pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace cnnk::cpu {
 namespace {
@@ -69,48 +75,99 @@ struct Sums {
   A ap, an, pn, aa, pp, nn;
 };
 
-template <PairForm F, bool kSwap, typename A, typename T>
-inline void add_terms(const T* __restrict a, const T* __restrict p, const T* __restrict n,
-                      int64_t k, int l, A offset, A power, A* ap, A* an, A* pn, A* aa, A* pp,
-                      A* nn) {
-  const A x = to_acc(a[k]), y = to_acc(p[k]), z = to_acc(n[k]);
-  if constexpr (F == PairForm::cosine) {
-    ap[l] += x * y;
-    an[l] += x * z;
-    pn[l] += y * z;
-    aa[l] += x * x;
-    pp[l] += y * y;
-    nn[l] += z * z;
-  } else {
-    ap[l] += distance_term<F>(x - y + offset, power);
-    an[l] += distance_term<F>(x - z + offset, power);
-    if constexpr (kSwap) pn[l] += distance_term<F>(y - z + offset, power);
-  }
-}
+// kLanes accumulators as kLanes * sizeof(A) / 16 vectors of 16 bytes (GCC's
+// vector extension: SSE2 or NEON registers, whatever the build's target).
+// Written as arrays, GCC vectorised the loop over blocks instead,
+// transposing 8 x 4 blocks with shuffles; as one 32-byte vector on a 16-byte
+// target it kept the accumulators in memory. Lane l takes the values
+// k = l mod kLanes.
+template <typename A>
+struct Lanes {
+  typedef A Part __attribute__((vector_size(16)));
+  static constexpr int kParts = kLanes * static_cast<int>(sizeof(A)) / 16;
+  static constexpr int kWidth = 16 / static_cast<int>(sizeof(A));
+  Part part[kParts] = {};
 
-// Whole blocks of kLanes values in lanes (vectorisable), then the tail.
+  // kLanes values of x from k0, converted to A.
+  template <typename T>
+  [[gnu::always_inline]] static Lanes load(const T* x) {
+    Lanes v;
+    for (int j = 0; j < kParts; ++j) {
+      if constexpr (std::is_same_v<T, A>) {
+        std::memcpy(&v.part[j], x + j * kWidth, sizeof(Part));
+      } else {
+        for (int l = 0; l < kWidth; ++l) v.part[j][l] = to_acc(x[j * kWidth + l]);
+      }
+    }
+    return v;
+  }
+  A& operator[](int l) { return part[l / kWidth][l % kWidth]; }
+  // The lanes added in order.
+  A sum() const {
+    A total = 0;
+    for (int j = 0; j < kParts; ++j)
+      for (int l = 0; l < kWidth; ++l) total += part[j][l];
+    return total;
+  }
+};
+
+// The row's sums: whole blocks of kLanes values in lanes, then the tail into
+// the first lanes, then the lanes added in order. norm1 and normp take the
+// same lanes element by element (abs, pow).
 template <PairForm F, bool kSwap, typename T>
 Sums<acc_t<T>> row_sums_of(const T* __restrict a, const T* __restrict p,
                            const T* __restrict n, int64_t D, acc_t<T> offset, acc_t<T> power) {
   using A = acc_t<T>;
-  A ap[kLanes] = {}, an[kLanes] = {}, pn[kLanes] = {};
-  A aa[kLanes] = {}, pp[kLanes] = {}, nn[kLanes] = {};
-  int64_t k0 = 0;
-  for (; k0 + kLanes <= D; k0 += kLanes)
-    for (int l = 0; l < kLanes; ++l)
-      add_terms<F, kSwap>(a, p, n, k0 + l, l, offset, power, ap, an, pn, aa, pp, nn);
-  for (int l = 0; k0 + l < D; ++l)
-    add_terms<F, kSwap>(a, p, n, k0 + l, l, offset, power, ap, an, pn, aa, pp, nn);
-  Sums<A> s{};
-  for (int l = 0; l < kLanes; ++l) {
-    s.ap += ap[l];
-    s.an += an[l];
-    s.pn += pn[l];
-    s.aa += aa[l];
-    s.pp += pp[l];
-    s.nn += nn[l];
+  using L = Lanes<A>;
+  constexpr bool kCosine = F == PairForm::cosine;
+  constexpr bool kVectorTerms = kCosine || F == PairForm::norm2 || F == PairForm::squared;
+  L ap, an, pn, aa, pp, nn;
+  const int64_t blocked = D - D % kLanes;
+  for (int64_t k0 = 0; k0 < blocked; k0 += kLanes) {
+    const L x = L::load(a + k0), y = L::load(p + k0), z = L::load(n + k0);
+    for (int j = 0; j < L::kParts; ++j) {
+      const typename L::Part xj = x.part[j], yj = y.part[j], zj = z.part[j];
+      if constexpr (kCosine) {
+        ap.part[j] += xj * yj;
+        an.part[j] += xj * zj;
+        pn.part[j] += yj * zj;
+        aa.part[j] += xj * xj;
+        pp.part[j] += yj * yj;
+        nn.part[j] += zj * zj;
+      } else if constexpr (kVectorTerms) {
+        const typename L::Part u = xj - yj + offset, v = xj - zj + offset;
+        ap.part[j] += u * u;
+        an.part[j] += v * v;
+        if constexpr (kSwap) {
+          const typename L::Part w = yj - zj + offset;
+          pn.part[j] += w * w;
+        }
+      } else {
+        for (int l = 0; l < L::kWidth; ++l) {
+          ap.part[j][l] += distance_term<F>(xj[l] - yj[l] + offset, power);
+          an.part[j][l] += distance_term<F>(xj[l] - zj[l] + offset, power);
+          if constexpr (kSwap) pn.part[j][l] += distance_term<F>(yj[l] - zj[l] + offset, power);
+        }
+      }
+    }
   }
-  return s;
+  for (int64_t k = blocked; k < D; ++k) {
+    const int l = static_cast<int>(k - blocked);
+    const A x = to_acc(a[k]), y = to_acc(p[k]), z = to_acc(n[k]);
+    if constexpr (kCosine) {
+      ap[l] += x * y;
+      an[l] += x * z;
+      pn[l] += y * z;
+      aa[l] += x * x;
+      pp[l] += y * y;
+      nn[l] += z * z;
+    } else {
+      ap[l] += distance_term<F>(x - y + offset, power);
+      an[l] += distance_term<F>(x - z + offset, power);
+      if constexpr (kSwap) pn[l] += distance_term<F>(y - z + offset, power);
+    }
+  }
+  return {ap.sum(), an.sum(), pn.sum(), aa.sum(), pp.sum(), nn.sum()};
 }
 
 template <PairForm F, typename T>
