@@ -12,7 +12,9 @@ then divides by the triplets included). ``triplet_loss_backward``: the
 gradients of the three rows of every triplet, (N, D) each.
 ``route_rows(rows, index, M)``: row r of the (M, D) result is the sum of
 the rows i with index[i] == r in increasing i (the indexed rows' backward,
-without atomics). ``distance_matrix(x, y, distance)`` and its backward;
+without atomics). ``distance_matrix(x, y, distance, eps)`` and its
+backward (which reads the forward's distances: the cosine's slope needs
+the cosine itself);
 ``batch_hard_mining(distances, labels)``: per anchor the hardest positive
 and negative. The launchers have the same names and arguments on every
 backend: kernels/metric.py (Triton), csrc/cpu/metric.cpp and
@@ -23,7 +25,12 @@ Distances: ``"euclidean"``, torch's ``pairwise_distance``
 ``"sqeuclidean"``, ||x - y||^2, the course's form of the triplet loss;
 ``"cosine"``, 1 - x.y / (max(||x||, eps) max(||y||, eps)), the notes'
 cosine form written as a distance (the notes print the similarities, whose
-difference has the opposite sign).
+difference has the opposite sign). The cosine's eps is the same on every
+op: each norm is clamped at eps on its own (F.cosine_similarity's values),
+a clamped norm is a constant (no gradient through it; torch's clamp_min
+passes it where the norm equals eps), so a zero row is at distance 1 from
+every row, takes gradient -y / (eps max(||y||, eps)) and gives none to y;
+eps = 0 leaves a zero row's distance NaN.
 
 Derivatives: once. The second derivative raises (the ops' backward ops
 have no derivative of their own); forward mode is the backward's rows
@@ -51,7 +58,8 @@ __all__ = list(FAMILY.public)
 # cnnk::Distance's and cnnk::Reduction's codes.
 DISTANCES = {"euclidean": 0, "sqeuclidean": 1, "cosine": 2}
 REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
-MATRIX_DISTANCES = ("euclidean", "sqeuclidean")
+MATRIX_DISTANCES = ("euclidean", "sqeuclidean", "cosine")
+COSINE_EPS = 1e-8  # the matrix's and batch-hard's default clamp: F.cosine_similarity's
 _CHUNK = 8  # triplets per partial sum on every backend (a CUDA block: a warp each)
 
 
@@ -90,6 +98,7 @@ class DistanceMatrixGeometry:
     M: int
     D: int
     distance: int
+    eps: float  # the cosine's norm clamp (the other distances ignore it)
 
     def index_extent(self) -> int:
         return max(self.N, self.M, self.D)
@@ -276,21 +285,22 @@ for _op in (triplet_loss_backward_op, route_rows_op):
 
 
 @define_op("cnnk::distance_matrix", returns=Tensor)
-def distance_matrix_op(x: Tensor, y: Tensor, distance: int, backend: str) -> Launch:
+def distance_matrix_op(x: Tensor, y: Tensor, distance: int, eps: float, backend: str) -> Launch:
     """(N, M) distances between the rows of x (N, D) and y (M, D)."""
-    g = _matrix_geometry(x, y, distance)
+    g = _matrix_geometry(x, y, distance, eps)
     out = x.new_empty((g.N, g.M))
     rows = _rows(x, "x"), _rows(y, "y")
     return Launch(out, {"x": x, "y": y, "out": out},
                   lambda b: _ext.launchers(b, x, _triton).distance_matrix_forward(g, *rows, out),
-                  g.index_extent(), empty_sum=g.D == 0)
+                  # Empty rows: distance 0, but cosine 1 - 0 (the kernels' value).
+                  g.index_extent(), empty_sum=g.D == 0 and distance != DISTANCES["cosine"])
 
 
 @define_op("cnnk::distance_matrix_backward", returns=tuple[Tensor, Tensor])
 def distance_matrix_backward_op(grad: Tensor, x: Tensor, y: Tensor, distances: Tensor,
-                                distance: int, backend: str) -> Launch:
+                                distance: int, eps: float, backend: str) -> Launch:
     """(grad_x, grad_y) from the gradient of the (N, M) distances."""
-    g = _matrix_geometry(x, y, distance)
+    g = _matrix_geometry(x, y, distance, eps)
     for name, t in (("grad", grad), ("distances", distances)):
         _args.check_tensor(t, name, ndim=2)
         _args.check_same(x, "x", {name: t})
@@ -305,7 +315,7 @@ def distance_matrix_backward_op(grad: Tensor, x: Tensor, y: Tensor, distances: T
                   g.index_extent(), empty_sum=g.N == 0 or g.M == 0)
 
 
-def _matrix_geometry(x: Tensor, y: Tensor, distance: int) -> DistanceMatrixGeometry:
+def _matrix_geometry(x: Tensor, y: Tensor, distance: int, eps: float) -> DistanceMatrixGeometry:
     _rows(x, "x")
     _rows(y, "y")
     _args.check_same(x, "x", {"y": y})
@@ -315,24 +325,49 @@ def _matrix_geometry(x: Tensor, y: Tensor, distance: int) -> DistanceMatrixGeome
     codes = [DISTANCES[name] for name in MATRIX_DISTANCES]
     if distance not in codes:
         raise ValueError(f"distance must be one of {codes}, got {distance!r}")
-    return DistanceMatrixGeometry(x.shape[0], y.shape[0], x.shape[1], int(distance))
+    return DistanceMatrixGeometry(x.shape[0], y.shape[0], x.shape[1], int(distance), float(eps))
 
 
 def _matrix_setup(ctx, inputs, output) -> None:
     save(ctx, inputs[0], inputs[1], output)
-    ctx.distance, ctx.backend = inputs[2], inputs[3]
+    ctx.distance, ctx.eps, ctx.backend = inputs[2], inputs[3], inputs[4]
 
 
 def _matrix_backward(ctx, grad):
     x, y, distances = ctx.saved_tensors
-    grad_x, grad_y = distance_matrix_backward_op(grad, x, y, distances, ctx.distance,
+    grad_x, grad_y = distance_matrix_backward_op(grad, x, y, distances, ctx.distance, ctx.eps,
                                                  ctx.backend)
-    return grad_x, grad_y, None, None
+    return grad_x, grad_y, None, None, None
+
+
+def _cosine_matrix_jvp(x, y, x_t, y_t, distances, eps):
+    """d(d_ij) = cos_ij (x_i.x'_i / (m_i n_i) + y_j.y'_j / (m_j n_j))
+    - (x'_i.y_j + x_i.y'_j) / (m_i m_j): n the norms, m = max(n, eps), a
+    clamped norm's term 0 (cnnk::cosine_slope_of_norms with c = 1)."""
+    def terms(rows, tangent):
+        norm = rows.norm(dim=1)
+        clamped = norm.clamp_min(eps)
+        free = norm >= eps
+        inverse = torch.where(free, 1 / (clamped * torch.where(free, norm, 1)), 0)
+        return clamped, (rows * tangent).sum(1) * inverse
+    zeros_x, zeros_y = torch.zeros_like(x), torch.zeros_like(y)
+    x_clamped, x_term = terms(x, zeros_x if x_t is None else x_t)
+    y_clamped, y_term = terms(y, zeros_y if y_t is None else y_t)
+    cross = torch.zeros_like(distances)
+    if x_t is not None:
+        cross = cross + x_t @ y.T
+    if y_t is not None:
+        cross = cross + x @ y_t.T
+    return (1 - distances) * (x_term[:, None] + y_term[None]) \
+        - cross / (x_clamped[:, None] * y_clamped[None])
 
 
 def _matrix_jvp(ctx, x_t, y_t, *_):
-    """d(d_ij) = w_ij (x_i - y_j).(x'_i - y'_j), w = 1 / d (0 at d = 0) or 2."""
+    """d(d_ij) = w_ij (x_i - y_j).(x'_i - y'_j), w = 1 / d (0 at d = 0) or 2;
+    the cosine's in _cosine_matrix_jvp."""
     x, y, distances = ctx.saved_tensors
+    if ctx.distance == DISTANCES["cosine"]:
+        return _cosine_matrix_jvp(x, y, x_t, y_t, distances, ctx.eps)
     difference = x[:, None] - y[None]
     tangent = (x_t if x_t is not None else torch.zeros_like(x))[:, None] \
         - (y_t if y_t is not None else torch.zeros_like(y))[None]
@@ -447,20 +482,25 @@ def triplet_margin_loss(anchor: Tensor, positive: Tensor, negative: Tensor, marg
 
 
 def pairwise_distance_matrix(x: Tensor, y: Optional[Tensor] = None, *,
-                             distance: str = "euclidean") -> Tensor:
+                             distance: str = "euclidean", eps: float = COSINE_EPS) -> Tensor:
     """The (N, M) distances between the rows of x (N, D) and y (M, D) (y
-    None: x against itself), by direct differences, exact at zero distance
-    (torch.cdist's default computes the Euclidean distance from
-    ||x||^2 + ||y||^2 - 2 x.y, which cancels there): ``"euclidean"``
-    equals ``torch.cdist(x, y)`` (p = 2), ``"sqeuclidean"`` its square.
-    Differentiable once."""
+    None: x against itself). ``"euclidean"`` equals ``torch.cdist(x, y)``
+    (p = 2), ``"sqeuclidean"`` its square, both by direct differences,
+    exact at zero distance (torch.cdist's default computes the Euclidean
+    distance from ||x||^2 + ||y||^2 - 2 x.y, which cancels there);
+    ``"cosine"``: 1 - x_i.y_j / (max(||x_i||, eps) max(||y_j||, eps)),
+    ``1 - F.cosine_similarity(x[:, None], y[None], dim=-1, eps=eps)``
+    (eps is read by the cosine only; its gradient at a clamped norm: the
+    module docstring). Differentiable once."""
     code = _distance_code(distance, MATRIX_DISTANCES)
+    eps = _number(eps, "eps")
     y = x if y is None else y
-    return distance_matrix_op(x, y, code, _backend.current_backend())
+    return distance_matrix_op(x, y, code, eps, _backend.current_backend())
 
 
 def batch_hard_triplet_loss(embeddings: Tensor, labels: Tensor, margin: float = 1.0, *,
-                            distance: str = "euclidean", reduction: str = "mean") -> Tensor:
+                            distance: str = "euclidean", reduction: str = "mean",
+                            eps: float = COSINE_EPS) -> Tensor:
     """Batch-hard triplet loss: for each anchor i of the batch (N, D), the
     hardest positive (the largest distance to another embedding of its
     label) and the hardest negative (the smallest distance to one of another
@@ -469,13 +509,15 @@ def batch_hard_triplet_loss(embeddings: Tensor, labels: Tensor, margin: float = 
     itself is computed in the input dtype, accumulated in float32).
     Anchors without a positive or a negative are excluded: their loss is 0
     (reduction "none") and the mean divides by the anchors included (0 when
-    none is). ``distance``: "euclidean" (||x - y||) or "sqeuclidean".
-    The mining runs on the distance matrix kernel and the mining kernel;
-    the loss and its gradient (to the chosen pairs only) on the triplet
-    kernels."""
+    none is). ``distance``: "euclidean" (||x - y||), "sqeuclidean" or
+    "cosine" (1 - cos, each norm clamped at ``eps``, which only the cosine
+    reads: the mining and the loss clamp alike). The mining runs on the
+    distance matrix kernel and the mining kernel; the loss and its gradient
+    (to the chosen pairs only) on the triplet kernels."""
     code = _reduction_code(reduction)
     distance_code = _distance_code(distance, MATRIX_DISTANCES)
     margin = _number(margin, "margin")
+    eps = _number(eps, "eps")
     if margin <= 0:
         raise ValueError(f"margin must be greater than 0, got {margin}")
     embeddings = _rows(embeddings, "embeddings")
@@ -488,7 +530,10 @@ def batch_hard_triplet_loss(embeddings: Tensor, labels: Tensor, margin: float = 
         mined = embeddings.detach()
         if mined.dtype in (torch.float16, torch.bfloat16):
             mined = mined.float()
-        distances = distance_matrix_op(mined, mined, distance_code, backend)
+        distances = distance_matrix_op(mined, mined, distance_code, eps, backend)
         positive_index, negative_index = batch_hard_mining_op(distances, labels, backend)
+    # The triplet kernels add eps to the Euclidean differences (torch's
+    # pairwise_distance); the matrix does not (torch.cdist), so neither does the loss.
+    triplet_eps = eps if distance_code == DISTANCES["cosine"] else 0.0
     return triplet_loss_op(embeddings, embeddings, embeddings, positive_index, negative_index,
-                           margin, 2.0, 0.0, False, code, distance_code, backend)
+                           margin, 2.0, triplet_eps, False, code, distance_code, backend)
