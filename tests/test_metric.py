@@ -1,8 +1,8 @@
 """metric: the triplet margin loss, distance matrices and batch-hard mining,
-through the common tests of tests/harness.py (the losses are differentiated
-once: the harness's first-and-second-derivative check is replaced by
-test_gradients_match_finite_differences); then the family's own: swap
-ties, broadcasting, torch's errors, batch-hard mining's choices, exclusions
+through the common tests of tests/harness.py (first and second derivatives
+of every sample among them); then the family's own: batch-hard's
+derivatives, second derivatives against torch's, swap ties, broadcasting,
+torch's errors, cosine zero rows, batch-hard mining's choices, exclusions
 and ties, the module twin."""
 
 import random
@@ -301,49 +301,54 @@ SPEC = FamilySpec(
                       distance="cosine", margin=0.3, broadcast=False, labels=3)),
     samples=_samples(), op_calls=_op_calls, bad_inputs=BAD_INPUTS, seeds=(10, 40))
 
-_common = common_tests(SPEC)
-# Differentiated once: the harness's check of first and second derivatives is
-# replaced by test_gradients_match_finite_differences.
-del _common["test_derivatives_match_finite_differences"]
-globals().update(_common)
+globals().update(common_tests(SPEC))
 
 _GRADIENT_BACKENDS = [p for p in backend_params() if torch.float64 in dtypes_for(*p.values)]
 
 
 @pytest.mark.parametrize(("device", "backend"), _GRADIENT_BACKENDS)
-@pytest.mark.parametrize("sample", _samples(), ids=lambda s: s.name)
-def test_gradients_match_finite_differences(device, backend, sample):
-    """First derivatives, reverse and forward mode (the interpreter: reverse
-    mode in gradcheck's fast mode)."""
-    inputs = sample.make(torch.float64, device, torch.Generator().manual_seed(3), 3)
-    inputs = [t.requires_grad_() for t in inputs]
-    fast = interpreted(device, backend)
-    with ck.use(backend=backend):
-        assert torch.autograd.gradcheck(sample.ours, inputs, fast_mode=fast,
-                                        check_forward_ad=not fast)
-
-
-@pytest.mark.parametrize(("device", "backend"), _GRADIENT_BACKENDS)
 @pytest.mark.parametrize("distance", ["euclidean", "sqeuclidean", "cosine"])
-def test_batch_hard_gradient_matches_finite_differences(device, backend, distance):
+@pytest.mark.parametrize("check", [torch.autograd.gradcheck, torch.autograd.gradgradcheck],
+                         ids=lambda check: check.__name__)
+def test_batch_hard_derivatives_match_finite_differences(check, device, backend, distance):
     """The mining is piecewise constant: away from ties the loss is the
-    chosen pairs' hinge, whose derivative gradcheck checks."""
+    chosen pairs' hinge, whose first and second derivatives (the mined
+    indices constants) the checks compare with finite differences; forward
+    mode too, but not on the interpreter."""
     generator = torch.Generator().manual_seed(4)
     e = torch.randn(7, 3, generator=generator, dtype=torch.float64).to(device).requires_grad_()
     labels = torch.tensor([0, 1, 0, 2, 1, 0, 2], device=device)
     fast = interpreted(device, backend)
+    modes = ({"check_forward_ad": not fast} if check is torch.autograd.gradcheck
+             else {"check_fwd_over_rev": not fast})
     with ck.use(backend=backend):
-        assert torch.autograd.gradcheck(
-            lambda x: ck.batch_hard_triplet_loss(x, labels, 2.0, distance=distance), (e,),
-            fast_mode=fast, check_forward_ad=not fast)
+        assert check(lambda x: ck.batch_hard_triplet_loss(x, labels, 2.0, distance=distance),
+                     (e,), fast_mode=fast, **modes)
 
 
-def test_second_derivative_raises():
-    a, p, n = (torch.randn(3, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
-    with ck.use(backend="cpu"):
-        (g,) = torch.autograd.grad(ck.triplet_margin_loss(a, p, n), a, create_graph=True)
-        with pytest.raises(NotImplementedError, match="once, not twice"):
-            g.sum().backward()
+@pytest.mark.parametrize(("device", "backend"), _GRADIENT_BACKENDS)
+@pytest.mark.parametrize(("p", "swap", "reduction"), [(2.0, True, "mean"), (3.0, False, "none")])
+def test_second_derivatives_match_torch(device, backend, p, swap, reduction):
+    """Double backward as F.triplet_margin_loss's: the gradient of
+    (the rows' gradients . v) along the rows and the incoming gradient."""
+    generator = torch.Generator().manual_seed(9)
+    rows = [torch.randn(5, 4, generator=generator, dtype=torch.float64) for _ in range(4)]
+    a, pos, neg, v = (t.to(device) for t in rows)
+    outer = torch.randn(5 if reduction == "none" else (), generator=generator,
+                        dtype=torch.float64).to(device)
+
+    def second(loss_fn, a, pos, neg, outer, v):
+        inputs = [t.clone().requires_grad_() for t in (a, pos, neg, outer)]
+        loss = loss_fn(*inputs[:3], margin=2.0, p=p, swap=swap, reduction=reduction)
+        (grad_a,) = torch.autograd.grad(loss, inputs[0], inputs[3], create_graph=True)
+        return torch.autograd.grad((grad_a * v).sum(), inputs)
+
+    with ck.use(backend=backend):
+        ours = second(ck.triplet_margin_loss, a, pos, neg, outer, v)
+    expected = second(F.triplet_margin_loss, *map(float64_cpu, (a, pos, neg, outer, v)))
+    for got, want, name in zip(ours, expected, ("anchor", "positive", "negative", "grad"),
+                               strict=True):
+        assert_close(got, want, torch.float64, 20, f"second derivative along {name}")
 
 
 @pytest.mark.parametrize(("device", "backend"), backend_params())
