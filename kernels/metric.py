@@ -26,10 +26,16 @@ the price of determinism without a sort).
 
 ``_distance_matrix_kernel``: a BLOCK x BLOCK tile of the (N, M) matrix by
 direct differences over D, BLOCK_K at a time: 3 N M D flops on the CUDA
-cores, exact at zero distance. ``_distance_matrix_backward_kernel``:
+cores, exact at zero distance (cosine: the tile's dot products and its
+rows' squared norms, 2 N M D flops). ``_distance_matrix_backward_kernel``:
 grad_x[i] = (sum_j w_ij) x_i - sum_j w_ij y_j with w = grad / d (0 at
 d = 0) or 2 grad, the second sum a tl.dot; grad_y is the same kernel with
-the roles and the matrices' strides swapped. 2 N M D flops each.
+the roles and the matrices' strides swapped. 2 N M D flops each. Cosine:
+the coefficients from cnnk::cosine_slope_of_norms (the cosine 1 - d read
+from the distances), the norms of the program's own rows and of every
+other row recomputed in each program: (N / BLOCK) (D / BLOCK) M D more
+reads for grad_x (D / BLOCK times the product's own; fine at the
+embedding sizes metric learning uses, 128: 4x).
 
 ``_mining_kernel``: a program owns BLOCK rows of the distance matrix and
 runs over its columns BLOCK at a time, keeping the largest same-label and
@@ -54,6 +60,10 @@ SQUARED = tl.constexpr(3)
 COSINE = tl.constexpr(4)
 _FORMS = {"norm2": 0, "norm1": 1, "normp": 2, "squared": 3, "cosine": 4}
 _EUCLIDEAN, _SQEUCLIDEAN, _COSINE = 0, 1, 2  # cnnk::Distance
+# The distance-matrix kernels' DISTANCE (cnnk::Distance) codes they branch on.
+SQEUCLIDEAN_DISTANCE = tl.constexpr(_SQEUCLIDEAN)
+COSINE_DISTANCE = tl.constexpr(_COSINE)
+_DISTANCE_NAMES = {"euclidean": _EUCLIDEAN, "sqeuclidean": _SQEUCLIDEAN, "cosine": _COSINE}
 _MEAN = 1  # cnnk::Reduction
 
 _BLOCK_N = 8  # triplets per program: g.chunk (cnnkernels.ops.metric._CHUNK)
@@ -141,16 +151,23 @@ def _pair_slope(u, scale, d, power, FORM: tl.constexpr):
 
 
 @triton.jit
+def _cosine_slope_of_norms(c, cosine, nx, ny, eps):
+    """cnnk::cosine_slope_of_norms: (alpha_x, alpha_y, beta) from the
+    (clamped) cosine and the norms."""
+    mx = tl.where(nx >= eps, nx, eps)
+    my = tl.where(ny >= eps, ny, eps)
+    alpha_x = tl.where(nx >= eps, c * cosine / (mx * tl.where(nx == 0, 1.0, nx)), 0.0)
+    alpha_y = tl.where(ny >= eps, c * cosine / (my * tl.where(ny == 0, 1.0, ny)), 0.0)
+    return alpha_x, alpha_y, -c / (mx * my)
+
+
+@triton.jit
 def _cosine_slope(c, dot, xx, yy, eps):
     """cnnk::cosine_slope: (alpha_x, alpha_y, beta)."""
     nx = tl.sqrt(xx)
     ny = tl.sqrt(yy)
-    mx = tl.where(nx >= eps, nx, eps)
-    my = tl.where(ny >= eps, ny, eps)
-    cosine = dot / (mx * my)
-    alpha_x = tl.where(nx >= eps, c * cosine / (mx * tl.where(nx == 0, 1.0, nx)), 0.0)
-    alpha_y = tl.where(ny >= eps, c * cosine / (my * tl.where(ny == 0, 1.0, ny)), 0.0)
-    return alpha_x, alpha_y, -c / (mx * my)
+    cosine = dot / (tl.where(nx >= eps, nx, eps) * tl.where(ny >= eps, ny, eps))
+    return _cosine_slope_of_norms(c, cosine, nx, ny, eps)
 
 
 @triton.jit
@@ -364,36 +381,64 @@ def _route_rows_kernel(rows_ptr, index_ptr, out_ptr, N, M, D, rs, xs, os_,
 
 
 @triton.jit
-def _distance_matrix_kernel(x_ptr, y_ptr, out_ptr, N, M, D, xs, ys, os_r, os_c,
-                            SQUARED_OUT: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
+def _distance_matrix_kernel(x_ptr, y_ptr, out_ptr, N, M, D, xs, ys, os_r, os_c, eps,
+                            DISTANCE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
                             BLOCK_K: tl.constexpr):
     tiles = tl.cdiv(M, BLOCK)
     i = (tl.program_id(0) // tiles) * BLOCK + tl.arange(0, BLOCK)
     j = (tl.program_id(0) % tiles) * BLOCK + tl.arange(0, BLOCK)
+    # Squared differences, or dot products and the rows' squared norms (cosine).
     acc = tl.zeros((BLOCK, BLOCK), dtype=ACC)
+    xx = tl.zeros((BLOCK,), dtype=ACC)
+    yy = tl.zeros((BLOCK,), dtype=ACC)
     for k0 in range(0, D, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(x_ptr + i[:, None] * xs + k[None, :], mask=(i[:, None] < N) & (k[None, :] < D),
                     other=0.0).to(ACC)
         y = tl.load(y_ptr + j[:, None] * ys + k[None, :], mask=(j[:, None] < M) & (k[None, :] < D),
                     other=0.0).to(ACC)
-        u = x[:, None, :] - y[None, :, :]
-        acc += tl.sum(u * u, axis=2)
-    if not SQUARED_OUT:
+        if DISTANCE == COSINE_DISTANCE:
+            acc += tl.sum(x[:, None, :] * y[None, :, :], axis=2)
+            xx += tl.sum(x * x, axis=1)
+            yy += tl.sum(y * y, axis=1)
+        else:
+            u = x[:, None, :] - y[None, :, :]
+            acc += tl.sum(u * u, axis=2)
+    if DISTANCE == COSINE_DISTANCE:
+        acc = _cosine_distance(acc, xx[:, None], yy[None, :], eps)
+    elif DISTANCE != SQEUCLIDEAN_DISTANCE:
         acc = tl.sqrt(acc)
     tl.store(out_ptr + i[:, None] * os_r + j[None, :] * os_c, acc.to(out_ptr.dtype.element_ty),
              mask=(i[:, None] < N) & (j[None, :] < M))
 
 
 @triton.jit
+def _norms(ptr, rows, count, D, stride, ACC: tl.constexpr, BLOCK: tl.constexpr,
+           BLOCK_D: tl.constexpr):
+    """The Euclidean norms of the BLOCK rows ``rows`` (0 past ``count``)."""
+    squares = tl.zeros((BLOCK,), dtype=ACC)
+    for k0 in range(0, D, BLOCK_D):
+        k = k0 + tl.arange(0, BLOCK_D)
+        v = tl.load(ptr + rows[:, None] * stride + k[None, :],
+                    mask=(rows[:, None] < count) & (k[None, :] < D), other=0.0).to(ACC)
+        squares += tl.sum(v * v, axis=1)
+    return tl.sqrt(squares)
+
+
+@triton.jit
 def _distance_matrix_backward_kernel(g_ptr, d_ptr, own_ptr, other_ptr, out_ptr, N, M, D,
-                                     gs_r, gs_c, ds_r, ds_c, owns, others, outs,
-                                     SQUARED_OUT: tl.constexpr, ACC: tl.constexpr,
+                                     gs_r, gs_c, ds_r, ds_c, owns, others, outs, eps,
+                                     DISTANCE: tl.constexpr, ACC: tl.constexpr,
                                      BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
-    """out[i] = sum_j w_ij (own_i - other_j) over a (N, M) gradient and distances."""
+    """out[i] = (sum_j a_ij) own_i - sum_j w_ij other_j over a (N, M)
+    gradient and distances: a = w = grad / d (0 at d = 0) or 2 grad; the
+    cosine's a = alpha, w = -beta (cnnk::cosine_slope_of_norms, the cosine
+    1 - d), the norms of own's and other's rows recomputed per program."""
     d_tiles = tl.cdiv(D, BLOCK_D)
     i = (tl.program_id(0) // d_tiles) * BLOCK + tl.arange(0, BLOCK)
     k = (tl.program_id(0) % d_tiles) * BLOCK_D + tl.arange(0, BLOCK_D)
+    if DISTANCE == COSINE_DISTANCE:
+        own_norms = _norms(own_ptr, i, N, D, owns, ACC, BLOCK, BLOCK_D)
     weight_sum = tl.zeros((BLOCK,), dtype=ACC)
     acc = tl.zeros((BLOCK, BLOCK_D), dtype=ACC)
     for j0 in range(0, M, BLOCK):
@@ -401,13 +446,22 @@ def _distance_matrix_backward_kernel(g_ptr, d_ptr, own_ptr, other_ptr, out_ptr, 
         inside = (i[:, None] < N) & (j[None, :] < M)
         grad = tl.load(g_ptr + i[:, None] * gs_r + j[None, :] * gs_c, mask=inside,
                        other=0.0).to(ACC)
-        if SQUARED_OUT:
+        if DISTANCE == SQEUCLIDEAN_DISTANCE:
             w = 2.0 * grad
+            a = w
         else:
             d = tl.load(d_ptr + i[:, None] * ds_r + j[None, :] * ds_c, mask=inside,
                         other=0.0).to(ACC)
-            w = tl.where(d == 0, 0.0, grad / tl.where(d == 0, 1.0, d))
-        weight_sum += tl.sum(w, axis=1)
+            if DISTANCE == COSINE_DISTANCE:
+                other_norms = _norms(other_ptr, j, M, D, others, ACC, BLOCK, BLOCK_D)
+                a, _, beta = _cosine_slope_of_norms(grad, 1.0 - d, own_norms[:, None],
+                                                    other_norms[None, :], eps)
+                a = tl.where(inside, a, 0.0)
+                w = tl.where(inside, -beta, 0.0)
+            else:
+                w = tl.where(d == 0, 0.0, grad / tl.where(d == 0, 1.0, d))
+                a = w
+        weight_sum += tl.sum(a, axis=1)
         other = tl.load(other_ptr + j[:, None] * others + k[None, :],
                         mask=(j[:, None] < M) & (k[None, :] < D), other=0.0).to(ACC)
         acc = tl.dot(w, other, acc, input_precision="ieee", out_dtype=ACC)
@@ -510,7 +564,7 @@ def route_rows(g, rows, index, out) -> None:
 def distance_matrix_forward(g, x, y, out) -> None:
     grid = triton.cdiv(g.N, _BLOCK) * triton.cdiv(g.M, _BLOCK)
     _distance_matrix_kernel[(grid,)](x, y, out, g.N, g.M, g.D, x.stride(0), y.stride(0),
-                                     *out.stride(), SQUARED_OUT=g.distance == _SQEUCLIDEAN,
+                                     *out.stride(), g.eps, DISTANCE=g.distance,
                                      ACC=acc_type(x.dtype), BLOCK=_BLOCK, BLOCK_K=_BLOCK_K,
                                      num_warps=_NUM_WARPS)
 
@@ -525,8 +579,8 @@ def distance_matrix_backward(g, grad, x, y, distances, grad_x, grad_y) -> None:
         ds = distances.stride()[::-1] if transposed else distances.stride()
         _distance_matrix_backward_kernel[(triton.cdiv(n, _BLOCK) * triton.cdiv(g.D, _BLOCK),)](
             grad, distances, own, other, out, n, m, g.D, *gs, *ds, own.stride(0),
-            other.stride(0), out.stride(0), SQUARED_OUT=g.distance == _SQEUCLIDEAN,
-            ACC=acc_type(x.dtype), BLOCK=_BLOCK, BLOCK_D=_BLOCK, num_warps=_NUM_WARPS)
+            other.stride(0), out.stride(0), g.eps, DISTANCE=g.distance, ACC=acc_type(x.dtype),
+            BLOCK=_BLOCK, BLOCK_D=_BLOCK, num_warps=_NUM_WARPS)
 
 
 def batch_hard_mining(g, distances, labels, positive_index, negative_index) -> None:
@@ -579,18 +633,18 @@ def static_check_specs():
             pointers={"rows_ptr": ptr, "index_ptr": "*i64", "out_ptr": ptr},
             constexprs={"ACC": tl.float32, "BLOCK_R": block_r, "BLOCK_I": block_i,
                         "BLOCK_D": block_d}, num_warps=_NUM_WARPS))
-        for squared in (False, True):
+        for distance_name, distance in _DISTANCE_NAMES.items():
             specs.append(compile_spec(
-                f"metric_distance_matrix[{dtype},squared={squared}]", _distance_matrix_kernel,
-                pointers={"x_ptr": ptr, "y_ptr": ptr, "out_ptr": ptr},
-                constexprs={"SQUARED_OUT": squared, "ACC": tl.float32, "BLOCK": _BLOCK,
+                f"metric_distance_matrix[{dtype},{distance_name}]", _distance_matrix_kernel,
+                pointers={"x_ptr": ptr, "y_ptr": ptr, "out_ptr": ptr, "eps": "fp32"},
+                constexprs={"DISTANCE": distance, "ACC": tl.float32, "BLOCK": _BLOCK,
                             "BLOCK_K": _BLOCK_K}, num_warps=_NUM_WARPS))
             specs.append(compile_spec(
-                f"metric_distance_matrix_backward[{dtype},squared={squared}]",
+                f"metric_distance_matrix_backward[{dtype},{distance_name}]",
                 _distance_matrix_backward_kernel,
                 pointers={"g_ptr": ptr, "d_ptr": ptr, "own_ptr": ptr, "other_ptr": ptr,
-                          "out_ptr": ptr},
-                constexprs={"SQUARED_OUT": squared, "ACC": tl.float32, "BLOCK": _BLOCK,
+                          "out_ptr": ptr, "eps": "fp32"},
+                constexprs={"DISTANCE": distance, "ACC": tl.float32, "BLOCK": _BLOCK,
                             "BLOCK_D": _BLOCK}, num_warps=_NUM_WARPS))
         specs.append(compile_spec(
             f"metric_mining[{dtype}]", _mining_kernel,

@@ -21,7 +21,7 @@ struct PyStruct<RouteGeometry> : std::true_type {
 template <>
 struct PyStruct<DistanceMatrixGeometry> : std::true_type {
   static DistanceMatrixGeometry read(const Fields& f) {
-    return {CNNK_FIELD(N), CNNK_FIELD(M), CNNK_FIELD(D), CNNK_FIELD(distance)};
+    return {CNNK_FIELD(N), CNNK_FIELD(M), CNNK_FIELD(D), CNNK_FIELD(distance), CNNK_FIELD(eps)};
   }
 };
 

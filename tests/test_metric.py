@@ -1,8 +1,8 @@
 """metric: the triplet margin loss, distance matrices and batch-hard mining,
-through the common tests of tests/harness.py (the losses are differentiated
-once: the harness's first-and-second-derivative check is replaced by
-test_gradients_match_finite_differences); then the family's own: swap
-ties, broadcasting, torch's errors, batch-hard mining's choices, exclusions
+through the common tests of tests/harness.py (first and second derivatives
+of every sample among them); then the family's own: batch-hard's
+derivatives, second derivatives against torch's, swap ties, broadcasting,
+torch's errors, cosine zero rows, batch-hard mining's choices, exclusions
 and ties, the module twin."""
 
 import random
@@ -16,6 +16,7 @@ from reference import assert_close, float64_cpu, random_tensor
 
 import cnnkernels as ck
 from cnnkernels.ops.metric import (
+    COSINE_EPS,
     DISTANCES,
     REDUCTIONS,
     batch_hard_mining_op,
@@ -52,10 +53,12 @@ def reference_triplet(a, p, n, margin=1.0, norm=2.0, eps=1e-6, swap=False, reduc
     return {"none": loss, "mean": loss.mean(), "sum": loss.sum()}[reduction]
 
 
-def reference_pair(x, y, distance):
-    """The Euclidean or squared distance of rows x and y (the square root
-    clamped away from 0, where an excluded anchor's stand-in pair is its own
-    row: its gradient is masked, and must not be NaN)."""
+def reference_pair(x, y, distance, eps=COSINE_EPS):
+    """The Euclidean, squared or cosine distance of rows x and y (the square
+    root clamped away from 0, where an excluded anchor's stand-in pair is its
+    own row: its gradient is masked, and must not be NaN)."""
+    if distance == "cosine":
+        return 1 - F.cosine_similarity(x, y, dim=-1, eps=eps)
     squared = (x - y).square().sum(-1)
     return squared if distance == "sqeuclidean" else squared.clamp_min(1e-300).sqrt()
 
@@ -115,13 +118,16 @@ def run_case(device, backend, case, dtype, seed):
         y = random_tensor((case["M"], case["D"]), dtype, device, generator=generator)
         x.requires_grad_()
         y.requires_grad_()
-        distance = "sqeuclidean" if case["distance"] == "sqeuclidean" else "euclidean"
+        distance = case["distance"]
         with ck.use(backend=backend):
             out = ck.pairwise_distance_matrix(x, y, distance=distance)
             grad = random_tensor(out.shape, dtype, device, generator=generator)
             out.backward(grad)
         x64, y64 = float64_cpu(x).requires_grad_(), float64_cpu(y).requires_grad_()
-        expected = torch.cdist(x64, y64) ** (2 if distance == "sqeuclidean" else 1)
+        if distance == "cosine":
+            expected = reference_pair(x64[:, None], y64[None], distance)
+        else:
+            expected = torch.cdist(x64, y64) ** (2 if distance == "sqeuclidean" else 1)
         expected.backward(float64_cpu(grad))
         assert_close(out, expected.detach(), dtype, case["D"], "distances")
         assert_close(x.grad, x64.grad, dtype, case["M"] * case["D"], "grad x")
@@ -131,7 +137,7 @@ def run_case(device, backend, case, dtype, seed):
         e = random_tensor((case["N"], case["D"]), dtype, device, generator=generator)
         e.requires_grad_()
         labels = torch.randint(0, case["labels"], (case["N"],), generator=generator)
-        distance = "sqeuclidean" if case["distance"] == "sqeuclidean" else "euclidean"
+        distance = case["distance"]
         settings = dict(distance=distance, reduction=case["reduction"])
         low = dtype in (torch.float16, torch.bfloat16)
         with ck.use(backend=backend):
@@ -191,6 +197,12 @@ def _samples():
                triplet, 6),
         Sample("distance_matrix", ck.pairwise_distance_matrix,
                lambda x, y: reference_pair(x[:, None], y[None], "euclidean"), pair, 4),
+        Sample("distance_matrix_sqeuclidean",
+               lambda x, y: ck.pairwise_distance_matrix(x, y, distance="sqeuclidean"),
+               lambda x, y: reference_pair(x[:, None], y[None], "sqeuclidean"), pair, 4),
+        Sample("distance_matrix_cosine",
+               lambda x, y: ck.pairwise_distance_matrix(x, y, distance="cosine"),
+               lambda x, y: reference_pair(x[:, None], y[None], "cosine"), pair, 4),
     )
 
 
@@ -202,7 +214,8 @@ def _op_calls(device, backend, dtype):
     labels = torch.tensor([0, 1, 0, 1, 1], device=device)
     none, mean = REDUCTIONS["none"], REDUCTIONS["mean"]
     settings = (1.0, 2.0, 1e-6, True, mean, DISTANCES["euclidean"], backend)
-    distances = distance_matrix_op(a.detach(), n.detach(), 0, backend)
+    distances = distance_matrix_op(a.detach(), n.detach(), 0, 0.0, backend)
+    cosines = distance_matrix_op(a.detach(), n.detach(), DISTANCES["cosine"], 1e-8, backend)
     return [
         (triplet_loss_op, (a, p, n, None, None, *settings)),
         (triplet_loss_op, (a, p, n, None, None, 0.5, 1.5, 1e-6, False, none,
@@ -211,10 +224,13 @@ def _op_calls(device, backend, dtype):
         (triplet_loss_backward_op, (torch.ones((), dtype=dtype, device=device), a.detach(),
                                     p.detach(), n.detach(), None, None, *settings)),
         (route_rows_op, (a.detach(), index, 6, backend)),
-        (distance_matrix_op, (a, p, DISTANCES["euclidean"], backend)),
-        (distance_matrix_op, (a, p[:3], DISTANCES["sqeuclidean"], backend)),
-        (distance_matrix_backward_op, (distances, a.detach(), n.detach(), distances, 0,
+        (distance_matrix_op, (a, p, DISTANCES["euclidean"], 0.0, backend)),
+        (distance_matrix_op, (a, p[:3], DISTANCES["sqeuclidean"], 0.0, backend)),
+        (distance_matrix_op, (a, p[:3], DISTANCES["cosine"], 1e-8, backend)),
+        (distance_matrix_backward_op, (distances, a.detach(), n.detach(), distances, 0, 0.0,
                                        backend)),
+        (distance_matrix_backward_op, (distances, a.detach(), n.detach(), cosines,
+                                       DISTANCES["cosine"], 1e-8, backend)),
         (batch_hard_mining_op, (distances, labels, backend)),
     ]
 
@@ -244,8 +260,13 @@ BAD_INPUTS = (
     ("matrix_sizes", lambda: ck.pairwise_distance_matrix(X, torch.randn(2, 4)), ValueError,
      "x and y must have rows of one size"),
     ("matrix_rank", lambda: ck.pairwise_distance_matrix(X[0]), ValueError, "x must be 2-D"),
-    ("matrix_cosine", lambda: ck.pairwise_distance_matrix(X, distance="cosine"), ValueError,
-     "distance must be one of 'euclidean', 'sqeuclidean'"),
+    ("matrix_distance", lambda: ck.pairwise_distance_matrix(X, distance="cityblock"),
+     ValueError, "distance must be one of 'euclidean', 'sqeuclidean', 'cosine'"),
+    ("matrix_eps", lambda: ck.pairwise_distance_matrix(X, distance="cosine", eps="tiny"),
+     TypeError, "eps must be a number"),
+    ("batch_hard_eps", lambda: ck.batch_hard_triplet_loss(X, torch.zeros(4, dtype=torch.int64),
+                                                          distance="cosine", eps=None),
+     TypeError, "eps must be a number"),
     ("labels_length", lambda: ck.batch_hard_triplet_loss(X, torch.zeros(3, dtype=torch.int64)),
      ValueError, "labels must hold one label per embedding (4), got 3"),
     ("labels_dtype", lambda: ck.batch_hard_triplet_loss(X, torch.zeros(4)), TypeError,
@@ -276,53 +297,62 @@ SPEC = FamilySpec(
                       distance="cosine", margin=1.0, broadcast=True, labels=3),
                  dict(kind="matrix", N=9, M=5, D=13, p=2.0, swap=False, reduction="none",
                       distance="euclidean", margin=1.0, broadcast=False, labels=3),
+                 dict(kind="matrix", N=9, M=5, D=13, p=2.0, swap=False, reduction="none",
+                      distance="cosine", margin=1.0, broadcast=False, labels=3),
                  dict(kind="batch_hard", N=12, M=5, D=13, p=2.0, swap=False, reduction="mean",
-                      distance="euclidean", margin=1.0, broadcast=False, labels=3)),
+                      distance="euclidean", margin=1.0, broadcast=False, labels=3),
+                 dict(kind="batch_hard", N=12, M=5, D=13, p=2.0, swap=False, reduction="sum",
+                      distance="cosine", margin=0.3, broadcast=False, labels=3)),
     samples=_samples(), op_calls=_op_calls, bad_inputs=BAD_INPUTS, seeds=(10, 40))
 
-_common = common_tests(SPEC)
-# Differentiated once: the harness's check of first and second derivatives is
-# replaced by test_gradients_match_finite_differences.
-del _common["test_derivatives_match_finite_differences"]
-globals().update(_common)
+globals().update(common_tests(SPEC))
 
 _GRADIENT_BACKENDS = [p for p in backend_params() if torch.float64 in dtypes_for(*p.values)]
 
 
 @pytest.mark.parametrize(("device", "backend"), _GRADIENT_BACKENDS)
-@pytest.mark.parametrize("sample", _samples(), ids=lambda s: s.name)
-def test_gradients_match_finite_differences(device, backend, sample):
-    """First derivatives, reverse and forward mode (the interpreter: reverse
-    mode in gradcheck's fast mode)."""
-    inputs = sample.make(torch.float64, device, torch.Generator().manual_seed(3), 3)
-    inputs = [t.requires_grad_() for t in inputs]
-    fast = interpreted(device, backend)
-    with ck.use(backend=backend):
-        assert torch.autograd.gradcheck(sample.ours, inputs, fast_mode=fast,
-                                        check_forward_ad=not fast)
-
-
-@pytest.mark.parametrize(("device", "backend"), _GRADIENT_BACKENDS)
-@pytest.mark.parametrize("distance", ["euclidean", "sqeuclidean"])
-def test_batch_hard_gradient_matches_finite_differences(device, backend, distance):
+@pytest.mark.parametrize("distance", ["euclidean", "sqeuclidean", "cosine"])
+@pytest.mark.parametrize("check", [torch.autograd.gradcheck, torch.autograd.gradgradcheck],
+                         ids=lambda check: check.__name__)
+def test_batch_hard_derivatives_match_finite_differences(check, device, backend, distance):
     """The mining is piecewise constant: away from ties the loss is the
-    chosen pairs' hinge, whose derivative gradcheck checks."""
+    chosen pairs' hinge, whose first and second derivatives (the mined
+    indices constants) the checks compare with finite differences; forward
+    mode too, but not on the interpreter."""
     generator = torch.Generator().manual_seed(4)
     e = torch.randn(7, 3, generator=generator, dtype=torch.float64).to(device).requires_grad_()
     labels = torch.tensor([0, 1, 0, 2, 1, 0, 2], device=device)
     fast = interpreted(device, backend)
+    modes = ({"check_forward_ad": not fast} if check is torch.autograd.gradcheck
+             else {"check_fwd_over_rev": not fast})
     with ck.use(backend=backend):
-        assert torch.autograd.gradcheck(
-            lambda x: ck.batch_hard_triplet_loss(x, labels, 2.0, distance=distance), (e,),
-            fast_mode=fast, check_forward_ad=not fast)
+        assert check(lambda x: ck.batch_hard_triplet_loss(x, labels, 2.0, distance=distance),
+                     (e,), fast_mode=fast, **modes)
 
 
-def test_second_derivative_raises():
-    a, p, n = (torch.randn(3, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
-    with ck.use(backend="cpu"):
-        (g,) = torch.autograd.grad(ck.triplet_margin_loss(a, p, n), a, create_graph=True)
-        with pytest.raises(NotImplementedError, match="once, not twice"):
-            g.sum().backward()
+@pytest.mark.parametrize(("device", "backend"), _GRADIENT_BACKENDS)
+@pytest.mark.parametrize(("p", "swap", "reduction"), [(2.0, True, "mean"), (3.0, False, "none")])
+def test_second_derivatives_match_torch(device, backend, p, swap, reduction):
+    """Double backward as F.triplet_margin_loss's: the gradient of
+    (the rows' gradients . v) along the rows and the incoming gradient."""
+    generator = torch.Generator().manual_seed(9)
+    rows = [torch.randn(5, 4, generator=generator, dtype=torch.float64) for _ in range(4)]
+    a, pos, neg, v = (t.to(device) for t in rows)
+    outer = torch.randn(5 if reduction == "none" else (), generator=generator,
+                        dtype=torch.float64).to(device)
+
+    def second(loss_fn, a, pos, neg, outer, v):
+        inputs = [t.clone().requires_grad_() for t in (a, pos, neg, outer)]
+        loss = loss_fn(*inputs[:3], margin=2.0, p=p, swap=swap, reduction=reduction)
+        (grad_a,) = torch.autograd.grad(loss, inputs[0], inputs[3], create_graph=True)
+        return torch.autograd.grad((grad_a * v).sum(), inputs)
+
+    with ck.use(backend=backend):
+        ours = second(ck.triplet_margin_loss, a, pos, neg, outer, v)
+    expected = second(F.triplet_margin_loss, *map(float64_cpu, (a, pos, neg, outer, v)))
+    for got, want, name in zip(ours, expected, ("anchor", "positive", "negative", "grad"),
+                               strict=True):
+        assert_close(got, want, torch.float64, 20, f"second derivative along {name}")
 
 
 @pytest.mark.parametrize(("device", "backend"), backend_params())
@@ -409,6 +439,50 @@ def test_batch_hard_mines_half_precision_on_float32_distances(device, backend, d
     losses[0].backward()
     grad = embeddings.grad.float().cpu()
     assert grad[2].abs().sum() > 0 and grad[1].abs().sum() == 0
+
+
+@pytest.mark.parametrize(("device", "backend"), backend_params())
+def test_cosine_zero_rows(device, backend):
+    """A zero row is at distance 1 from every row (its norm clamped at
+    eps); its gradient is F.cosine_similarity's, and the other side gets
+    none from it. The clamp is the triplet loss's: the batch-hard loss on
+    the cosine equals triplet_margin_loss(distance="cosine") on the mined
+    rows with the same eps."""
+    dtype = dtypes_for(device, backend)[0]
+    generator = torch.Generator().manual_seed(12)
+    x = random_tensor((4, 5), dtype, device, generator=generator)
+    y = random_tensor((3, 5), dtype, device, generator=generator)
+    x[1] = 0
+    y[2] = 0
+    x.requires_grad_()
+    y.requires_grad_()
+    with ck.use(backend=backend):
+        out = ck.pairwise_distance_matrix(x, y, distance="cosine", eps=1e-3)
+        grad = random_tensor(out.shape, dtype, device, generator=generator)
+        out.backward(grad)
+    x64, y64 = float64_cpu(x).requires_grad_(), float64_cpu(y).requires_grad_()
+    expected = reference_pair(x64[:, None], y64[None], "cosine", eps=1e-3)
+    expected.backward(float64_cpu(grad))
+    assert (out[1].cpu() == 1).all() and (out[:, 2].cpu() == 1).all()
+    assert_close(out, expected.detach(), dtype, 5, "distances")
+    assert_close(x.grad, x64.grad, dtype, 15, "grad x")
+    assert_close(y.grad, y64.grad, dtype, 20, "grad y")
+    with ck.use(backend=backend):
+        empty_rows = ck.pairwise_distance_matrix(x[:, :0], y[:, :0], distance="cosine")
+    assert (empty_rows.cpu() == 1).all()  # 1 - F.cosine_similarity's 0
+
+    embeddings = torch.cat([x.detach(), y.detach()]).requires_grad_()
+    labels = torch.tensor([0, 1, 0, 1, 2, 0, 2], device=device)
+    with ck.use(backend=backend):
+        losses = ck.batch_hard_triplet_loss(embeddings, labels, 0.5, distance="cosine",
+                                            eps=1e-3, reduction="none")
+        distances = ck.pairwise_distance_matrix(embeddings, distance="cosine", eps=1e-3)
+        positive, negative = batch_hard_mining_op(distances, labels, backend)
+        triplets = ck.triplet_margin_loss(embeddings, embeddings[positive],
+                                          embeddings[negative], 0.5, eps=1e-3,
+                                          distance="cosine", reduction="none")
+    assert (positive >= 0).all() and (negative >= 0).all()
+    assert_close(losses, float64_cpu(triplets), dtype, 5, "batch-hard against triplet")
 
 
 @pytest.mark.parametrize(("device", "backend"), backend_params())

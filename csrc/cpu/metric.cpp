@@ -14,9 +14,11 @@
 // sums its rows in increasing i), then each output row its sum: N D reads,
 // M D writes.
 //
-// distance_matrix_forward: each (i, j) pair by direct differences, in
+// distance_matrix_forward: each (i, j) pair by direct differences (cosine:
+// its dot product, over the rows' norms computed first, (N + M) D), in
 // lanes: 3 N M D flops, compute-bound; the backward: N M D multiply-adds
-// for each of grad_x and grad_y.
+// for each of grad_x and grad_y (cosine: the norms first, then per pair
+// the slope from the saved distance, cnnk::cosine_slope_of_norms).
 //
 // batch_hard_mining: one pass over each row of the (N, N) matrix.
 //
@@ -347,12 +349,6 @@ Status dispatch_form(DType dtype, PairForm form, Body body) {
   });
 }
 
-bool rows_contiguous(std::initializer_list<TensorN<2>> tensors) {
-  for (const TensorN<2>& t : tensors)
-    if (t.data != nullptr && t.stride[1] != 1) return false;
-  return true;
-}
-
 }  // namespace
 
 Status triplet_loss_forward(DType dtype, const TripletGeometry& g, TensorN<2> anchor,
@@ -425,20 +421,33 @@ Status route_rows(DType dtype, const RouteGeometry& g, TensorN<2> rows, Tensor1 
 
 namespace {
 
-template <typename T>
-acc_t<T> squared_distance(const T* x, const T* y, int64_t D) {
+// sum_k (x_k - y_k)^2, or with kDot sum_k x_k y_k, in lanes.
+template <bool kDot, typename T>
+acc_t<T> pair_sum(const T* x, const T* y, int64_t D) {
   using A = acc_t<T>;
   A lanes[kLanes] = {};
   for (int64_t k0 = 0; k0 < D; k0 += kLanes) {
     const int width = static_cast<int>(std::min<int64_t>(kLanes, D - k0));
     for (int l = 0; l < width; ++l) {
-      const A u = to_acc(x[k0 + l]) - to_acc(y[k0 + l]);
-      lanes[l] += u * u;
+      if constexpr (kDot) {
+        lanes[l] += to_acc(x[k0 + l]) * to_acc(y[k0 + l]);
+      } else {
+        const A u = to_acc(x[k0 + l]) - to_acc(y[k0 + l]);
+        lanes[l] += u * u;
+      }
     }
   }
   A total = 0;
   for (A lane : lanes) total += lane;
   return total;
+}
+
+// The squared norms of t's `rows` rows (the cosine's).
+template <typename T>
+std::vector<acc_t<T>> squared_norms(TensorN<2> t, int64_t rows, int64_t D) {
+  std::vector<acc_t<T>> norms(rows);
+  for (int64_t i = 0; i < rows; ++i) norms[i] = pair_sum<true>(row_of<T>(t, i), row_of<T>(t, i), D);
+  return norms;
 }
 
 // The weight of pair (i, j) in the distance matrix's backward: grad / d
@@ -469,24 +478,85 @@ void weighted_differences(const T* own, TensorN<2> other, int64_t count, int64_t
   for (int64_t k = 0; k < D; ++k) out_row[k] = from_acc<T>(sum[k]);
 }
 
+// out_row = sum over the other side's rows j of alpha_j own + beta_j other_j,
+// (alpha_j, beta_j) = slope(j) the cosine's (alpha_x, beta) of pair (own,
+// other_j): the other rows in j order, own once with the alphas' sum.
+template <typename T, typename Slope>
+void cosine_rows(const T* own, TensorN<2> other, int64_t count, int64_t D, Slope slope,
+                 acc_t<T>* sum, T* out_row) {
+  using A = acc_t<T>;
+  std::fill(sum, sum + D, A(0));
+  A own_weight = 0;
+  for (int64_t j = 0; j < count; ++j) {
+    const CosineSlope<A> s = slope(j);
+    own_weight += s.alpha_x;
+    if (s.beta == A(0)) continue;
+    const T* y = row_of<T>(other, j);
+    for (int64_t k = 0; k < D; ++k) sum[k] += s.beta * to_acc(y[k]);
+  }
+  for (int64_t k = 0; k < D; ++k) out_row[k] = from_acc<T>(own_weight * to_acc(own[k]) + sum[k]);
+}
+
+// The cosine matrix's backward (the norms computed once, N + M rows).
+template <typename T>
+Status cosine_matrix_backward(const DistanceMatrixGeometry& g, TensorN<2> grad, TensorN<2> x,
+                              TensorN<2> y, TensorN<2> distances, TensorN<2> grad_x,
+                              TensorN<2> grad_y) {
+  using A = acc_t<T>;
+  const A eps = static_cast<A>(g.eps);
+  std::vector<A> x_norms = squared_norms<T>(x, g.N, g.D), y_norms = squared_norms<T>(y, g.M, g.D);
+  for (A& n : x_norms) n = sqrt_acc(n);
+  for (A& n : y_norms) n = sqrt_acc(n);
+  // c = grad, the cosine 1 - d; the slope along the row of the side being written.
+  auto slope = [&](int64_t i, int64_t j, A own_norm, A other_norm) {
+    return cosine_slope_of_norms(to_acc(element<T>(grad, i, j)),
+                                 A(1) - to_acc(element<T>(distances, i, j)), own_norm,
+                                 other_norm, eps);
+  };
+  const Status s = parallel_tasks<A>(g.N, g.D, [&](int64_t i, A* sum) {
+    cosine_rows(row_of<T>(x, i), y, g.M, g.D,
+                [&](int64_t j) { return slope(i, j, x_norms[i], y_norms[j]); }, sum,
+                mutable_row<T>(grad_x, i));
+  },
+      2 * g.M * g.D);
+  if (s != Status::ok) return s;
+  return parallel_tasks<A>(g.M, g.D, [&](int64_t j, A* sum) {
+    cosine_rows(row_of<T>(y, j), x, g.N, g.D,
+                [&](int64_t i) { return slope(i, j, y_norms[j], x_norms[i]); }, sum,
+                mutable_row<T>(grad_y, j));
+  },
+      2 * g.N * g.D);
+}
+
 }  // namespace
 
 Status distance_matrix_forward(DType dtype, const DistanceMatrixGeometry& g, TensorN<2> x,
                                TensorN<2> y, TensorN<2> out) {
   if (g.N < 0 || g.M < 0 || g.D < 0 || !rows_contiguous({x, y})) return Status::bad_argument;
-  if (g.distance == Distance::cosine) return Status::bad_argument;
   if (g.N == 0 || g.M == 0) return Status::ok;
   if (!out.data || (g.D > 0 && (!x.data || !y.data))) return Status::bad_argument;
-  const bool squared = g.distance == Distance::sqeuclidean;
   return dispatch_dtype(dtype, [&](auto type) {
     using T = typename decltype(type)::type;
     using A = acc_t<T>;
+    const A eps = static_cast<A>(g.eps);
+    std::vector<A> x_norms, y_norms;  // squared, for the cosine
+    if (g.distance == Distance::cosine) {
+      x_norms = squared_norms<T>(x, g.N, g.D);
+      y_norms = squared_norms<T>(y, g.M, g.D);
+    }
     return parallel_tasks<A>(g.N, 0, [&](int64_t i, A*) {
       const T* xi = row_of<T>(x, i);
       T* o = static_cast<T*>(out.data) + i * out.stride[0];
       for (int64_t j = 0; j < g.M; ++j) {
-        const A d2 = squared_distance(xi, row_of<T>(y, j), g.D);
-        o[j * out.stride[1]] = from_acc<T>(squared ? d2 : sqrt_acc(d2));
+        const T* yj = row_of<T>(y, j);
+        A d;
+        if (g.distance == Distance::cosine) {
+          d = cosine_distance(pair_sum<true>(xi, yj, g.D), x_norms[i], y_norms[j], eps);
+        } else {
+          d = pair_sum<false>(xi, yj, g.D);
+          if (g.distance == Distance::euclidean) d = sqrt_acc(d);
+        }
+        o[j * out.stride[1]] = from_acc<T>(d);
       }
     },
         3 * g.M * g.D);
@@ -498,7 +568,6 @@ Status distance_matrix_backward(DType dtype, const DistanceMatrixGeometry& g, Te
                                 TensorN<2> grad_x, TensorN<2> grad_y) {
   if (g.N < 0 || g.M < 0 || g.D < 0 || !rows_contiguous({x, y, grad_x, grad_y}))
     return Status::bad_argument;
-  if (g.distance == Distance::cosine) return Status::bad_argument;
   if (g.D == 0) return Status::ok;
   if ((g.N > 0 && (!x.data || !grad_x.data)) || (g.M > 0 && (!y.data || !grad_y.data)) ||
       (g.N > 0 && g.M > 0 && (!grad.data || !distances.data)))
@@ -506,6 +575,8 @@ Status distance_matrix_backward(DType dtype, const DistanceMatrixGeometry& g, Te
   return dispatch_dtype(dtype, [&](auto type) {
     using T = typename decltype(type)::type;
     using A = acc_t<T>;
+    if (g.distance == Distance::cosine)
+      return cosine_matrix_backward<T>(g, grad, x, y, distances, grad_x, grad_y);
     auto weight = [&](int64_t i, int64_t j) {
       return pair_weight(g.distance, to_acc(element<T>(grad, i, j)),
                          to_acc(element<T>(distances, i, j)));

@@ -19,10 +19,15 @@
 //
 // distance_matrix_kernel: a 16 x 16 thread block owns a 32 x 32 tile (2 x 2
 // per thread), x's and y's rows staged through shared memory kStep values
-// of D at a time; direct differences, 3 N M D flops on the CUDA cores.
+// of D at a time; direct differences, 3 N M D flops on the CUDA cores
+// (cosine: dot products, 2 N M D flops, and the tile's squared norms).
 // distance_matrix_backward_kernel: a warp per output row, its lanes over D,
 // summing w_ij (own_i - other_j) over j in order; 2 N M D flops each for
 // grad_x and grad_y (the second with the roles and strides swapped).
+// cosine_matrix_backward_kernel: the same warps, the other rows' norms
+// recomputed per block of kWarps output rows (N M D / kWarps more reads for
+// grad_x, as many for grad_y) and a read-modify-write of the output row per
+// kThreads other rows.
 //
 // mining_kernel: a warp per anchor, lanes striding over the row, then a
 // shuffle reduction of (distance, index) pairs, ties to the lower index.
@@ -278,7 +283,7 @@ __device__ __forceinline__ acc_t<T> at(TensorN<2> t, int64_t i, int64_t j) {
   return load(static_cast<const T*>(t.data), i * t.stride[0] + j * t.stride[1]);
 }
 
-template <typename T>
+template <typename T, bool kCosine>
 __global__ void __launch_bounds__(kSide * kSide)
     distance_matrix_kernel(DistanceMatrixGeometry g, TensorN<2> x, TensorN<2> y, TensorN<2> out,
                            int64_t column_tiles) {
@@ -287,7 +292,8 @@ __global__ void __launch_bounds__(kSide * kSide)
   const int64_t i0 = int64_t{blockIdx.x} / column_tiles * kTile;
   const int64_t j0 = int64_t{blockIdx.x} % column_tiles * kTile;
   const int ty = threadIdx.y, tx = threadIdx.x;
-  A acc[2][2] = {};
+  // Squared differences, or dot products and the rows' squared norms (cosine).
+  A acc[2][2] = {}, xx[2] = {}, yy[2] = {};
   for (int64_t k0 = 0; k0 < g.D; k0 += kStep) {
 #pragma unroll 1
     for (int e = ty * kSide + tx; e < kTile * kStep; e += kSide * kSide) {
@@ -300,18 +306,35 @@ __global__ void __launch_bounds__(kSide * kSide)
     for (int k = 0; k < kStep; ++k)
       for (int a = 0; a < 2; ++a)
         for (int b = 0; b < 2; ++b) {
-          const A u = xs[k][ty + kSide * a] - ys[k][tx + kSide * b];
-          acc[a][b] += u * u;
+          const A xv = xs[k][ty + kSide * a], yv = ys[k][tx + kSide * b];
+          if constexpr (kCosine) {
+            acc[a][b] += xv * yv;
+          } else {
+            const A u = xv - yv;
+            acc[a][b] += u * u;
+          }
+        }
+    if constexpr (kCosine)
+      for (int k = 0; k < kStep; ++k)
+        for (int a = 0; a < 2; ++a) {
+          xx[a] += xs[k][ty + kSide * a] * xs[k][ty + kSide * a];
+          yy[a] += ys[k][tx + kSide * a] * ys[k][tx + kSide * a];
         }
     __syncthreads();
   }
   const bool squared = g.distance == Distance::sqeuclidean;
+  const A eps = static_cast<A>(g.eps);
   for (int a = 0; a < 2; ++a)
     for (int b = 0; b < 2; ++b) {
       const int64_t i = i0 + ty + kSide * a, j = j0 + tx + kSide * b;
+      A d = acc[a][b];
+      if constexpr (kCosine) {
+        d = cosine_distance(d, xx[a], yy[b], eps);
+      } else if (!squared) {
+        d = sqrt_acc(d);
+      }
       if (i < g.N && j < g.M)
-        static_cast<T*>(out.data)[i * out.stride[0] + j * out.stride[1]] =
-            from_acc<T>(squared ? acc[a][b] : sqrt_acc(acc[a][b]));
+        static_cast<T*>(out.data)[i * out.stride[0] + j * out.stride[1]] = from_acc<T>(d);
     }
 }
 
@@ -344,6 +367,67 @@ __global__ void __launch_bounds__(kThreads)
     }
     if (k < D) static_cast<T*>(out.data)[i * out.stride[0] + k] = from_acc<T>(sum);
   }
+}
+
+// The cosine's out[i] = (sum_j alpha_ij) own_i + sum_j beta_ij other_j
+// (cnnk::cosine_slope_of_norms, the cosine 1 - d from the saved distances):
+// a warp per output row as above; the block's warps compute the norms of
+// kThreads other rows at a time into shared memory, then each warp adds that
+// chunk's terms to its row of out (written by the first chunk), and own_i's
+// term last.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    cosine_matrix_backward_kernel(int64_t n, int64_t m, int64_t D, acc_t<T> eps, const T* grad,
+                                  int64_t gs_r, int64_t gs_c, const T* dist, int64_t ds_r,
+                                  int64_t ds_c, TensorN<2> own, TensorN<2> other,
+                                  TensorN<2> out) {
+  using A = acc_t<T>;
+  __shared__ A other_norms[kThreads];
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int64_t i = int64_t{blockIdx.x} * kWarps + warp;
+  const bool active = i < n;  // every warp computes norms: no early return before the barriers
+  T* out_row = active ? static_cast<T*>(out.data) + i * out.stride[0] : nullptr;
+  A own_norm = 0;
+  if (active) {
+    for (int64_t k = lane; k < D; k += kWarp) {
+      const A v = load(row_of<T>(own, i), k);
+      own_norm += v * v;
+    }
+    own_norm = sqrt_acc(warp_sum(own_norm));
+  }
+  A own_weight = 0;  // sum_j alpha_ij, complete after the last chunk
+  for (int64_t j0 = 0; j0 < m; j0 += kThreads) {
+    const int64_t count = m - j0 < kThreads ? m - j0 : kThreads;
+    __syncthreads();  // the previous chunk's norms are read
+    for (int r = warp * kWarp; r < (warp + 1) * kWarp && r < count; ++r) {
+      A sum = 0;
+      for (int64_t k = lane; k < D; k += kWarp) {
+        const A v = load(row_of<T>(other, j0 + r), k);
+        sum += v * v;
+      }
+      sum = warp_sum(sum);
+      if (lane == 0) other_norms[r] = sqrt_acc(sum);
+    }
+    __syncthreads();
+    if (!active) continue;
+    for (int64_t k0 = 0; k0 < D; k0 += kWarp) {
+      const int64_t k = k0 + lane;
+      A sum = 0;
+      for (int64_t r = 0; r < count; ++r) {
+        const int64_t j = j0 + r;
+        const CosineSlope<A> slope = cosine_slope_of_norms(
+            load(grad, i * gs_r + j * gs_c), A(1) - load(dist, i * ds_r + j * ds_c), own_norm,
+            other_norms[r], eps);
+        if (k0 == 0) own_weight += slope.alpha_x;
+        if (k < D && slope.beta != A(0)) sum += slope.beta * load(row_of<T>(other, j), k);
+      }
+      if (k < D) out_row[k] = from_acc<T>((j0 == 0 ? A(0) : load(out_row, k)) + sum);
+    }
+  }
+  if (!active) return;
+  for (int64_t k = lane; k < D; k += kWarp)
+    out_row[k] = from_acc<T>((m > 0 ? load(out_row, k) : A(0)) +
+                             own_weight * load(row_of<T>(own, i), k));
 }
 
 // Whether (value, index) is a better pick than (best, at): strictly harder
@@ -421,12 +505,6 @@ Status dispatch_form(DType dtype, PairForm form, Body body) {
   });
 }
 
-bool rows_contiguous(std::initializer_list<TensorN<2>> tensors) {
-  for (const TensorN<2>& t : tensors)
-    if (t.data != nullptr && t.stride[1] != 1) return false;
-  return true;
-}
-
 }  // namespace
 
 Status triplet_loss_forward(DType dtype, const TripletGeometry& g, TensorN<2> anchor,
@@ -500,17 +578,20 @@ Status route_rows(DType dtype, const RouteGeometry& g, TensorN<2> rows, Tensor1 
 Status distance_matrix_forward(DType dtype, const DistanceMatrixGeometry& g, TensorN<2> x,
                                TensorN<2> y, TensorN<2> out, cudaStream_t stream) {
   if (!supported_dtype(dtype)) return Status::unsupported_dtype;
-  if (g.N < 0 || g.M < 0 || g.D < 0 || g.distance == Distance::cosine ||
-      !rows_contiguous({x, y}))
-    return Status::bad_argument;
+  if (g.N < 0 || g.M < 0 || g.D < 0 || !rows_contiguous({x, y})) return Status::bad_argument;
   if (g.N == 0 || g.M == 0) return Status::ok;
   if (!out.data || (g.D > 0 && (!x.data || !y.data))) return Status::bad_argument;
   const int64_t row_tiles = ceil_div(g.N, kTile), column_tiles = ceil_div(g.M, kTile);
   if (!product_le({row_tiles, column_tiles}, kMaxGridX)) return Status::index_overflow;
   return dispatch_dtype(dtype, [&](auto type) {
     using T = typename decltype(type)::type;
-    distance_matrix_kernel<T><<<static_cast<unsigned>(row_tiles * column_tiles),
-                                dim3(kSide, kSide), 0, stream>>>(g, x, y, out, column_tiles);
+    const auto blocks = static_cast<unsigned>(row_tiles * column_tiles);
+    if (g.distance == Distance::cosine)
+      distance_matrix_kernel<T, true><<<blocks, dim3(kSide, kSide), 0, stream>>>(g, x, y, out,
+                                                                                 column_tiles);
+    else
+      distance_matrix_kernel<T, false><<<blocks, dim3(kSide, kSide), 0, stream>>>(g, x, y, out,
+                                                                                  column_tiles);
     return launched();
   });
 }
@@ -519,8 +600,7 @@ Status distance_matrix_backward(DType dtype, const DistanceMatrixGeometry& g, Te
                                 TensorN<2> x, TensorN<2> y, TensorN<2> distances,
                                 TensorN<2> grad_x, TensorN<2> grad_y, cudaStream_t stream) {
   if (!supported_dtype(dtype)) return Status::unsupported_dtype;
-  if (g.N < 0 || g.M < 0 || g.D < 0 || g.distance == Distance::cosine ||
-      !rows_contiguous({x, y, grad_x, grad_y}))
+  if (g.N < 0 || g.M < 0 || g.D < 0 || !rows_contiguous({x, y, grad_x, grad_y}))
     return Status::bad_argument;
   if (g.D == 0) return Status::ok;
   if ((g.N > 0 && (!x.data || !grad_x.data)) || (g.M > 0 && (!y.data || !grad_y.data)) ||
@@ -533,6 +613,20 @@ Status distance_matrix_backward(DType dtype, const DistanceMatrixGeometry& g, Te
     using T = typename decltype(type)::type;
     const T* gp = static_cast<const T*>(grad.data);
     const T* dp = static_cast<const T*>(distances.data);
+    if (g.distance == Distance::cosine) {
+      const auto eps = static_cast<acc_t<T>>(g.eps);
+      if (g.N > 0)
+        cosine_matrix_backward_kernel<T><<<static_cast<unsigned>(ceil_div(g.N, kWarps)),
+                                           kThreads, 0, stream>>>(
+            g.N, g.M, g.D, eps, gp, grad.stride[0], grad.stride[1], dp, distances.stride[0],
+            distances.stride[1], x, y, grad_x);
+      if (g.M > 0)
+        cosine_matrix_backward_kernel<T><<<static_cast<unsigned>(ceil_div(g.M, kWarps)),
+                                           kThreads, 0, stream>>>(
+            g.M, g.N, g.D, eps, gp, grad.stride[1], grad.stride[0], dp, distances.stride[1],
+            distances.stride[0], y, x, grad_y);
+      return launched();
+    }
     if (g.N > 0)
       distance_matrix_backward_kernel<T><<<static_cast<unsigned>(ceil_div(g.N, kWarps)),
                                            kThreads, 0, stream>>>(

@@ -25,18 +25,25 @@
 //   route_rows              out[r] = sum of rows[i] over i with
 //                           index[i] == r, in increasing i (the backward of
 //                           the indexed rows: deterministic, no atomics).
-//   distance_matrix_forward out[i, j] = d(x_i, y_j), Euclidean or squared,
-//                           by direct differences (exact at d = 0).
+//   distance_matrix_forward out[i, j] = d(x_i, y_j): Euclidean or squared by
+//                           direct differences (exact at d = 0), cosine
+//                           from x_i.y_j and the rows' norms.
 //   distance_matrix_backward
-//                           grad_x[i] = sum_j w_ij (x_i - y_j), grad_y[j] =
-//                           -sum_i w_ij (x_i - y_j), w = grad / d (0 where
-//                           d = 0) or 2 grad.
+//                           Euclidean / squared: grad_x[i] = sum_j w_ij
+//                           (x_i - y_j), grad_y[j] = -sum_i w_ij (x_i - y_j),
+//                           w = grad / d (0 where d = 0) or 2 grad. Cosine
+//                           (cosine_slope_of_norms, c = grad, the cosine
+//                           1 - d read from `distances`): grad_x[i] =
+//                           (sum_j alpha_x,ij) x_i + sum_j beta_ij y_j, and
+//                           grad_y[j] the same with the roles swapped.
 //   batch_hard_mining       per anchor i: the hardest positive (the largest
 //                           distance to a j != i of i's label) and the
 //                           hardest negative (the smallest to a j of another
 //                           label), ties to the lowest j, -1 for none; NaN
 //                           distances are never chosen.
 #pragma once
+
+#include <initializer_list>
 
 #include "cnnk/common.h"
 
@@ -69,10 +76,12 @@ struct RouteGeometry {
 };
 
 // distance_matrix: x (N, D) against y (M, D); distance euclidean (p = 2,
-// no eps) or sqeuclidean.
+// no eps: torch.cdist), sqeuclidean or cosine (eps: the norms' clamp, read
+// by cosine only).
 struct DistanceMatrixGeometry {
   int64_t N, M, D;
   Distance distance;
+  double eps;
 };
 
 // batch_hard_mining: an (N, N) distance matrix and N labels.
@@ -88,6 +97,14 @@ inline PairForm pair_form(Distance distance, double p) {
   if (distance == Distance::sqeuclidean) return PairForm::squared;
   if (distance == Distance::cosine) return PairForm::cosine;
   return p == 2.0 ? PairForm::norm2 : p == 1.0 ? PairForm::norm1 : PairForm::normp;
+}
+
+// Whether every given 2-D tensor's rows are contiguous (stride 1 along D;
+// a null tensor, an empty one, passes).
+inline bool rows_contiguous(std::initializer_list<TensorN<2>> tensors) {
+  for (const TensorN<2>& t : tensors)
+    if (t.data != nullptr && t.stride[1] != 1) return false;
+  return true;
 }
 
 inline Status check_triplet_geometry(const TripletGeometry& g) {
@@ -164,14 +181,21 @@ struct CosineSlope {
   A alpha_x, alpha_y, beta;
 };
 
+// From the (clamped) cosine and the norms nx = ||x||, ny = ||y||.
+template <typename A>
+CNNK_HOST_DEVICE CosineSlope<A> cosine_slope_of_norms(A c, A cosine, A nx, A ny, A eps) {
+  const A mx = nx >= eps ? nx : eps, my = ny >= eps ? ny : eps;
+  // torch's clamp_min passes the gradient where the norm equals eps.
+  return {nx >= eps ? c * cosine / (mx * nx) : A(0), ny >= eps ? c * cosine / (my * ny) : A(0),
+          -c / (mx * my)};
+}
+
+// From the dot product and both squared norms.
 template <typename A>
 CNNK_HOST_DEVICE CosineSlope<A> cosine_slope(A c, A dot, A xx, A yy, A eps) {
   const A nx = sqrt_acc(xx), ny = sqrt_acc(yy);
   const A mx = nx >= eps ? nx : eps, my = ny >= eps ? ny : eps;
-  const A cosine = dot / (mx * my);
-  // torch's clamp_min passes the gradient where the norm equals eps.
-  return {nx >= eps ? c * cosine / (mx * nx) : A(0), ny >= eps ? c * cosine / (my * ny) : A(0),
-          -c / (mx * my)};
+  return cosine_slope_of_norms(c, dot / (mx * my), nx, ny, eps);
 }
 
 // One triplet's loss and the coefficients of its distances in the
