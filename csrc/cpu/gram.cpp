@@ -18,9 +18,11 @@
 //   gram_matrix  scales and stores each upper element and its mirror;
 //   style_loss   per tile x tile tile (cnnk/gram.h), the squared differences
 //                against the target (the lower triangle through the upper:
-//                (e - t[i, j])^2 + (e - t[j, i])^2), the residual if wanted,
-//                and a partial sum per tile; the partials are then added in
-//                order in double. G is never written.
+//                (e - t[i, j])^2 + (e - t[j, i])^2, the mirror transposed
+//                so both run along rows), the residual if wanted, and a
+//                partial sum per tile in kLanes lanes (vectorisable, a fixed
+//                order); the partials are then added in order in double.
+//                G is never written.
 // Bound: compute, 2 * B * C * (C + nr) / 2 * L flops (a bmm's 2 * B * C^2 * L
 // for C >> nr halves); packing writes x once per band and chunk; the
 // accumulators (B * slices * C^2 values) are scratch.
@@ -319,6 +321,38 @@ Status gram_forward(const GramGeometry& g, Tensor3 x, Tensor3 other, double scal
   });
 }
 
+// Side of the largest style tile (the tile's mirror is transposed on the stack).
+constexpr int64_t kMaxStyleTile = 64;
+
+// lanes += (e[k] - target[b, row, col0 + k])^2 for k in [0, n), lane k mod
+// kLanes; the differences written to residual[b, row, col0 + k] if `image`
+// (residual's image b) is given. Contiguous rows take vector loads.
+template <typename T, typename Acc>
+void add_squared_differences(const Acc* e, const Rows<T>& t, int64_t b, int64_t row,
+                             int64_t col0, int64_t n, T* image, Tensor3 residual,
+                             Lanes<Acc>& lanes) {
+  const T* target = t.data + b * t.sb + row * t.sc + col0 * t.sl;
+  T* out = image == nullptr ? nullptr : image + row * residual.stride[1] + col0 * residual.stride[2];
+  int64_t k = 0;
+  if (t.sl == 1 && (out == nullptr || residual.stride[2] == 1)) {
+    for (; k + kLanes <= n; k += kLanes) {
+      const Lanes<Acc> v = Lanes<Acc>::load(e + k), w = Lanes<Acc>::load(target + k);
+      for (int j = 0; j < Lanes<Acc>::kParts; ++j) {
+        const typename Lanes<Acc>::Part d = v.part[j] - w.part[j];
+        lanes.part[j] += d * d;
+        if (out)
+          for (int l = 0; l < Lanes<Acc>::kWidth; ++l)
+            out[k + j * Lanes<Acc>::kWidth + l] = from_acc<T>(d[l]);
+      }
+    }
+  }
+  for (; k < n; ++k) {
+    const Acc d = e[k] - to_acc(target[k * t.sl]);
+    lanes[static_cast<int>(k % kLanes)] += d * d;
+    if (out) out[k * residual.stride[2]] = from_acc<T>(d);
+  }
+}
+
 template <typename T>
 Status style_forward(const StyleLossGeometry& sg, Tensor3 x, Tensor3 target, double gram_scale,
                      double loss_scale, Tensor1 partials, Tensor3 residual, Tensor1 out) {
@@ -338,27 +372,37 @@ Status style_forward(const StyleLossGeometry& sg, Tensor3 x, Tensor3 target, dou
     for (int64_t ti = 1; ti < tiles; ++ti)
       for (int64_t tj = 0; tj < ti; ++tj) sums[((b * tiles + ti) * tiles + tj) * partials.stride] = 0;
   // A tile's partial: its upper elements against target[i, j] (along rows),
-  // then off the diagonal the same values against target[j, i] (along the
-  // mirrored rows), so target and residual are read and written along rows.
+  // then off the diagonal the same values, transposed into a scratch tile,
+  // against target[j, i] (along the mirrored rows), so target and residual
+  // are read and written along rows; each row's squares summed in lanes.
   s = for_upper_tiles(g, p, acc.get(), static_cast<Acc>(gram_scale), tile,
                       [&](int64_t b, int64_t ti, int64_t tj, const Acc* e) {
     const int64_t i0 = ti * tile, j0 = tj * tile;
     const int64_t i1 = std::min(g.C, i0 + tile), j1 = std::min(g.C, j0 + tile);
     T* image = r == nullptr ? nullptr : r + b * residual.stride[0];
-    Acc sum = 0;
-    for (int64_t i = i0; i < i1; ++i)
-      for (int64_t j = std::max(i, j0); j < j1; ++j) {
-        const Acc d = e[(i - i0) * tile + j - j0] - t(b, i, j);
-        sum += d * d;
-        if (image) image[i * residual.stride[1] + j * residual.stride[2]] = from_acc<T>(d);
-      }
-    for (int64_t j = j0; j < j1; ++j)
-      for (int64_t i = i0; i < std::min(i1, j); ++i) {
-        const Acc d = e[(i - i0) * tile + j - j0] - t(b, j, i);
-        sum += d * d;
-        if (image) image[j * residual.stride[1] + i * residual.stride[2]] = from_acc<T>(d);
-      }
-    sums[((b * tiles + ti) * tiles + tj) * partials.stride] = sum;
+    Lanes<Acc> lanes;
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t jb = std::max(i, j0);
+      add_squared_differences(e + (i - i0) * tile + jb - j0, t, b, i, jb, j1 - jb, image,
+                              residual, lanes);
+    }
+    if (ti != tj) {
+      Acc mirrored[kMaxStyleTile * kMaxStyleTile];
+      for (int64_t i = i0; i < i1; ++i)
+        for (int64_t j = j0; j < j1; ++j)
+          mirrored[(j - j0) * tile + i - i0] = e[(i - i0) * tile + j - j0];
+      for (int64_t j = j0; j < j1; ++j)
+        add_squared_differences(mirrored + (j - j0) * tile, t, b, j, i0, i1 - i0, image,
+                                residual, lanes);
+    } else {
+      for (int64_t j = j0; j < j1; ++j)
+        for (int64_t i = i0; i < j; ++i) {
+          const Acc d = e[(i - i0) * tile + j - j0] - t(b, j, i);
+          lanes[static_cast<int>((i - i0) % kLanes)] += d * d;
+          if (image) image[j * residual.stride[1] + i * residual.stride[2]] = from_acc<T>(d);
+        }
+    }
+    sums[((b * tiles + ti) * tiles + tj) * partials.stride] = lanes.sum();
   });
   if (s != Status::ok) return s;
   double total = 0;
@@ -446,7 +490,8 @@ Status gram_matrix_backward(DType dtype, const GramGeometry& g, Tensor3 grad_gra
 Status style_loss(DType dtype, const StyleLossGeometry& g, Tensor3 x, Tensor3 target,
                   double gram_scale, double loss_scale, Tensor1 partials, Tensor3 residual,
                   Tensor1 out) {
-  if (check_style_geometry(g) != Status::ok || !out.data) return Status::bad_argument;
+  if (check_style_geometry(g) != Status::ok || g.tile > kMaxStyleTile || !out.data)
+    return Status::bad_argument;
   const bool work = g.B > 0 && g.C > 0;
   if (work && (!target.data || !partials.data || (g.L > 0 && !x.data)))
     return Status::bad_argument;

@@ -25,21 +25,13 @@
 // Limits: rows contiguous along D (checked); float16/bfloat16 compute in
 // float.
 #include <algorithm>
-#include <cstring>
-#include <type_traits>
 #include <vector>
 
 #include "cnnk/cpu_types.h"
 #include "cnnk/metric.h"
 
-// Vectors wider than the instruction set's registers have no agreed calling
-// convention (GCC's -Wpsabi); moot: every function taking one is inlined.
-#pragma GCC diagnostic ignored "-Wpsabi"
-
 namespace cnnk::cpu {
 namespace {
-
-constexpr int kLanes = 8;
 
 template <typename T>
 const T* row_of(TensorN<2> t, int64_t i) {
@@ -75,42 +67,6 @@ bool triplet_rows(const TripletGeometry& g, TensorN<2> anchor, TensorN<2> positi
 template <typename A>
 struct Sums {
   A ap, an, pn, aa, pp, nn;
-};
-
-// kLanes accumulators as kLanes * sizeof(A) / 16 vectors of 16 bytes (GCC's
-// vector extension: SSE2 or NEON registers, whatever the build's target).
-// Written as arrays, GCC vectorised the loop over blocks instead,
-// transposing 8 x 4 blocks with shuffles; as one 32-byte vector on a 16-byte
-// target it kept the accumulators in memory. Lane l takes the values
-// k = l mod kLanes.
-template <typename A>
-struct Lanes {
-  typedef A Part __attribute__((vector_size(16)));
-  static constexpr int kParts = kLanes * static_cast<int>(sizeof(A)) / 16;
-  static constexpr int kWidth = 16 / static_cast<int>(sizeof(A));
-  Part part[kParts] = {};
-
-  // kLanes values of x from k0, converted to A.
-  template <typename T>
-  [[gnu::always_inline]] static Lanes load(const T* x) {
-    Lanes v;
-    for (int j = 0; j < kParts; ++j) {
-      if constexpr (std::is_same_v<T, A>) {
-        std::memcpy(&v.part[j], x + j * kWidth, sizeof(Part));
-      } else {
-        for (int l = 0; l < kWidth; ++l) v.part[j][l] = to_acc(x[j * kWidth + l]);
-      }
-    }
-    return v;
-  }
-  A& operator[](int l) { return part[l / kWidth][l % kWidth]; }
-  // The lanes added in order.
-  A sum() const {
-    A total = 0;
-    for (int j = 0; j < kParts; ++j)
-      for (int l = 0; l < kWidth; ++l) total += part[j][l];
-    return total;
-  }
 };
 
 // The row's sums: whole blocks of kLanes values in lanes, then the tail into

@@ -187,12 +187,12 @@ void store_row(const acc_t<T>* src, int64_t n, T* dst, int64_t s) {
 }
 
 // Global pooling (one window, the whole plane) reduces each plane with
-// kLanes interleaved partial results, combined in lane order at the end: an
-// order fixed by the layout that vectorises (a single running sum or max
-// would wait on its last step each element).
+// kLanes (cnnk/cpu_types.h) interleaved partial results, combined in lane
+// order at the end: an order fixed by the layout that vectorises (a single
+// running sum or max would wait on its last step each element).
 // A dense plane is read in pieces of kLoadChunk elements (converted into
 // scratch for half types), else by rows.
-constexpr int64_t kLanes = 8, kLoadChunk = 1024;
+constexpr int64_t kLoadChunk = 1024;
 
 template <typename Acc>
 void lane_sum(const Acc* __restrict__ v, int64_t n, Acc* __restrict__ lanes) {

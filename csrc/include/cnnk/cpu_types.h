@@ -20,6 +20,7 @@
 #include <cstring>
 #include <memory>
 #include <new>
+#include <type_traits>
 
 #include "cnnk/common.h"
 
@@ -104,6 +105,45 @@ struct TypeTag {
 };
 
 // Returns body(TypeTag<T>{}) with T the element type of dtype.
+// Sums in kLanes independent lanes (a fixed order, vectorisable without
+// reassociation): kLanes accumulators as kLanes * sizeof(A) / 16 vectors of
+// 16 bytes (GCC's vector extension: SSE2 or NEON registers, whatever the
+// build's target). Written as arrays, GCC vectorised the loop over blocks
+// instead, transposing 8 x 4 blocks with shuffles; as one 32-byte vector on
+// a 16-byte target it kept the accumulators in memory. Lane l takes the
+// values k = l mod kLanes of a sum.
+inline constexpr int kLanes = 8;
+
+template <typename A>
+struct Lanes {
+  typedef A Part __attribute__((vector_size(16)));
+  static constexpr int kParts = kLanes * static_cast<int>(sizeof(A)) / 16;
+  static constexpr int kWidth = 16 / static_cast<int>(sizeof(A));
+  Part part[kParts] = {};
+
+  // kLanes values of x from k0, converted to A.
+  template <typename T>
+  [[gnu::always_inline]] static Lanes load(const T* x) {
+    Lanes v;
+    for (int j = 0; j < kParts; ++j) {
+      if constexpr (std::is_same_v<T, A>) {
+        std::memcpy(&v.part[j], x + j * kWidth, sizeof(Part));
+      } else {
+        for (int l = 0; l < kWidth; ++l) v.part[j][l] = to_acc(x[j * kWidth + l]);
+      }
+    }
+    return v;
+  }
+  A& operator[](int l) { return part[l / kWidth][l % kWidth]; }
+  // The lanes added in order.
+  A sum() const {
+    A total = 0;
+    for (int j = 0; j < kParts; ++j)
+      for (int l = 0; l < kWidth; ++l) total += part[j][l];
+    return total;
+  }
+};
+
 template <typename Body>
 Status dispatch_dtype(DType dtype, Body&& body) {
   switch (dtype) {
