@@ -8,9 +8,10 @@ Operators (``torch.ops.cnnk.*``), each a plan (cnnkernels/ops/_define.py):
 product scale * (F O^T + O F^T); ``gram_matrix_backward(grad_gram,
 features, scale)`` = scale * (dG + dG^T) F. The launchers have the same
 names and arguments on every backend: kernels/gram.py (Triton),
-csrc/cpu/gram.cpp and csrc/cuda/gram.cu (through _C); the kernels compute
-the upper triangle's tiles only and mirror them on store
-(csrc/include/cnnk/gram.h).
+csrc/cpu/gram.cpp and csrc/cuda/gram.cu (through _C; the CUDA ones also
+take torch's TF32 switch for matmuls, which lets fp32 run on tensor cores
+as TF32); the kernels compute the upper triangle's tiles only and mirror
+them on store (csrc/include/cnnk/gram.h).
 
 Normalisation (``normalize=``, applied inside the kernels' store):
 ``"none"`` (the default) is the course's G; ``"hw"`` divides by the
@@ -98,6 +99,14 @@ def _triton():
     return gram
 
 
+def _tf32_flag(backend: str) -> tuple:
+    """The CUDA launchers take torch's TF32 switch for matmuls
+    (``torch.backends.cuda.matmul.allow_tf32``, what bmm follows): fp32 Gram
+    products then run on tensor cores as TF32. Triton's read it themselves,
+    the cpu's have no TF32."""
+    return (torch.backends.cuda.matmul.allow_tf32,) if backend == "cuda" else ()
+
+
 def _features(features: Tensor, name: str, op: str) -> GramGeometry:
     _args.check_tensor(features, name, ndim=3)
     if not features.dtype.is_floating_point:
@@ -123,7 +132,7 @@ def gram_matrix_op(features: Tensor, other: Optional[Tensor], scale: float,
     gram = features.new_empty((g.B, g.C, g.C))
     return Launch(gram, {"features": features, "other": other, "gram": gram},
                   lambda b: _ext.launchers(b, features, _triton).gram_matrix(
-                      g, features, other, float(scale), gram),
+                      g, features, other, float(scale), gram, *_tf32_flag(b)),
                   g.index_extent(), empty_sum=g.L == 0)
 
 
@@ -140,7 +149,7 @@ def gram_matrix_backward_op(grad_gram: Tensor, features: Tensor, scale: float,
     return Launch(grad_features, {"grad_gram": grad_gram, "features": features,
                                   "grad_features": grad_features},
                   lambda b: _ext.launchers(b, features, _triton).gram_matrix_backward(
-                      g, grad_gram, features, float(scale), grad_features),
+                      g, grad_gram, features, float(scale), grad_features, *_tf32_flag(b)),
                   g.index_extent())
 
 
@@ -400,7 +409,7 @@ def style_loss_op(features: Tensor, target: Tensor, gram_scale: float, loss_scal
                                      "partials": partials, "residual": kept, "loss": loss},
                   lambda b: _ext.launchers(b, features, _triton).style_loss(
                       sg, features, target, float(gram_scale), float(loss_scale), partials,
-                      kept, loss.view(1)),
+                      kept, loss.view(1), *_tf32_flag(b)),
                   sg.index_extent())
 
 

@@ -1,10 +1,95 @@
-// gram on CUDA: the Gram matrix and its backward (contracts in cnnk/gram.h).
+// gram on CUDA: the Gram matrix, its backward and the fused style loss
+// (contracts in cnnk/gram.h), on tensor cores for f16, bf16 and (when the
+// caller allows TF32) f32, on the CUDA cores for f64 and exact f32.
 //
-// Both kernels are classic shared-memory tiled products on the CUDA cores
-// (no tensor cores: the Triton kernels, kernels/gram.py, are the tensor-core
-// path); a block of 16 x 16 threads owns a 32 x 32 output tile, each thread a
-// 2 x 2 register tile, and the reduction runs 32 steps at a time through
-// shared memory (padded rows: no bank conflicts on the transposed reads).
+// ===== Tensor cores: gram_mma_kernel, style_loss_mma_kernel,
+// gram_backward_mma_kernel (the GEMM core of cnnk/cuda_mma.cuh, shared with
+// the implicit-GEMM convolutions: mma.sync.m16n8k16 f16/bf16 or m16n8k8 TF32
+// (cvt.rna) with fp32 accumulators, a 3-stage cp.async ring, ldmatrix, the
+// XOR-swizzled tiles of cnnk/implicit_gemm.h). A block of 4 warps (2 x 2,
+// each 32 x 32: MI = 2 x NI = 4 mma tiles) owns a 64 x 64 output tile and
+// reduces over k-tiles of 64 bytes (32 f16/bf16 or 16 f32 elements); its
+// accumulator (row, column) mapping is the core's acc_row / acc_col
+// (for_each_accumulator). Shared memory: 3 stages x (64 + 64) rows x 64 B
+// = 24 KiB static. Built for sm_80 and sm_90a (mma.sync, no wgmma).
+//
+// Operand tiles: the Gram's operands are rows of x (GEMM rows = channels,
+// reduction = l). Normal tiles (a row's k-tile contiguous) when x's l
+// stride is the smaller (NCHW), transposed tiles (a k's 64 rows
+// contiguous, ldmatrix.trans; 4-byte loads for f32) when the channel
+// stride is (channels_last): a chunk of 16 bytes then always holds
+// elements adjacent in memory. 16-byte cp.async when that contiguous index
+// has stride 1, its extent (L, or C) is a multiple of 8 (f32: 4) and the
+// pointer and other strides are multiples of 16 bytes (plane_async); else
+// element by element (any strides, any C and L) through registers into the
+// same tiles. Rows past C and reduction indices past L are zeros.
+//
+// gram_mma_kernel<T, kTransposed, kCross>: tile (ti, tj) of one image,
+// ti <= tj only (blocks below the diagonal return at once); the store
+// writes the tile where i <= j and its mirror where i < j, as gram_kernel.
+// CROSS runs the reduction twice as long: A = [x | o], B = [o | x] along
+// k (k-tiles [0, kt) read x for A and o for B, [kt, 2 kt) the reverse), so
+// acc = x o^T + o x^T in one accumulator set.
+//   MACs: B * L * 64^2 * T (T + 1) / 2 with T = ceil(C / 64), about
+//   B * L * C (C + 64) / 2 (CROSS twice that). Bytes: x read by each block
+//   of its tile row and column (2 * 64 * L elements; B * C * L from DRAM,
+//   the rest from L2), the gram written once (B * C^2).
+//
+// style_loss_mma_kernel<T, kTransposed>: the Gram tile as gram_mma_kernel,
+// never stored. A warp's 32 x 32 accumulators are exactly one kTile x
+// kTile partial-sum tile of the contract ((2 bi + wm, 2 bj + wn) for block
+// tile (bi, bj), warp (wm, wn)): each lane sums its upper elements'
+// squared differences (and the mirrored target's off the diagonal) in a
+// fixed order, a shfl_xor butterfly adds the 32 lanes, lane 0 writes the
+// partial (no atomics: deterministic). Partial tiles below the diagonal
+// sum nothing and write 0; blocks below the diagonal write their four
+// zeros and return; partial tiles past ceil(C / 32) (odd counts) are not
+// written. The residual, if kept, is written once per element as
+// style_loss_kernel does; sum_partials_kernel then adds the partials.
+//   MACs as the Gram; bytes: x as the Gram, target read once (B * C^2),
+//   residual written once if kept, the Gram never.
+//
+// gram_backward_mma_kernel<T, kTransposed>: grad_x = scale S x, S = dG +
+// dG^T; M = C rows i, N = L columns l, reduction over the channels k. A =
+// S, formed element by element as it is staged (fp32 add, one rounding;
+// S is symmetric, so either tile layout holds the same values); B[k, l] =
+// x[k, l] as GEMM row l: normal tiles for channels_last x (channel stride
+// the smaller), transposed for NCHW, cp.async as above.
+//   MACs: B * C^2 * L (2 B C^2 L FLOPs); bytes: x (re-read per row tile,
+//   from L2), dG twice per row tile (L2), grad_x written once.
+//
+// Roofline (H100 SXM: ~990 TFLOP/s dense f16, 3.35 TB/s; one SM ~7.5
+// TFLOP/s), f16, B = 1, VGG-19 at 256^2:
+//   conv1_1, C = 64, L = 65536: the Gram is one 64 x 64 block: 268 M MACs
+//   (537 MFLOP), x 8 MiB. The GPU bound is ~2.5 us (DRAM), but one block
+//   runs on one SM: >= 72 us (its tensor cores), its 16 MiB of x at
+//   ~230 GB/s besides -- parallelism-bound. A split of L over blocks
+//   (partials added in a fixed order) is what would lift it; not done.
+//   The backward is 1024 blocks: 537 MFLOP against 16 MiB (x read, grad_x
+//   written): 32 FLOP/B, memory-bound, ~5 us.
+//   conv5_1, C = 512, L = 256: 36 upper blocks of 8 k-tiles each,
+//   38 M MACs (75 MFLOP), 256 KiB of x and 512 KiB of gram: ~0.25 us by
+//   DRAM, in practice a few microseconds of launch and pipeline latency
+//   (36 of 132 SMs busy). The backward: 32 blocks, 134 MFLOP, ~1 MiB.
+// Registers per thread (ptxas, sm_80 / sm_90a, f16/bf16/f32, from
+// benchmarks/static_check.py) and resident 4-warp blocks per SM, no spills
+// anywhere; __launch_bounds__(128, 3) lets ptxas use up to 168 (at 128 the
+// 16-bit transposed kernels spilled):
+//   gram_mma           normal 86-94 / 92-104 -> 4-5, transposed 110-128 / 120-139 -> 3-4
+//   style_loss_mma     normal 76-82 / 84-90  -> 5-6, transposed 114-116 / 124-130 -> 3-4
+//   gram_backward_mma  normal 84-96 / 96     -> 5,   transposed 117-128 / 134-136 -> 3-4
+// 16 HMMA per k-tile in each (2 k-steps x MI 2 x NI 4 per warp).
+// The element-by-element loaders hide their stride from the optimizer
+// (opaque()): hoisted out of the k-tile loop, a chunk's eight 64-bit
+// offsets spilled the 16-bit transposed kernels.
+// Limits: l and C below 2^30 (int tile indices), else the CUDA-core
+// kernels run.
+//
+// ===== CUDA cores: gram_kernel, style_loss_kernel, gram_backward_kernel
+// (f64, and f32 without TF32): classic shared-memory tiled products; a
+// block of 16 x 16 threads owns a 32 x 32 output tile, each thread a 2 x 2
+// register tile, and the reduction runs 32 steps at a time through shared
+// memory (padded rows: no bank conflicts on the transposed reads).
 //
 // gram_kernel: tile (ti, tj) of one image; blocks below the diagonal return
 // at once, so only the upper triangle is computed. The store writes the
@@ -33,8 +118,11 @@
 //
 // Accumulation in float (double for double); 64-bit offsets; the batch is
 // grid axis y, split into launches of at most 65535 images.
+#include <type_traits>
+
 #include "cnnk/cuda_elements.cuh"
 #include "cnnk/cuda_launch.cuh"
+#include "cnnk/cuda_mma.cuh"
 #include "cnnk/gram.h"
 
 namespace cnnk::cuda {
@@ -221,6 +309,290 @@ __global__ void __launch_bounds__(kBlock, kMinBlocks)
     }
 }
 
+// ---------------------------------------------------------------------------
+// Tensor cores: the GEMM core of cnnk/cuda_mma.cuh with the Gram's operand
+// loaders and epilogues.
+
+// 4 warps of 32 x 32: a warp's accumulators are exactly one kTile x kTile
+// tile, the style loss's partial-sum tile.
+using GramTile = Tile<64, 64, 2, 2, 3>;
+static_assert(GramTile::WTM == kTile && GramTile::WTN == kTile,
+              "a warp owns one style-loss partial tile");
+
+// Where operand element (GEMM row, reduction index k) of a block's
+// GramTile-row tile lives in shared memory. Normal tiles keep a GEMM row's
+// k-tile contiguous (chunk q: row q / 4, chunk q % 4, elements k + u);
+// transposed tiles keep a reduction index's GEMM rows contiguous (chunk q:
+// reduction row q / kRowChunks, its elements GEMM rows row + u) -- the
+// layouts of cnnk/implicit_gemm.h that compute_stage reads.
+template <typename T, bool kTransposed>
+struct OperandTile {
+  static constexpr int kElems = kChunkBytes / sizeof(T);
+  static constexpr int kBK = kTileBytes / sizeof(T);  // reduction elements per k-tile
+  static constexpr int kRows = GramTile::BM;
+  static constexpr int kRowChunks = kRows * sizeof(T) / kChunkBytes;
+  static constexpr int kPer = kRows * kTileBytes / kChunkBytes / GramTile::kThreads;
+  static_assert(GramTile::BM == GramTile::BN, "A and B tiles alike");
+  static_assert(kRowChunks % 8 == 0, "transposed rows span whole XOR-swizzle groups");
+  static_assert(kPer * GramTile::kThreads * kChunkBytes == kRows * kTileBytes, "whole chunks");
+  // Chunk q's byte offset and the (GEMM row, k) of its element 0, within
+  // the tile.
+  __device__ static void chunk(int q, int& offset, int& row, int& k) {
+    if constexpr (!kTransposed) {
+      row = q >> 2, k = (q & 3) * kElems;
+      offset = normal_tile_offset(row, q & 3);
+    } else {
+      k = q / kRowChunks, row = (q % kRowChunks) * kElems;
+      offset = transposed_tile_offset(k, q % kRowChunks, kRowChunks);
+    }
+  }
+  // Element u of a chunk: (row, k + u) or (row + u, k).
+  __device__ static int row_of(int row, int u) { return kTransposed ? row + u : row; }
+  __device__ static int k_of(int k, int u) { return kTransposed ? k : k + u; }
+};
+
+// v, hidden from the optimizer at this point of the k-tile loop: the
+// element-wise loaders walk a chunk's elements by adding a stride, and
+// without this the compiler hoists all of a chunk's offsets out of the loop
+// (eight 64-bit registers per chunk: spills in the 16-bit transposed tiles).
+__device__ __forceinline__ int64_t opaque(int64_t v) {
+  asm volatile("" : "+l"(v));
+  return v;
+}
+
+// A matrix of one image read through strides: element (row, k) at
+// data[row * row_stride + k * k_stride], rows x K of them.
+template <typename T>
+struct Plane {
+  const T* data;
+  int64_t row_stride, k_stride;
+  int rows, K;
+};
+
+// The tile of GEMM rows [r0, r0 + 64) of one operand: k-tiles
+// [0, k_tiles) from `first`, [k_tiles, 2 k_tiles) from `second` (the
+// CROSS product's second term; zero-padded past K in each). async: 16-byte
+// cp.async (the host checked that the contiguous index has stride 1, its
+// extent is a multiple of kElems and every chunk is 16-byte aligned, so a
+// chunk is all inside or all outside); else element by element.
+template <typename T, bool kTransposed>
+struct PlaneLoader {
+  using Layout = OperandTile<T, kTransposed>;
+  Plane<T> first, second;
+  int r0, k_tiles;
+  bool async;
+
+  __device__ void load(char* tile, int kt) {
+    // Selected by value, field by field: an indexed pair would live in
+    // local memory.
+    const bool in_second = kt >= k_tiles;
+    const Plane<T> p = in_second ? second : first;
+    const int k0 = (in_second ? kt - k_tiles : kt) * Layout::kBK;
+#pragma unroll
+    for (int i = 0; i < Layout::kPer; ++i) {
+      int offset, row, k;
+      Layout::chunk(threadIdx.x + i * GramTile::kThreads, offset, row, k);
+      row += r0, k += k0;
+      if (async) {
+        const bool inside = row < p.rows && k < p.K;
+        const T* src = inside ? p.data + (row * p.row_stride + k * p.k_stride) : p.data;
+        cp_async_16(tile + offset, src, inside);
+        continue;
+      }
+      // Element u is at element + u * step, walked incrementally.
+      const T* element = p.data + (row * p.row_stride + k * p.k_stride);
+      const int64_t step = opaque(kTransposed ? p.row_stride : p.k_stride);
+      Chunk<T> v;
+#pragma unroll
+      for (int u = 0; u < Layout::kElems; ++u, element += step) {
+        const bool inside = Layout::row_of(row, u) < p.rows && Layout::k_of(k, u) < p.K;
+        v.v[u] = inside ? __ldg(element) : zero<T>();
+      }
+      *reinterpret_cast<uint4*>(tile + offset) = v.bits;
+    }
+  }
+};
+
+// The backward's A: S[i, k] = dG[i, k] + dG[k, i] (C x C, rows [r0, r0 +
+// 64)), added in the accumulator type and rounded once, element by element.
+// S is symmetric, so either layout holds the same values.
+template <typename T, bool kTransposed>
+struct SymmetrizedLoader {
+  using Layout = OperandTile<T, kTransposed>;
+  const T* data;  // image b of dG
+  int64_t row_stride, col_stride;
+  int C, r0;
+
+  __device__ void load(char* tile, int kt) {
+#pragma unroll
+    for (int i = 0; i < Layout::kPer; ++i) {
+      int offset, row, k;
+      Layout::chunk(threadIdx.x + i * GramTile::kThreads, offset, row, k);
+      row += r0, k += kt * Layout::kBK;
+      // Element u is at upper + u * step and its mirror at lower + u *
+      // mirror_step, walked incrementally.
+      const T* upper = data + (row * row_stride + k * col_stride);
+      const T* lower = data + (k * row_stride + row * col_stride);
+      const int64_t step = opaque(kTransposed ? row_stride : col_stride);
+      const int64_t mirror_step = opaque(kTransposed ? col_stride : row_stride);
+      Chunk<T> v;
+#pragma unroll
+      for (int u = 0; u < Layout::kElems; ++u, upper += step, lower += mirror_step) {
+        const bool inside = Layout::row_of(row, u) < C && Layout::k_of(k, u) < C;
+        v.v[u] = inside ? from_acc<T>(cuda::load(upper, 0) + cuda::load(lower, 0)) : zero<T>();
+      }
+      *reinterpret_cast<uint4*>(tile + offset) = v.bits;
+    }
+  }
+};
+
+// Runs body(row, col, value) for each of a warp's accumulators: the block
+// tile's element (row, col), value the fp32 sum (cuda_mma.cuh's layout).
+template <typename Body>
+__device__ __forceinline__ void for_each_accumulator(const Accumulators<GramTile>& acc,
+                                                     Body&& body) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int wm = warp % GramTile::WM, wn = warp / GramTile::WM;
+#pragma unroll
+  for (int mi = 0; mi < GramTile::MI; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < GramTile::NI; ++ni)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        body(acc_row<GramTile>(wm, mi, e, lane), acc_col<GramTile>(wn, ni, e, lane),
+             acc[mi][ni][e]);
+}
+
+// What the Gram's two operands read: rows i (A) and j (B) of x over l
+// (CROSS: A = [x | o], B = [o | x] along the reduction).
+struct GramMmaArgs {
+  Tensor3 x, o, out;  // out: the gram, or the residual (style loss; data may be null)
+  Tensor3 target;     // style loss
+  Tensor1 partials;   // style loss
+  float scale;        // the gram's scale (style loss: gram_scale)
+  int C, L, tiles, k_tiles;  // tiles: GramTile tiles per side; k_tiles: over L
+  bool async;
+};
+
+template <typename T, bool kTransposed>
+__device__ __forceinline__ void gram_mma_product(Accumulators<GramTile>& acc, char* smem,
+                                                 const GramMmaArgs& a, int64_t b, int i0,
+                                                 int j0, bool cross) {
+  // GEMM rows are channels, the reduction runs over l, whichever the tile
+  // layout (kTransposed: the channels are contiguous, as in channels_last).
+  auto plane = [&](const Tensor3& t) {
+    return Plane<T>{static_cast<const T*>(t.data) + b * t.stride[0], t.stride[1], t.stride[2],
+                    a.C, a.L};
+  };
+  const Plane<T> x = plane(a.x), o = plane(a.o);
+  PlaneLoader<T, kTransposed> la{x, o, i0, a.k_tiles, a.async};
+  PlaneLoader<T, kTransposed> lb{cross ? o : x, x, j0, a.k_tiles, a.async};
+  gemm_main_loop<T, GramTile, kTransposed>(acc, smem, 0, a.k_tiles * (cross ? 2 : 1), la, lb);
+}
+
+template <typename T, bool kTransposed, bool kCross>
+__global__ void __launch_bounds__(GramTile::kThreads, GramTile::kMinBlocks)
+    gram_mma_kernel(const __grid_constant__ GramMmaArgs a, int64_t batch0) {
+  __shared__ __align__(128) char smem[GramTile::kSmemBytes];
+  const int ti = blockIdx.x / a.tiles, tj = blockIdx.x % a.tiles;
+  if (tj < ti) return;
+  const int64_t b = batch0 + blockIdx.y;
+  const int i0 = ti * GramTile::BM, j0 = tj * GramTile::BN;
+  Accumulators<GramTile> acc;
+  gram_mma_product<T, kTransposed>(acc, smem, a, b, i0, j0, kCross);
+  T* out = static_cast<T*>(a.out.data) + b * a.out.stride[0];
+  for_each_accumulator(acc, [&](int row, int col, float sum) {
+    const int i = i0 + row, j = j0 + col;
+    if (i >= a.C || j >= a.C || i > j) return;
+    const T v = from_acc<T>(sum * a.scale);
+    out[i * a.out.stride[1] + j * a.out.stride[2]] = v;
+    if (i < j) out[j * a.out.stride[1] + i * a.out.stride[2]] = v;
+  });
+}
+
+// The fused style loss: block tile (bi, bj) holds four kTile x kTile
+// partial tiles, warp (wm, wn) the one at (2 bi + wm, 2 bj + wn); its sum
+// in a fixed order (each lane's accumulators in order, then a butterfly
+// over the lanes). Tiles below the diagonal sum nothing (every element has
+// i > j): 0, as the contract wants; those past the C x C matrix (an odd
+// tile count) are not written.
+template <typename T, bool kTransposed>
+__global__ void __launch_bounds__(GramTile::kThreads, GramTile::kMinBlocks)
+    style_loss_mma_kernel(const __grid_constant__ GramMmaArgs a, int64_t batch0) {
+  __shared__ __align__(128) char smem[GramTile::kSmemBytes];
+  const int bi = blockIdx.x / a.tiles, bj = blockIdx.x % a.tiles;
+  const int64_t b = batch0 + blockIdx.y;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int partial_tiles = (a.C + kTile - 1) / kTile;
+  const int ti = 2 * bi + warp % GramTile::WM, tj = 2 * bj + warp / GramTile::WM;
+  const bool owner = lane == 0 && ti < partial_tiles && tj < partial_tiles;
+  float* partial = static_cast<float*>(a.partials.data) +
+                   ((b * partial_tiles + ti) * partial_tiles + tj) * a.partials.stride;
+  if (bj < bi) {
+    if (owner) *partial = 0.0f;
+    return;
+  }
+  const int i0 = bi * GramTile::BM, j0 = bj * GramTile::BN;
+  Accumulators<GramTile> acc;
+  gram_mma_product<T, kTransposed>(acc, smem, a, b, i0, j0, false);
+  const T* target = static_cast<const T*>(a.target.data) + b * a.target.stride[0];
+  T* residual = static_cast<T*>(a.out.data);
+  if (residual != nullptr) residual += b * a.out.stride[0];
+  float sum = 0.0f;
+  for_each_accumulator(acc, [&](int row, int col, float value) {
+    const int i = i0 + row, j = j0 + col;
+    if (i >= a.C || j >= a.C || i > j) return;
+    const float e = value * a.scale;
+    const float upper = e - load(target, i * a.target.stride[1] + j * a.target.stride[2]);
+    sum += upper * upper;
+    if (residual != nullptr)
+      residual[i * a.out.stride[1] + j * a.out.stride[2]] = from_acc<T>(upper);
+    if (i < j) {
+      const float lower = e - load(target, j * a.target.stride[1] + i * a.target.stride[2]);
+      sum += lower * lower;
+      if (residual != nullptr)
+        residual[j * a.out.stride[1] + i * a.out.stride[2]] = from_acc<T>(lower);
+    }
+  });
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+  if (owner) *partial = sum;
+}
+
+// grad_x = scale S x with S = dG + dG^T: M = C rows i, N = L columns l,
+// reduction over the channels k. A = S (SymmetrizedLoader), B[k, l] =
+// x[k, l] as GEMM row l, reduction k: normal tiles for channels_last x
+// (channels contiguous), transposed for NCHW.
+struct GramBackwardMmaArgs {
+  Tensor3 grad_gram, x, grad_x;
+  float scale;
+  int C, L, column_tiles, k_tiles;  // k_tiles: over C
+  bool async;                       // x's 16-byte path
+};
+
+template <typename T, bool kTransposed>
+__global__ void __launch_bounds__(GramTile::kThreads, GramTile::kMinBlocks)
+    gram_backward_mma_kernel(const __grid_constant__ GramBackwardMmaArgs a, int64_t batch0) {
+  __shared__ __align__(128) char smem[GramTile::kSmemBytes];
+  const int tm = blockIdx.x / a.column_tiles, tn = blockIdx.x % a.column_tiles;
+  const int64_t b = batch0 + blockIdx.y;
+  const int i0 = tm * GramTile::BM, l0 = tn * GramTile::BN;
+  SymmetrizedLoader<T, kTransposed> la{
+      static_cast<const T*>(a.grad_gram.data) + b * a.grad_gram.stride[0],
+      a.grad_gram.stride[1], a.grad_gram.stride[2], a.C, i0};
+  const Plane<T> x{static_cast<const T*>(a.x.data) + b * a.x.stride[0], a.x.stride[2],
+                   a.x.stride[1], a.L, a.C};
+  PlaneLoader<T, kTransposed> lb{x, x, l0, a.k_tiles, a.async};
+  Accumulators<GramTile> acc;
+  gemm_main_loop<T, GramTile, kTransposed>(acc, smem, 0, a.k_tiles, la, lb);
+  T* out = static_cast<T*>(a.grad_x.data) + b * a.grad_x.stride[0];
+  for_each_accumulator(acc, [&](int row, int col, float sum) {
+    const int i = i0 + row, l = l0 + col;
+    if (i < a.C && l < a.L)
+      out[i * a.grad_x.stride[1] + l * a.grad_x.stride[2]] = from_acc<T>(sum * a.scale);
+  });
+}
+
 // Launches kernel(batch0) over grid (blocks, images) in batch chunks of at
 // most kMaxGridY images.
 template <typename Launch>
@@ -274,16 +646,130 @@ __global__ void __launch_bounds__(kBlock)
       from_acc<T>(factor * (operand<T>(a, i) - operand<T>(b, i)));
 }
 
+// The tensor-core path takes f16, bf16 and (allow_tf32) f32 with int
+// indices: l below 2^30 (C is bounded by the tile-grid check).
+bool use_mma(DType dtype, const GramGeometry& g, bool allow_tf32) {
+  return tensor_core_dtype(dtype, allow_tf32) && g.L <= kIntMax / 2;
+}
+
+// Transposed tiles for an operand whose GEMM rows (dimension row_dim of t,
+// the other of dimensions 1 and 2 being its reduction) are the closer
+// together in memory: each chunk then holds adjacent rows.
+bool rows_contiguous(const Tensor3& t, int row_dim) {
+  const int64_t row = t.stride[row_dim], k = t.stride[3 - row_dim];
+  return (row < 0 ? -row : row) < (k < 0 ? -k : k);
+}
+
+// Whether an operand (GEMM rows along row_dim, rows x K) can be filled by
+// 16-byte cp.async in the tile layout: its contiguous index (rows when
+// transposed, else k) has stride 1 and whole chunks, all chunks aligned.
+bool plane_async(const Tensor3& t, int row_dim, int64_t rows, int64_t K, bool transposed,
+                 int elems) {
+  const int64_t row_stride = t.stride[row_dim], k_stride = t.stride[3 - row_dim];
+  return transposed ? vector_ready(t.data, row_stride, rows, {k_stride, t.stride[0]}, elems)
+                    : vector_ready(t.data, k_stride, K, {row_stride, t.stride[0]}, elems);
+}
+
+// body(std::true_type) or body(std::false_type): a runtime flag as a
+// kernel template argument.
+template <typename Body>
+void with_flag(bool flag, Body&& body) {
+  if (flag)
+    body(std::true_type{});
+  else
+    body(std::false_type{});
+}
+
+// The Gram's tensor-core arguments: x (and other) as the rows of both
+// operands; out is the gram or the residual.
+template <typename T>
+GramMmaArgs gram_mma_args(const GramGeometry& g, Tensor3 x, Tensor3 other, double scale,
+                          Tensor3 out) {
+  constexpr int kElems = kChunkBytes / sizeof(T), kBK = kTileBytes / sizeof(T);
+  const bool transposed = rows_contiguous(x, 1);
+  const bool async = plane_async(x, 1, g.C, g.L, transposed, kElems) &&
+                     (other.data == nullptr || plane_async(other, 1, g.C, g.L, transposed, kElems));
+  return {x,
+          other.data != nullptr ? other : x,
+          out,
+          {},
+          {},
+          static_cast<float>(scale),
+          static_cast<int>(g.C),
+          static_cast<int>(g.L),
+          static_cast<int>(ceil_div(g.C, GramTile::BM)),
+          static_cast<int>(ceil_div(g.L, kBK)),
+          async};
+}
+
+template <typename T>
+Status gram_mma(const GramGeometry& g, Tensor3 x, Tensor3 other, double scale, Tensor3 gram,
+                cudaStream_t stream) {
+  const GramMmaArgs a = gram_mma_args<T>(g, x, other, scale, gram);
+  const bool transposed = rows_contiguous(x, 1), cross = other.data != nullptr;
+  return over_batches(g.B, int64_t{a.tiles} * a.tiles, [&](dim3 grid, int64_t b0) {
+    with_flag(transposed, [&](auto tr) {
+      with_flag(cross, [&](auto cr) {
+        gram_mma_kernel<T, decltype(tr)::value, decltype(cr)::value>
+            <<<grid, GramTile::kThreads, 0, stream>>>(a, b0);
+      });
+    });
+  });
+}
+
+template <typename T>
+Status style_loss_mma(const GramGeometry& g, Tensor3 x, Tensor3 target, double gram_scale,
+                      Tensor1 partials, Tensor3 residual, cudaStream_t stream) {
+  GramMmaArgs a = gram_mma_args<T>(g, x, Tensor3{}, gram_scale, residual);
+  a.target = target, a.partials = partials;
+  const bool transposed = rows_contiguous(x, 1);
+  return over_batches(g.B, int64_t{a.tiles} * a.tiles, [&](dim3 grid, int64_t b0) {
+    with_flag(transposed, [&](auto tr) {
+      style_loss_mma_kernel<T, decltype(tr)::value><<<grid, GramTile::kThreads, 0, stream>>>(
+          a, b0);
+    });
+  });
+}
+
+template <typename T>
+Status gram_backward_mma(const GramGeometry& g, Tensor3 grad_gram, Tensor3 x, double scale,
+                         Tensor3 grad_x, cudaStream_t stream) {
+  constexpr int kElems = kChunkBytes / sizeof(T), kBK = kTileBytes / sizeof(T);
+  // B's GEMM rows are the positions l (dimension 2), its reduction the channels.
+  const bool transposed = rows_contiguous(x, 2);
+  const int64_t row_tiles = ceil_div(g.C, GramTile::BM), column_tiles = ceil_div(g.L, GramTile::BN);
+  if (row_tiles > kMaxGridX / column_tiles) return Status::index_overflow;
+  const GramBackwardMmaArgs a{grad_gram,
+                              x,
+                              grad_x,
+                              static_cast<float>(scale),
+                              static_cast<int>(g.C),
+                              static_cast<int>(g.L),
+                              static_cast<int>(column_tiles),
+                              static_cast<int>(ceil_div(g.C, kBK)),
+                              plane_async(x, 2, g.L, g.C, transposed, kElems)};
+  return over_batches(g.B, row_tiles * column_tiles, [&](dim3 grid, int64_t b0) {
+    with_flag(transposed, [&](auto tr) {
+      gram_backward_mma_kernel<T, decltype(tr)::value><<<grid, GramTile::kThreads, 0, stream>>>(
+          a, b0);
+    });
+  });
+}
+
 }  // namespace
 
 Status gram_matrix(DType dtype, const GramGeometry& g, Tensor3 x, Tensor3 other, double scale,
-                   Tensor3 gram, cudaStream_t stream) {
+                   Tensor3 gram, bool allow_tf32, cudaStream_t stream) {
   if (!supported_dtype(dtype)) return Status::unsupported_dtype;
   if (check_gram_geometry(g) != Status::ok) return Status::bad_argument;
   if (g.B == 0 || g.C == 0) return Status::ok;
   if (!gram.data || (g.L > 0 && !x.data)) return Status::bad_argument;
   const int64_t tiles = ceil_div(g.C, kTile);
   if (tiles > kIntMax / tiles) return Status::index_overflow;
+  if (use_mma(dtype, g, allow_tf32))
+    return dispatch_mma_dtype(dtype, [&](auto type) {
+      return gram_mma<typename decltype(type)::type>(g, x, other, scale, gram, stream);
+    });
   return dispatch_dtype(dtype, [&](auto type) {
     using T = typename decltype(type)::type;
     const auto factor = static_cast<acc_t<T>>(scale);
@@ -299,11 +785,16 @@ Status gram_matrix(DType dtype, const GramGeometry& g, Tensor3 x, Tensor3 other,
 }
 
 Status gram_matrix_backward(DType dtype, const GramGeometry& g, Tensor3 grad_gram, Tensor3 x,
-                            double scale, Tensor3 grad_x, cudaStream_t stream) {
+                            double scale, Tensor3 grad_x, bool allow_tf32, cudaStream_t stream) {
   if (!supported_dtype(dtype)) return Status::unsupported_dtype;
   if (check_gram_geometry(g) != Status::ok) return Status::bad_argument;
   if (g.B == 0 || g.C == 0 || g.L == 0) return Status::ok;
   if (!grad_gram.data || !x.data || !grad_x.data) return Status::bad_argument;
+  if (use_mma(dtype, g, allow_tf32) && g.C <= kIntMax / 2)
+    return dispatch_mma_dtype(dtype, [&](auto type) {
+      return gram_backward_mma<typename decltype(type)::type>(g, grad_gram, x, scale, grad_x,
+                                                             stream);
+    });
   const int64_t row_tiles = ceil_div(g.C, kTile), column_tiles = ceil_div(g.L, kTile);
   if (column_tiles > kIntMax || row_tiles > kMaxGridX / column_tiles)
     return Status::index_overflow;
@@ -319,7 +810,7 @@ Status gram_matrix_backward(DType dtype, const GramGeometry& g, Tensor3 grad_gra
 
 Status style_loss(DType dtype, const StyleLossGeometry& sg, Tensor3 x, Tensor3 target,
                   double gram_scale, double loss_scale, Tensor1 partials, Tensor3 residual,
-                  Tensor1 out, cudaStream_t stream) {
+                  Tensor1 out, bool allow_tf32, cudaStream_t stream) {
   if (!supported_dtype(dtype)) return Status::unsupported_dtype;
   if (check_style_geometry(sg) != Status::ok || sg.tile != kTile || !out.data)
     return Status::bad_argument;
@@ -329,13 +820,19 @@ Status style_loss(DType dtype, const StyleLossGeometry& sg, Tensor3 x, Tensor3 t
     return Status::bad_argument;
   const int64_t tiles = ceil_div(g.C, kTile);
   if (tiles > kIntMax / tiles || g.B * tiles * tiles > kIntMax) return Status::index_overflow;
+  const bool mma = use_mma(dtype, g, allow_tf32);
   return dispatch_dtype(dtype, [&](auto type) {
     using T = typename decltype(type)::type;
-    const Status s = over_batches(g.B, tiles * tiles, [&](dim3 grid, int64_t b0) {
-      style_loss_kernel<T><<<grid, dim3(kThreads, kThreads), 0, stream>>>(
-          g, x, target, static_cast<acc_t<T>>(gram_scale), residual, partials, b0,
-          static_cast<int>(tiles));
-    });
+    Status s = Status::ok;
+    if constexpr (!std::is_same_v<T, double>) {
+      if (mma) s = style_loss_mma<T>(g, x, target, gram_scale, partials, residual, stream);
+    }
+    if (!mma)
+      s = over_batches(g.B, tiles * tiles, [&](dim3 grid, int64_t b0) {
+        style_loss_kernel<T><<<grid, dim3(kThreads, kThreads), 0, stream>>>(
+            g, x, target, static_cast<acc_t<T>>(gram_scale), residual, partials, b0,
+            static_cast<int>(tiles));
+      });
     if (s != Status::ok) return s;
     sum_partials_kernel<T><<<1, kBlock, 0, stream>>>(partials, g.B * tiles * tiles,
                                                       static_cast<acc_t<T>>(loss_scale), out);

@@ -91,14 +91,18 @@ Status scaled_difference(DType dtype, const DifferenceGeometry& g, Tensor1 a, Te
 
 #if defined(CNNK_WITH_CUDA)
 namespace cuda {
-// Same contracts as the CPU launchers; work is queued on `stream`.
+// Same contracts as the CPU launchers; work is queued on `stream`. The
+// Gram products run on tensor cores (csrc/cuda/gram.cu) for f16 and bf16,
+// and for f32 as TF32 when allow_tf32 (Python passes
+// torch.backends.cuda.matmul.allow_tf32, torch's rule for bmm); f64 and
+// exact f32 run on the CUDA cores.
 Status gram_matrix(DType dtype, const GramGeometry& g, Tensor3 x, Tensor3 other, double scale,
-                   Tensor3 gram, cudaStream_t stream);
+                   Tensor3 gram, bool allow_tf32, cudaStream_t stream);
 Status gram_matrix_backward(DType dtype, const GramGeometry& g, Tensor3 grad_gram, Tensor3 x,
-                            double scale, Tensor3 grad_x, cudaStream_t stream);
+                            double scale, Tensor3 grad_x, bool allow_tf32, cudaStream_t stream);
 Status style_loss(DType dtype, const StyleLossGeometry& g, Tensor3 x, Tensor3 target,
                   double gram_scale, double loss_scale, Tensor1 partials, Tensor3 residual,
-                  Tensor1 out, cudaStream_t stream);
+                  Tensor1 out, bool allow_tf32, cudaStream_t stream);
 Status difference_dot(DType dtype, const DifferenceGeometry& g, Tensor1 u, Tensor1 v, Tensor1 a,
                       Tensor1 b, double scale, Tensor1 partials, Tensor1 out,
                       cudaStream_t stream);
