@@ -511,15 +511,21 @@ def test_preactivation_is_kept_only_for_silu_when_asked():
 def test_router(monkeypatch):
     """Each branch of the rule written in ``route``: depthwise for one input
     channel per group wherever the backend has it (any multiplier, every
-    direction and dtype); the cpu's implicit GEMM otherwise; on the GPU
-    backends pointwise for 1x1, implicit GEMM otherwise, direct for fp64 and
-    exact fp32."""
+    direction and dtype); the cpu's implicit GEMM otherwise, im2col for a
+    filter covering its whole unpadded input (a fully connected layer); on
+    the GPU backends pointwise for 1x1, implicit GEMM otherwise, direct for
+    fp64 and exact fp32."""
     dense, pointwise = _geometry(64, 64, 3, 1), _geometry(256, 64, 1, 1)
+    fully_connected = Conv2dGeometry(8, 16, 5, 5, 120, 5, 5, 1, 1, 1, 1, 0, 0, 1, 1, 1,
+                                     Activation.relu)
+    padded_to_one = Conv2dGeometry(8, 16, 3, 3, 120, 5, 5, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+                                   Activation.relu)
     depthwise, grouped = _geometry(32, 32, 3, 32), _geometry(64, 64, 3, 16)
     multiplier, single_channel = _geometry(32, 64, 5, 32), _geometry(1, 6, 5, 1)
     for direction in ("forward", "grad_input", "grad_weight"):
-        for g in (dense, pointwise, grouped):
+        for g in (dense, pointwise, grouped, padded_to_one):
             assert route(g, "cpu", direction) == "implicit_gemm"
+        assert route(fully_connected, "cpu", direction) == "im2col"
         for g in (depthwise, multiplier, single_channel):
             assert route(g, "cpu", direction) == "depthwise"
     for direction in ("forward", "grad_input", "grad_weight"):

@@ -118,6 +118,13 @@ def is_depthwise(g: Conv2dGeometry) -> bool:
     return g.C_g == 1
 
 
+def _is_fully_connected(g: Conv2dGeometry) -> bool:
+    """The filter covers the whole unpadded input, undilated: one output
+    pixel, every input element read once (a fully connected layer)."""
+    return (g.P == 1 and g.Q == 1 and g.R == g.H and g.S == g.W and g.pad_top == 0
+            and g.pad_left == 0 and g.dil_h == 1 and g.dil_w == 1)
+
+
 def tf32_allowed() -> bool:
     """torch's rule for fp32 convolutions: TF32 tensor cores when
     ``torch.backends.cudnn.allow_tf32`` (on by default), exact fp32 otherwise."""
@@ -137,7 +144,12 @@ def route(g: Conv2dGeometry, backend: str, direction: str = "forward",
     exact fp32 take them too).
 
     cpu otherwise: implicit GEMM (the GEMM core; 1x1 convolutions included,
-    its pointwise path).
+    its pointwise path), except a filter that covers its whole unpadded
+    input (one output pixel: a fully connected layer written as a
+    convolution, as LeNet-5's C5 often is): im2col, whose patch matrix is the
+    input itself, so the three passes are plain GEMMs (forward+backward
+    3.8x faster than implicit GEMM on C5 at batch 8, whose gathered
+    backward has a reduction of N*P*Q = 8).
 
     GPU (triton, and cuda where the build has the kernels) otherwise: the
     tensor-core algorithms, pointwise for 1x1 stride-1 unpadded convolutions
@@ -152,7 +164,7 @@ def route(g: Conv2dGeometry, backend: str, direction: str = "forward",
     if is_depthwise(g) and "depthwise" in available:
         return "depthwise"
     if backend == "cpu":
-        return "implicit_gemm"
+        return "im2col" if _is_fully_connected(g) else "implicit_gemm"
     exact_fp32 = dtype == torch.float32 and not tf32_allowed()
     if (g.C_g == 1 or dtype == torch.float64 or exact_fp32
             or "implicit_gemm" not in available):

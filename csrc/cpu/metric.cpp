@@ -377,25 +377,29 @@ Status route_rows(DType dtype, const RouteGeometry& g, TensorN<2> rows, Tensor1 
 
 namespace {
 
-// sum_k (x_k - y_k)^2, or with kDot sum_k x_k y_k, in lanes.
+// sum_k (x_k - y_k)^2, or with kDot sum_k x_k y_k, in lanes (cnnk/cpu_types.h).
 template <bool kDot, typename T>
-acc_t<T> pair_sum(const T* x, const T* y, int64_t D) {
+acc_t<T> pair_sum(const T* __restrict x, const T* __restrict y, int64_t D) {
   using A = acc_t<T>;
-  A lanes[kLanes] = {};
-  for (int64_t k0 = 0; k0 < D; k0 += kLanes) {
-    const int width = static_cast<int>(std::min<int64_t>(kLanes, D - k0));
-    for (int l = 0; l < width; ++l) {
+  using L = Lanes<A>;
+  L lanes;
+  const int64_t blocked = D - D % kLanes;
+  for (int64_t k0 = 0; k0 < blocked; k0 += kLanes) {
+    const L u = L::load(x + k0), v = L::load(y + k0);
+    for (int j = 0; j < L::kParts; ++j) {
       if constexpr (kDot) {
-        lanes[l] += to_acc(x[k0 + l]) * to_acc(y[k0 + l]);
+        lanes.part[j] += u.part[j] * v.part[j];
       } else {
-        const A u = to_acc(x[k0 + l]) - to_acc(y[k0 + l]);
-        lanes[l] += u * u;
+        const typename L::Part d = u.part[j] - v.part[j];
+        lanes.part[j] += d * d;
       }
     }
   }
-  A total = 0;
-  for (A lane : lanes) total += lane;
-  return total;
+  for (int64_t k = blocked; k < D; ++k) {
+    const A u = to_acc(x[k]), v = to_acc(y[k]);
+    lanes[static_cast<int>(k - blocked)] += kDot ? u * v : (u - v) * (u - v);
+  }
+  return lanes.sum();
 }
 
 // The squared norms of t's `rows` rows (the cosine's).
