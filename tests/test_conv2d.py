@@ -346,8 +346,13 @@ def test_cpu_algorithms_match_torch(device, backend, algorithm, seed):
          residual="contiguous"),
     dict(N=5, C=20, K=30, H=2, W=2, R=3, S=3, stride=(1, 1), padding=1, activation="relu6",
          layout="channels_last", residual="channels_last"),
+    # Stride 1 with few input channels: grad_input by the scatter GEMM
+    # (LeNet-5's C3; a padded grouped channels_last one).
+    dict(N=3, C=6, K=16, H=14, W=14, R=5, S=5, stride=(1, 1), padding=0),
+    dict(N=2, C=4, K=32, H=9, W=8, R=3, S=3, stride=(1, 1), padding=1, groups=2,
+         layout="channels_last"),
 ], ids=["many_tiles", "split_reduction", "strided", "pointwise_cl", "big_padding", "wide",
-        "planes_across_images", "tiny_planes_cl"])
+        "planes_across_images", "tiny_planes_cl", "scatter_stride1", "scatter_grouped_cl"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_implicit_gemm_blocking_edges(device, backend, case, dtype):
     full = dict(dilation=(1, 1), groups=1, bias=True, activation="relu", layout="contiguous")
