@@ -613,31 +613,22 @@ Status distance_matrix_backward(DType dtype, const DistanceMatrixGeometry& g, Te
     using T = typename decltype(type)::type;
     const T* gp = static_cast<const T*>(grad.data);
     const T* dp = static_cast<const T*>(distances.data);
-    if (g.distance == Distance::cosine) {
-      const auto eps = static_cast<acc_t<T>>(g.eps);
+    // grad_x from the rows of grad, then grad_y from its columns: the same
+    // kernel with the two sides (and grad's, distances' strides) swapped.
+    auto both_sides = [&](auto kernel, auto setting) {
       if (g.N > 0)
-        cosine_matrix_backward_kernel<T><<<static_cast<unsigned>(ceil_div(g.N, kWarps)),
-                                           kThreads, 0, stream>>>(
-            g.N, g.M, g.D, eps, gp, grad.stride[0], grad.stride[1], dp, distances.stride[0],
+        kernel<<<static_cast<unsigned>(ceil_div(g.N, kWarps)), kThreads, 0, stream>>>(
+            g.N, g.M, g.D, setting, gp, grad.stride[0], grad.stride[1], dp, distances.stride[0],
             distances.stride[1], x, y, grad_x);
       if (g.M > 0)
-        cosine_matrix_backward_kernel<T><<<static_cast<unsigned>(ceil_div(g.M, kWarps)),
-                                           kThreads, 0, stream>>>(
-            g.M, g.N, g.D, eps, gp, grad.stride[1], grad.stride[0], dp, distances.stride[1],
+        kernel<<<static_cast<unsigned>(ceil_div(g.M, kWarps)), kThreads, 0, stream>>>(
+            g.M, g.N, g.D, setting, gp, grad.stride[1], grad.stride[0], dp, distances.stride[1],
             distances.stride[0], y, x, grad_y);
       return launched();
-    }
-    if (g.N > 0)
-      distance_matrix_backward_kernel<T><<<static_cast<unsigned>(ceil_div(g.N, kWarps)),
-                                           kThreads, 0, stream>>>(
-          g.N, g.M, g.D, squared, gp, grad.stride[0], grad.stride[1], dp, distances.stride[0],
-          distances.stride[1], x, y, grad_x);
-    if (g.M > 0)
-      distance_matrix_backward_kernel<T><<<static_cast<unsigned>(ceil_div(g.M, kWarps)),
-                                           kThreads, 0, stream>>>(
-          g.M, g.N, g.D, squared, gp, grad.stride[1], grad.stride[0], dp, distances.stride[1],
-          distances.stride[0], y, x, grad_y);
-    return launched();
+    };
+    if (g.distance == Distance::cosine)
+      return both_sides(cosine_matrix_backward_kernel<T>, static_cast<acc_t<T>>(g.eps));
+    return both_sides(distance_matrix_backward_kernel<T>, squared);
   });
 }
 
