@@ -83,3 +83,33 @@ def test_import_loads_neither_dynamo_nor_triton():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=300, check=True)
     assert result.stdout.strip() == "[]"
+
+
+@needs_extension
+def test_an_op_skips_the_dispatcher_only_where_nothing_intercepts():
+    """A plain call runs the op's implementation directly; a dispatch mode,
+    the profiler and a backward still see the registered op by its name,
+    with the same result."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Seen(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    rows = [torch.randn(6, 5, dtype=torch.float64) for _ in range(3)]
+    with cnnkernels.use(backend="cpu"):
+        plain = cnnkernels.triplet_margin_loss(*rows)
+        with Seen() as mode:
+            seen = cnnkernels.triplet_margin_loss(*rows)
+        with torch.profiler.profile() as profile:
+            profiled = cnnkernels.triplet_margin_loss(*rows)
+    assert "cnnk.triplet_loss.default" in mode.ops
+    assert "cnnk::triplet_loss" in {event.name for event in profile.events()}
+    assert torch.equal(plain, seen) and torch.equal(plain, profiled)
+    expected = torch.nn.functional.triplet_margin_loss(*rows)
+    assert torch.allclose(plain, expected, rtol=1e-12, atol=0)

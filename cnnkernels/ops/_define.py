@@ -17,7 +17,12 @@ dtype, and on the 32-bit backends every offset and the geometry's index
 arithmetic; ``auto`` resolved for their device) -> poison the
 outputs (tests only) -> launch, unless every output is empty; and whose fake
 (meta) implementation is the plan's outputs. Real and fake thus validate
-alike and agree on every output. Every op has a ``backend: str`` argument
+alike and agree on every output. The public functions call an op through
+its ``Operator``, which runs the real implementation at once, skipping
+torch's dispatcher (some 30 us a call on the cpu), when nothing would
+intercept the call (``_plain_call``: plain tensors, no torch function or
+dispatch mode, torch.func transform, JIT tracer or profiler); everything
+else goes through ``torch.ops.cnnk.*``. Every op has a ``backend: str`` argument
 ("auto" or a concrete backend). ``define_op`` returns an ``Operator``, whose
 ``register_derivatives`` gives the op its reverse and forward modes (below).
 With ``autocast=True`` the op also takes part
