@@ -543,19 +543,21 @@ def _cosine_matrix_jvp(x, y, x_t, y_t, distances, eps):
     def terms(rows, tangent):
         norm = rows.norm(dim=1)
         clamped = norm.clamp_min(eps)
+        if tangent is None:
+            return clamped, 0
         free = norm >= eps
         inverse = torch.where(free, 1 / (clamped * torch.where(free, norm, 1)), 0)
         return clamped, (rows * tangent).sum(1) * inverse
-    zeros_x, zeros_y = torch.zeros_like(x), torch.zeros_like(y)
-    x_clamped, x_term = terms(x, zeros_x if x_t is None else x_t)
-    y_clamped, y_term = terms(y, zeros_y if y_t is None else y_t)
+    x_clamped, x_term = terms(x, x_t)
+    y_clamped, y_term = terms(y, y_t)
     cross = torch.zeros_like(distances)
     if x_t is not None:
         cross = cross + x_t @ y.T
     if y_t is not None:
         cross = cross + x @ y_t.T
-    return (1 - distances) * (x_term[:, None] + y_term[None]) \
-        - cross / (x_clamped[:, None] * y_clamped[None])
+    x_term = x_term[:, None] if x_t is not None else 0
+    y_term = y_term[None] if y_t is not None else 0
+    return (1 - distances) * (x_term + y_term) - cross / (x_clamped[:, None] * y_clamped[None])
 
 
 def _matrix_tangent(x, y, x_t, y_t, distances, distance: int, eps: float) -> Tensor:
@@ -596,7 +598,9 @@ def _matrix_double_backward(ctx, grad_x_bar, grad_y_bar):
     grad, x, y, distances = ctx.saved_tensors
     distance, eps, backend = ctx.distance, ctx.eps, ctx.backend
     need = ctx.needs_input_grad
-    tangent = _matrix_tangent(x, y, grad_x_bar, grad_y_bar, distances, distance, eps)
+    tangent = None
+    if need[0] or (need[3] and distance == DISTANCES["euclidean"]):
+        tangent = _matrix_tangent(x, y, grad_x_bar, grad_y_bar, distances, distance, eps)
     grad_of_grad = tangent if need[0] else None
     if distance == DISTANCES["cosine"]:
         hx, hy = _pair_hessian_product(x[:, None], y[None], grad_x_bar[:, None],
