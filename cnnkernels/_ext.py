@@ -21,6 +21,7 @@ then raises an error that says how to build it.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Callable
 from types import ModuleType
 
@@ -94,29 +95,40 @@ def dtype_code(dtype: torch.dtype):
 
 class _Launchers:
     """The launchers of one ``_C`` submodule, called with the dtype of the
-    tensor they were made for and, on CUDA, on its device and current stream."""
+    tensor they were made for and, on CUDA, on its device and current stream.
+    A launcher is looked up once and kept as an attribute (op calls are
+    frequent and small: each microsecond shows on the cpu)."""
 
-    def __init__(self, backend: str, like: torch.Tensor):
+    def __init__(self, backend: str, device: torch.device, dtype: torch.dtype):
         self._backend = backend
-        self._device = like.device
+        self._device = device
         self._module = cpu_kernels() if backend == "cpu" else cuda_kernels()
-        self._dtype = dtype_code(like.dtype)
+        self._dtype = dtype_code(dtype)
 
     def __getattr__(self, name: str):
         launcher = getattr(self._module, name)
         if self._backend == "cpu":
-            return lambda *args: launcher(self._dtype, *args)
+            bound = functools.partial(launcher, self._dtype)
+        else:
+            def bound(*args):
+                with torch.cuda.device(self._device):
+                    launcher(self._dtype, *args,
+                             torch.cuda.current_stream(self._device).cuda_stream)
 
-        def on_stream(*args):
-            with torch.cuda.device(self._device):
-                launcher(self._dtype, *args, torch.cuda.current_stream(self._device).cuda_stream)
+        setattr(self, name, bound)
+        return bound
 
-        return on_stream
+
+_NATIVE: dict[tuple, _Launchers] = {}
 
 
 def native(backend: str, like: torch.Tensor) -> _Launchers:
     """The C++ ("cpu") or CUDA ("cuda") launchers for tensors like ``like``."""
-    return _Launchers(backend, like)
+    key = (backend, like.device, like.dtype)
+    launchers = _NATIVE.get(key)
+    if launchers is None:
+        launchers = _NATIVE[key] = _Launchers(backend, like.device, like.dtype)
+    return launchers
 
 
 def launchers(backend: str, like: torch.Tensor, triton: Callable[[], ModuleType]):

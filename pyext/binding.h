@@ -180,6 +180,33 @@ struct AddBindings {
 
 namespace pybind11::detail {
 
+// The result of calling src.name() (name an interned string), or a null
+// object (the error cleared) where src has no such method or it raised.
+inline object call_method(handle src, PyObject* name) {
+  PyObject* result = PyObject_CallMethodNoArgs(src.ptr(), name);
+  if (result == nullptr) PyErr_Clear();
+  return reinterpret_steal<object>(result);
+}
+
+// Interned method names: a launcher reads several tensors per call, and each
+// microsecond of conversion shows on small ops.
+inline PyObject* stride_name() {
+  static PyObject* const name = PyUnicode_InternFromString("stride");
+  return name;
+}
+inline PyObject* data_ptr_name() {
+  static PyObject* const name = PyUnicode_InternFromString("data_ptr");
+  return name;
+}
+
+// src.data_ptr() as a pointer; false where src has none.
+inline bool read_data_pointer(handle src, void** data) {
+  const object address = call_method(src, data_ptr_name());
+  if (!address || !PyLong_Check(address.ptr())) return false;
+  *data = PyLong_AsVoidPtr(address.ptr());
+  return true;
+}
+
 // A tensor argument: a torch.Tensor (read through data_ptr() and stride())
 // of the launcher's rank, or None for an absent optional tensor.
 template <int R>
@@ -188,20 +215,28 @@ struct type_caster<cnnk::TensorN<R>> {
   bool load(handle src, bool) {
     value = {};
     if (src.is_none()) return true;
-    if (!hasattr(src, "data_ptr") || !hasattr(src, "stride")) return false;
-    const auto strides = src.attr("stride")().cast<std::vector<int64_t>>();
-    if (strides.size() != R)
+    const object strides = call_method(src, stride_name());
+    if (!strides || !PyTuple_Check(strides.ptr())) return false;
+    const Py_ssize_t rank = PyTuple_GET_SIZE(strides.ptr());
+    if (rank != R)
       throw type_error("expected a " + std::to_string(R) + "-D tensor, got " +
-                       std::to_string(strides.size()) + "-D");
-    value.data = reinterpret_cast<void*>(src.attr("data_ptr")().cast<std::uintptr_t>());
-    if constexpr (R == 1) {
-      value.stride = strides[0];
-    } else if constexpr (R == 4) {
-      value.stride = {strides[0], strides[1], strides[2], strides[3]};
-    } else {
-      for (int i = 0; i < R; ++i) value.stride[i] = strides[i];
+                       std::to_string(rank) + "-D");
+    int64_t stride[R];
+    for (int i = 0; i < R; ++i) {
+      stride[i] = PyLong_AsLongLong(PyTuple_GET_ITEM(strides.ptr(), i));
+      if (stride[i] == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return false;
+      }
     }
-    return true;
+    if constexpr (R == 1) {
+      value.stride = stride[0];
+    } else if constexpr (R == 4) {
+      value.stride = {stride[0], stride[1], stride[2], stride[3]};
+    } else {
+      for (int i = 0; i < R; ++i) value.stride[i] = stride[i];
+    }
+    return read_data_pointer(src, &value.data);
   }
 };
 
@@ -210,8 +245,7 @@ template <>
 struct type_caster<cnnk::Workspace> {
   PYBIND11_TYPE_CASTER(cnnk::Workspace, const_name("Tensor"));
   bool load(handle src, bool) {
-    if (!hasattr(src, "data_ptr") || !hasattr(src, "nbytes")) return false;
-    value.data = reinterpret_cast<void*>(src.attr("data_ptr")().cast<std::uintptr_t>());
+    if (!hasattr(src, "nbytes") || !read_data_pointer(src, &value.data)) return false;
     value.bytes = src.attr("nbytes").cast<std::size_t>();
     return true;
   }

@@ -20,7 +20,7 @@ outputs (tests only) -> launch, unless every output is empty; and whose fake
 alike and agree on every output. The public functions call an op through
 its ``Operator``, which runs the real implementation at once, skipping
 torch's dispatcher (some 30 us a call on the cpu), when nothing would
-intercept the call (``_plain_call``: plain tensors, no torch function or
+intercept the call (``plain_call``: plain tensors, no torch function or
 dispatch mode, torch.func transform, JIT tracer or profiler); everything
 else goes through ``torch.ops.cnnk.*``. Every op has a ``backend: str`` argument
 ("auto" or a concrete backend). ``define_op`` returns an ``Operator``, whose
@@ -43,6 +43,7 @@ import inspect
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch.autograd import forward_ad
@@ -66,7 +67,7 @@ class Family:
     native: bool = True
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Launch:
     """What a plan returns: the allocated outputs (one tensor or a tuple, as
     the op returns them); every tensor the kernels read or write, by name
@@ -121,7 +122,10 @@ def define_op(qualname: str, *, returns, autocast: bool = False):
         op.register_fake(_fake(plan))
         if autocast:
             _register_autocast(op, name)
-        return Operator(op, name, autocast, implementation)
+        tensor_positions = tuple(
+            i for i, parameter in enumerate(signature.parameters.values())
+            if parameter.annotation in (torch.Tensor, Optional[torch.Tensor]))
+        return Operator(op, name, autocast, implementation, tensor_positions)
 
     return decorate
 
@@ -158,11 +162,13 @@ class Operator:
     computes with. ``setup_context`` saves tensors with ``save(ctx, ...)``,
     which both modes can read."""
 
-    def __init__(self, custom_op, name: str, autocast: bool, implementation: Callable):
+    def __init__(self, custom_op, name: str, autocast: bool, implementation: Callable,
+                 tensor_positions: tuple[int, ...]):
         self.custom_op = custom_op
         self.name = name
         self._autocast = autocast
         self._implementation = implementation
+        self._tensor_positions = tensor_positions  # the Tensor / Optional[Tensor] parameters
         self._derivatives = None
 
     def __call__(self, *args):
@@ -175,10 +181,24 @@ class Operator:
                 with torch.autocast(device_type, enabled=False):
                     return self(*(_cast(a, device_type, dtype) for a in args))
         if _differentiated(args):
-            return self._derivatives.apply(*_leaves(args))
-        if _plain_call(args):
+            return self._apply_derivatives(args)
+        if plain_call(args):
             return self._implementation(*args)
         return self.custom_op(*args)
+
+    def _apply_derivatives(self, args):
+        """The derivatives Function applied to ``args``. Outside the torch.func
+        transforms, ``Function.apply`` only rebinds the arguments to forward's
+        signature (they are positional, without defaults: a no-op costing some
+        15 us a call) and unwraps dead functorch wrappers before the C++ apply;
+        here the C++ apply is called after the unwrapping alone."""
+        if torch._C._are_functorch_transforms_active():
+            return self._derivatives.apply(*_leaves(args))
+        args = list(args)
+        for i in self._tensor_positions:
+            if args[i] is not None:
+                args[i] = _unwrap_if_dead(args[i])
+        return self._apply_below_transforms(*args)
 
     def register_derivatives(self, *, setup_context, backward, jvp) -> None:
         operator = getattr(torch.ops.cnnk, self.name).default
@@ -187,7 +207,7 @@ class Operator:
         def forward(*args):
             # Below autograd: the Function records the derivatives.
             values = _values(args)
-            if _plain_call(values):
+            if plain_call(values):
                 return implementation(*values)
             with torch._C._AutoDispatchBelowAutograd():
                 return operator(*values)
@@ -207,6 +227,7 @@ class Operator:
                 "jvp": staticmethod(jvp),
                 "generate_vmap_rule": True,
             })
+        self._apply_below_transforms = _FUNCTION_APPLY.__get__(None, derivatives)
 
         def autograd_kernel(keyset, *args):
             if _differentiated(args):
@@ -215,7 +236,7 @@ class Operator:
                         f"torch.ops.cnnk.{self.name} called directly under a torch.func "
                         f"transform: call the public cnnkernels function (or the Operator "
                         f"cnnkernels.ops) instead, which supports the transforms")
-                return derivatives.apply(*_leaves(args))
+                return self._apply_derivatives(args)
             with torch._C._AutoDispatchBelowAutograd():
                 return operator.redispatch(keyset & torch._C._after_autograd_keyset, *args)
 
@@ -224,6 +245,11 @@ class Operator:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "(?s).*Overriding a previously registered kernel")
             _LIBRARY.impl(self.name, autograd_kernel, "Autograd", with_keyset=True)
+
+
+# torch.autograd.Function.apply's C++ part (what its Python apply ends in).
+_FUNCTION_APPLY = torch._C._FunctionBase.__dict__["apply"]
+_unwrap_if_dead = torch._C._functorch.unwrap_if_dead
 
 
 class _Leaf:
@@ -241,10 +267,12 @@ def _leaves(args) -> tuple:
 
 
 def _values(args) -> tuple:
-    return tuple(a.value if isinstance(a, _Leaf) else a for a in args)
+    if _Leaf not in map(type, args):
+        return args
+    return tuple(a.value if type(a) is _Leaf else a for a in args)
 
 
-def _plain_call(args) -> bool:
+def plain_call(args) -> bool:
     """Whether a call may skip torch's dispatcher and run the op's
     implementation at once, as the dispatcher would: plain (or Parameter)
     tensors on the cpu or a GPU, and nothing that intercepts ops (a torch
@@ -277,8 +305,11 @@ def _differentiated(args) -> bool:
     """An input requires grad, or forward-mode AD is on (a dual level open)."""
     if forward_ad._current_level >= 0 and torch._C._is_fwd_grad_enabled():
         return True
-    return torch.is_grad_enabled() and any(
-        isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+    if torch.is_grad_enabled():
+        for a in args:
+            if isinstance(a, torch.Tensor) and a.requires_grad:
+                return True
+    return False
 
 
 def derivatives_needed(args) -> bool:
@@ -289,6 +320,18 @@ def derivatives_needed(args) -> bool:
         return torch.is_grad_enabled() and any(
             isinstance(a, torch.Tensor) and a.requires_grad for a in args)
     return _differentiated(args)
+
+
+def reverse_mode_only(args) -> bool:
+    """Whether an Operator called with ``args`` records a backward and
+    nothing else: grad mode on and an input requiring grad, no dual level
+    open (forward mode), not compiling, and a plain call (``plain_call``:
+    no transform or mode). An op may then compute its backward's work ahead,
+    in the forward's pass over the data (the triplet loss on the cpu)."""
+    return (torch.is_grad_enabled() and forward_ad._current_level < 0
+            and not torch.compiler.is_compiling()
+            and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+            and plain_call(args))
 
 
 def _register_autocast(op, name: str) -> None:
