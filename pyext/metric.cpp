@@ -34,6 +34,7 @@ CNNK_BINDINGS(metric, m) {
   m.structure<TripletGeometry>("TripletGeometry");
   CNNK_LAUNCHER(m, triplet_loss_forward);
   CNNK_LAUNCHER(m, triplet_loss_backward);
+  m.launcher("triplet_loss_forward_backward", &cpu::triplet_loss_forward_backward, nullptr);
   m.structure<RouteGeometry>("RouteGeometry");
   CNNK_LAUNCHER(m, route_rows);
   m.structure<DistanceMatrixGeometry>("DistanceMatrixGeometry");

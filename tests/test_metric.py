@@ -25,6 +25,7 @@ from cnnkernels.ops.metric import (
     route_rows_op,
     triplet_loss_backward_op,
     triplet_loss_op,
+    triplet_loss_with_gradients_op,
 )
 
 
@@ -99,6 +100,9 @@ def random_case(seed: int, tiny: bool) -> dict:
         margin=rng.choice((1.0, 0.3)),
         broadcast=rng.choice((False, False, True)),
         labels=rng.choice((2, 3, 5)),
+        # The backward's gradient 1 (loss.backward()): a reduced loss on the
+        # cpu then returns the gradients its forward computed.
+        unit_grad=rng.choice((False, True)),
     )
 
 
@@ -161,7 +165,8 @@ def run_case(device, backend, case, dtype, seed):
     with ck.use(backend=backend):
         loss = ck.triplet_margin_loss(a, p, n, p=case["p"], distance=case["distance"],
                                       **settings)
-        grad = random_tensor(loss.shape, dtype, device, generator=generator)
+        grad = (torch.ones_like(loss) if case.get("unit_grad") else
+                random_tensor(loss.shape, dtype, device, generator=generator))
         loss.backward(grad)
     a64, p64, n64 = (float64_cpu(t).requires_grad_() for t in (a, p, n))
     expected = reference_triplet(a64, p64, n64, norm=case["p"], distance=case["distance"],
@@ -221,6 +226,9 @@ def _op_calls(device, backend, dtype):
         (triplet_loss_op, (a, p, n, None, None, 0.5, 1.5, 1e-6, False, none,
                            DISTANCES["cosine"], backend)),
         (triplet_loss_op, (a, p, n, index, index.flip(0), *settings)),
+        (triplet_loss_with_gradients_op, (a, p, n, None, None, *settings)),
+        (triplet_loss_with_gradients_op, (a, p, n, index, index.flip(0), 0.5, 1.5, 1e-6, False,
+                                          none, DISTANCES["sqeuclidean"], backend)),
         (triplet_loss_backward_op, (torch.ones((), dtype=dtype, device=device), a.detach(),
                                     p.detach(), n.detach(), None, None, *settings)),
         (route_rows_op, (a.detach(), index, 6, backend)),
@@ -353,6 +361,51 @@ def test_second_derivatives_match_torch(device, backend, p, swap, reduction):
     for got, want, name in zip(ours, expected, ("anchor", "positive", "negative", "grad"),
                                strict=True):
         assert_close(got, want, torch.float64, 20, f"second derivative along {name}")
+
+
+@pytest.mark.parametrize(("reduction", "distance", "swap"),
+                         [("mean", "euclidean", True), ("sum", "cosine", False),
+                          ("mean", "sqeuclidean", False)])
+def test_gradients_computed_by_the_forward(reduction, distance, swap):
+    """On the cpu a reduced loss that records a backward computes its rows'
+    gradients in the forward's pass; a backward of gradient 1 returns them,
+    once (a retained graph's next backward recomputes), and every other
+    backward (another gradient, a recorded graph) runs the backward op."""
+    generator = torch.Generator().manual_seed(17)
+    rows = [torch.randn(9, 6, generator=generator).requires_grad_() for _ in range(3)]
+    settings = dict(margin=2.0, swap=swap, reduction=reduction)
+    with ck.use(backend="cpu"):
+        loss = ck.triplet_margin_loss(*rows, distance=distance, **settings)
+        assert "triplet_loss_with_gradients" in type(loss.grad_fn).__name__
+        first = torch.autograd.grad(loss, rows, retain_graph=True)
+        second = torch.autograd.grad(loss, rows, retain_graph=True)
+        scaled = torch.autograd.grad(loss, rows, torch.tensor(3.0), retain_graph=True)
+        (recorded,) = torch.autograd.grad(loss, rows[0], create_graph=True)
+        (recorded_second,) = torch.autograd.grad(recorded.square().sum(), rows[1])
+    rows64 = [float64_cpu(t).requires_grad_() for t in rows]
+    expected = reference_triplet(*rows64, distance=distance, **settings)
+    expected_grads = torch.autograd.grad(expected, rows64, create_graph=True)
+    (expected_second,) = torch.autograd.grad(expected_grads[0].square().sum(), rows64[1])
+    for name, got, factor in (("first", first, 1), ("second", second, 1), ("scaled", scaled, 3)):
+        for g, want, row in zip(got, expected_grads, ("anchor", "positive", "negative"),
+                                strict=True):
+            assert_close(g, factor * want.detach(), torch.float32, 54, f"{name} grad {row}")
+    assert_close(recorded, expected_grads[0].detach(), torch.float32, 54, "recorded grad")
+    assert_close(recorded_second, expected_second, torch.float32, 54, "second derivative")
+
+
+def test_gradients_in_the_forward_only_where_they_pay():
+    """The backend that computes them is the cpu's, for a reduced loss whose
+    backward will be recorded; not without grad, for reduction none, or on
+    another backend."""
+    rows = [torch.randn(4, 3).requires_grad_() for _ in range(3)]
+    with ck.use(backend="cpu"):
+        assert "with_gradients" not in type(
+            ck.triplet_margin_loss(*rows, reduction="none").grad_fn).__name__
+        with torch.no_grad():
+            assert ck.triplet_margin_loss(*rows).grad_fn is None
+    with ck.use(backend="triton"):
+        assert "with_gradients" not in type(ck.triplet_margin_loss(*rows).grad_fn).__name__
 
 
 @pytest.mark.parametrize(("device", "backend"), backend_params())

@@ -64,7 +64,14 @@ from torch import Tensor
 from torch.nn import _reduction
 
 from cnnkernels import _args, _backend, _ext
-from cnnkernels.ops._define import Family, Launch, define_op, save
+from cnnkernels.ops._define import (
+    Family,
+    Launch,
+    define_op,
+    plain_call,
+    reverse_mode_only,
+    save,
+)
 
 FAMILY = Family(name="metric",
                 public=("triplet_margin_loss", "pairwise_distance_matrix",
@@ -228,6 +235,44 @@ def triplet_loss_backward_op(grad: Tensor, anchor: Tensor, positive: Tensor, neg
                   g.index_extent())
 
 
+@define_op("cnnk::triplet_loss_with_gradients", returns=tuple[Tensor, Tensor, Tensor, Tensor])
+def triplet_loss_with_gradients_op(anchor: Tensor, positive: Tensor, negative: Tensor,
+                                   positive_index: Optional[Tensor],
+                                   negative_index: Optional[Tensor], margin: float, p: float,
+                                   eps: float, swap: bool, reduction: int, distance: int,
+                                   backend: str) -> Launch:
+    """The loss (as cnnk::triplet_loss) and each triplet's anchor, positive
+    and negative row gradients (N, D) for an incoming gradient of 1: the
+    reverse mode's forward on the cpu, where one pass over the rows
+    computes both and a backward of gradient 1 (``loss.backward()``)
+    then returns them without a second op call. cpu: one fused kernel;
+    the other backends run their forward and backward kernels."""
+    g, rows = _triplet_geometry(anchor, positive, negative, positive_index, negative_index,
+                                margin, p, eps, swap, reduction, distance)
+    loss = anchor.new_empty((g.N,) if reduction == REDUCTIONS["none"] else ())
+    partials = _partials(g, anchor)
+    grads = tuple(anchor.new_empty((g.N, g.D)) for _ in range(3))
+
+    def run(backend: str) -> None:
+        kernels = _ext.launchers(backend, anchor, _triton)
+        indices = (positive_index, negative_index)
+        if backend == "cpu":
+            kernels.triplet_loss_forward_backward(g, *rows, *indices, partials, loss.view(-1),
+                                                  *grads)
+            return
+        kernels.triplet_loss_forward(g, *rows, *indices, partials, loss.view(-1))
+        if g.N and g.D:
+            kernels.triplet_loss_backward(g, anchor.new_ones(1).expand(g.N), *rows, *indices,
+                                          *grads)
+
+    return Launch((loss, *grads), {"anchor": anchor, "positive": positive,
+                                   "negative": negative, "positive_index": positive_index,
+                                   "negative_index": negative_index, "partials": partials,
+                                   "loss": loss, "grad_anchor": grads[0],
+                                   "grad_positive": grads[1], "grad_negative": grads[2]},
+                  run, g.index_extent())
+
+
 @define_op("cnnk::route_rows", returns=Tensor)
 def route_rows_op(rows: Tensor, index: Tensor, count: int, backend: str) -> Launch:
     """(count, D): row r the sum of the rows i with index[i] == r (in i order)."""
@@ -250,6 +295,13 @@ def _triplet_backward(ctx, grad):
     anchor, positive, negative, positive_index, negative_index = ctx.saved_tensors
     grads = triplet_loss_backward_op(grad.contiguous(), anchor, positive, negative,
                                      positive_index, negative_index, *ctx.settings)
+    return _routed(ctx, grads)
+
+
+def _routed(ctx, grads):
+    """The inputs' gradients from the triplets' row gradients (indexed
+    rows: each positive and negative row the sum of its triplets' rows)."""
+    _, positive, negative, positive_index, negative_index = ctx.saved_tensors
     if positive_index is not None:
         backend = ctx.settings[-1]
         grads = (grads[0], route_rows_op(grads[1], positive_index, positive.shape[0], backend),
@@ -306,6 +358,36 @@ def _triplet_jvp(ctx, anchor_t, positive_t, negative_t, *_):
 
 triplet_loss_op.register_derivatives(setup_context=_triplet_setup, backward=_triplet_backward,
                                      jvp=_triplet_jvp)
+
+
+def _with_gradients_setup(ctx, inputs, output) -> None:
+    _triplet_setup(ctx, inputs, output)
+    ctx.mark_non_differentiable(*output[1:])
+    # The gradient outputs take no gradient: no zeros made for them.
+    ctx.set_materialize_grads(False)
+    ctx.unit_gradients = output[1:]
+
+
+def _with_gradients_backward(ctx, grad, *_):
+    """The first backward of a reduced loss with gradient 1 (not recording
+    a graph) returns the forward's gradients, and gives them up (a retained
+    graph's next backward recomputes); any other runs the backward op."""
+    unit, ctx.unit_gradients = ctx.unit_gradients, None
+    if grad is None:
+        return (None,) * (5 + len(ctx.settings))
+    if (unit is not None and grad.dim() == 0 and grad.is_cpu and not torch.is_grad_enabled()
+            and plain_call((grad,)) and grad.item() == 1.0):
+        return _routed(ctx, unit)
+    return _triplet_backward(ctx, grad)
+
+
+def _with_gradients_jvp(ctx, anchor_t, positive_t, negative_t, *_):
+    return _triplet_jvp(ctx, anchor_t, positive_t, negative_t), None, None, None
+
+
+triplet_loss_with_gradients_op.register_derivatives(setup_context=_with_gradients_setup,
+                                                    backward=_with_gradients_backward,
+                                                    jvp=_with_gradients_jvp)
 
 
 def _dot(x: Tensor, y: Tensor) -> Tensor:
@@ -742,9 +824,13 @@ def triplet_margin_loss(anchor: Tensor, positive: Tensor, negative: Tensor, marg
         rows = [t.to(dtype) for t in rows]
     if anchor.dim() == 1:
         rows = [t.reshape(1, -1) for t in rows]
-    loss = triplet_loss_op(*rows, None, None, margin, p, eps, swap,
-                           REDUCTIONS["none"] if anchor.dim() == 1 else code, distance_code,
-                           _backend.current_backend())
+    args = (*rows, None, None, margin, p, eps, swap,
+            REDUCTIONS["none"] if anchor.dim() == 1 else code, distance_code,
+            _backend.current_backend())
+    if (code != REDUCTIONS["none"] and anchor.dim() == 2 and reverse_mode_only(rows)
+            and _backend.resolve_backend(anchor.device, args[-1]) == "cpu"):
+        return triplet_loss_with_gradients_op(*args)[0]
+    loss = triplet_loss_op(*args)
     return loss.reshape(()) if anchor.dim() == 1 else loss
 
 

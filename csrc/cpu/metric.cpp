@@ -5,7 +5,8 @@
 // sums over D run in kLanes independent lanes (vectorisable, a fixed
 // order), then the row's distances, hinge and coefficients
 // (cnnk/metric.h); the backward re-reads the row and writes its three
-// gradient rows. The reduction adds the chunks' partials in chunk order.
+// gradient rows; triplet_loss_forward_backward does both in the backward's
+// one pass (3 N D read, 3 N D written). The reduction adds the chunks' partials in chunk order.
 // Bound: memory, 3 N D elements read by the forward, 3 N D read and 3 N D
 // written by the backward (the p-norm for p other than 1 or 2 adds a pow
 // per element).
@@ -170,6 +171,20 @@ int64_t included_rows(const TripletGeometry& g, Tensor1 positive_index, Tensor1 
   return std::max<int64_t>(count, 1);
 }
 
+// A reduced loss from its chunks' partial sums, added in chunk order.
+template <typename T>
+void reduce_partials(const TripletGeometry& g, Tensor1 positive_index, Tensor1 negative_index,
+                     Tensor1 partials, Tensor1 loss) {
+  using A = acc_t<T>;
+  const A* sums = static_cast<const A*>(partials.data);
+  double total = 0;
+  for (int64_t k = 0; k < ceil_div(g.N, g.chunk); ++k) total += sums[k * partials.stride];
+  // The mean of no triplet is NaN (torch's); of no included triplet, 0.
+  if (g.reduction == Reduction::mean)
+    total /= static_cast<double>(included_rows(g, positive_index, negative_index));
+  static_cast<T*>(loss.data)[0] = from_acc<T>(static_cast<A>(total));
+}
+
 template <typename T, PairForm F>
 Status triplet_forward(const TripletGeometry& g, TensorN<2> anchor, TensorN<2> positive,
                        TensorN<2> negative, Tensor1 positive_index, Tensor1 negative_index,
@@ -202,12 +217,7 @@ Status triplet_forward(const TripletGeometry& g, TensorN<2> anchor, TensorN<2> p
   },
       g.chunk * g.D * 3);
   if (status != Status::ok || !reduced) return status;
-  double total = 0;
-  for (int64_t k = 0; k < chunks; ++k) total += sums[k * partials.stride];
-  // The mean of no triplet is NaN (torch's); of no included triplet, 0.
-  if (g.reduction == Reduction::mean)
-    total /= static_cast<double>(included_rows(g, positive_index, negative_index));
-  out[0] = from_acc<T>(static_cast<A>(total));
+  reduce_partials<T>(g, positive_index, negative_index, partials, loss);
   return Status::ok;
 }
 
@@ -240,19 +250,24 @@ void cosine_gradients(const T* __restrict a, const T* __restrict p, const T* __r
   }
 }
 
-template <typename T, PairForm F>
+// The gradients of the rows for the incoming gradient `grad` (null: 1 for
+// every triplet); with kLoss also the loss, as triplet_forward writes it.
+template <typename T, PairForm F, bool kLoss>
 Status triplet_backward(const TripletGeometry& g, Tensor1 grad, TensorN<2> anchor,
                         TensorN<2> positive, TensorN<2> negative, Tensor1 positive_index,
-                        Tensor1 negative_index, TensorN<2> grad_anchor, TensorN<2> grad_positive,
+                        Tensor1 negative_index, Tensor1 partials, Tensor1 loss,
+                        TensorN<2> grad_anchor, TensorN<2> grad_positive,
                         TensorN<2> grad_negative) {
   using A = acc_t<T>;
   const Settings<A> s(g);
+  const bool reduced = g.reduction != Reduction::none;
   const A factor =
       g.reduction == Reduction::mean
           ? A(1) / static_cast<A>(included_rows(g, positive_index, negative_index))
           : A(1);
   const T* grads = static_cast<const T*>(grad.data);
-  return parallel_tasks<A>(ceil_div(g.N, g.chunk), 0, [&](int64_t chunk, A*) {
+  const Status status = parallel_tasks<A>(ceil_div(g.N, g.chunk), 0, [&](int64_t chunk, A*) {
+    A total = 0;
     const int64_t end = std::min(g.N, (chunk + 1) * g.chunk);
     for (int64_t i = chunk * g.chunk; i < end; ++i) {
       T* ga = mutable_row<T>(grad_anchor, i);
@@ -264,13 +279,21 @@ Status triplet_backward(const TripletGeometry& g, Tensor1 grad, TensorN<2> ancho
         std::fill(ga, ga + g.D, from_acc<T>(A(0)));
         std::fill(gp, gp + g.D, from_acc<T>(A(0)));
         std::fill(gn, gn + g.D, from_acc<T>(A(0)));
+        if (kLoss && !reduced) static_cast<T*>(loss.data)[i * loss.stride] = from_acc<T>(A(0));
         continue;
       }
       const Sums<A> sums = row_sums<F>(a, p, n, g.D, s.offset, s.power, g.swap);
       A d_ap, d_an, d_pn;
       distances_of<F>(sums, s.power, s.eps, &d_ap, &d_an, &d_pn);
-      const TripletRow<A> row = triplet_row(d_ap, d_an, d_pn, g.swap, s.margin,
-                                            factor * to_acc(grads[i * grad.stride]));
+      const TripletRow<A> row = triplet_row(
+          d_ap, d_an, d_pn, g.swap, s.margin,
+          grads ? factor * to_acc(grads[i * grad.stride]) : factor);
+      if constexpr (kLoss) {
+        if (reduced)
+          total += row.loss;
+        else
+          static_cast<T*>(loss.data)[i * loss.stride] = from_acc<T>(row.loss);
+      }
       if constexpr (F == PairForm::cosine) {
         cosine_gradients(a, p, n, g.D, cosine_slope(row.c_ap, sums.ap, sums.aa, sums.pp, s.eps),
                          cosine_slope(row.c_an, sums.an, sums.aa, sums.nn, s.eps),
@@ -285,8 +308,12 @@ Status triplet_backward(const TripletGeometry& g, Tensor1 grad, TensorN<2> ancho
                                  gn);
       }
     }
+    if (kLoss && reduced) static_cast<A*>(partials.data)[chunk * partials.stride] = total;
   },
       g.chunk * g.D * 6);
+  if (kLoss && reduced && status == Status::ok)
+    reduce_partials<T>(g, positive_index, negative_index, partials, loss);
+  return status;
 }
 
 // Runs body.template operator()<T, F>() for the launch's element type and form.
@@ -336,8 +363,32 @@ Status triplet_loss_backward(DType dtype, const TripletGeometry& g, Tensor1 grad
       (g.indexed && (!positive_index.data || !negative_index.data)))
     return Status::bad_argument;
   return dispatch_form(dtype, pair_form(g.distance, g.p), [&]<typename T, PairForm F>() {
-    return triplet_backward<T, F>(g, grad, anchor, positive, negative, positive_index,
-                                  negative_index, grad_anchor, grad_positive, grad_negative);
+    return triplet_backward<T, F, false>(g, grad, anchor, positive, negative, positive_index,
+                                         negative_index, {}, {}, grad_anchor, grad_positive,
+                                         grad_negative);
+  });
+}
+
+Status triplet_loss_forward_backward(DType dtype, const TripletGeometry& g, TensorN<2> anchor,
+                                     TensorN<2> positive, TensorN<2> negative,
+                                     Tensor1 positive_index, Tensor1 negative_index,
+                                     Tensor1 partials, Tensor1 loss, TensorN<2> grad_anchor,
+                                     TensorN<2> grad_positive, TensorN<2> grad_negative) {
+  // Without columns there are no gradients to write: the forward alone.
+  if (g.N == 0 || g.D == 0)
+    return triplet_loss_forward(dtype, g, anchor, positive, negative, positive_index,
+                                negative_index, partials, loss);
+  if (check_triplet_geometry(g) != Status::ok || !loss.data || !partials.data ||
+      !rows_contiguous({anchor, positive, negative, grad_anchor, grad_positive, grad_negative}))
+    return Status::bad_argument;
+  if (!anchor.data || !positive.data || !negative.data || !grad_anchor.data ||
+      !grad_positive.data || !grad_negative.data ||
+      (g.indexed && (!positive_index.data || !negative_index.data)))
+    return Status::bad_argument;
+  return dispatch_form(dtype, pair_form(g.distance, g.p), [&]<typename T, PairForm F>() {
+    return triplet_backward<T, F, true>(g, {}, anchor, positive, negative, positive_index,
+                                        negative_index, partials, loss, grad_anchor,
+                                        grad_positive, grad_negative);
   });
 }
 

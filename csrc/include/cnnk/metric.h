@@ -238,6 +238,14 @@ Status triplet_loss_backward(DType dtype, const TripletGeometry& g, Tensor1 grad
                              Tensor1 positive_index, Tensor1 negative_index,
                              TensorN<2> grad_anchor, TensorN<2> grad_positive,
                              TensorN<2> grad_negative);
+// The loss (as triplet_loss_forward) and, in the same pass, the rows'
+// gradients for an incoming gradient of 1 per triplet (of the reduced loss:
+// of 1): what the reverse mode needs, computed while the rows are read once.
+Status triplet_loss_forward_backward(DType dtype, const TripletGeometry& g, TensorN<2> anchor,
+                                     TensorN<2> positive, TensorN<2> negative,
+                                     Tensor1 positive_index, Tensor1 negative_index,
+                                     Tensor1 partials, Tensor1 loss, TensorN<2> grad_anchor,
+                                     TensorN<2> grad_positive, TensorN<2> grad_negative);
 Status route_rows(DType dtype, const RouteGeometry& g, TensorN<2> rows, Tensor1 index,
                   TensorN<2> out);
 Status distance_matrix_forward(DType dtype, const DistanceMatrixGeometry& g, TensorN<2> x,
