@@ -4,11 +4,12 @@
 // The upper triangle (gram_matrix and style_loss): G = x x^T is a SYRK, C
 // small and L = H * W long. A task owns one image, one slice of L and one
 // band of rows; per KC-step chunk of its slice it packs the chunk of x
-// once, channels [c0, C) as the B operand's nr-wide micro-panels (c0 the
-// band's first row, rounded down to nr), copies its band's rows from there
-// into the A operand's mr-wide micro-panels, and runs the micro-kernel on
-// the micro-tiles (mr x nr) that hold an element i <= j only: a B
-// micro-panel stays in L1 while an A block of MC rows (L2) streams past it.
+// once, reduction-major (step l's channels [c0, C) in one row; c0 the
+// band's first row, rounded down to nr), and runs the micro-kernel on the
+// micro-tiles (mr x nr) that hold an element i <= j only, both operands
+// read from that one copy (MicroKernel::run_strided: a tile's A rows and B
+// columns are runs of each step's row, so nothing is packed twice): a
+// tile's B columns stay in L1 while an A block of MC rows (L2) streams past.
 // Each task accumulates into its own accumulator (one C x C tile per image
 // and slice; bands own disjoint rows). With `other` (x o^T + o x^T, also
 // symmetric) it packs both and runs two products. Slices (when L is long)
@@ -86,88 +87,39 @@ inline void transpose4(const float* src, int64_t stride, float* dst, int64_t wid
   for (int k = 0; k < 4; ++k) std::memcpy(dst + k * width, &t[k], sizeof(F32x4));
 }
 
-// Packs rows [r0, r0 + m) x steps [l0, l0 + kc) of image b of u as
-// micro-panels of width `width` (cnnk/cpu_gemm.h's packed layout,
-// zero-padded past m). When l is u's contiguous dimension (NCHW) each row
-// is read in order, four rows at a time (four neighbouring values of a
-// packed row per step; float by 4 x 4 register transposes); channels_last
-// rows are gathered step by step.
+// Writes steps [l0, l0 + kc) of channels [c0, C) of image b of u
+// reduction-major, out[l * ld + c - c0], zeros in columns [C - c0, ld): the
+// one packed copy of a chunk, whose rows both operands of the Gram's
+// micro-kernel read (MicroKernel::run_strided). When l is u's contiguous
+// dimension (NCHW) four rows are read in order at a time, float by 4 x 4
+// register transposes; channels_last rows are copied.
 template <typename Acc, typename T>
-void pack_rows(const Rows<T>& u, int64_t b, int64_t r0, int64_t l0, int64_t m, int64_t kc,
-               int width, Acc* out) {
-  if (std::abs(u.sl) > std::abs(u.sc)) {  // channels contiguous: pack_a's order reads in order
-    gemm::pack_a<Acc>(m, kc, width, [&](int64_t i, int64_t l) { return u(b, r0 + i, l0 + l); },
-                      out);
-    return;
-  }
-  const int64_t padded = gemm::round_up(m, width);
-  int64_t i = 0;
-  for (; i + 4 <= m && (i % width) + 4 <= width; i += 4) {
-    Acc* lanes = out + (i / width) * width * kc + i % width;
-    const T* row = u.data + b * u.sb + (r0 + i) * u.sc + l0 * u.sl;
-    const int64_t sc = u.sc, sl = u.sl;
-    int64_t l = 0;
-    if constexpr (std::is_same_v<T, float>)
-      if (sl == 1)
-        for (; l + 4 <= kc; l += 4) transpose4(row + l, sc, lanes + l * width, width);
-    for (; l < kc; ++l) {
-      const T* at = row + l * sl;
-      lanes[l * width + 0] = to_acc(at[0]);
-      lanes[l * width + 1] = to_acc(at[sc]);
-      lanes[l * width + 2] = to_acc(at[2 * sc]);
-      lanes[l * width + 3] = to_acc(at[3 * sc]);
+void pack_steps(const Rows<T>& u, int64_t b, int64_t c0, int64_t C, int64_t l0, int64_t kc,
+                int64_t ld, Acc* out) {
+  const int64_t valid = C - c0;
+  const T* base = u.data + b * u.sb + c0 * u.sc + l0 * u.sl;
+  for (int64_t l = 0; l < kc; ++l) std::fill(out + l * ld + valid, out + (l + 1) * ld, Acc(0));
+  if constexpr (std::is_same_v<T, Acc>) {
+    if (u.sc == 1) {
+      for (int64_t l = 0; l < kc; ++l)
+        std::memcpy(out + l * ld, base + l * u.sl, sizeof(Acc) * static_cast<size_t>(valid));
+      return;
     }
   }
-  for (; i < padded; ++i) {
-    Acc* lane = out + (i / width) * width * kc + i % width;
-    if (i >= m) {
-      for (int64_t l = 0; l < kc; ++l) lane[l * width] = Acc(0);
-      continue;
-    }
-    const T* row = u.data + b * u.sb + (r0 + i) * u.sc + l0 * u.sl;
-    for (int64_t l = 0; l < kc; ++l) lane[l * width] = to_acc(row[l * u.sl]);
-  }
-}
-
-// kc steps of MR consecutive values, `stride` apart in src, packed in dst.
-template <int MR, typename Acc>
-void copy_steps(const Acc* src, int64_t stride, int64_t kc, Acc* dst) {
-  for (int64_t l = 0; l < kc; ++l) std::memcpy(dst + l * MR, src + l * stride, sizeof(Acc) * MR);
-}
-
-// Copies rows [r0, r1) (multiples of mr) of a chunk packed as B micro-panels
-// (width nr, starting at channel c0, `rows` valid channels after it) into A
-// micro-panels (width mr): the same values, regrouped; zeros past the valid rows.
-template <typename Acc>
-void repack_a(const Acc* packed_b, int64_t c0, int64_t valid, int64_t r0, int64_t r1,
-              int64_t kc, int mr, int nr, Acc* out) {
-  for (int64_t p0 = r0; p0 < r1; p0 += mr) {
-    Acc* panel = out + (p0 - r0) * kc;
-    const int64_t first = p0 - c0;
-    const bool one_panel = first / nr == (first + mr - 1) / nr && first + mr <= valid;
-    if (one_panel) {  // mr consecutive values of each packed row
-      const Acc* src = packed_b + (first / nr) * nr * kc + first % nr;
-      // The micro-kernels' row counts as constants: fixed-size moves, not
-      // a memcpy call per step.
-      switch (mr) {
-        case 12: copy_steps<12>(src, nr, kc, panel); break;
-        case 6: copy_steps<6>(src, nr, kc, panel); break;
-        default:
-          for (int64_t l = 0; l < kc; ++l)
-            std::memcpy(panel + l * mr, src + l * nr, sizeof(Acc) * static_cast<size_t>(mr));
+  int64_t c = 0;
+  if constexpr (std::is_same_v<T, float>) {
+    if (u.sl == 1) {
+      for (; c + 4 <= valid; c += 4) {
+        const float* rows = base + c * u.sc;
+        int64_t l = 0;
+        for (; l + 4 <= kc; l += 4) transpose4(rows + l, u.sc, out + l * ld + c, ld);
+        for (; l < kc; ++l)
+          for (int i = 0; i < 4; ++i) out[l * ld + c + i] = rows[i * u.sc + l];
       }
-      continue;
-    }
-    for (int64_t i = 0; i < mr; ++i) {
-      const int64_t c = first + i;
-      if (c >= valid) {
-        for (int64_t l = 0; l < kc; ++l) panel[l * mr + i] = Acc(0);
-        continue;
-      }
-      const Acc* src = packed_b + (c / nr) * nr * kc + c % nr;
-      for (int64_t l = 0; l < kc; ++l) panel[l * mr + i] = src[l * nr];
     }
   }
+  for (; c < valid; ++c)
+    for (int64_t l = 0; l < kc; ++l) out[l * ld + c] = to_acc(base[c * u.sc + l * u.sl]);
 }
 
 // How the upper triangle's work is cut into tasks (image, slice, band) and
@@ -215,13 +167,16 @@ Status upper_products(const GramGeometry& g, Tensor3 x, Tensor3 other, const Upp
   using gemm::KC;
   const bool cross = other.data != nullptr;
   const Rows<T> a = rows_of<T>(x), o = rows_of<T>(cross ? other : x);
-  const int64_t operand = (p.cols + p.rows) * KC;  // one packed chunk: B panels, then A panels
+  // A packed chunk's row: every row (p.rows) and column (p.cols) a micro-tile
+  // reads, from channel c0 on, rounded up to whole cache lines.
+  const int64_t widest = std::max(p.rows, p.cols);
+  const int64_t operand = gemm::round_up(widest, 16) * KC;
   const int64_t bands = p.band_count(), block = gemm::MC / mk.mr;
   return parallel_tasks<Acc>(p.tasks(g.B), (cross ? 2 : 1) * operand, [&](int64_t task,
                                                                             Acc* scratch) {
     const int64_t b = task / (p.slices * bands), s = task / bands % p.slices;
     const int64_t r0 = p.bands[task % bands], r1 = p.bands[task % bands + 1];
-    const int64_t c0 = r0 / mk.nr * mk.nr, valid = g.C - c0;
+    const int64_t c0 = r0 / mk.nr * mk.nr, ld = gemm::round_up(widest - c0, 16);
     Acc* tile = acc + (b * p.slices + s) * p.rows * p.cols;
     const int64_t l_begin = s * p.slice, l_end = std::min(g.L, l_begin + p.slice);
     if (l_begin >= l_end)
@@ -229,15 +184,12 @@ Status upper_products(const GramGeometry& g, Tensor3 x, Tensor3 other, const Upp
         std::fill(tile + i * p.cols, tile + (i + 1) * p.cols, Acc(0));
     for (int64_t l0 = l_begin; l0 < l_end; l0 += KC) {
       const int64_t kc = std::min(KC, l_end - l0);
-      const int64_t b_size = gemm::round_up(valid, mk.nr) * kc;
-      Acc* packed[2][2];  // [x, o][B panels, A panels]
+      Acc* packed[2];  // x's chunk, o's
       for (int k = 0; k < (cross ? 2 : 1); ++k) {
-        packed[k][0] = scratch + k * operand;
-        packed[k][1] = packed[k][0] + b_size;
-        pack_rows(k == 0 ? a : o, b, c0, l0, valid, kc, mk.nr, packed[k][0]);
-        repack_a(packed[k][0], c0, valid, r0, r1, kc, mk.mr, mk.nr, packed[k][1]);
+        packed[k] = scratch + k * operand;
+        pack_steps(k == 0 ? a : o, b, c0, g.C, l0, kc, ld, packed[k]);
       }
-      if (!cross) packed[1][0] = packed[0][0], packed[1][1] = packed[0][1];
+      if (!cross) packed[1] = packed[0];
       // A blocks of MC rows (L2) past one B micro-panel (L1) at a time; a
       // micro-tile is needed when its first row is at most its last column.
       for (int64_t ib = r0 / mk.mr; ib < r1 / mk.mr; ib += block) {
@@ -245,10 +197,12 @@ Status upper_products(const GramGeometry& g, Tensor3 x, Tensor3 other, const Upp
         for (int64_t jp = ib * mk.mr / mk.nr; jp < p.cols / mk.nr; ++jp) {
           const int64_t last = std::min(ie, (jp * mk.nr + mk.nr - 1) / mk.mr + 1);
           for (int64_t ip = ib; ip < last; ++ip) {
-            const int64_t a_at = (ip * mk.mr - r0) * kc, b_at = (jp - c0 / mk.nr) * mk.nr * kc;
+            const int64_t a_at = ip * mk.mr - c0, b_at = jp * mk.nr - c0;
             Acc* c = tile + ip * mk.mr * p.cols + jp * mk.nr;
-            mk.run(kc, packed[0][1] + a_at, packed[1][0] + b_at, c, p.cols, l0 > l_begin);
-            if (cross) mk.run(kc, packed[1][1] + a_at, packed[0][0] + b_at, c, p.cols, true);
+            mk.run_strided(kc, packed[0] + a_at, ld, packed[1] + b_at, ld, c, p.cols,
+                           l0 > l_begin);
+            if (cross)
+              mk.run_strided(kc, packed[1] + a_at, ld, packed[0] + b_at, ld, c, p.cols, true);
           }
         }
       }

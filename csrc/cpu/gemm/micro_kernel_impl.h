@@ -16,11 +16,12 @@ namespace {
 
 // MR x (NV * lanes) tile, accumulators in registers: per reduction step NV
 // vector loads of b, MR broadcasts of a and MR * NV FMAs (cnnk/cpu_micro_kernel.h).
-// B's row l starts at b + row(l): the packed micro-panel (l * NR) or a row
-// of an input plane (rows[l]).
+// A's step l starts at a + l * lda (the packed micro-panel: lda = MR); B's
+// row l at b + row(l): the packed micro-panel (l * NR), a row of an input
+// plane (rows[l]) or a row of a reduction-major matrix (l * ldb).
 template <typename V, int MR, int NV, bool PrefetchNext, typename Row>
 inline __attribute__((always_inline)) void micro_tile(
-    int64_t kc, const typename V::scalar* a, const typename V::scalar* b, Row row,
+    int64_t kc, const typename V::scalar* a, int64_t lda, const typename V::scalar* b, Row row,
     typename V::scalar* c, int64_t ldc, bool accumulate) {
   typename V::type acc[MR][NV];
 #pragma GCC unroll 16
@@ -41,7 +42,7 @@ inline __attribute__((always_inline)) void micro_tile(
     for (int j = 0; j < NV; ++j) bv[j] = V::load(b_row + j * V::lanes);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
-      const typename V::type av = V::set1(a[l * MR + i]);
+      const typename V::type av = V::set1(a[l * lda + i]);
 #pragma GCC unroll 4
       for (int j = 0; j < NV; ++j) acc[i][j] = V::fma(av, bv[j], acc[i][j]);
     }
@@ -55,21 +56,30 @@ inline __attribute__((always_inline)) void micro_tile(
 template <typename V, int MR, int NV>
 void micro_kernel(int64_t kc, const typename V::scalar* a, const typename V::scalar* b,
                   typename V::scalar* c, int64_t ldc, bool accumulate) {
-  micro_tile<V, MR, NV, false>(kc, a, b, [](int64_t l) { return l * NV * V::lanes; }, c, ldc,
-                               accumulate);
+  micro_tile<V, MR, NV, false>(kc, a, MR, b, [](int64_t l) { return l * NV * V::lanes; }, c,
+                               ldc, accumulate);
 }
 
 template <typename V, int MR, int NV>
 void micro_kernel_rows(int64_t kc, const typename V::scalar* a, const typename V::scalar* b,
                        const int64_t* rows, typename V::scalar* c, int64_t ldc,
                        bool accumulate) {
-  micro_tile<V, MR, NV, true>(kc, a, b, [rows](int64_t l) { return rows[l]; }, c, ldc,
+  micro_tile<V, MR, NV, true>(kc, a, MR, b, [rows](int64_t l) { return rows[l]; }, c, ldc,
                               accumulate);
 }
 
 template <typename V, int MR, int NV>
+void micro_kernel_strided(int64_t kc, const typename V::scalar* a, int64_t lda,
+                          const typename V::scalar* b, int64_t ldb, typename V::scalar* c,
+                          int64_t ldc, bool accumulate) {
+  micro_tile<V, MR, NV, false>(kc, a, lda, b, [ldb](int64_t l) { return l * ldb; }, c, ldc,
+                               accumulate);
+}
+
+template <typename V, int MR, int NV>
 cnnk::cpu::gemm::MicroKernel<typename V::scalar> make_micro_kernel() {
-  return {MR, NV * V::lanes, &micro_kernel<V, MR, NV>, &micro_kernel_rows<V, MR, NV>};
+  return {MR, NV * V::lanes, &micro_kernel<V, MR, NV>, &micro_kernel_rows<V, MR, NV>,
+          &micro_kernel_strided<V, MR, NV>};
 }
 
 // `iterations` rounds of 12 independent vector FMA chains (enough to cover

@@ -16,6 +16,9 @@ namespace cnnk::cpu::gemm {
 // run_rows: the same tile with B's rows read where they lie, row l being
 // the nr values at b + rows[l] (any alignment): nr consecutive pixels of a
 // zero-padded input plane, so a stride-1 convolution needs no packed B.
+// run_strided: A's step l the mr values at a + l * lda and B's the nr values
+// at b + l * ldb: both operands read from one reduction-major matrix (a
+// Gram matrix's chunk, transposed once, whose rows are both operands).
 template <typename Acc>
 struct MicroKernel {
   int mr = 0;
@@ -24,6 +27,8 @@ struct MicroKernel {
               bool accumulate) = nullptr;
   void (*run_rows)(int64_t kc, const Acc* a, const Acc* b, const int64_t* rows, Acc* c,
                    int64_t ldc, bool accumulate) = nullptr;
+  void (*run_strided)(int64_t kc, const Acc* a, int64_t lda, const Acc* b, int64_t ldb, Acc* c,
+                      int64_t ldc, bool accumulate) = nullptr;
 };
 
 // <isa>_fma_loop(f64, iterations) issues independent vector FMAs (the
