@@ -271,7 +271,9 @@ def test_fused_style_loss_matches_reference(device, backend, normalize, target_k
     """The fused operator through the public function: odd sizes, C across
     the 32-channel tiles and the cpu's micro-panels, a target that is not
     symmetric, NCHW and channels_last, shared (C, C) and per-image targets;
-    loss and both gradients against float64 torch."""
+    loss and both gradients against float64 torch. A shared target is the
+    style-transfer case, a constant: the features' gradient alone, for an
+    incoming gradient of 0.5 (which the cpu folds into the Gram backward)."""
     dtype = dtypes_for(device, backend)[0]
     tiny = interpreted(device, backend)
     B, C, H, W = (2, 35, 3, 5) if tiny else (2, 77, 13, 9)
@@ -282,17 +284,22 @@ def test_fused_style_loss_matches_reference(device, backend, normalize, target_k
     target = random_tensor(shape, dtype, device, generator=generator)
     if normalize == "tutorial":  # targets of the Grams' size, so neither term dominates
         target = target / (C * H * W) ** 0.5
-    target.requires_grad_()
+    constant = target_kind == "shared"
+    target.requires_grad_(not constant)
+    wrt, grad = ((x,), torch.tensor(0.5, dtype=dtype, device=device)) if constant else (
+        (x, target), None)
     with ck.use(backend=backend):
         loss = ck.style_loss(x, target, normalize=normalize)
-        grad_x, grad_t = torch.autograd.grad(loss, (x, target))
-    x64, t64 = float64_cpu(x).requires_grad_(), float64_cpu(target).requires_grad_()
+        grads = torch.autograd.grad(loss, wrt, grad)
+    x64, t64 = float64_cpu(x).requires_grad_(), float64_cpu(target).requires_grad_(not constant)
     expected = reference_style_loss(x64, t64, normalize)
-    expected_x, expected_t = torch.autograd.grad(expected, (x64, t64))
+    expected_grads = torch.autograd.grad(expected, (x64,) if constant else (x64, t64),
+                                         None if grad is None else float64_cpu(grad))
     assert loss.shape == () and loss.dtype == dtype
     assert_close(loss, expected.detach(), dtype, C * C * H * W, "style loss")
-    assert_close(grad_x, expected_x, dtype, C * H * W, "grad features")
-    assert_close(grad_t, expected_t, dtype, H * W, "grad target")
+    assert_close(grads[0], expected_grads[0], dtype, C * H * W, "grad features")
+    if not constant:
+        assert_close(grads[1], expected_grads[1], dtype, H * W, "grad target")
 
 
 @pytest.mark.parametrize(("device", "backend"), backend_params())

@@ -65,7 +65,14 @@ import torch
 from torch import Tensor
 
 from cnnkernels import _args, _backend, _ext
-from cnnkernels.ops._define import Family, Launch, define_op, derivatives_needed, save
+from cnnkernels.ops._define import (
+    Family,
+    Launch,
+    define_op,
+    derivatives_needed,
+    plain_call,
+    save,
+)
 
 FAMILY = Family(name="gram", public=("gram_matrix", "style_loss", "content_loss"),
                 triton_modules=("cnnkernels.kernels.gram",),
@@ -429,13 +436,20 @@ def _style_backward(ctx, grad_loss, grad_residual):
     gradient adds to it; dF = s (dR + dR^T) F (the Gram's backward op),
     dT = -dR."""
     features, residual = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    if (grad_residual is None and not need[1] and grad_loss is not None and grad_loss.is_cpu
+            and not torch.is_grad_enabled() and plain_call((grad_loss,))):
+        # On the cpu dR's scale is at hand: it goes into the Gram backward's,
+        # sparing a pass over the C x C residual (and an op call).
+        scale = ctx.gram_scale * 2 * ctx.loss_scale * grad_loss.item()
+        return (gram_matrix_backward_op(residual, features, scale, ctx.backend),
+                None, None, None, None, None)
     grad_r = None
     if grad_loss is not None:
         grad_r = scaled_difference_op(residual, None, grad_loss, 2 * ctx.loss_scale, ctx.backend)
     grad_r = _add(grad_r, grad_residual)
     if grad_r is None:
         return None, None, None, None, None, None
-    need = ctx.needs_input_grad
     grad_features = (gram_matrix_backward_op(grad_r, features, ctx.gram_scale, ctx.backend)
                      if need[0] else None)
     return grad_features, -grad_r if need[1] else None, None, None, None, None
