@@ -296,9 +296,12 @@ _PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
 def save(ctx, *tensors) -> None:
-    """Save tensors (or None) for the backward and for the jvp alike."""
+    """Save tensors (or None) for the backward and for the jvp alike (the
+    jvp runs in the forward's call, only under forward mode: a dual level
+    open or a torch.func transform)."""
     ctx.save_for_backward(*tensors)
-    ctx.save_for_forward(*tensors)
+    if forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active():
+        ctx.save_for_forward(*tensors)
 
 
 def _differentiated(args) -> bool:

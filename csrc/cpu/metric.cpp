@@ -224,9 +224,10 @@ Status triplet_forward(const TripletGeometry& g, TensorN<2> anchor, TensorN<2> p
 // One triplet's three gradient rows, for the difference-based forms: w_..
 // are pair_scale's (the hinge's coefficients over the distances).
 template <PairForm F, bool kSwap, typename T, typename A>
-void pair_gradients(const T* __restrict a, const T* __restrict p, const T* __restrict n,
-                    int64_t D, const Settings<A>& s, A w_ap, A w_an, A w_pn, A d_ap, A d_an,
-                    A d_pn, T* __restrict ga, T* __restrict gp, T* __restrict gn) {
+CNNK_VECTOR_CLONES void pair_gradients(const T* __restrict a, const T* __restrict p,
+                                       const T* __restrict n, int64_t D, const Settings<A>& s,
+                                       A w_ap, A w_an, A w_pn, A d_ap, A d_an, A d_pn,
+                                       T* __restrict ga, T* __restrict gp, T* __restrict gn) {
   for (int64_t k = 0; k < D; ++k) {
     const A x = to_acc(a[k]), y = to_acc(p[k]), z = to_acc(n[k]);
     const A s_ap = pair_slope<F>(x - y + s.offset, w_ap, d_ap, s.power);
@@ -239,9 +240,11 @@ void pair_gradients(const T* __restrict a, const T* __restrict p, const T* __res
 }
 
 template <typename T, typename A>
-void cosine_gradients(const T* __restrict a, const T* __restrict p, const T* __restrict n,
-                      int64_t D, CosineSlope<A> ap, CosineSlope<A> an, CosineSlope<A> pn,
-                      T* __restrict ga, T* __restrict gp, T* __restrict gn) {
+CNNK_VECTOR_CLONES void cosine_gradients(const T* __restrict a, const T* __restrict p,
+                                         const T* __restrict n, int64_t D, CosineSlope<A> ap,
+                                         CosineSlope<A> an, CosineSlope<A> pn,
+                                         T* __restrict ga, T* __restrict gp,
+                                         T* __restrict gn) {
   for (int64_t k = 0; k < D; ++k) {
     const A x = to_acc(a[k]), y = to_acc(p[k]), z = to_acc(n[k]);
     ga[k] = from_acc<T>(ap.alpha_x * x + ap.beta * y + an.alpha_x * x + an.beta * z);

@@ -104,7 +104,15 @@ struct TypeTag {
   using type = T;
 };
 
-// Returns body(TypeTag<T>{}) with T the element type of dtype.
+// An element-wise loop compiled for AVX-512 and AVX2 too, the version
+// picked when the library loads (an ifunc: run-time selection, never
+// -march=native); the baseline build elsewhere (aarch64, other compilers).
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define CNNK_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define CNNK_VECTOR_CLONES
+#endif
+
 // Sums in kLanes independent lanes (a fixed order, vectorisable without
 // reassociation): kLanes accumulators as kLanes * sizeof(A) / 16 vectors of
 // 16 bytes (GCC's vector extension: SSE2 or NEON registers, whatever the
@@ -144,6 +152,7 @@ struct Lanes {
   }
 };
 
+// Returns body(TypeTag<T>{}) with T the element type of dtype.
 template <typename Body>
 Status dispatch_dtype(DType dtype, Body&& body) {
   switch (dtype) {
