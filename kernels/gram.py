@@ -70,20 +70,25 @@ _STYLE_TILE = 32  # the style loss's tile (cnnkernels.ops.gram.STYLE_TILE, for t
 # 32 spilled 8 bytes on sm_80 under Triton 3.6 (the epilogue's target and
 # residual tiles live beside them).
 _STYLE_BLOCK_L = {2: 32, 4: 16, 8: 16}
+# The split forward's tiles (both phases, the Gram's and the style loss's):
+# the style loss's, which compile without spills for every dtype; a split
+# has blocks to spare, so the smaller tile costs no parallelism.
+SPLIT_TILE = _STYLE_TILE
+_SPLIT_BLOCK_L = _STYLE_BLOCK_L
 _REDUCTION_BLOCK = 1024  # elements per step of the difference kernels
 _MAX_BATCH = 65535  # grid axis 1
 
 
 @triton.jit
-def _tile_product(x_img, o_img, rows, cols, C, L, l_begin, l_end, xs_c, xs_l, os_c, os_l,
+def _tile_product(x_img, o_img, rows, cols, C, L, xs_c, xs_l, os_c, os_l,
                   CROSS: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
                   BLOCK: tl.constexpr, BLOCK_L: tl.constexpr):
-    """The Gram tile (rows, cols) of one image over positions [l_begin,
-    l_end) (l_begin a multiple of BLOCK_L; positions past L read as zeros):
-    x x^T, or with CROSS x o^T + o x^T, unscaled in ACC."""
+    """The Gram tile (rows, cols) of one image's L positions (a slice: the
+    images' pointers moved to its first position, L its length): x x^T, or
+    with CROSS x o^T + o x^T, unscaled in ACC."""
     steps = tl.arange(0, BLOCK_L)
     acc = tl.zeros((BLOCK, BLOCK), dtype=ACC)
-    for l0 in range(l_begin, l_end, BLOCK_L):
+    for l0 in range(0, L, BLOCK_L):
         pos = l0 + steps
         a_mask = (rows[:, None] < C) & (pos[None, :] < L)
         b_mask = (pos[:, None] < L) & (cols[None, :] < C)
@@ -123,20 +128,20 @@ def _gram_kernel(x_ptr, o_ptr, g_ptr, C, L, xs_b, xs_c, xs_l, os_b, os_c, os_l,
         b = tl.program_id(1)
         rows = ti * BLOCK + tl.arange(0, BLOCK)
         cols = tj * BLOCK + tl.arange(0, BLOCK)
-        acc = _tile_product(x_ptr + b * xs_b, o_ptr + b * os_b, rows, cols, C, L, 0, L, xs_c,
-                            xs_l, os_c, os_l, CROSS, PRECISION, ACC, BLOCK, BLOCK_L)
+        acc = _tile_product(x_ptr + b * xs_b, o_ptr + b * os_b, rows, cols, C, L, xs_c, xs_l,
+                            os_c, os_l, CROSS, PRECISION, ACC, BLOCK, BLOCK_L)
         _store_gram_tile(g_ptr + b * gs_b, (acc * scale).to(g_ptr.dtype.element_ty), rows, cols,
                          C, gs_r, gs_c)
 
 
 @triton.jit
 def _gram_slice_kernel(x_ptr, o_ptr, w_ptr, C, L, slice_len, xs_b, xs_c, xs_l, os_b, os_c,
-                       os_l, ws_s, ws_b, ws_r, ws_c,
+                       os_l, ws_s, ws_b,
                        CROSS: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
                        BLOCK: tl.constexpr, BLOCK_L: tl.constexpr):
     """Phase 1 of the split reduction: program (tile, image, slice) writes
     its slice's unscaled tile, every element inside C x C, to the workspace
-    (upper tiles only)."""
+    (upper tiles only; an image's C x C of a slice dense, row-major)."""
     tiles = tl.cdiv(C, BLOCK)
     ti = tl.program_id(0) // tiles
     tj = tl.program_id(0) % tiles
@@ -146,10 +151,10 @@ def _gram_slice_kernel(x_ptr, o_ptr, w_ptr, C, L, slice_len, xs_b, xs_c, xs_l, o
         rows = ti * BLOCK + tl.arange(0, BLOCK)
         cols = tj * BLOCK + tl.arange(0, BLOCK)
         l_begin = s * slice_len
-        l_end = tl.minimum(l_begin + slice_len, L)
-        acc = _tile_product(x_ptr + b * xs_b, o_ptr + b * os_b, rows, cols, C, L, l_begin, l_end,
-                            xs_c, xs_l, os_c, os_l, CROSS, PRECISION, ACC, BLOCK, BLOCK_L)
-        tl.store(w_ptr + s * ws_s + b * ws_b + rows[:, None] * ws_r + cols[None, :] * ws_c, acc,
+        acc = _tile_product(x_ptr + b * xs_b + l_begin * xs_l, o_ptr + b * os_b + l_begin * os_l,
+                            rows, cols, C, tl.minimum(slice_len, L - l_begin), xs_c, xs_l, os_c,
+                            os_l, CROSS, PRECISION, ACC, BLOCK, BLOCK_L)
+        tl.store(w_ptr + s * ws_s + b * ws_b + rows[:, None] * C + cols[None, :], acc,
                  mask=(rows[:, None] < C) & (cols[None, :] < C))
 
 
@@ -227,7 +232,7 @@ def _style_loss_kernel(x_ptr, t_ptr, r_ptr, partial_ptr, C, L, xs_b, xs_c, xs_l,
         rows = ti * BLOCK + tl.arange(0, BLOCK)
         cols = tj * BLOCK + tl.arange(0, BLOCK)
         x_img = x_ptr + b * xs_b
-        acc = _tile_product(x_img, x_img, rows, cols, C, L, 0, L, xs_c, xs_l, xs_c, xs_l, False,
+        acc = _tile_product(x_img, x_img, rows, cols, C, L, xs_c, xs_l, xs_c, xs_l, False,
                             PRECISION, ACC, BLOCK, BLOCK_L)
         _style_tile_epilogue(acc, t_ptr + b * ts_b, r_ptr + b * rs_b, partial, rows, cols, C,
                              ts_r, ts_c, rs_r, rs_c, gram_scale, KEEP, ACC)
@@ -341,22 +346,16 @@ def _batches(batch: int):
         yield start, min(batch, start + _MAX_BATCH)
 
 
-def forward_tile(dtype: torch.dtype) -> int:
-    """The side of ``_gram_kernel``'s tiles for ``dtype`` (the split rule's
-    block count, cnnkernels.ops.gram.split_plan)."""
-    return _FORWARD_TILES[dtype.itemsize][0]
-
-
-def _slices(g, x, o, workspace, cross: bool, block: int, block_l: int) -> None:
-    """Phase 1 of the split reduction: every upper tile's g.splits slices
-    into the workspace (splits, B, C, C)."""
-    tiles = triton.cdiv(g.C, block)
+def _slices(g, x, o, workspace, cross: bool) -> None:
+    """Phase 1 of the split reduction: every upper SPLIT_TILE tile's
+    g.splits slices into the workspace (splits, B, C, C)."""
+    tiles = triton.cdiv(g.C, SPLIT_TILE)
     for start, end in _batches(g.B):
         _gram_slice_kernel[(tiles * tiles, end - start, g.splits)](
             x[start:end], o[start:end], workspace[:, start:end], g.C, g.L, g.slice_len,
-            *x.stride(), *o.stride(), *workspace.stride(), CROSS=cross,
-            PRECISION=_precision(x.dtype), ACC=acc_type(x.dtype), BLOCK=block, BLOCK_L=block_l,
-            num_warps=_NUM_WARPS)
+            *x.stride(), *o.stride(), *workspace.stride()[:2], CROSS=cross,
+            PRECISION=_precision(x.dtype), ACC=acc_type(x.dtype), BLOCK=SPLIT_TILE,
+            BLOCK_L=_SPLIT_BLOCK_L[x.element_size()], num_warps=_NUM_WARPS)
 
 
 def gram_matrix(g, x, other, scale: float, gram, workspace) -> None:
@@ -365,16 +364,17 @@ def gram_matrix(g, x, other, scale: float, gram, workspace) -> None:
     (splits, B, C, C) accumulators, else empty)."""
     cross = other is not None
     o = other if cross else x
-    block, block_l = _FORWARD_TILES[x.element_size()]
-    tiles = triton.cdiv(g.C, block)
     if g.splits > 1:
-        _slices(g, x, o, workspace, cross, block, block_l)
+        _slices(g, x, o, workspace, cross)
+        tiles = triton.cdiv(g.C, SPLIT_TILE)
         for start, end in _batches(g.B):
             _gram_split_epilogue_kernel[(tiles * tiles, end - start)](
                 workspace[:, start:end], gram[start:end], g.C, g.splits, *workspace.stride(),
-                *gram.stride(), scale, ACC=acc_type(x.dtype), BLOCK=block,
+                *gram.stride(), scale, ACC=acc_type(x.dtype), BLOCK=SPLIT_TILE,
                 num_warps=_NUM_WARPS)
         return
+    block, block_l = _FORWARD_TILES[x.element_size()]
+    tiles = triton.cdiv(g.C, block)
     for start, end in _batches(g.B):
         _gram_kernel[(tiles * tiles, end - start)](
             x[start:end], o[start:end], gram[start:end], g.C, g.L, *x.stride(), *o.stride(),
@@ -403,7 +403,7 @@ def style_loss(g, x, target, gram_scale: float, loss_scale: float, partials, res
     r = residual if keep else target
     tiles = triton.cdiv(g.C, g.tile)
     if g.splits > 1:
-        _slices(g, x, x, workspace, False, g.tile, _STYLE_BLOCK_L[x.element_size()])
+        _slices(g, x, x, workspace, False)
     for start, end in _batches(g.B):
         if g.splits > 1:
             _style_split_epilogue_kernel[(tiles * tiles, end - start)](
@@ -462,18 +462,12 @@ def static_check_specs():
                     constexprs={"CROSS": cross, "PRECISION": precision, "ACC": tl.float32,
                                 "BLOCK": block, "BLOCK_L": block_l},
                     num_warps=_NUM_WARPS, tensor_cores=tensor_cores))
-                # Phase 1 of the split, at the Gram's tile and the style loss's.
-                for tile, tile_l, what in ((block, block_l, "gram"),
-                                           (_STYLE_TILE, _STYLE_BLOCK_L[width], "style")):
-                    if what == "style" and cross:
-                        continue
-                    specs.append(compile_spec(
-                        f"gram_slice[{dtype},{precision},CROSS={cross},{what}]",
-                        _gram_slice_kernel,
-                        pointers={"x_ptr": ptr, "o_ptr": ptr, "w_ptr": "*fp32"},
-                        constexprs={"CROSS": cross, "PRECISION": precision, "ACC": tl.float32,
-                                    "BLOCK": tile, "BLOCK_L": tile_l},
-                        num_warps=_NUM_WARPS, tensor_cores=tensor_cores))
+                specs.append(compile_spec(
+                    f"gram_slice[{dtype},{precision},CROSS={cross}]", _gram_slice_kernel,
+                    pointers={"x_ptr": ptr, "o_ptr": ptr, "w_ptr": "*fp32"},
+                    constexprs={"CROSS": cross, "PRECISION": precision, "ACC": tl.float32,
+                                "BLOCK": SPLIT_TILE, "BLOCK_L": _SPLIT_BLOCK_L[width]},
+                    num_warps=_NUM_WARPS, tensor_cores=tensor_cores))
             for keep in (False, True):
                 specs.append(compile_spec(
                     f"gram_style_loss[{dtype},{precision},KEEP={keep}]", _style_loss_kernel,
@@ -491,13 +485,13 @@ def static_check_specs():
         specs.append(compile_spec(
             f"gram_split_epilogue[{dtype}]", _gram_split_epilogue_kernel,
             pointers={"w_ptr": "*fp32", "g_ptr": ptr, "scale": "fp32"},
-            constexprs={"ACC": tl.float32, "BLOCK": block}, num_warps=_NUM_WARPS))
+            constexprs={"ACC": tl.float32, "BLOCK": SPLIT_TILE}, num_warps=_NUM_WARPS))
         for keep in (False, True):
             specs.append(compile_spec(
                 f"gram_style_split_epilogue[{dtype},KEEP={keep}]", _style_split_epilogue_kernel,
                 pointers={"w_ptr": "*fp32", "t_ptr": ptr, "r_ptr": ptr, "partial_ptr": "*fp32",
                           "gram_scale": "fp32"},
-                constexprs={"KEEP": keep, "ACC": tl.float32, "BLOCK": _STYLE_TILE},
+                constexprs={"KEEP": keep, "ACC": tl.float32, "BLOCK": SPLIT_TILE},
                 num_warps=_NUM_WARPS))
         for has_second in (False, True):
             for has_b in (False, True):

@@ -343,9 +343,7 @@ def check_split_forward(device, backend, dtype, shape, layout):
     x = make_input(case, dtype, device, generator).flatten(2)
     other = make_input(case, dtype, device, generator).flatten(2)
     L = H * W
-    splits = gram_ops._split(backend, x)[0]
-    style_splits = gram_ops._split(backend, x, style=True)[0]
-    assert splits > 1 and style_splits > 1, "the case does not exercise the split"
+    assert gram_ops._split(backend, x)[0] > 1, "the case does not exercise the split"
     x64, o64 = float64_cpu(x), float64_cpu(other)
 
     gram = gram_matrix_op(x, None, 0.5, backend)

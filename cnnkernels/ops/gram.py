@@ -155,21 +155,21 @@ def _features(features: Tensor, name: str, op: str) -> GramGeometry:
     return GramGeometry(B, C, L, 1, L)
 
 
-def _split_tile(backend: str, dtype: torch.dtype, style: bool) -> int:
-    """The output tile of a backend's forward blocks, for split_plan; 0 for
-    the cpu (it splits L its own way). CUDA: 64 on tensor cores (f16, bf16,
-    f32 as TF32: csrc/cuda/gram.cu's use_mma), 32 on the CUDA cores;
-    Triton: its kernels' tile (kernels/gram.py)."""
+def _split_tile(backend: str, dtype: torch.dtype) -> int:
+    """The output tile of a backend's split phase-1 blocks, for split_plan;
+    0 for the cpu (it splits L its own way). CUDA: 64 on tensor cores (f16,
+    bf16, f32 as TF32: csrc/cuda/gram.cu's use_mma), 32 on the CUDA cores;
+    Triton: SPLIT_TILE (kernels/gram.py)."""
     if backend == "cuda":
         tensor_cores = dtype in (torch.float16, torch.bfloat16) or (
             dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32)
         return 64 if tensor_cores else 32
     if backend == "triton":
-        return STYLE_TILE if style else _triton().forward_tile(dtype)
+        return _triton().SPLIT_TILE
     return 0
 
 
-def _split(backend: str, features: Tensor, style: bool = False) -> tuple[int, int, tuple]:
+def _split(backend: str, features: Tensor) -> tuple[int, int, tuple]:
     """The concrete backend's split of the forward over L: (splits,
     slice_len, the workspace argument), the workspace (splits, B, C, C)
     accumulators (float; double for double) for the partial tiles, empty
@@ -177,7 +177,7 @@ def _split(backend: str, features: Tensor, style: bool = False) -> tuple[int, in
     Its size is bounded by the rule: splits * B * upper tiles stays near
     SPLIT_TARGET_BLOCKS, so a few million elements at most."""
     B, C, L = features.shape
-    tile = _split_tile(backend, features.dtype, style)
+    tile = _split_tile(backend, features.dtype)
     if not tile:
         return 1, L, ()
     splits, slice_len = split_plan(B, C, L, tile)
@@ -487,7 +487,7 @@ def style_loss_op(features: Tensor, target: Tensor, gram_scale: float, loss_scal
                            else torch.float32)
 
     def run(b: str) -> None:
-        splits, slice_len, workspace = _split(b, features, style=True)
+        splits, slice_len, workspace = _split(b, features)
         _ext.launchers(b, features, _triton).style_loss(
             replace(sg, splits=splits, slice_len=slice_len), features, target,
             float(gram_scale), float(loss_scale), partials, kept, loss.view(1), *workspace,
