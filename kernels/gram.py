@@ -19,6 +19,26 @@ Cost: B * C * (C + BLOCK) * L multiply-adds (half a bmm's B * C^2 * L for
 C >> BLOCK); bytes: x read once per tile row and column (L2 serves most),
 the Gram written once. Compute-bound for C >= 128 on the GPU.
 
+Split reduction over L (``_gram_slice_kernel`` + ``_gram_split_epilogue_kernel``
+/ ``_style_split_epilogue_kernel``; contract in csrc/include/cnnk/gram.h):
+when the upper tiles times the images are too few programs to fill the
+GPU, the plan (cnnkernels.ops.gram.split_plan: splits = clamp(ceil(264 /
+(B * upper tiles)), 1, L // 512), 264 a fixed target since the
+interpreter has no device to ask) gives g.splits slices of g.slice_len
+positions (whole 64-position steps). Phase 1, grid (tiles^2, images,
+splits): a program reduces its slice of one upper SPLIT_TILE tile (image
+pointers moved to the slice's first position, so the loop is the single
+pass's) and stores it unscaled in ACC to the workspace (splits, B, C, C).
+Phase 2, grid (tiles^2, images): a program adds its tile's slices in slice
+order (deterministic, no atomics), then runs the single pass's epilogue:
+the Gram's scaled, mirrored store, or the style loss's residual and tile
+partial (then ``_sum_partials_kernel``). Both phases use the style loss's
+32-wide tiles for every dtype (the Gram's 64-wide fp32 TF32 tile spilled
+in phase 1; a split has programs to spare). Cost: the single pass's
+multiply-adds; bytes: x as the single pass, the workspace written and read
+once (4 * splits * B * C^2 each way, at most 2 C / 512 of x's bytes for
+16-bit x). With g.splits == 1 the single-pass kernels run.
+
 ``_gram_backward_kernel``: grad_x = scale (dG + dG^T) x, a GEMM of M = C
 rows, N = L columns, K = C: a program owns BLOCK_M x BLOCK_N of one image's
 grad_x and reduces over k, BLOCK_K per step; the A tile dG[i, k] + dG[k, i]

@@ -13,6 +13,13 @@ take torch's TF32 switch for matmuls, which lets fp32 run on tensor cores
 as TF32); the kernels compute the upper triangle's tiles only and mirror
 them on store (csrc/include/cnnk/gram.h).
 
+The forwards (``gram_matrix`` and ``style_loss``) on the CUDA and Triton
+backends split the reduction over L across blocks when the upper
+triangle's tiles times the images are too few to fill the GPU (VGG's
+conv1_1: C = 64, one tile): ``split_plan`` picks the slices, the plan
+allocates their partial tiles (the launchers' workspace argument), and the
+kernels add them in slice order (deterministic); see csrc/include/cnnk/gram.h.
+
 Normalisation (``normalize=``, applied inside the kernels' store):
 ``"none"`` (the default) is the course's G; ``"hw"`` divides by the
 positions L = H * W; ``"chw"`` by C * H * W (the common tutorial Gram,

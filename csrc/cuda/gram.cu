@@ -49,6 +49,11 @@
 //   MACs as the Gram; bytes: x as the Gram, target read once (B * C^2),
 //   residual written once if kept, the Gram never.
 //
+// gram_slice_mma_kernel<T, kTransposed, kCross>: phase 1 of the split
+// reduction over L (cnnk/gram.h; below), gram_mma_kernel's product over
+// one slice's k-tiles (blockIdx.z; slice_len is whole k-tiles, the loaders
+// start at k-tile k_base), its fp32 tile stored unscaled to the workspace.
+//
 // gram_backward_mma_kernel<T, kTransposed>: grad_x = scale S x, S = dG +
 // dG^T; M = C rows i, N = L columns l, reduction over the channels k. A =
 // S, formed element by element as it is staged (fp32 add, one rounding;
@@ -58,16 +63,43 @@
 //   MACs: B * C^2 * L (2 B C^2 L FLOPs); bytes: x (re-read per row tile,
 //   from L2), dG twice per row tile (L2), grad_x written once.
 //
+// ===== Split reduction over L (the forwards: gram_matrix and style_loss,
+// both paths). When B * (upper tiles) blocks cannot fill the GPU, the
+// plan (cnnkernels/ops/gram.py, split_plan) cuts L into
+// splits = clamp(ceil(264 / (B * upper tiles)), 1, L / 512) slices
+// (264: 2 blocks per SM of a 132-SM H100, a fixed target) of whole
+// 64-position steps, and the geometry carries splits and slice_len.
+// Phase 1, grid (tiles^2, images, splits): gram_slice_mma_kernel (tensor
+// cores) or gram_slice_kernel (CUDA cores) writes each upper tile's
+// slice, unscaled, every element inside C x C, to the workspace
+// (splits x B x C x C accumulators: float, double for double). Phase 2,
+// grid (32-wide tiles^2, images), whichever phase 1 ran:
+// gram_split_epilogue_kernel adds each upper element's slices in slice
+// order (sum_slices; deterministic, no atomics) and stores as gram_kernel
+// (scaled, mirrored); style_split_epilogue_kernel adds them the same way,
+// then style_tile_epilogue as style_loss_kernel (residual if kept, the
+// 32 x 32 tile's partial), then sum_partials_kernel. splits == 1 runs the
+// single-pass kernels above, unchanged.
+//   MACs: the single pass's (the slices partition L); bytes: x as the
+//   single pass, plus the workspace written once and read once in phase 2
+//   (4 * splits * B * C^2 bytes each way, mostly in L2): per element
+//   splits accumulators against slice_len * tile-row products, with
+//   slice_len >= 512 at most 2 C / 512 of x's bytes for f16.
+//
 // Roofline (H100 SXM: ~990 TFLOP/s dense f16, 3.35 TB/s; one SM ~7.5
-// TFLOP/s), f16, B = 1, VGG-19 at 256^2:
-//   conv1_1, C = 64, L = 65536: the Gram is one 64 x 64 block: 268 M MACs
-//   (537 MFLOP), x 8 MiB. The GPU bound is ~2.5 us (DRAM), but one block
-//   runs on one SM: >= 72 us (its tensor cores), its 16 MiB of x at
-//   ~230 GB/s besides -- parallelism-bound. A split of L over blocks
-//   (partials added in a fixed order) is what would lift it; not done.
+// TFLOP/s), f16, B = 1, VGG-19 at 256^2 (estimates, not measured):
+//   conv1_1, C = 64, L = 65536: 268 M MACs (537 MFLOP), x 8 MiB. Single
+//   pass, the Gram is one 64 x 64 block on one SM: >= 72 us (its tensor
+//   cores). Split: 128 slices of 512 (L / 512 caps the 264 the rule
+//   wants), 128 blocks of 16 k-tiles, one wave: ~0.6 us of each SM's
+//   tensor cores, x once from DRAM ~2.5 us; 2 MiB of workspace written,
+//   1 MiB (the upper elements) read back by phase 2's 3 blocks, bound by
+//   L2 latency (8 rounds of 16 slices): a few us. Together ~5-8 us, about
+//   10x the single pass.
 //   The backward is 1024 blocks: 537 MFLOP against 16 MiB (x read, grad_x
 //   written): 32 FLOP/B, memory-bound, ~5 us.
-//   conv5_1, C = 512, L = 256: 36 upper blocks of 8 k-tiles each,
+//   conv5_1, C = 512, L = 256: not split (L < 2 x 512: the slices would be
+//   shorter than the minimum); 36 upper blocks of 8 k-tiles each,
 //   38 M MACs (75 MFLOP), 256 KiB of x and 512 KiB of gram: ~0.25 us by
 //   DRAM, in practice a few microseconds of launch and pipeline latency
 //   (36 of 132 SMs busy). The backward: 32 blocks, 134 MFLOP, ~1 MiB.
@@ -77,6 +109,7 @@
 // 16-bit transposed kernels spilled):
 //   gram_mma           normal 86-94 / 92-104 -> 4-5, transposed 110-128 / 120-139 -> 3-4
 //   style_loss_mma     normal 76-82 / 84-90  -> 5-6, transposed 114-116 / 124-130 -> 3-4
+//   gram_slice_mma     normal 88-96 / 94-105 -> 4-5, transposed 112-132 / 122-142 -> 3-4
 //   gram_backward_mma  normal 84-96 / 96     -> 5,   transposed 117-128 / 134-136 -> 3-4
 // 16 HMMA per k-tile in each (2 k-steps x MI 2 x NI 4 per warp).
 // The element-by-element loaders hide their stride from the optimizer
@@ -96,6 +129,13 @@
 // tile where i <= j and its mirror where i < j: exactly symmetric, every
 // element written once. CROSS: x o^T + o x^T, two products per step.
 // B * C * (C + 32) * L multiply-adds; x read once per tile row and column.
+//
+// gram_slice_kernel: phase 1 of the split on the CUDA cores, gram_kernel's
+// product over one slice (blockIdx.z) stored unscaled to the workspace.
+// gram_split_epilogue_kernel / style_split_epilogue_kernel: phase 2 (both
+// paths), 16 x 16 threads per 32 x 32 tile as here; see the split section
+// above. Registers (sm_80 / sm_90a): gram_slice 50-80, the epilogues
+// 64-80, no spills.
 //
 // style_loss_kernel: the fused style loss; a block owns tile (ti, tj) as
 // gram_kernel (the same tile_product) and never stores it: each thread
@@ -258,25 +298,32 @@ __global__ void __launch_bounds__(kBlock, kMinBlocks)
 
 // Phase 2's reduction: the thread's 2 x 2 elements of tile (i0, j0), each
 // the sum of its g.splits slices in slice order (elements outside C or
-// below the diagonal stay 0: the epilogues skip them).
+// below the diagonal stay 0: the epilogues skip them). Phase 2 is few
+// blocks for small C (3 for C = 64), so it is bound by L2 latency: the
+// slice loop is the outer one and unrolled 16 times, a thread keeping its
+// four elements' loads of 16 slices (64) in flight together.
 template <typename Acc>
 __device__ __forceinline__ void sum_slices(Acc (&acc)[2][2], const GramGeometry& g,
                                            Workspace slices, int64_t b, int64_t i0, int64_t j0) {
-  const Acc* in = static_cast<const Acc*>(slices.data);
+  const Acc* in = static_cast<const Acc*>(slices.data) +
+                  slice_offset(g, 0, b, i0 + threadIdx.y, j0 + threadIdx.x);
   const int64_t slice_stride = g.B * g.C * g.C;
+  bool upper[2][2];
 #pragma unroll
   for (int r = 0; r < 2; ++r)
 #pragma unroll
     for (int s = 0; s < 2; ++s) {
       const int64_t i = i0 + threadIdx.y + kThreads * r, j = j0 + threadIdx.x + kThreads * s;
-      Acc sum = 0;
-      if (i < g.C && j < g.C && i <= j) {
-        const Acc* element = in + slice_offset(g, 0, b, i, j);
-#pragma unroll 8
-        for (int64_t k = 0; k < g.splits; ++k) sum += element[k * slice_stride];
-      }
-      acc[r][s] = sum;
+      upper[r][s] = i < g.C && j < g.C && i <= j;
+      acc[r][s] = 0;
     }
+#pragma unroll 16
+  for (int64_t k = 0; k < g.splits; ++k, in += slice_stride)
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+#pragma unroll
+      for (int s = 0; s < 2; ++s)
+        if (upper[r][s]) acc[r][s] += in[kThreads * (r * g.C + s)];
 }
 
 // Phase 2 of the split Gram: block (tile, image) of kTile x kTile (any
