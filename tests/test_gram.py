@@ -135,9 +135,13 @@ def _op_calls(device, backend, dtype):
     x = random_tensor((2, 5, 9), dtype, device, generator=generator).requires_grad_()
     other = random_tensor((2, 5, 9), dtype, device, generator=generator).requires_grad_()
     grad_gram = random_tensor((2, 5, 5), dtype, device, generator=generator).requires_grad_()
+    # A plane the CUDA and Triton plans split over L (two slices).
+    long = random_tensor((1, 5, 1100), dtype, device, generator=generator).requires_grad_()
     return [
         (gram_matrix_op, (x, None, 0.5, backend)),
         (gram_matrix_op, (x, other, 0.5, backend)),
+        (gram_matrix_op, (long, None, 0.5, backend)),
+        (style_loss_op, (long, grad_gram[:1], 0.5, 0.25, True, backend)),
         (gram_matrix_backward_op, (grad_gram, x, 0.25, backend)),
         (style_loss_op, (x, grad_gram, 0.5, 0.25, True, backend)),
         # Without the residual it has no derivatives: inputs that need none.
