@@ -19,6 +19,26 @@ Cost: B * C * (C + BLOCK) * L multiply-adds (half a bmm's B * C^2 * L for
 C >> BLOCK); bytes: x read once per tile row and column (L2 serves most),
 the Gram written once. Compute-bound for C >= 128 on the GPU.
 
+Split reduction over L (``_gram_slice_kernel`` + ``_gram_split_epilogue_kernel``
+/ ``_style_split_epilogue_kernel``; contract in csrc/include/cnnk/gram.h):
+when the upper tiles times the images are too few programs to fill the
+GPU, the plan (cnnkernels.ops.gram.split_plan: splits = clamp(ceil(264 /
+(B * upper tiles)), 1, L // 512), 264 a fixed target since the
+interpreter has no device to ask) gives g.splits slices of g.slice_len
+positions (whole 64-position steps). Phase 1, grid (tiles^2, images,
+splits): a program reduces its slice of one upper SPLIT_TILE tile (image
+pointers moved to the slice's first position, so the loop is the single
+pass's) and stores it unscaled in ACC to the workspace (splits, B, C, C).
+Phase 2, grid (tiles^2, images): a program adds its tile's slices in slice
+order (deterministic, no atomics), then runs the single pass's epilogue:
+the Gram's scaled, mirrored store, or the style loss's residual and tile
+partial (then ``_sum_partials_kernel``). Both phases use the style loss's
+32-wide tiles for every dtype (the Gram's 64-wide fp32 TF32 tile spilled
+in phase 1; a split has programs to spare). Cost: the single pass's
+multiply-adds; bytes: x as the single pass, the workspace written and read
+once (4 * splits * B * C^2 each way, at most 2 C / 512 of x's bytes for
+16-bit x). With g.splits == 1 the single-pass kernels run.
+
 ``_gram_backward_kernel``: grad_x = scale (dG + dG^T) x, a GEMM of M = C
 rows, N = L columns, K = C: a program owns BLOCK_M x BLOCK_N of one image's
 grad_x and reduces over k, BLOCK_K per step; the A tile dG[i, k] + dG[k, i]
@@ -70,8 +90,50 @@ _STYLE_TILE = 32  # the style loss's tile (cnnkernels.ops.gram.STYLE_TILE, for t
 # 32 spilled 8 bytes on sm_80 under Triton 3.6 (the epilogue's target and
 # residual tiles live beside them).
 _STYLE_BLOCK_L = {2: 32, 4: 16, 8: 16}
+# The split forward's tiles (both phases, the Gram's and the style loss's):
+# the style loss's, which compile without spills for every dtype; a split
+# has blocks to spare, so the smaller tile costs no parallelism.
+SPLIT_TILE = _STYLE_TILE
+_SPLIT_BLOCK_L = _STYLE_BLOCK_L
 _REDUCTION_BLOCK = 1024  # elements per step of the difference kernels
 _MAX_BATCH = 65535  # grid axis 1
+
+
+@triton.jit
+def _tile_product(x_img, o_img, rows, cols, C, L, xs_c, xs_l, os_c, os_l,
+                  CROSS: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+                  BLOCK: tl.constexpr, BLOCK_L: tl.constexpr):
+    """The Gram tile (rows, cols) of one image's L positions (a slice: the
+    images' pointers moved to its first position, L its length): x x^T, or
+    with CROSS x o^T + o x^T, unscaled in ACC."""
+    steps = tl.arange(0, BLOCK_L)
+    acc = tl.zeros((BLOCK, BLOCK), dtype=ACC)
+    for l0 in range(0, L, BLOCK_L):
+        pos = l0 + steps
+        a_mask = (rows[:, None] < C) & (pos[None, :] < L)
+        b_mask = (pos[:, None] < L) & (cols[None, :] < C)
+        a = tl.load(x_img + rows[:, None] * xs_c + pos[None, :] * xs_l, mask=a_mask, other=0.0)
+        bt = tl.load(x_img + cols[None, :] * xs_c + pos[:, None] * xs_l, mask=b_mask, other=0.0)
+        if CROSS:
+            oa = tl.load(o_img + rows[:, None] * os_c + pos[None, :] * os_l, mask=a_mask,
+                         other=0.0)
+            ot = tl.load(o_img + cols[None, :] * os_c + pos[:, None] * os_l, mask=b_mask,
+                         other=0.0)
+            acc = tl.dot(a, ot, acc, input_precision=PRECISION, out_dtype=ACC)
+            acc = tl.dot(oa, bt, acc, input_precision=PRECISION, out_dtype=ACC)
+        else:
+            acc = tl.dot(a, bt, acc, input_precision=PRECISION, out_dtype=ACC)
+    return acc
+
+
+@triton.jit
+def _store_gram_tile(g_img, value, rows, cols, C, gs_r, gs_c):
+    """The Gram's store: the tile where i <= j and its mirror where i < j."""
+    inside = (rows[:, None] < C) & (cols[None, :] < C)
+    tl.store(g_img + rows[:, None] * gs_r + cols[None, :] * gs_c, value,
+             mask=inside & (rows[:, None] <= cols[None, :]))
+    tl.store(g_img + cols[None, :] * gs_r + rows[:, None] * gs_c, value,
+             mask=inside & (rows[:, None] < cols[None, :]))
 
 
 @triton.jit
@@ -86,32 +148,92 @@ def _gram_kernel(x_ptr, o_ptr, g_ptr, C, L, xs_b, xs_c, xs_l, os_b, os_c, os_l,
         b = tl.program_id(1)
         rows = ti * BLOCK + tl.arange(0, BLOCK)
         cols = tj * BLOCK + tl.arange(0, BLOCK)
-        steps = tl.arange(0, BLOCK_L)
-        x_img = x_ptr + b * xs_b
-        o_img = o_ptr + b * os_b
-        acc = tl.zeros((BLOCK, BLOCK), dtype=ACC)
-        for l0 in range(0, L, BLOCK_L):
-            pos = l0 + steps
-            a_mask = (rows[:, None] < C) & (pos[None, :] < L)
-            b_mask = (pos[:, None] < L) & (cols[None, :] < C)
-            a = tl.load(x_img + rows[:, None] * xs_c + pos[None, :] * xs_l, mask=a_mask, other=0.0)
-            bt = tl.load(x_img + cols[None, :] * xs_c + pos[:, None] * xs_l, mask=b_mask, other=0.0)
-            if CROSS:
-                oa = tl.load(o_img + rows[:, None] * os_c + pos[None, :] * os_l, mask=a_mask,
-                             other=0.0)
-                ot = tl.load(o_img + cols[None, :] * os_c + pos[:, None] * os_l, mask=b_mask,
-                             other=0.0)
-                acc = tl.dot(a, ot, acc, input_precision=PRECISION, out_dtype=ACC)
-                acc = tl.dot(oa, bt, acc, input_precision=PRECISION, out_dtype=ACC)
-            else:
-                acc = tl.dot(a, bt, acc, input_precision=PRECISION, out_dtype=ACC)
-        value = (acc * scale).to(g_ptr.dtype.element_ty)
-        inside = (rows[:, None] < C) & (cols[None, :] < C)
-        g_img = g_ptr + b * gs_b
-        tl.store(g_img + rows[:, None] * gs_r + cols[None, :] * gs_c, value,
-                 mask=inside & (rows[:, None] <= cols[None, :]))
-        tl.store(g_img + cols[None, :] * gs_r + rows[:, None] * gs_c, value,
-                 mask=inside & (rows[:, None] < cols[None, :]))
+        acc = _tile_product(x_ptr + b * xs_b, o_ptr + b * os_b, rows, cols, C, L, xs_c, xs_l,
+                            os_c, os_l, CROSS, PRECISION, ACC, BLOCK, BLOCK_L)
+        _store_gram_tile(g_ptr + b * gs_b, (acc * scale).to(g_ptr.dtype.element_ty), rows, cols,
+                         C, gs_r, gs_c)
+
+
+@triton.jit
+def _gram_slice_kernel(x_ptr, o_ptr, w_ptr, C, L, slice_len, xs_b, xs_c, xs_l, os_b, os_c,
+                       os_l, ws_s, ws_b,
+                       CROSS: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+                       BLOCK: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Phase 1 of the split reduction: program (tile, image, slice) writes
+    its slice's unscaled tile, every element inside C x C, to the workspace
+    (upper tiles only; an image's C x C of a slice dense, row-major)."""
+    tiles = tl.cdiv(C, BLOCK)
+    ti = tl.program_id(0) // tiles
+    tj = tl.program_id(0) % tiles
+    if tj >= ti:
+        b = tl.program_id(1)
+        s = tl.program_id(2)
+        rows = ti * BLOCK + tl.arange(0, BLOCK)
+        cols = tj * BLOCK + tl.arange(0, BLOCK)
+        l_begin = s * slice_len
+        acc = _tile_product(x_ptr + b * xs_b + l_begin * xs_l, o_ptr + b * os_b + l_begin * os_l,
+                            rows, cols, C, tl.minimum(slice_len, L - l_begin), xs_c, xs_l, os_c,
+                            os_l, CROSS, PRECISION, ACC, BLOCK, BLOCK_L)
+        tl.store(w_ptr + s * ws_s + b * ws_b + rows[:, None] * C + cols[None, :], acc,
+                 mask=(rows[:, None] < C) & (cols[None, :] < C))
+
+
+@triton.jit
+def _sum_slices(w_img, rows, cols, C, splits, ws_s, ws_r, ws_c, ACC: tl.constexpr,
+                BLOCK: tl.constexpr):
+    """Phase 2's reduction: the tile's upper elements (i <= j) summed over
+    the slices in slice order; the rest 0."""
+    upper = (rows[:, None] < C) & (cols[None, :] < C) & (rows[:, None] <= cols[None, :])
+    offsets = rows[:, None] * ws_r + cols[None, :] * ws_c
+    acc = tl.zeros((BLOCK, BLOCK), dtype=ACC)
+    for s in range(0, splits):
+        acc += tl.load(w_img + s * ws_s + offsets, mask=upper, other=0.0)
+    return acc
+
+
+@triton.jit
+def _gram_split_epilogue_kernel(w_ptr, g_ptr, C, splits, ws_s, ws_b, ws_r, ws_c, gs_b, gs_r,
+                                gs_c, scale, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """Phase 2 of the split Gram: program (tile, image) adds its tile's
+    slices and stores as _gram_kernel."""
+    tiles = tl.cdiv(C, BLOCK)
+    ti = tl.program_id(0) // tiles
+    tj = tl.program_id(0) % tiles
+    if tj >= ti:
+        b = tl.program_id(1)
+        rows = ti * BLOCK + tl.arange(0, BLOCK)
+        cols = tj * BLOCK + tl.arange(0, BLOCK)
+        acc = _sum_slices(w_ptr + b * ws_b, rows, cols, C, splits, ws_s, ws_r, ws_c, ACC, BLOCK)
+        _store_gram_tile(g_ptr + b * gs_b, (acc * scale).to(g_ptr.dtype.element_ty), rows, cols,
+                         C, gs_r, gs_c)
+
+
+@triton.jit
+def _style_tile_epilogue(acc, t_img, r_img, partial, rows, cols, C, ts_r, ts_c, rs_r, rs_c,
+                         gram_scale, KEEP: tl.constexpr, ACC: tl.constexpr):
+    """The style loss's epilogue of one tile, the unscaled Gram tile acc
+    never stored: the partial sum of its squared differences against the
+    target (both triangles, cnnk/gram.h) and, with KEEP, the residual."""
+    inside = (rows[:, None] < C) & (cols[None, :] < C)
+    upper = inside & (rows[:, None] <= cols[None, :])
+    lower = inside & (rows[:, None] < cols[None, :])
+    # One triangle after the other (fewer live registers: fp32 with both
+    # at once spilled on sm_90a).
+    gram = acc * gram_scale
+    target = tl.load(t_img + rows[:, None] * ts_r + cols[None, :] * ts_c, mask=upper,
+                     other=0.0).to(ACC)
+    d = tl.where(upper, gram - target, 0.0)
+    total = tl.sum(tl.sum(d * d, axis=1), axis=0)
+    if KEEP:
+        tl.store(r_img + rows[:, None] * rs_r + cols[None, :] * rs_c,
+                 d.to(r_img.dtype.element_ty), mask=upper)
+    mirrored = tl.load(t_img + cols[None, :] * ts_r + rows[:, None] * ts_c, mask=lower,
+                       other=0.0).to(ACC)
+    d = tl.where(lower, gram - mirrored, 0.0)
+    tl.store(partial, total + tl.sum(tl.sum(d * d, axis=1), axis=0))
+    if KEEP:
+        tl.store(r_img + cols[None, :] * rs_r + rows[:, None] * rs_c,
+                 d.to(r_img.dtype.element_ty), mask=lower)
 
 
 @triton.jit
@@ -129,38 +251,33 @@ def _style_loss_kernel(x_ptr, t_ptr, r_ptr, partial_ptr, C, L, xs_b, xs_c, xs_l,
     else:
         rows = ti * BLOCK + tl.arange(0, BLOCK)
         cols = tj * BLOCK + tl.arange(0, BLOCK)
-        steps = tl.arange(0, BLOCK_L)
         x_img = x_ptr + b * xs_b
-        acc = tl.zeros((BLOCK, BLOCK), dtype=ACC)
-        for l0 in range(0, L, BLOCK_L):
-            pos = l0 + steps
-            a = tl.load(x_img + rows[:, None] * xs_c + pos[None, :] * xs_l,
-                        mask=(rows[:, None] < C) & (pos[None, :] < L), other=0.0)
-            bt = tl.load(x_img + cols[None, :] * xs_c + pos[:, None] * xs_l,
-                         mask=(pos[:, None] < L) & (cols[None, :] < C), other=0.0)
-            acc = tl.dot(a, bt, acc, input_precision=PRECISION, out_dtype=ACC)
-        inside = (rows[:, None] < C) & (cols[None, :] < C)
-        upper = inside & (rows[:, None] <= cols[None, :])
-        lower = inside & (rows[:, None] < cols[None, :])
-        # One triangle after the other (fewer live registers: fp32 with both
-        # at once spilled on sm_90a).
-        t_img = t_ptr + b * ts_b
-        r_img = r_ptr + b * rs_b
-        gram = acc * gram_scale
-        target = tl.load(t_img + rows[:, None] * ts_r + cols[None, :] * ts_c, mask=upper,
-                         other=0.0).to(ACC)
-        d = tl.where(upper, gram - target, 0.0)
-        total = tl.sum(tl.sum(d * d, axis=1), axis=0)
-        if KEEP:
-            tl.store(r_img + rows[:, None] * rs_r + cols[None, :] * rs_c,
-                     d.to(r_ptr.dtype.element_ty), mask=upper)
-        mirrored = tl.load(t_img + cols[None, :] * ts_r + rows[:, None] * ts_c, mask=lower,
-                           other=0.0).to(ACC)
-        d = tl.where(lower, gram - mirrored, 0.0)
-        tl.store(partial, total + tl.sum(tl.sum(d * d, axis=1), axis=0))
-        if KEEP:
-            tl.store(r_img + cols[None, :] * rs_r + rows[:, None] * rs_c,
-                     d.to(r_ptr.dtype.element_ty), mask=lower)
+        acc = _tile_product(x_img, x_img, rows, cols, C, L, xs_c, xs_l, xs_c, xs_l, False,
+                            PRECISION, ACC, BLOCK, BLOCK_L)
+        _style_tile_epilogue(acc, t_ptr + b * ts_b, r_ptr + b * rs_b, partial, rows, cols, C,
+                             ts_r, ts_c, rs_r, rs_c, gram_scale, KEEP, ACC)
+
+
+@triton.jit
+def _style_split_epilogue_kernel(w_ptr, t_ptr, r_ptr, partial_ptr, C, splits, ws_s, ws_b, ws_r,
+                                 ws_c, ts_b, ts_r, ts_c, rs_b, rs_r, rs_c, gram_scale,
+                                 KEEP: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """Phase 2 of the split style loss: program (tile, image) adds its
+    tile's slices, then the epilogue of _style_loss_kernel; tiles below the
+    diagonal write a zero partial."""
+    tiles = tl.cdiv(C, BLOCK)
+    ti = tl.program_id(0) // tiles
+    tj = tl.program_id(0) % tiles
+    b = tl.program_id(1)
+    partial = partial_ptr + b * tiles * tiles + tl.program_id(0)
+    if tj < ti:
+        tl.store(partial, tl.zeros((), dtype=ACC))
+    else:
+        rows = ti * BLOCK + tl.arange(0, BLOCK)
+        cols = tj * BLOCK + tl.arange(0, BLOCK)
+        acc = _sum_slices(w_ptr + b * ws_b, rows, cols, C, splits, ws_s, ws_r, ws_c, ACC, BLOCK)
+        _style_tile_epilogue(acc, t_ptr + b * ts_b, r_ptr + b * rs_b, partial, rows, cols, C,
+                             ts_r, ts_c, rs_r, rs_c, gram_scale, KEEP, ACC)
 
 
 @triton.jit
@@ -249,10 +366,33 @@ def _batches(batch: int):
         yield start, min(batch, start + _MAX_BATCH)
 
 
-def gram_matrix(g, x, other, scale: float, gram) -> None:
-    """gram = scale * x x^T per image, or scale * (x o^T + o x^T) with ``other``."""
+def _slices(g, x, o, workspace, cross: bool) -> None:
+    """Phase 1 of the split reduction: every upper SPLIT_TILE tile's
+    g.splits slices into the workspace (splits, B, C, C)."""
+    tiles = triton.cdiv(g.C, SPLIT_TILE)
+    for start, end in _batches(g.B):
+        _gram_slice_kernel[(tiles * tiles, end - start, g.splits)](
+            x[start:end], o[start:end], workspace[:, start:end], g.C, g.L, g.slice_len,
+            *x.stride(), *o.stride(), *workspace.stride()[:2], CROSS=cross,
+            PRECISION=_precision(x.dtype), ACC=acc_type(x.dtype), BLOCK=SPLIT_TILE,
+            BLOCK_L=_SPLIT_BLOCK_L[x.element_size()], num_warps=_NUM_WARPS)
+
+
+def gram_matrix(g, x, other, scale: float, gram, workspace) -> None:
+    """gram = scale * x x^T per image, or scale * (x o^T + o x^T) with
+    ``other``; split over L in two phases when g.splits > 1 (``workspace``
+    (splits, B, C, C) accumulators, else empty)."""
     cross = other is not None
     o = other if cross else x
+    if g.splits > 1:
+        _slices(g, x, o, workspace, cross)
+        tiles = triton.cdiv(g.C, SPLIT_TILE)
+        for start, end in _batches(g.B):
+            _gram_split_epilogue_kernel[(tiles * tiles, end - start)](
+                workspace[:, start:end], gram[start:end], g.C, g.splits, *workspace.stride(),
+                *gram.stride(), scale, ACC=acc_type(x.dtype), BLOCK=SPLIT_TILE,
+                num_warps=_NUM_WARPS)
+        return
     block, block_l = _FORWARD_TILES[x.element_size()]
     tiles = triton.cdiv(g.C, block)
     for start, end in _batches(g.B):
@@ -275,13 +415,23 @@ def gram_matrix_backward(g, grad_gram, x, scale: float, grad_x) -> None:
 
 
 def style_loss(g, x, target, gram_scale: float, loss_scale: float, partials, residual,
-               out) -> None:
+               out, workspace) -> None:
     """out[0] = loss_scale * sum (gram_scale * x x^T - target)^2 over every
-    image, a partial per tile then their sum; the residual if given."""
+    image, a partial per tile then their sum; the residual if given. Split
+    over L in two phases when g.splits > 1, as gram_matrix."""
     keep = residual is not None
     r = residual if keep else target
     tiles = triton.cdiv(g.C, g.tile)
+    if g.splits > 1:
+        _slices(g, x, x, workspace, False)
     for start, end in _batches(g.B):
+        if g.splits > 1:
+            _style_split_epilogue_kernel[(tiles * tiles, end - start)](
+                workspace[:, start:end], target[start:end], r[start:end],
+                partials[start * tiles * tiles:], g.C, g.splits, *workspace.stride(),
+                *target.stride(), *r.stride(), gram_scale, KEEP=keep, ACC=acc_type(x.dtype),
+                BLOCK=g.tile, num_warps=_NUM_WARPS)
+            continue
         _style_loss_kernel[(tiles * tiles, end - start)](
             x[start:end], target[start:end], r[start:end], partials[start * tiles * tiles:],
             g.C, g.L, *x.stride(), *target.stride(), *r.stride(), gram_scale, KEEP=keep,
@@ -332,6 +482,12 @@ def static_check_specs():
                     constexprs={"CROSS": cross, "PRECISION": precision, "ACC": tl.float32,
                                 "BLOCK": block, "BLOCK_L": block_l},
                     num_warps=_NUM_WARPS, tensor_cores=tensor_cores))
+                specs.append(compile_spec(
+                    f"gram_slice[{dtype},{precision},CROSS={cross}]", _gram_slice_kernel,
+                    pointers={"x_ptr": ptr, "o_ptr": ptr, "w_ptr": "*fp32"},
+                    constexprs={"CROSS": cross, "PRECISION": precision, "ACC": tl.float32,
+                                "BLOCK": SPLIT_TILE, "BLOCK_L": _SPLIT_BLOCK_L[width]},
+                    num_warps=_NUM_WARPS, tensor_cores=tensor_cores))
             for keep in (False, True):
                 specs.append(compile_spec(
                     f"gram_style_loss[{dtype},{precision},KEEP={keep}]", _style_loss_kernel,
@@ -346,6 +502,17 @@ def static_check_specs():
                 constexprs={"PRECISION": precision, "ACC": tl.float32, "BLOCK_M": block_m,
                             "BLOCK_N": block_n, "BLOCK_K": block_k},
                 num_warps=_NUM_WARPS, tensor_cores=tensor_cores))
+        specs.append(compile_spec(
+            f"gram_split_epilogue[{dtype}]", _gram_split_epilogue_kernel,
+            pointers={"w_ptr": "*fp32", "g_ptr": ptr, "scale": "fp32"},
+            constexprs={"ACC": tl.float32, "BLOCK": SPLIT_TILE}, num_warps=_NUM_WARPS))
+        for keep in (False, True):
+            specs.append(compile_spec(
+                f"gram_style_split_epilogue[{dtype},KEEP={keep}]", _style_split_epilogue_kernel,
+                pointers={"w_ptr": "*fp32", "t_ptr": ptr, "r_ptr": ptr, "partial_ptr": "*fp32",
+                          "gram_scale": "fp32"},
+                constexprs={"KEEP": keep, "ACC": tl.float32, "BLOCK": SPLIT_TILE},
+                num_warps=_NUM_WARPS))
         for has_second in (False, True):
             for has_b in (False, True):
                 specs.append(compile_spec(

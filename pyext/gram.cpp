@@ -6,13 +6,16 @@ namespace cnnk::pyext {
 
 template <>
 struct PyStruct<GramGeometry> : std::true_type {
-  static GramGeometry read(const Fields& f) { return {CNNK_FIELD(B), CNNK_FIELD(C), CNNK_FIELD(L)}; }
+  static GramGeometry read(const Fields& f) {
+    return {CNNK_FIELD(B), CNNK_FIELD(C), CNNK_FIELD(L), CNNK_FIELD(splits), CNNK_FIELD(slice_len)};
+  }
 };
 
 template <>
 struct PyStruct<StyleLossGeometry> : std::true_type {
   static StyleLossGeometry read(const Fields& f) {
-    return {CNNK_FIELD(B), CNNK_FIELD(C), CNNK_FIELD(L), CNNK_FIELD(tile)};
+    return {CNNK_FIELD(B),    CNNK_FIELD(C),      CNNK_FIELD(L),
+            CNNK_FIELD(tile), CNNK_FIELD(splits), CNNK_FIELD(slice_len)};
   }
 };
 

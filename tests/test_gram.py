@@ -16,11 +16,13 @@ from harness import FamilySpec, Sample, common_tests
 from reference import assert_close, float64_cpu, random_tensor
 
 import cnnkernels as ck
+import cnnkernels.ops.gram as gram_ops
 from cnnkernels.ops.gram import (
     difference_dot_op,
     gram_matrix_backward_op,
     gram_matrix_op,
     scaled_difference_op,
+    split_plan,
     style_loss_op,
 )
 
@@ -133,9 +135,13 @@ def _op_calls(device, backend, dtype):
     x = random_tensor((2, 5, 9), dtype, device, generator=generator).requires_grad_()
     other = random_tensor((2, 5, 9), dtype, device, generator=generator).requires_grad_()
     grad_gram = random_tensor((2, 5, 5), dtype, device, generator=generator).requires_grad_()
+    # A plane the CUDA and Triton plans split over L (two slices).
+    long = random_tensor((1, 5, 1100), dtype, device, generator=generator).requires_grad_()
     return [
         (gram_matrix_op, (x, None, 0.5, backend)),
         (gram_matrix_op, (x, other, 0.5, backend)),
+        (gram_matrix_op, (long, None, 0.5, backend)),
+        (style_loss_op, (long, grad_gram[:1], 0.5, 0.25, True, backend)),
         (gram_matrix_backward_op, (grad_gram, x, 0.25, backend)),
         (style_loss_op, (x, grad_gram, 0.5, 0.25, True, backend)),
         # Without the residual it has no derivatives: inputs that need none.
@@ -319,6 +325,88 @@ def test_style_loss_op_residual(device, backend):
     unkept_loss, unkept = style_loss_op(x, target, 0.5, 0.125, False, backend)
     assert unkept.numel() == 0
     assert torch.equal(unkept_loss, loss)
+
+
+def split_params():
+    """(device, backend, dtype) for the backends that split the forward's
+    reduction over L (the cpu splits its own way, tested above)."""
+    return [pytest.param(*p.values, dtype, id=f"{p.id}-{str(dtype).removeprefix('torch.')}",
+                         marks=p.marks)
+            for p in backend_params() if p.values[1] != "cpu" for dtype in dtypes_for(*p.values)]
+
+
+def check_split_forward(device, backend, dtype, shape, layout):
+    """gram_matrix (plain and with ``other``) and style_loss (residual kept
+    and not) on features the plan splits over L: values against float64
+    torch, an exactly symmetric Gram, bitwise equal results on a second run
+    (the slices added in a fixed order) and the same loss with and without
+    the residual."""
+    B, C, H, W = shape
+    generator = torch.Generator().manual_seed(sum(shape))
+    case = dict(B=B, C=C, H=H, W=W, layout=layout)
+    x = make_input(case, dtype, device, generator).flatten(2)
+    other = make_input(case, dtype, device, generator).flatten(2)
+    L = H * W
+    assert gram_ops._split(backend, x)[0] > 1, "the case does not exercise the split"
+    x64, o64 = float64_cpu(x), float64_cpu(other)
+
+    gram = gram_matrix_op(x, None, 0.5, backend)
+    assert torch.equal(gram, gram.transpose(1, 2)), "the Gram is not exactly symmetric"
+    assert torch.equal(gram, gram_matrix_op(x, None, 0.5, backend)), "not deterministic"
+    assert_close(gram, 0.5 * x64 @ x64.transpose(1, 2), dtype, L, "gram")
+    cross = gram_matrix_op(x, other, 0.5, backend)
+    assert torch.equal(cross, cross.transpose(1, 2))
+    assert torch.equal(cross, gram_matrix_op(x, other, 0.5, backend)), "not deterministic"
+    assert_close(cross, 0.5 * (x64 @ o64.transpose(1, 2) + o64 @ x64.transpose(1, 2)), dtype,
+                 2 * L, "symmetrised product")
+
+    # A non-symmetric target of the normalised Gram's size (~ L^-1/2).
+    target = random_tensor((B, C, C), dtype, device, generator=generator).mul(L ** -0.5)
+    loss, residual = style_loss_op(x, target, 1.0 / L, 0.25, True, backend)
+    unkept_loss, unkept = style_loss_op(x, target, 1.0 / L, 0.25, False, backend)
+    expected = x64 @ x64.transpose(1, 2) / L - float64_cpu(target)
+    assert_close(residual, expected, dtype, L, "residual")
+    assert_close(loss, 0.25 * expected.square().sum(), dtype, C * C * L, "style loss")
+    assert unkept.numel() == 0
+    assert torch.equal(unkept_loss, loss), "the loss depends on keeping the residual"
+    again, again_residual = style_loss_op(x, target, 1.0 / L, 0.25, True, backend)
+    assert torch.equal(again, loss) and torch.equal(again_residual, residual), \
+        "the style loss is not deterministic"
+
+
+@pytest.mark.parametrize(("device", "backend", "dtype"), split_params())
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_split_forward_matches_reference(device, backend, dtype, layout):
+    """Few upper tiles, a long plane: the plan's rule splits L (C across the
+    32-channel tiles, two images, slices of 576 positions, the last one
+    shorter)."""
+    check_split_forward(device, backend, dtype, (2, 40, 42, 50), layout)
+
+
+@pytest.mark.parametrize(("device", "backend", "dtype"), split_params())
+def test_split_forward_many_short_slices(device, backend, dtype, monkeypatch):
+    """The minimum slice lowered to one alignment step: six slices of 128
+    positions (the last one 27), three images, C off every tile edge, both
+    layouts."""
+    monkeypatch.setattr(gram_ops, "SPLIT_MIN_SLICE", gram_ops.SPLIT_ALIGN)
+    for layout in ("contiguous", "channels_last"):
+        check_split_forward(device, backend, dtype, (3, 7, 23, 29), layout)
+
+
+def test_split_plan():
+    """The rule: enough slices to reach the target block count, none shorter
+    than the minimum, whole alignment steps, every slice non-empty; no split
+    when the tiles fill the GPU or the plane is short."""
+    assert split_plan(1, 512, 256, 64) == (1, 256)  # VGG conv5_1: too short to split
+    assert split_plan(8, 512, 4096, 64) == (1, 4096)  # 288 blocks already
+    assert split_plan(1, 64, 65536, 64) == (128, 512)  # VGG conv1_1: L / 512 slices
+    for B, C, L, tile in ((1, 64, 65536, 32), (2, 40, 2100, 32), (3, 7, 5000, 64),
+                          (1, 130, 1155, 64)):
+        splits, slice_len = split_plan(B, C, L, tile)
+        side = -(-C // tile)
+        assert 1 < splits <= -(-gram_ops.SPLIT_TARGET_BLOCKS // (B * side * (side + 1) // 2))
+        assert slice_len % gram_ops.SPLIT_ALIGN == 0 and slice_len >= gram_ops.SPLIT_MIN_SLICE
+        assert (splits - 1) * slice_len < L <= splits * slice_len
 
 
 class _OpsCalled(torch.utils._python_dispatch.TorchDispatchMode):

@@ -5,13 +5,15 @@ TF32 (``torch.backends.cuda.matmul.allow_tf32``), and f32 with TF32 off (the
 CUDA-core kernels, exact fp32); every operand path (NCHW and channels_last
 16-byte copies, strided and misaligned element loads), channel counts and
 plane lengths off the 64-wide tiles and the k-tiles, the symmetrised
-product, the backward, the fused style loss's partials and residual, and
-bitwise determinism. CUDA only."""
+product, the backward, the fused style loss's partials and residual, the
+forwards split over L (few tiles, long planes), and bitwise determinism.
+CUDA only."""
 
 import pytest
 import torch
 from reference import assert_close, float64_cpu, random_tensor
 
+import cnnkernels.ops.gram as gram_ops
 from cnnkernels.ops.gram import gram_matrix_backward_op, gram_matrix_op, style_loss_op
 
 pytestmark = [
@@ -29,6 +31,15 @@ SHAPES = [
     (1, 8, 4, 4),
     (1, 200, 16, 16),
     (1, 64, 64, 64),
+]
+# Shapes the plan splits over L (few upper tiles, long planes; (1, 64, 64,
+# 64) above is one too): C off the tiles, slices of whole k-tiles with a
+# shorter last one, an odd plane, several images.
+SPLIT_SHAPES = [
+    (1, 64, 256, 256),
+    (2, 40, 48, 50),
+    (1, 130, 33, 35),
+    (3, 8, 37, 41),
 ]
 # (dtype, allow_tf32): tensor cores for the first three, the CUDA cores for
 # exact fp32.
@@ -123,3 +134,36 @@ def test_fused_style_loss(precision, shape, layout):
     assert_close(residual, expected, tol_dtype, L, "residual")
     assert_close(loss, loss_scale * expected.square().sum(), tol_dtype, C * C * L, "loss")
     assert torch.equal(loss, again), "the style loss is not deterministic"
+
+
+@pytest.mark.parametrize("shape", SPLIT_SHAPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_split_forward(precision, shape, layout):
+    """The split reduction (phase 1 on tensor cores or the CUDA cores, phase
+    2 adding the slices in order): the Gram, the symmetrised product and the
+    fused style loss with its residual against float64, each bitwise equal
+    on a second run."""
+    dtype, tol_dtype = precision
+    generator = torch.Generator().manual_seed(sum(shape) + 3)
+    x = features(shape, layout, dtype, generator)
+    other = features(shape, "nchw", dtype, generator)
+    B, C, L = x.shape
+    assert gram_ops._split("cuda", x)[0] > 1, "the case does not exercise the split"
+    x64, o64 = float64_cpu(x), float64_cpu(other)
+    gram = gram_matrix_op(x, None, 1.0 / L, "cuda")
+    cross = gram_matrix_op(x, other, 1.0 / L, "cuda")
+    assert torch.equal(gram, gram.transpose(1, 2)), "the Gram is not exactly symmetric"
+    assert torch.equal(gram, gram_matrix_op(x, None, 1.0 / L, "cuda")), "not deterministic"
+    assert torch.equal(cross, gram_matrix_op(x, other, 1.0 / L, "cuda")), "not deterministic"
+    assert_close(gram, x64 @ x64.transpose(1, 2) / L, tol_dtype, L, "gram")
+    assert_close(cross, (x64 @ o64.transpose(1, 2) + o64 @ x64.transpose(1, 2)) / L, tol_dtype,
+                 2 * L, "symmetrised product")
+    target = random_tensor((B, C, C), dtype, "cuda", generator=generator).mul(L ** -0.5)
+    loss, residual = style_loss_op(x, target, 1.0 / L, 1.0 / (B * C * C), True, "cuda")
+    unkept, _ = style_loss_op(x, target, 1.0 / L, 1.0 / (B * C * C), False, "cuda")
+    again, again_residual = style_loss_op(x, target, 1.0 / L, 1.0 / (B * C * C), True, "cuda")
+    expected = x64 @ x64.transpose(1, 2) / L - float64_cpu(target)
+    assert_close(residual, expected, tol_dtype, L, "residual")
+    assert_close(loss, expected.square().sum() / (B * C * C), tol_dtype, C * C * L, "loss")
+    assert torch.equal(loss, unkept) and torch.equal(loss, again), "not deterministic"
+    assert torch.equal(residual, again_residual), "the residual is not deterministic"

@@ -13,6 +13,13 @@ take torch's TF32 switch for matmuls, which lets fp32 run on tensor cores
 as TF32); the kernels compute the upper triangle's tiles only and mirror
 them on store (csrc/include/cnnk/gram.h).
 
+The forwards (``gram_matrix`` and ``style_loss``) on the CUDA and Triton
+backends split the reduction over L across blocks when the upper
+triangle's tiles times the images are too few to fill the GPU (VGG's
+conv1_1: C = 64, one tile): ``split_plan`` picks the slices, the plan
+allocates their partial tiles (the launchers' workspace argument), and the
+kernels add them in slice order (deterministic); see csrc/include/cnnk/gram.h.
+
 Normalisation (``normalize=``, applied inside the kernels' store):
 ``"none"`` (the default) is the course's G; ``"hw"`` divides by the
 positions L = H * W; ``"chw"`` by C * H * W (the common tutorial Gram,
@@ -58,7 +65,7 @@ again) and dF = s (dG + dG^T) gg (the backward op).
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -84,14 +91,47 @@ NORMALIZATIONS = ("none", "hw", "chw")
 STYLE_NORMALIZATIONS = ("course", "tutorial")
 
 
+# The split reduction over L (csrc/include/cnnk/gram.h): the CUDA and
+# Triton forwards cut L into slices when the upper triangle's tiles times
+# the images are too few blocks to fill the GPU. The rule (split_plan):
+# splits = clamp(ceil(SPLIT_TARGET_BLOCKS / (B * upper tiles)), 1,
+# L // SPLIT_MIN_SLICE), then slices of whole SPLIT_ALIGN steps.
+# SPLIT_TARGET_BLOCKS is fixed, not read from the device (the Triton
+# interpreter has none): 2 blocks per SM of a 132-SM H100. SPLIT_MIN_SLICE
+# keeps a slice's product (tile^2 x 512 multiply-adds) well above what
+# phase 2 reads back per element (one accumulator per slice).
+SPLIT_TARGET_BLOCKS = 264
+SPLIT_MIN_SLICE = 512
+SPLIT_ALIGN = 64  # cnnk::kGramSliceAlign: a whole number of every kernel's reduction steps
+
+
+def split_plan(B: int, C: int, L: int, tile: int) -> tuple[int, int]:
+    """(splits, slice_len) of the split reduction for a backend whose blocks
+    own ``tile`` x ``tile`` output tiles: (1, L) when one pass fills the
+    GPU, else ``splits`` slices of ``slice_len`` positions (a multiple of
+    SPLIT_ALIGN, the last slice shorter), splits = ceil(L / slice_len)."""
+    side = -(-C // tile)
+    blocks = B * side * (side + 1) // 2
+    wanted = min(-(-SPLIT_TARGET_BLOCKS // blocks) if blocks else 1, L // SPLIT_MIN_SLICE)
+    if wanted <= 1:
+        return 1, L
+    slice_len = -(-L // wanted)
+    slice_len = -(-slice_len // SPLIT_ALIGN) * SPLIT_ALIGN
+    return -(-L // slice_len), slice_len
+
+
 @dataclass(frozen=True)
 class GramGeometry:
     """Sizes of one Gram problem, field for field ``cnnk::GramGeometry``
-    (csrc/include/cnnk/gram.h): features (B, C, L), gram (B, C, C)."""
+    (csrc/include/cnnk/gram.h): features (B, C, L), gram (B, C, C); the
+    forward's split of L into ``splits`` slices of ``slice_len`` (1 and L:
+    one pass)."""
 
     B: int
     C: int
     L: int
+    splits: int
+    slice_len: int
 
     def index_extent(self) -> int:
         """The largest value the 32-bit kernels' index arithmetic reaches
@@ -118,7 +158,39 @@ def _features(features: Tensor, name: str, op: str) -> GramGeometry:
     _args.check_tensor(features, name, ndim=3)
     if not features.dtype.is_floating_point:
         raise TypeError(f"{op}: {name} must be a floating-point tensor, got {features.dtype}")
-    return GramGeometry(*features.shape)
+    B, C, L = features.shape
+    return GramGeometry(B, C, L, 1, L)
+
+
+def _split_tile(backend: str, dtype: torch.dtype) -> int:
+    """The output tile of a backend's split phase-1 blocks, for split_plan;
+    0 for the cpu (it splits L its own way). CUDA: 64 on tensor cores (f16,
+    bf16, f32 as TF32: csrc/cuda/gram.cu's use_mma), 32 on the CUDA cores;
+    Triton: SPLIT_TILE (kernels/gram.py)."""
+    if backend == "cuda":
+        tensor_cores = dtype in (torch.float16, torch.bfloat16) or (
+            dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32)
+        return 64 if tensor_cores else 32
+    if backend == "triton":
+        return _triton().SPLIT_TILE
+    return 0
+
+
+def _split(backend: str, features: Tensor) -> tuple[int, int, tuple]:
+    """The concrete backend's split of the forward over L: (splits,
+    slice_len, the workspace argument), the workspace (splits, B, C, C)
+    accumulators (float; double for double) for the partial tiles, empty
+    when unsplit; the cpu's launchers take no workspace (an empty tuple).
+    Its size is bounded by the rule: splits * B * upper tiles stays near
+    SPLIT_TARGET_BLOCKS, so a few million elements at most."""
+    B, C, L = features.shape
+    tile = _split_tile(backend, features.dtype)
+    if not tile:
+        return 1, L, ()
+    splits, slice_len = split_plan(B, C, L, tile)
+    acc = torch.float64 if features.dtype == torch.float64 else torch.float32
+    shape = (splits, B, C, C) if splits > 1 else (0,)
+    return splits, slice_len, (torch.empty(shape, dtype=acc, device=features.device),)
 
 
 def _check_shape(t: Tensor, name: str, shape, op: str) -> None:
@@ -137,9 +209,14 @@ def gram_matrix_op(features: Tensor, other: Optional[Tensor], scale: float,
         _args.check_same(features, "features", {"other": other})
         _check_shape(other, "other", features.shape, op)
     gram = features.new_empty((g.B, g.C, g.C))
-    return Launch(gram, {"features": features, "other": other, "gram": gram},
-                  lambda b: _ext.launchers(b, features, _triton).gram_matrix(
-                      g, features, other, float(scale), gram, *_tf32_flag(b)),
+
+    def run(b: str) -> None:
+        splits, slice_len, workspace = _split(b, features)
+        _ext.launchers(b, features, _triton).gram_matrix(
+            replace(g, splits=splits, slice_len=slice_len), features, other, float(scale), gram,
+            *workspace, *_tf32_flag(b))
+
+    return Launch(gram, {"features": features, "other": other, "gram": gram}, run,
                   g.index_extent(), empty_sum=g.L == 0)
 
 
@@ -379,12 +456,15 @@ STYLE_TILE = 32  # side of the style loss's partial-sum tiles, the same on every
 class StyleLossGeometry:
     """The fused style loss's sizes, field for field ``cnnk::StyleLossGeometry``:
     features (B, C, L), target and residual (B, C, C), one partial sum per
-    ``tile`` x ``tile`` tile of each image's C x C matrix."""
+    ``tile`` x ``tile`` tile of each image's C x C matrix; the split of L as
+    GramGeometry's."""
 
     B: int
     C: int
     L: int
     tile: int
+    splits: int
+    slice_len: int
 
     def tiles(self) -> int:
         return -(-self.C // self.tile)
@@ -405,19 +485,24 @@ def style_loss_op(features: Tensor, target: Tensor, gram_scale: float, loss_scal
     _args.check_tensor(target, "target", ndim=3)
     _args.check_same(features, "features", {"target": target})
     _check_shape(target, "target", (g.B, g.C, g.C), op)
-    sg = StyleLossGeometry(g.B, g.C, g.L, STYLE_TILE)
+    sg = StyleLossGeometry(g.B, g.C, g.L, STYLE_TILE, 1, g.L)
     loss = features.new_empty(())
     residual = features.new_empty((g.B, g.C, g.C) if keep_residual else (0,))
     kept = residual if keep_residual else None
     partials = torch.empty(g.B * sg.tiles() ** 2, device=features.device,
                            dtype=torch.float64 if features.dtype == torch.float64
                            else torch.float32)
+
+    def run(b: str) -> None:
+        splits, slice_len, workspace = _split(b, features)
+        _ext.launchers(b, features, _triton).style_loss(
+            replace(sg, splits=splits, slice_len=slice_len), features, target,
+            float(gram_scale), float(loss_scale), partials, kept, loss.view(1), *workspace,
+            *_tf32_flag(b))
+
     return Launch((loss, residual), {"features": features, "target": target,
                                      "partials": partials, "residual": kept, "loss": loss},
-                  lambda b: _ext.launchers(b, features, _triton).style_loss(
-                      sg, features, target, float(gram_scale), float(loss_scale), partials,
-                      kept, loss.view(1), *_tf32_flag(b)),
-                  sg.index_extent())
+                  run, sg.index_extent())
 
 
 def _style_setup(ctx, inputs, outputs) -> None:

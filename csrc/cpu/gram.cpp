@@ -311,7 +311,7 @@ template <typename T>
 Status style_forward(const StyleLossGeometry& sg, Tensor3 x, Tensor3 target, double gram_scale,
                      double loss_scale, Tensor1 partials, Tensor3 residual, Tensor1 out) {
   using Acc = acc_t<T>;
-  const GramGeometry g{sg.B, sg.C, sg.L};
+  const GramGeometry g{sg.B, sg.C, sg.L, sg.splits, sg.slice_len};
   const gemm::MicroKernel<Acc> mk = gemm::micro_kernel<Acc>();
   const UpperPlan p = plan_upper(g, mk.mr, mk.nr);
   auto acc = allocate_aligned<Acc>(g.B * p.slices * p.rows * p.cols);

@@ -49,6 +49,11 @@
 //   MACs as the Gram; bytes: x as the Gram, target read once (B * C^2),
 //   residual written once if kept, the Gram never.
 //
+// gram_slice_mma_kernel<T, kTransposed, kCross>: phase 1 of the split
+// reduction over L (cnnk/gram.h; below), gram_mma_kernel's product over
+// one slice's k-tiles (blockIdx.z; slice_len is whole k-tiles, the loaders
+// start at k-tile k_base), its fp32 tile stored unscaled to the workspace.
+//
 // gram_backward_mma_kernel<T, kTransposed>: grad_x = scale S x, S = dG +
 // dG^T; M = C rows i, N = L columns l, reduction over the channels k. A =
 // S, formed element by element as it is staged (fp32 add, one rounding;
@@ -58,16 +63,43 @@
 //   MACs: B * C^2 * L (2 B C^2 L FLOPs); bytes: x (re-read per row tile,
 //   from L2), dG twice per row tile (L2), grad_x written once.
 //
+// ===== Split reduction over L (the forwards: gram_matrix and style_loss,
+// both paths). When B * (upper tiles) blocks cannot fill the GPU, the
+// plan (cnnkernels/ops/gram.py, split_plan) cuts L into
+// splits = clamp(ceil(264 / (B * upper tiles)), 1, L / 512) slices
+// (264: 2 blocks per SM of a 132-SM H100, a fixed target) of whole
+// 64-position steps, and the geometry carries splits and slice_len.
+// Phase 1, grid (tiles^2, images, splits): gram_slice_mma_kernel (tensor
+// cores) or gram_slice_kernel (CUDA cores) writes each upper tile's
+// slice, unscaled, every element inside C x C, to the workspace
+// (splits x B x C x C accumulators: float, double for double). Phase 2,
+// grid (32-wide tiles^2, images), whichever phase 1 ran:
+// gram_split_epilogue_kernel adds each upper element's slices in slice
+// order (sum_slices; deterministic, no atomics) and stores as gram_kernel
+// (scaled, mirrored); style_split_epilogue_kernel adds them the same way,
+// then style_tile_epilogue as style_loss_kernel (residual if kept, the
+// 32 x 32 tile's partial), then sum_partials_kernel. splits == 1 runs the
+// single-pass kernels above, unchanged.
+//   MACs: the single pass's (the slices partition L); bytes: x as the
+//   single pass, plus the workspace written once and read once in phase 2
+//   (4 * splits * B * C^2 bytes each way, mostly in L2): per element
+//   splits accumulators against slice_len * tile-row products, with
+//   slice_len >= 512 at most 2 C / 512 of x's bytes for f16.
+//
 // Roofline (H100 SXM: ~990 TFLOP/s dense f16, 3.35 TB/s; one SM ~7.5
-// TFLOP/s), f16, B = 1, VGG-19 at 256^2:
-//   conv1_1, C = 64, L = 65536: the Gram is one 64 x 64 block: 268 M MACs
-//   (537 MFLOP), x 8 MiB. The GPU bound is ~2.5 us (DRAM), but one block
-//   runs on one SM: >= 72 us (its tensor cores), its 16 MiB of x at
-//   ~230 GB/s besides -- parallelism-bound. A split of L over blocks
-//   (partials added in a fixed order) is what would lift it; not done.
+// TFLOP/s), f16, B = 1, VGG-19 at 256^2 (estimates, not measured):
+//   conv1_1, C = 64, L = 65536: 268 M MACs (537 MFLOP), x 8 MiB. Single
+//   pass, the Gram is one 64 x 64 block on one SM: >= 72 us (its tensor
+//   cores). Split: 128 slices of 512 (L / 512 caps the 264 the rule
+//   wants), 128 blocks of 16 k-tiles, one wave: ~0.6 us of each SM's
+//   tensor cores, x once from DRAM ~2.5 us; 2 MiB of workspace written,
+//   1 MiB (the upper elements) read back by phase 2's 3 blocks, bound by
+//   L2 latency (8 rounds of 16 slices): a few us. Together ~5-8 us, about
+//   10x the single pass.
 //   The backward is 1024 blocks: 537 MFLOP against 16 MiB (x read, grad_x
 //   written): 32 FLOP/B, memory-bound, ~5 us.
-//   conv5_1, C = 512, L = 256: 36 upper blocks of 8 k-tiles each,
+//   conv5_1, C = 512, L = 256: not split (L < 2 x 512: the slices would be
+//   shorter than the minimum); 36 upper blocks of 8 k-tiles each,
 //   38 M MACs (75 MFLOP), 256 KiB of x and 512 KiB of gram: ~0.25 us by
 //   DRAM, in practice a few microseconds of launch and pipeline latency
 //   (36 of 132 SMs busy). The backward: 32 blocks, 134 MFLOP, ~1 MiB.
@@ -77,6 +109,7 @@
 // 16-bit transposed kernels spilled):
 //   gram_mma           normal 86-94 / 92-104 -> 4-5, transposed 110-128 / 120-139 -> 3-4
 //   style_loss_mma     normal 76-82 / 84-90  -> 5-6, transposed 114-116 / 124-130 -> 3-4
+//   gram_slice_mma     normal 88-96 / 94-105 -> 4-5, transposed 112-132 / 122-142 -> 3-4
 //   gram_backward_mma  normal 84-96 / 96     -> 5,   transposed 117-128 / 134-136 -> 3-4
 // 16 HMMA per k-tile in each (2 k-steps x MI 2 x NI 4 per warp).
 // The element-by-element loaders hide their stride from the optimizer
@@ -96,6 +129,13 @@
 // tile where i <= j and its mirror where i < j: exactly symmetric, every
 // element written once. CROSS: x o^T + o x^T, two products per step.
 // B * C * (C + 32) * L multiply-adds; x read once per tile row and column.
+//
+// gram_slice_kernel: phase 1 of the split on the CUDA cores, gram_kernel's
+// product over one slice (blockIdx.z) stored unscaled to the workspace.
+// gram_split_epilogue_kernel / style_split_epilogue_kernel: phase 2 (both
+// paths), 16 x 16 threads per 32 x 32 tile as here; see the split section
+// above. Registers (sm_80 / sm_90a): gram_slice 50-80, the epilogues
+// 64-80, no spills.
 //
 // style_loss_kernel: the fused style loss; a block owns tile (ti, tj) as
 // gram_kernel (the same tile_product) and never stores it: each thread
@@ -135,6 +175,7 @@ constexpr int kBlock = kThreads * kThreads;
 // Two resident blocks per SM: lets ptxas use up to 128 registers (left to
 // itself it held some products' kernels at 64 and spilled on sm_90a).
 constexpr int kMinBlocks = 2;
+constexpr int64_t kMaxGridZ = 65535;  // CUDA's gridDim.z limit: the split's slices
 
 // Element (c, l) of image b of a (B, C, L) tensor.
 template <typename T>
@@ -156,17 +197,19 @@ __device__ __forceinline__ void stage_rows(acc_t<T> (*tile)[kTile + 1], Tensor3 
   }
 }
 
-// The Gram tile (i0, j0) of image b, x x^T (CROSS: x o^T + o x^T), into
-// each thread's 2 x 2 accumulators (rows ty + 16 r, columns tx + 16 s).
+// The Gram tile (i0, j0) of image b over positions [l_begin, l_end), x x^T
+// (CROSS: x o^T + o x^T), into each thread's 2 x 2 accumulators (rows
+// ty + 16 r, columns tx + 16 s). l_begin is a multiple of kStep; positions
+// past L read as zeros.
 template <typename T, bool kCross>
 __device__ __forceinline__ void tile_product(acc_t<T> (&acc)[2][2], const GramGeometry& g,
                                              Tensor3 x, Tensor3 o, int64_t b, int64_t i0,
-                                             int64_t j0) {
+                                             int64_t j0, int64_t l_begin, int64_t l_end) {
   using Acc = acc_t<T>;
   __shared__ Acc xi[kStep][kTile + 1], xj[kStep][kTile + 1];
   __shared__ Acc oi[kCross ? kStep : 1][kTile + 1], oj[kCross ? kStep : 1][kTile + 1];
   const int ty = threadIdx.y, tx = threadIdx.x;
-  for (int64_t l0 = 0; l0 < g.L; l0 += kStep) {
+  for (int64_t l0 = l_begin; l0 < l_end; l0 += kStep) {
     stage_rows<T>(xi, x, b, i0, l0, g.C, g.L);
     stage_rows<T>(xj, x, b, j0, l0, g.C, g.L);
     if constexpr (kCross) {
@@ -188,6 +231,25 @@ __device__ __forceinline__ void tile_product(acc_t<T> (&acc)[2][2], const GramGe
   }
 }
 
+// The epilogue of gram_kernel (and of the split's phase 2): the scaled tile
+// where i <= j and its mirror where i < j.
+template <typename T>
+__device__ __forceinline__ void store_gram_tile(const acc_t<T> (&acc)[2][2], int64_t C,
+                                                acc_t<T> scale, Tensor3 gram, int64_t b,
+                                                int64_t i0, int64_t j0) {
+  T* out = static_cast<T*>(gram.data) + b * gram.stride[0];
+#pragma unroll
+  for (int r = 0; r < 2; ++r)
+#pragma unroll
+    for (int s = 0; s < 2; ++s) {
+      const int64_t i = i0 + threadIdx.y + kThreads * r, j = j0 + threadIdx.x + kThreads * s;
+      if (i >= C || j >= C || i > j) continue;
+      const T v = from_acc<T>(acc[r][s] * scale);
+      out[i * gram.stride[1] + j * gram.stride[2]] = v;
+      if (i < j) out[j * gram.stride[1] + i * gram.stride[2]] = v;
+    }
+}
+
 template <typename T, bool kCross>
 __global__ void __launch_bounds__(kBlock, kMinBlocks)
     gram_kernel(GramGeometry g, Tensor3 x, Tensor3 o, acc_t<T> scale, Tensor3 gram,
@@ -197,18 +259,86 @@ __global__ void __launch_bounds__(kBlock, kMinBlocks)
   if (tj < ti) return;
   const int64_t b = batch0 + blockIdx.y, i0 = int64_t{ti} * kTile, j0 = int64_t{tj} * kTile;
   Acc acc[2][2] = {};
-  tile_product<T, kCross>(acc, g, x, o, b, i0, j0);
-  T* out = static_cast<T*>(gram.data) + b * gram.stride[0];
+  tile_product<T, kCross>(acc, g, x, o, b, i0, j0, 0, g.L);
+  store_gram_tile<T>(acc, g.C, scale, gram, b, i0, j0);
+}
+
+// Workspace element (slice s, image b, i, j) of the split reduction
+// (cnnk/gram.h): slices are B * C * C apart.
+__device__ __forceinline__ int64_t slice_offset(const GramGeometry& g, int64_t s, int64_t b,
+                                                int64_t i, int64_t j) {
+  return ((s * g.B + b) * g.C + i) * g.C + j;
+}
+
+// Phase 1 of the split Gram (and style loss) on the CUDA cores: block
+// (tile, image, slice z) reduces its slice's positions as gram_kernel does
+// and writes the unscaled tile, every element inside C x C, to the
+// workspace (upper tiles only).
+template <typename T, bool kCross>
+__global__ void __launch_bounds__(kBlock, kMinBlocks)
+    gram_slice_kernel(GramGeometry g, Tensor3 x, Tensor3 o, Workspace slices, int64_t batch0,
+                      int tiles) {
+  using Acc = acc_t<T>;
+  const int ti = blockIdx.x / tiles, tj = blockIdx.x % tiles;
+  if (tj < ti) return;
+  const int64_t b = batch0 + blockIdx.y, i0 = int64_t{ti} * kTile, j0 = int64_t{tj} * kTile;
+  const int64_t l_begin = int64_t{blockIdx.z} * g.slice_len;
+  const int64_t l_end = l_begin + g.slice_len < g.L ? l_begin + g.slice_len : g.L;
+  Acc acc[2][2] = {};
+  tile_product<T, kCross>(acc, g, x, o, b, i0, j0, l_begin, l_end);
+  Acc* out = static_cast<Acc*>(slices.data);
 #pragma unroll
   for (int r = 0; r < 2; ++r)
 #pragma unroll
     for (int s = 0; s < 2; ++s) {
       const int64_t i = i0 + threadIdx.y + kThreads * r, j = j0 + threadIdx.x + kThreads * s;
-      if (i >= g.C || j >= g.C || i > j) continue;
-      const T v = from_acc<T>(acc[r][s] * scale);
-      out[i * gram.stride[1] + j * gram.stride[2]] = v;
-      if (i < j) out[j * gram.stride[1] + i * gram.stride[2]] = v;
+      if (i < g.C && j < g.C) out[slice_offset(g, blockIdx.z, b, i, j)] = acc[r][s];
     }
+}
+
+// Phase 2's reduction: the thread's 2 x 2 elements of tile (i0, j0), each
+// the sum of its g.splits slices in slice order (elements outside C or
+// below the diagonal stay 0: the epilogues skip them). Phase 2 is few
+// blocks for small C (3 for C = 64), so it is bound by L2 latency: the
+// slice loop is the outer one and unrolled 16 times, a thread keeping its
+// four elements' loads of 16 slices (64) in flight together.
+template <typename Acc>
+__device__ __forceinline__ void sum_slices(Acc (&acc)[2][2], const GramGeometry& g,
+                                           Workspace slices, int64_t b, int64_t i0, int64_t j0) {
+  const Acc* in = static_cast<const Acc*>(slices.data) +
+                  slice_offset(g, 0, b, i0 + threadIdx.y, j0 + threadIdx.x);
+  const int64_t slice_stride = g.B * g.C * g.C;
+  bool upper[2][2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r)
+#pragma unroll
+    for (int s = 0; s < 2; ++s) {
+      const int64_t i = i0 + threadIdx.y + kThreads * r, j = j0 + threadIdx.x + kThreads * s;
+      upper[r][s] = i < g.C && j < g.C && i <= j;
+      acc[r][s] = 0;
+    }
+#pragma unroll 16
+  for (int64_t k = 0; k < g.splits; ++k, in += slice_stride)
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+#pragma unroll
+      for (int s = 0; s < 2; ++s)
+        if (upper[r][s]) acc[r][s] += in[kThreads * (r * g.C + s)];
+}
+
+// Phase 2 of the split Gram: block (tile, image) of kTile x kTile (any
+// phase-1 tile size: the workspace is element-wise) adds the slices and
+// stores as gram_kernel.
+template <typename T>
+__global__ void __launch_bounds__(kBlock)
+    gram_split_epilogue_kernel(GramGeometry g, Workspace slices, acc_t<T> scale, Tensor3 gram,
+                               int64_t batch0, int tiles) {
+  const int ti = blockIdx.x / tiles, tj = blockIdx.x % tiles;
+  if (tj < ti) return;
+  const int64_t b = batch0 + blockIdx.y, i0 = int64_t{ti} * kTile, j0 = int64_t{tj} * kTile;
+  acc_t<T> acc[2][2];
+  sum_slices(acc, g, slices, b, i0, j0);
+  store_gram_tile<T>(acc, g.C, scale, gram, b, i0, j0);
 }
 
 // The sum of the block's `value`s (thread t of kBlock) in a fixed tree
@@ -225,25 +355,16 @@ __device__ Acc block_sum(Acc value, int t) {
   return lanes[0];
 }
 
-// The fused style loss's tile (ti, tj) of image b: the Gram tile as
-// gram_kernel, then, never stored, its squared differences against the
-// target (cnnk/gram.h) summed to the tile's partial; the residual if wanted.
+// The style loss's epilogue of tile (i0, j0) of image b (style_loss_kernel
+// and the split's phase 2): the unscaled Gram tile acc, never stored, its
+// squared differences against the target (cnnk/gram.h) summed to the
+// tile's partial (thread t of the block); the residual if wanted.
 template <typename T>
-__global__ void __launch_bounds__(kBlock, kMinBlocks)
-    style_loss_kernel(GramGeometry g, Tensor3 x, Tensor3 target, acc_t<T> gram_scale,
-                      Tensor3 residual, Tensor1 partials, int64_t batch0, int tiles) {
+__device__ __forceinline__ void style_tile_epilogue(const acc_t<T> (&acc)[2][2], int64_t C,
+                                                    Tensor3 target, acc_t<T> gram_scale,
+                                                    Tensor3 residual, acc_t<T>* partial,
+                                                    int64_t b, int64_t i0, int64_t j0, int t) {
   using Acc = acc_t<T>;
-  const int ti = blockIdx.x / tiles, tj = blockIdx.x % tiles;
-  const int64_t b = batch0 + blockIdx.y, i0 = int64_t{ti} * kTile, j0 = int64_t{tj} * kTile;
-  const int t = threadIdx.y * kThreads + threadIdx.x;
-  Acc* partial = static_cast<Acc*>(partials.data) +
-                 ((b * tiles + ti) * tiles + tj) * partials.stride;
-  if (tj < ti) {
-    if (t == 0) *partial = Acc(0);
-    return;
-  }
-  Acc acc[2][2] = {};
-  tile_product<T, false>(acc, g, x, x, b, i0, j0);
   T* r_img = static_cast<T*>(residual.data);
   Acc sum = 0;
 #pragma unroll
@@ -251,7 +372,7 @@ __global__ void __launch_bounds__(kBlock, kMinBlocks)
 #pragma unroll
     for (int s = 0; s < 2; ++s) {
       const int64_t i = i0 + threadIdx.y + kThreads * r, j = j0 + threadIdx.x + kThreads * s;
-      if (i >= g.C || j >= g.C || i > j) continue;
+      if (i >= C || j >= C || i > j) continue;
       const Acc e = acc[r][s] * gram_scale;
       const Acc upper = e - at<T>(target, b, i, j);
       sum += upper * upper;
@@ -268,6 +389,50 @@ __global__ void __launch_bounds__(kBlock, kMinBlocks)
     }
   const Acc total = block_sum(sum, t);
   if (t == 0) *partial = total;
+}
+
+// The fused style loss's tile (ti, tj) of image b: the Gram tile as
+// gram_kernel, then style_tile_epilogue; tiles below the diagonal write 0.
+template <typename T>
+__global__ void __launch_bounds__(kBlock, kMinBlocks)
+    style_loss_kernel(GramGeometry g, Tensor3 x, Tensor3 target, acc_t<T> gram_scale,
+                      Tensor3 residual, Tensor1 partials, int64_t batch0, int tiles) {
+  using Acc = acc_t<T>;
+  const int ti = blockIdx.x / tiles, tj = blockIdx.x % tiles;
+  const int64_t b = batch0 + blockIdx.y, i0 = int64_t{ti} * kTile, j0 = int64_t{tj} * kTile;
+  const int t = threadIdx.y * kThreads + threadIdx.x;
+  Acc* partial = static_cast<Acc*>(partials.data) +
+                 ((b * tiles + ti) * tiles + tj) * partials.stride;
+  if (tj < ti) {
+    if (t == 0) *partial = Acc(0);
+    return;
+  }
+  Acc acc[2][2] = {};
+  tile_product<T, false>(acc, g, x, x, b, i0, j0, 0, g.L);
+  style_tile_epilogue<T>(acc, g.C, target, gram_scale, residual, partial, b, i0, j0, t);
+}
+
+// Phase 2 of the split style loss (both phase-1 paths): block (tile, image)
+// adds the slices of its kTile x kTile tile in order, then
+// style_tile_epilogue as style_loss_kernel; tiles below the diagonal write 0.
+template <typename T>
+__global__ void __launch_bounds__(kBlock)
+    style_split_epilogue_kernel(GramGeometry g, Workspace slices, Tensor3 target,
+                                acc_t<T> gram_scale, Tensor3 residual, Tensor1 partials,
+                                int64_t batch0, int tiles) {
+  using Acc = acc_t<T>;
+  const int ti = blockIdx.x / tiles, tj = blockIdx.x % tiles;
+  const int64_t b = batch0 + blockIdx.y, i0 = int64_t{ti} * kTile, j0 = int64_t{tj} * kTile;
+  const int t = threadIdx.y * kThreads + threadIdx.x;
+  Acc* partial = static_cast<Acc*>(partials.data) +
+                 ((b * tiles + ti) * tiles + tj) * partials.stride;
+  if (tj < ti) {
+    if (t == 0) *partial = Acc(0);
+    return;
+  }
+  Acc acc[2][2];
+  sum_slices(acc, g, slices, b, i0, j0);
+  style_tile_epilogue<T>(acc, g.C, target, gram_scale, residual, partial, b, i0, j0, t);
 }
 
 template <typename T>
@@ -371,7 +536,9 @@ struct Plane {
 
 // The tile of GEMM rows [r0, r0 + 64) of one operand: k-tiles
 // [0, k_tiles) from `first`, [k_tiles, 2 k_tiles) from `second` (the
-// CROSS product's second term; zero-padded past K in each). async: 16-byte
+// CROSS product's second term; zero-padded past K in each), each at
+// k-tile k_base + kt of its matrix (a slice of the split reduction;
+// 0 unsplit). async: 16-byte
 // cp.async (the host checked that the contiguous index has stride 1, its
 // extent is a multiple of kElems and every chunk is 16-byte aligned, so a
 // chunk is all inside or all outside); else element by element.
@@ -379,7 +546,7 @@ template <typename T, bool kTransposed>
 struct PlaneLoader {
   using Layout = OperandTile<T, kTransposed>;
   Plane<T> first, second;
-  int r0, k_tiles;
+  int r0, k_tiles, k_base;
   bool async;
 
   __device__ void load(char* tile, int kt) {
@@ -387,7 +554,7 @@ struct PlaneLoader {
     // local memory.
     const bool in_second = kt >= k_tiles;
     const Plane<T> p = in_second ? second : first;
-    const int k0 = (in_second ? kt - k_tiles : kt) * Layout::kBK;
+    const int k0 = (k_base + (in_second ? kt - k_tiles : kt)) * Layout::kBK;
 #pragma unroll
     for (int i = 0; i < Layout::kPer; ++i) {
       int offset, row, k;
@@ -472,12 +639,19 @@ struct GramMmaArgs {
   float scale;        // the gram's scale (style loss: gram_scale)
   int C, L, tiles, k_tiles;  // tiles: GramTile tiles per side; k_tiles: over L
   bool async;
+  // The split reduction's phase 1 (gram_slice_mma_kernel): the workspace,
+  // the batch (its slice stride is B * C * C) and k-tiles per slice.
+  float* slices;
+  int64_t B;
+  int slice_k_tiles;
 };
 
+// The Gram tile (i0, j0) of image b over k-tiles [kt_base, kt_base +
+// kt_count) of L (CROSS: of both terms).
 template <typename T, bool kTransposed>
 __device__ __forceinline__ void gram_mma_product(Accumulators<GramTile>& acc, char* smem,
                                                  const GramMmaArgs& a, int64_t b, int i0,
-                                                 int j0, bool cross) {
+                                                 int j0, bool cross, int kt_base, int kt_count) {
   // GEMM rows are channels, the reduction runs over l, whichever the tile
   // layout (kTransposed: the channels are contiguous, as in channels_last).
   auto plane = [&](const Tensor3& t) {
@@ -485,9 +659,9 @@ __device__ __forceinline__ void gram_mma_product(Accumulators<GramTile>& acc, ch
                     a.C, a.L};
   };
   const Plane<T> x = plane(a.x), o = plane(a.o);
-  PlaneLoader<T, kTransposed> la{x, o, i0, a.k_tiles, a.async};
-  PlaneLoader<T, kTransposed> lb{cross ? o : x, x, j0, a.k_tiles, a.async};
-  gemm_main_loop<T, GramTile, kTransposed>(acc, smem, 0, a.k_tiles * (cross ? 2 : 1), la, lb);
+  PlaneLoader<T, kTransposed> la{x, o, i0, kt_count, kt_base, a.async};
+  PlaneLoader<T, kTransposed> lb{cross ? o : x, x, j0, kt_count, kt_base, a.async};
+  gemm_main_loop<T, GramTile, kTransposed>(acc, smem, 0, kt_count * (cross ? 2 : 1), la, lb);
 }
 
 template <typename T, bool kTransposed, bool kCross>
@@ -499,7 +673,7 @@ __global__ void __launch_bounds__(GramTile::kThreads, GramTile::kMinBlocks)
   const int64_t b = batch0 + blockIdx.y;
   const int i0 = ti * GramTile::BM, j0 = tj * GramTile::BN;
   Accumulators<GramTile> acc;
-  gram_mma_product<T, kTransposed>(acc, smem, a, b, i0, j0, kCross);
+  gram_mma_product<T, kTransposed>(acc, smem, a, b, i0, j0, kCross, 0, a.k_tiles);
   T* out = static_cast<T*>(a.out.data) + b * a.out.stride[0];
   for_each_accumulator(acc, [&](int row, int col, float sum) {
     const int i = i0 + row, j = j0 + col;
@@ -507,6 +681,29 @@ __global__ void __launch_bounds__(GramTile::kThreads, GramTile::kMinBlocks)
     const T v = from_acc<T>(sum * a.scale);
     out[i * a.out.stride[1] + j * a.out.stride[2]] = v;
     if (i < j) out[j * a.out.stride[1] + i * a.out.stride[2]] = v;
+  });
+}
+
+// Phase 1 of the split Gram and style loss on tensor cores: block (tile,
+// image, slice z) runs gram_mma_kernel's product over its slice's k-tiles
+// and writes the unscaled fp32 tile, every element inside C x C, to the
+// workspace (cnnk/gram.h); phase 2 is the CUDA-core epilogue kernels'.
+template <typename T, bool kTransposed, bool kCross>
+__global__ void __launch_bounds__(GramTile::kThreads, GramTile::kMinBlocks)
+    gram_slice_mma_kernel(const __grid_constant__ GramMmaArgs a, int64_t batch0) {
+  __shared__ __align__(128) char smem[GramTile::kSmemBytes];
+  const int ti = blockIdx.x / a.tiles, tj = blockIdx.x % a.tiles;
+  if (tj < ti) return;
+  const int64_t b = batch0 + blockIdx.y;
+  const int i0 = ti * GramTile::BM, j0 = tj * GramTile::BN;
+  const int kt_base = static_cast<int>(blockIdx.z) * a.slice_k_tiles;
+  const int kt_count = min(a.slice_k_tiles, a.k_tiles - kt_base);
+  Accumulators<GramTile> acc;
+  gram_mma_product<T, kTransposed>(acc, smem, a, b, i0, j0, kCross, kt_base, kt_count);
+  float* out = a.slices + ((int64_t{blockIdx.z} * a.B + b) * a.C) * a.C;
+  for_each_accumulator(acc, [&](int row, int col, float sum) {
+    const int i = i0 + row, j = j0 + col;
+    if (i < a.C && j < a.C) out[int64_t{i} * a.C + j] = sum;
   });
 }
 
@@ -534,7 +731,7 @@ __global__ void __launch_bounds__(GramTile::kThreads, GramTile::kMinBlocks)
   }
   const int i0 = bi * GramTile::BM, j0 = bj * GramTile::BN;
   Accumulators<GramTile> acc;
-  gram_mma_product<T, kTransposed>(acc, smem, a, b, i0, j0, false);
+  gram_mma_product<T, kTransposed>(acc, smem, a, b, i0, j0, false, 0, a.k_tiles);
   const T* target = static_cast<const T*>(a.target.data) + b * a.target.stride[0];
   T* residual = static_cast<T*>(a.out.data);
   if (residual != nullptr) residual += b * a.out.stride[0];
@@ -582,7 +779,7 @@ __global__ void __launch_bounds__(GramTile::kThreads, GramTile::kMinBlocks)
       a.grad_gram.stride[1], a.grad_gram.stride[2], a.C, i0};
   const Plane<T> x{static_cast<const T*>(a.x.data) + b * a.x.stride[0], a.x.stride[2],
                    a.x.stride[1], a.L, a.C};
-  PlaneLoader<T, kTransposed> lb{x, x, l0, a.k_tiles, a.async};
+  PlaneLoader<T, kTransposed> lb{x, x, l0, a.k_tiles, 0, a.async};
   Accumulators<GramTile> acc;
   gemm_main_loop<T, GramTile, kTransposed>(acc, smem, 0, a.k_tiles, la, lb);
   T* out = static_cast<T*>(a.grad_x.data) + b * a.grad_x.stride[0];
@@ -699,7 +896,10 @@ GramMmaArgs gram_mma_args(const GramGeometry& g, Tensor3 x, Tensor3 other, doubl
           static_cast<int>(g.L),
           static_cast<int>(ceil_div(g.C, GramTile::BM)),
           static_cast<int>(ceil_div(g.L, kBK)),
-          async};
+          async,
+          nullptr,
+          g.B,
+          static_cast<int>(g.slice_len / kBK)};
 }
 
 template <typename T>
@@ -731,6 +931,52 @@ Status style_loss_mma(const GramGeometry& g, Tensor3 x, Tensor3 target, double g
   });
 }
 
+// Phase 1 of the split forward (cnnk/gram.h): every upper tile's slices
+// into the workspace, on tensor cores (`mma`) or the CUDA cores; the
+// caller runs phase 2.
+template <typename T>
+Status gram_slices(const GramGeometry& g, Tensor3 x, Tensor3 other, Workspace slices, bool mma,
+                   cudaStream_t stream) {
+  const bool cross = other.data != nullptr;
+  if constexpr (!std::is_same_v<T, double>) {
+    if (mma) {
+      GramMmaArgs a = gram_mma_args<T>(g, x, other, 1.0, Tensor3{});
+      a.slices = static_cast<float*>(slices.data);
+      const bool transposed = rows_contiguous(x, 1);
+      return over_batches(g.B, int64_t{a.tiles} * a.tiles, [&](dim3 grid, int64_t b0) {
+        grid.z = static_cast<unsigned>(g.splits);
+        with_flag(transposed, [&](auto tr) {
+          with_flag(cross, [&](auto cr) {
+            gram_slice_mma_kernel<T, decltype(tr)::value, decltype(cr)::value>
+                <<<grid, GramTile::kThreads, 0, stream>>>(a, b0);
+          });
+        });
+      });
+    }
+  }
+  const int64_t tiles = ceil_div(g.C, kTile);
+  return over_batches(g.B, tiles * tiles, [&](dim3 grid, int64_t b0) {
+    grid.z = static_cast<unsigned>(g.splits);
+    if (cross)
+      gram_slice_kernel<T, true><<<grid, dim3(kThreads, kThreads), 0, stream>>>(
+          g, x, other, slices, b0, static_cast<int>(tiles));
+    else
+      gram_slice_kernel<T, false><<<grid, dim3(kThreads, kThreads), 0, stream>>>(
+          g, x, x, slices, b0, static_cast<int>(tiles));
+  });
+}
+
+// Whether a split forward's workspace is usable: the slices fit a grid's z
+// (Status::index_overflow otherwise) and the workspace holds them.
+template <typename T>
+Status check_slices(const GramGeometry& g, Workspace slices) {
+  if (g.splits > kMaxGridZ) return Status::index_overflow;
+  const int64_t elements = gram_split_workspace_elements(g.B, g.C, g.splits);
+  return slices.data != nullptr && slices.bytes / sizeof(acc_t<T>) >= static_cast<size_t>(elements)
+             ? Status::ok
+             : Status::bad_argument;
+}
+
 template <typename T>
 Status gram_backward_mma(const GramGeometry& g, Tensor3 grad_gram, Tensor3 x, double scale,
                          Tensor3 grad_x, cudaStream_t stream) {
@@ -759,13 +1005,26 @@ Status gram_backward_mma(const GramGeometry& g, Tensor3 grad_gram, Tensor3 x, do
 }  // namespace
 
 Status gram_matrix(DType dtype, const GramGeometry& g, Tensor3 x, Tensor3 other, double scale,
-                   Tensor3 gram, bool allow_tf32, cudaStream_t stream) {
+                   Tensor3 gram, Workspace workspace, bool allow_tf32, cudaStream_t stream) {
   if (!supported_dtype(dtype)) return Status::unsupported_dtype;
   if (check_gram_geometry(g) != Status::ok) return Status::bad_argument;
   if (g.B == 0 || g.C == 0) return Status::ok;
   if (!gram.data || (g.L > 0 && !x.data)) return Status::bad_argument;
   const int64_t tiles = ceil_div(g.C, kTile);
   if (tiles > kIntMax / tiles) return Status::index_overflow;
+  if (g.splits > 1)
+    return dispatch_dtype(dtype, [&](auto type) {
+      using T = typename decltype(type)::type;
+      Status s = check_slices<T>(g, workspace);
+      if (s == Status::ok) s = gram_slices<T>(g, x, other, workspace, use_mma(dtype, g, allow_tf32),
+                                              stream);
+      if (s != Status::ok) return s;
+      const auto factor = static_cast<acc_t<T>>(scale);
+      return over_batches(g.B, tiles * tiles, [&](dim3 grid, int64_t b0) {
+        gram_split_epilogue_kernel<T><<<grid, dim3(kThreads, kThreads), 0, stream>>>(
+            g, workspace, factor, gram, b0, static_cast<int>(tiles));
+      });
+    });
   if (use_mma(dtype, g, allow_tf32))
     return dispatch_mma_dtype(dtype, [&](auto type) {
       return gram_mma<typename decltype(type)::type>(g, x, other, scale, gram, stream);
@@ -810,11 +1069,11 @@ Status gram_matrix_backward(DType dtype, const GramGeometry& g, Tensor3 grad_gra
 
 Status style_loss(DType dtype, const StyleLossGeometry& sg, Tensor3 x, Tensor3 target,
                   double gram_scale, double loss_scale, Tensor1 partials, Tensor3 residual,
-                  Tensor1 out, bool allow_tf32, cudaStream_t stream) {
+                  Tensor1 out, Workspace workspace, bool allow_tf32, cudaStream_t stream) {
   if (!supported_dtype(dtype)) return Status::unsupported_dtype;
   if (check_style_geometry(sg) != Status::ok || sg.tile != kTile || !out.data)
     return Status::bad_argument;
-  const GramGeometry g{sg.B, sg.C, sg.L};
+  const GramGeometry g{sg.B, sg.C, sg.L, sg.splits, sg.slice_len};
   const bool work = g.B > 0 && g.C > 0;
   if (work && (!target.data || !partials.data || (g.L > 0 && !x.data)))
     return Status::bad_argument;
@@ -824,15 +1083,25 @@ Status style_loss(DType dtype, const StyleLossGeometry& sg, Tensor3 x, Tensor3 t
   return dispatch_dtype(dtype, [&](auto type) {
     using T = typename decltype(type)::type;
     Status s = Status::ok;
-    if constexpr (!std::is_same_v<T, double>) {
-      if (mma) s = style_loss_mma<T>(g, x, target, gram_scale, partials, residual, stream);
-    }
-    if (!mma)
+    if (g.splits > 1) {
+      s = check_slices<T>(g, workspace);
+      if (s == Status::ok) s = gram_slices<T>(g, x, Tensor3{}, workspace, mma, stream);
+      if (s == Status::ok)
+        s = over_batches(g.B, tiles * tiles, [&](dim3 grid, int64_t b0) {
+          style_split_epilogue_kernel<T><<<grid, dim3(kThreads, kThreads), 0, stream>>>(
+              g, workspace, target, static_cast<acc_t<T>>(gram_scale), residual, partials, b0,
+              static_cast<int>(tiles));
+        });
+    } else if (mma) {
+      if constexpr (!std::is_same_v<T, double>)
+        s = style_loss_mma<T>(g, x, target, gram_scale, partials, residual, stream);
+    } else {
       s = over_batches(g.B, tiles * tiles, [&](dim3 grid, int64_t b0) {
         style_loss_kernel<T><<<grid, dim3(kThreads, kThreads), 0, stream>>>(
             g, x, target, static_cast<acc_t<T>>(gram_scale), residual, partials, b0,
             static_cast<int>(tiles));
       });
+    }
     if (s != Status::ok) return s;
     sum_partials_kernel<T><<<1, kBlock, 0, stream>>>(partials, g.B * tiles * tiles,
                                                       static_cast<acc_t<T>>(loss_scale), out);

@@ -35,9 +35,25 @@ namespace cnnk {
 
 using Tensor3 = TensorN<3>;
 
+// Split reduction (the CUDA and Triton forwards; the cpu splits its own
+// way and ignores these fields): when the upper triangle's tiles times the
+// images are too few blocks to fill the GPU, L is cut into `splits` slices
+// of `slice_len` positions (the last one shorter). Phase 1: a block per
+// (tile, image, slice) writes its slice's partial tile, unscaled, in the
+// accumulator type (float; double for double) to a workspace of
+// splits x B x C x C elements, [(s * B + b) * C + i] * C + j (upper tiles
+// only; the rest is never read). Phase 2: each upper element's slices are
+// added in slice order (deterministic, no atomics), then the unsplit
+// kernels' epilogue runs on the sum. splits == 1 is the single pass (no
+// workspace). The split count is the plan's (cnnkernels/ops/gram.py,
+// split_plan); slice_len is a multiple of kGramSliceAlign, a whole number
+// of every kernel's reduction steps, so no step straddles two slices.
+constexpr int64_t kGramSliceAlign = 64;
+
 // Field for field the Python GramGeometry (cnnkernels/ops/gram.py).
 struct GramGeometry {
-  int64_t B, C, L;  // batch, channels, flattened plane
+  int64_t B, C, L;              // batch, channels, flattened plane
+  int64_t splits, slice_len;    // slices of L (see above); 1 and L unsplit
 };
 
 // Sums of differences (the content loss and its derivatives), over N
@@ -60,16 +76,35 @@ struct DifferenceGeometry {
 // order (deterministic) and scaled by loss_scale. target and residual are
 // (B, C, C) through their strides (a shared target has batch stride 0);
 // residual.data may be null (not wanted).
+// splits and slice_len as GramGeometry's.
 struct StyleLossGeometry {
   int64_t B, C, L, tile;
+  int64_t splits, slice_len;
 };
 
+// A split into slices is whole steps of kGramSliceAlign, every slice
+// non-empty: (splits - 1) * slice_len < L <= splits * slice_len.
+inline bool valid_split(int64_t L, int64_t splits, int64_t slice_len) {
+  if (splits == 1) return true;
+  return splits > 1 && slice_len > 0 && slice_len % kGramSliceAlign == 0 &&
+         splits == ceil_div(L, slice_len);
+}
+
 inline Status check_gram_geometry(const GramGeometry& g) {
-  return g.B < 0 || g.C < 0 || g.L < 0 ? Status::bad_argument : Status::ok;
+  return g.B < 0 || g.C < 0 || g.L < 0 || !valid_split(g.L, g.splits, g.slice_len)
+             ? Status::bad_argument
+             : Status::ok;
 }
 
 inline Status check_style_geometry(const StyleLossGeometry& g) {
-  return g.B < 0 || g.C < 0 || g.L < 0 || g.tile <= 0 ? Status::bad_argument : Status::ok;
+  return g.B < 0 || g.C < 0 || g.L < 0 || g.tile <= 0 || !valid_split(g.L, g.splits, g.slice_len)
+             ? Status::bad_argument
+             : Status::ok;
+}
+
+// The split forward's workspace in elements (splits x B x C x C); 0 unsplit.
+inline int64_t gram_split_workspace_elements(int64_t B, int64_t C, int64_t splits) {
+  return splits > 1 ? splits * B * C * C : 0;
 }
 
 namespace cpu {
@@ -92,17 +127,19 @@ Status scaled_difference(DType dtype, const DifferenceGeometry& g, Tensor1 a, Te
 #if defined(CNNK_WITH_CUDA)
 namespace cuda {
 // Same contracts as the CPU launchers; work is queued on `stream`. The
+// forwards take the split reduction's workspace (at least
+// gram_split_workspace_elements accumulators; empty when splits == 1). The
 // Gram products run on tensor cores (csrc/cuda/gram.cu) for f16 and bf16,
 // and for f32 as TF32 when allow_tf32 (Python passes
 // torch.backends.cuda.matmul.allow_tf32, torch's rule for bmm); f64 and
 // exact f32 run on the CUDA cores.
 Status gram_matrix(DType dtype, const GramGeometry& g, Tensor3 x, Tensor3 other, double scale,
-                   Tensor3 gram, bool allow_tf32, cudaStream_t stream);
+                   Tensor3 gram, Workspace workspace, bool allow_tf32, cudaStream_t stream);
 Status gram_matrix_backward(DType dtype, const GramGeometry& g, Tensor3 grad_gram, Tensor3 x,
                             double scale, Tensor3 grad_x, bool allow_tf32, cudaStream_t stream);
 Status style_loss(DType dtype, const StyleLossGeometry& g, Tensor3 x, Tensor3 target,
                   double gram_scale, double loss_scale, Tensor1 partials, Tensor3 residual,
-                  Tensor1 out, bool allow_tf32, cudaStream_t stream);
+                  Tensor1 out, Workspace workspace, bool allow_tf32, cudaStream_t stream);
 Status difference_dot(DType dtype, const DifferenceGeometry& g, Tensor1 u, Tensor1 v, Tensor1 a,
                       Tensor1 b, double scale, Tensor1 partials, Tensor1 out,
                       cudaStream_t stream);
