@@ -137,17 +137,23 @@ def _store_gram_tile(g_img, value, rows, cols, C, gs_r, gs_c):
 
 
 @triton.jit
+def _program_tile(C, BLOCK: tl.constexpr):
+    """This program's tile (axis 0 over tiles x tiles) of a C x C matrix:
+    (ti, tj, its rows, its columns); the upper triangle's where tj >= ti."""
+    tiles = tl.cdiv(C, BLOCK)
+    ti = tl.program_id(0) // tiles
+    tj = tl.program_id(0) % tiles
+    return ti, tj, ti * BLOCK + tl.arange(0, BLOCK), tj * BLOCK + tl.arange(0, BLOCK)
+
+
+@triton.jit
 def _gram_kernel(x_ptr, o_ptr, g_ptr, C, L, xs_b, xs_c, xs_l, os_b, os_c, os_l,
                  gs_b, gs_r, gs_c, scale,
                  CROSS: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
                  BLOCK: tl.constexpr, BLOCK_L: tl.constexpr):
-    tiles = tl.cdiv(C, BLOCK)
-    ti = tl.program_id(0) // tiles
-    tj = tl.program_id(0) % tiles
+    ti, tj, rows, cols = _program_tile(C, BLOCK)
     if tj >= ti:
         b = tl.program_id(1)
-        rows = ti * BLOCK + tl.arange(0, BLOCK)
-        cols = tj * BLOCK + tl.arange(0, BLOCK)
         acc = _tile_product(x_ptr + b * xs_b, o_ptr + b * os_b, rows, cols, C, L, xs_c, xs_l,
                             os_c, os_l, CROSS, PRECISION, ACC, BLOCK, BLOCK_L)
         _store_gram_tile(g_ptr + b * gs_b, (acc * scale).to(g_ptr.dtype.element_ty), rows, cols,
@@ -162,14 +168,10 @@ def _gram_slice_kernel(x_ptr, o_ptr, w_ptr, C, L, slice_len, xs_b, xs_c, xs_l, o
     """Phase 1 of the split reduction: program (tile, image, slice) writes
     its slice's unscaled tile, every element inside C x C, to the workspace
     (upper tiles only; an image's C x C of a slice dense, row-major)."""
-    tiles = tl.cdiv(C, BLOCK)
-    ti = tl.program_id(0) // tiles
-    tj = tl.program_id(0) % tiles
+    ti, tj, rows, cols = _program_tile(C, BLOCK)
     if tj >= ti:
         b = tl.program_id(1)
         s = tl.program_id(2)
-        rows = ti * BLOCK + tl.arange(0, BLOCK)
-        cols = tj * BLOCK + tl.arange(0, BLOCK)
         l_begin = s * slice_len
         acc = _tile_product(x_ptr + b * xs_b + l_begin * xs_l, o_ptr + b * os_b + l_begin * os_l,
                             rows, cols, C, tl.minimum(slice_len, L - l_begin), xs_c, xs_l, os_c,
@@ -196,13 +198,9 @@ def _gram_split_epilogue_kernel(w_ptr, g_ptr, C, splits, ws_s, ws_b, ws_r, ws_c,
                                 gs_c, scale, ACC: tl.constexpr, BLOCK: tl.constexpr):
     """Phase 2 of the split Gram: program (tile, image) adds its tile's
     slices and stores as _gram_kernel."""
-    tiles = tl.cdiv(C, BLOCK)
-    ti = tl.program_id(0) // tiles
-    tj = tl.program_id(0) % tiles
+    ti, tj, rows, cols = _program_tile(C, BLOCK)
     if tj >= ti:
         b = tl.program_id(1)
-        rows = ti * BLOCK + tl.arange(0, BLOCK)
-        cols = tj * BLOCK + tl.arange(0, BLOCK)
         acc = _sum_slices(w_ptr + b * ws_b, rows, cols, C, splits, ws_s, ws_r, ws_c, ACC, BLOCK)
         _store_gram_tile(g_ptr + b * gs_b, (acc * scale).to(g_ptr.dtype.element_ty), rows, cols,
                          C, gs_r, gs_c)
@@ -237,20 +235,26 @@ def _style_tile_epilogue(acc, t_img, r_img, partial, rows, cols, C, ts_r, ts_c, 
 
 
 @triton.jit
-def _style_loss_kernel(x_ptr, t_ptr, r_ptr, partial_ptr, C, L, xs_b, xs_c, xs_l, ts_b, ts_r,
-                       ts_c, rs_b, rs_r, rs_c, gram_scale,
-                       KEEP: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
-                       BLOCK: tl.constexpr, BLOCK_L: tl.constexpr):
+def _style_tile(partial_ptr, C, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """The style loss's tile of this program (_program_tile), its image b
+    (axis 1) and its partial sum's slot; a tile below the diagonal writes a
+    zero partial there."""
+    ti, tj, rows, cols = _program_tile(C, BLOCK)
     tiles = tl.cdiv(C, BLOCK)
-    ti = tl.program_id(0) // tiles
-    tj = tl.program_id(0) % tiles
     b = tl.program_id(1)
     partial = partial_ptr + b * tiles * tiles + tl.program_id(0)
     if tj < ti:
         tl.store(partial, tl.zeros((), dtype=ACC))
-    else:
-        rows = ti * BLOCK + tl.arange(0, BLOCK)
-        cols = tj * BLOCK + tl.arange(0, BLOCK)
+    return ti, tj, rows, cols, b, partial
+
+
+@triton.jit
+def _style_loss_kernel(x_ptr, t_ptr, r_ptr, partial_ptr, C, L, xs_b, xs_c, xs_l, ts_b, ts_r,
+                       ts_c, rs_b, rs_r, rs_c, gram_scale,
+                       KEEP: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+                       BLOCK: tl.constexpr, BLOCK_L: tl.constexpr):
+    ti, tj, rows, cols, b, partial = _style_tile(partial_ptr, C, ACC, BLOCK)
+    if tj >= ti:
         x_img = x_ptr + b * xs_b
         acc = _tile_product(x_img, x_img, rows, cols, C, L, xs_c, xs_l, xs_c, xs_l, False,
                             PRECISION, ACC, BLOCK, BLOCK_L)
@@ -265,16 +269,8 @@ def _style_split_epilogue_kernel(w_ptr, t_ptr, r_ptr, partial_ptr, C, splits, ws
     """Phase 2 of the split style loss: program (tile, image) adds its
     tile's slices, then the epilogue of _style_loss_kernel; tiles below the
     diagonal write a zero partial."""
-    tiles = tl.cdiv(C, BLOCK)
-    ti = tl.program_id(0) // tiles
-    tj = tl.program_id(0) % tiles
-    b = tl.program_id(1)
-    partial = partial_ptr + b * tiles * tiles + tl.program_id(0)
-    if tj < ti:
-        tl.store(partial, tl.zeros((), dtype=ACC))
-    else:
-        rows = ti * BLOCK + tl.arange(0, BLOCK)
-        cols = tj * BLOCK + tl.arange(0, BLOCK)
+    ti, tj, rows, cols, b, partial = _style_tile(partial_ptr, C, ACC, BLOCK)
+    if tj >= ti:
         acc = _sum_slices(w_ptr + b * ws_b, rows, cols, C, splits, ws_s, ws_r, ws_c, ACC, BLOCK)
         _style_tile_epilogue(acc, t_ptr + b * ts_b, r_ptr + b * rs_b, partial, rows, cols, C,
                              ts_r, ts_c, rs_r, rs_c, gram_scale, KEEP, ACC)

@@ -391,6 +391,28 @@ __device__ __forceinline__ void style_tile_epilogue(const acc_t<T> (&acc)[2][2],
   if (t == 0) *partial = total;
 }
 
+// The style loss's tile of this block (blockIdx.x over tiles x tiles, image
+// batch0 + blockIdx.y): its first row and column and its partial sum's
+// slot. A tile below the diagonal writes a zero partial and is done.
+template <typename Acc>
+struct StyleTile {
+  int64_t b, i0, j0;
+  Acc* partial;
+  bool upper;
+};
+
+template <typename Acc>
+__device__ StyleTile<Acc> style_tile(Tensor1 partials, int64_t batch0, int tiles, int t) {
+  const int ti = blockIdx.x / tiles, tj = blockIdx.x % tiles;
+  const int64_t b = batch0 + blockIdx.y;
+  StyleTile<Acc> s{b, int64_t{ti} * kTile, int64_t{tj} * kTile,
+                   static_cast<Acc*>(partials.data) +
+                       ((b * tiles + ti) * tiles + tj) * partials.stride,
+                   tj >= ti};
+  if (!s.upper && t == 0) *s.partial = Acc(0);
+  return s;
+}
+
 // The fused style loss's tile (ti, tj) of image b: the Gram tile as
 // gram_kernel, then style_tile_epilogue; tiles below the diagonal write 0.
 template <typename T>
@@ -398,18 +420,12 @@ __global__ void __launch_bounds__(kBlock, kMinBlocks)
     style_loss_kernel(GramGeometry g, Tensor3 x, Tensor3 target, acc_t<T> gram_scale,
                       Tensor3 residual, Tensor1 partials, int64_t batch0, int tiles) {
   using Acc = acc_t<T>;
-  const int ti = blockIdx.x / tiles, tj = blockIdx.x % tiles;
-  const int64_t b = batch0 + blockIdx.y, i0 = int64_t{ti} * kTile, j0 = int64_t{tj} * kTile;
   const int t = threadIdx.y * kThreads + threadIdx.x;
-  Acc* partial = static_cast<Acc*>(partials.data) +
-                 ((b * tiles + ti) * tiles + tj) * partials.stride;
-  if (tj < ti) {
-    if (t == 0) *partial = Acc(0);
-    return;
-  }
+  const StyleTile<Acc> s = style_tile<Acc>(partials, batch0, tiles, t);
+  if (!s.upper) return;
   Acc acc[2][2] = {};
-  tile_product<T, false>(acc, g, x, x, b, i0, j0, 0, g.L);
-  style_tile_epilogue<T>(acc, g.C, target, gram_scale, residual, partial, b, i0, j0, t);
+  tile_product<T, false>(acc, g, x, x, s.b, s.i0, s.j0, 0, g.L);
+  style_tile_epilogue<T>(acc, g.C, target, gram_scale, residual, s.partial, s.b, s.i0, s.j0, t);
 }
 
 // Phase 2 of the split style loss (both phase-1 paths): block (tile, image)
@@ -421,18 +437,12 @@ __global__ void __launch_bounds__(kBlock)
                                 acc_t<T> gram_scale, Tensor3 residual, Tensor1 partials,
                                 int64_t batch0, int tiles) {
   using Acc = acc_t<T>;
-  const int ti = blockIdx.x / tiles, tj = blockIdx.x % tiles;
-  const int64_t b = batch0 + blockIdx.y, i0 = int64_t{ti} * kTile, j0 = int64_t{tj} * kTile;
   const int t = threadIdx.y * kThreads + threadIdx.x;
-  Acc* partial = static_cast<Acc*>(partials.data) +
-                 ((b * tiles + ti) * tiles + tj) * partials.stride;
-  if (tj < ti) {
-    if (t == 0) *partial = Acc(0);
-    return;
-  }
+  const StyleTile<Acc> s = style_tile<Acc>(partials, batch0, tiles, t);
+  if (!s.upper) return;
   Acc acc[2][2];
-  sum_slices(acc, g, slices, b, i0, j0);
-  style_tile_epilogue<T>(acc, g.C, target, gram_scale, residual, partial, b, i0, j0, t);
+  sum_slices(acc, g, slices, s.b, s.i0, s.j0);
+  style_tile_epilogue<T>(acc, g.C, target, gram_scale, residual, s.partial, s.b, s.i0, s.j0, t);
 }
 
 template <typename T>
@@ -664,14 +674,25 @@ __device__ __forceinline__ void gram_mma_product(Accumulators<GramTile>& acc, ch
   gemm_main_loop<T, GramTile, kTransposed>(acc, smem, 0, kt_count * (cross ? 2 : 1), la, lb);
 }
 
+// This block's tile (blockIdx.x over a.tiles x a.tiles, image batch0 +
+// blockIdx.y): its image and first row and column; false below the
+// diagonal (nothing to compute).
+__device__ __forceinline__ bool upper_mma_tile(const GramMmaArgs& a, int64_t batch0, int64_t* b,
+                                               int* i0, int* j0) {
+  const int ti = blockIdx.x / a.tiles, tj = blockIdx.x % a.tiles;
+  *b = batch0 + blockIdx.y;
+  *i0 = ti * GramTile::BM;
+  *j0 = tj * GramTile::BN;
+  return tj >= ti;
+}
+
 template <typename T, bool kTransposed, bool kCross>
 __global__ void __launch_bounds__(GramTile::kThreads, GramTile::kMinBlocks)
     gram_mma_kernel(const __grid_constant__ GramMmaArgs a, int64_t batch0) {
   __shared__ __align__(128) char smem[GramTile::kSmemBytes];
-  const int ti = blockIdx.x / a.tiles, tj = blockIdx.x % a.tiles;
-  if (tj < ti) return;
-  const int64_t b = batch0 + blockIdx.y;
-  const int i0 = ti * GramTile::BM, j0 = tj * GramTile::BN;
+  int64_t b;
+  int i0, j0;
+  if (!upper_mma_tile(a, batch0, &b, &i0, &j0)) return;
   Accumulators<GramTile> acc;
   gram_mma_product<T, kTransposed>(acc, smem, a, b, i0, j0, kCross, 0, a.k_tiles);
   T* out = static_cast<T*>(a.out.data) + b * a.out.stride[0];
@@ -692,10 +713,9 @@ template <typename T, bool kTransposed, bool kCross>
 __global__ void __launch_bounds__(GramTile::kThreads, GramTile::kMinBlocks)
     gram_slice_mma_kernel(const __grid_constant__ GramMmaArgs a, int64_t batch0) {
   __shared__ __align__(128) char smem[GramTile::kSmemBytes];
-  const int ti = blockIdx.x / a.tiles, tj = blockIdx.x % a.tiles;
-  if (tj < ti) return;
-  const int64_t b = batch0 + blockIdx.y;
-  const int i0 = ti * GramTile::BM, j0 = tj * GramTile::BN;
+  int64_t b;
+  int i0, j0;
+  if (!upper_mma_tile(a, batch0, &b, &i0, &j0)) return;
   const int kt_base = static_cast<int>(blockIdx.z) * a.slice_k_tiles;
   const int kt_count = min(a.slice_k_tiles, a.k_tiles - kt_base);
   Accumulators<GramTile> acc;
