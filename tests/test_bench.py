@@ -1,20 +1,23 @@
 """The benchmark driver's algorithm rows: every conv2d algorithm on each backend, a skipped
 row (with the op's reason) where the op rejects the algorithm, the fused residual row, and
 the summary's lines for them. Timings are not checked; results are, against float64 torch.
-Then the report's formatting, the history's comparison, the layers traced from a model,
-the end-to-end measurement and the autotune cache's concurrent writers."""
+The detection rows of the padded, score-decaying and YOLO ops at their --quick sizes, and
+their plain torch references against tests/test_detection.py's. Then the report's
+formatting, the history's comparison, the layers traced from a model, the end-to-end
+measurement and the autotune cache's concurrent writers."""
 
 import hashlib
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 import cnnkernels
-from cnnkernels.bench import conv2d, driver, history, layers, models, report, trace
+from cnnkernels.bench import conv2d, detection, driver, history, layers, models, report, trace
 from cnnkernels.bench.layers import ConvLayer, ConvTransposeLayer, PoolLayer
 from cnnkernels.models import plain_torch_copy
 
@@ -116,6 +119,98 @@ def test_unknown_algorithm_is_refused_with_the_known_ones():
     with pytest.raises(driver.UsageError) as raised:
         driver.select_tables(["conv2d"], None, True, ["winograd"])
     assert "direct" in raised.value.message
+
+
+# ---------------------------------------------------------------------------
+# Detection rows
+
+DECODING_KINDS = ["batched_nms_padded", "soft_nms", "matrix_nms", "yolo_detect"]
+QUICK_DETECTION = driver.select_cases(detection.CASES, ["padded", "soft", "matrix", "yolo"],
+                                      quick=True)
+
+
+def test_quick_detection_selects_two_cases_of_each_kind():
+    assert [case.kind for case in QUICK_DETECTION] == [k for k in DECODING_KINDS for _ in (0, 1)]
+    names = [f"{case.group} {case.name}" for case in detection.CASES]
+    assert max(map(len, names)) <= 21, names  # the compact table's case column shows them whole
+    assert {case.method for case in QUICK_DETECTION if case.kind.endswith("soft_nms")} == {
+        "linear", "gaussian"}
+    (yolo, _) = (case for case in QUICK_DETECTION if case.kind == "yolo_detect")
+    assert yolo.boxes == len(detection.YOLO_ANCHORS) * yolo.grid ** 2
+
+
+def run_once(*fns):
+    """A timer that runs each function once (the rows' plumbing, not their times)."""
+    for fn in fns:
+        fn()
+    return [driver.Timing(1.0, 0.0) for _ in fns]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", QUICK_DETECTION, ids=lambda c: f"{c.kind}-{c.name}")
+def test_detection_rows_match_their_references(case, dtype):
+    """Each row at its --quick size, batch 2: ours exact (the selections,
+    counts and classes) and within the tolerance (scores, boxes), the torch
+    anchor run beside it, a memory figure for each side."""
+    torch.manual_seed(0)
+    run = replace(settings(["cpu"]), ops=["detection"], dtypes=[dtype])
+    table = driver.Table("detection", detection, [case])
+    layouts = ("nchw", "channels_last") if case.kind == "yolo_detect" else ("nchw",)
+    for layout in layouts:
+        (row,) = driver.case_rows(table, case, dtype, layout, "forward", run, run_once,
+                                  roofline=None)
+        assert row["status"] == "ok", row["message"]
+        assert row["index_mismatches"] == 0 or case.kind == "matrix_nms"
+        assert "message" not in row["torch_errors"], row["torch_errors"]
+        assert row["torch_ms"] is not None and row["ours_ms"] is not None
+        assert all(size > 0 for size in detection.case_of(row).memory())
+
+
+def test_detection_references_agree_with_the_tests_plain_procedures():
+    """The bench's vectorised references against test_detection's plain
+    Python ones, float64, with tied scores: Soft-NMS, matrix NMS, the padded
+    NMS and the YOLO decode."""
+    from test_detection import (
+        random_boxes,
+        reference_matrix_nms,
+        reference_padded,
+        reference_soft_nms,
+        reference_yolo,
+    )
+
+    generator = torch.Generator().manual_seed(59)
+    boxes = random_boxes(40, generator)
+    scores = (torch.randint(1, 16, (40,), generator=generator) / 16).double()
+    classes = torch.randint(0, 3, (40,), generator=generator)
+    for method in ("linear", "gaussian"):
+        kept, kept_scores = detection.torch_soft_nms(boxes, scores, 0.3, 0.5, 0.05, method)
+        expected, expected_scores = reference_soft_nms(boxes, scores, 0.3, 0.5, 0.05, method)
+        assert kept.tolist() == expected
+        torch.testing.assert_close(kept_scores, torch.tensor(expected_scores,
+                                                             dtype=torch.float64))
+        torch.testing.assert_close(detection.torch_matrix_nms(boxes, scores, classes, method, 2.0),
+                                   reference_matrix_nms(boxes, scores, classes, method, 2.0))
+
+    batch_boxes = random_boxes(30, generator, integer=True, batch=(2,))
+    batch_scores = (torch.randint(0, 8, (2, 30, 4), generator=generator) / 8).double()
+    count, out_boxes, out_scores, out_classes = detection.torch_padded_batch(
+        batch_boxes, batch_scores, 0.2)
+    expected = reference_padded(batch_boxes, batch_scores, detection.THRESHOLD, 0.2,
+                                detection.MAX_DETECTIONS, detection.PRE_NMS_TOP_K)
+    for b, detections in enumerate(expected):
+        assert count[b].item() == len(detections)
+        assert out_classes[b, :len(detections)].tolist() == [c for _, c in detections]
+        assert torch.equal(out_boxes[b, :len(detections)],
+                           batch_boxes[b, [n for n, _ in detections]])
+        assert out_scores[b, :len(detections)].tolist() == [
+            batch_scores[b, n, c].item() for n, c in detections]
+        assert (out_classes[b, len(detections):] == -1).all()
+
+    head = torch.randn(2, 3 * 7, 5, 5, generator=generator, dtype=torch.float64)
+    anchors = torch.tensor([[10.0, 14.0], [23.0, 27.0], [37.0, 58.0]], dtype=torch.float64)
+    for ours, theirs in zip(detection.torch_yolo_decode(head, anchors, 8.0),
+                            reference_yolo(head.permute(0, 2, 3, 1), anchors, 8.0), strict=True):
+        torch.testing.assert_close(ours, theirs)
 
 
 # ---------------------------------------------------------------------------

@@ -6,8 +6,9 @@ Agg backend, imported only here):
   torch's speed;
 - roofline_fraction.png: the fraction of the roofline each op's rows reach
   (one point per row, per op family and direction);
-- nms_time.png: NMS and batched NMS time against the number of boxes, ours
-  per backend and torch's.
+- nms_time.png: the NMS kinds' time (nms, batched_nms, soft_nms and
+  matrix_nms, a line per decay) against the number of boxes, ours per
+  backend and torch's.
 """
 
 from __future__ import annotations
@@ -99,10 +100,10 @@ def nms_time(rows: list[dict], path: Path) -> Path | None:
     lines: dict[str, dict[int, float]] = {}
     for row in nms:
         impl = row["backend"] + (f" {row['algorithm']}" if row.get("algorithm") else "")
-        lines.setdefault(f"{row['kind']} ours ({impl})", {})[row["boxes"]] = row["ours_ms"]
+        op = row["kind"] + (f" {row['method']}" if row.get("method") else "")
+        lines.setdefault(f"{op} ours ({impl})", {})[row["boxes"]] = row["ours_ms"]
         if row.get("torch_ms"):
-            lines.setdefault(f"{row['kind']} torch reference", {})[row["boxes"]] = \
-                row["torch_ms"]
+            lines.setdefault(f"{op} torch reference", {})[row["boxes"]] = row["torch_ms"]
     for label, points in sorted(lines.items()):
         sizes = sorted(points)
         axis.plot(sizes, [points[n] for n in sizes], marker="o",
