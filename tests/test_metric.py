@@ -394,6 +394,25 @@ def test_gradients_computed_by_the_forward(reduction, distance, swap):
     assert_close(recorded_second, expected_second, torch.float32, 54, "second derivative")
 
 
+def test_gradients_op_forward_mode_and_transforms_match_the_loss_op():
+    """The reverse mode's op differentiates as cnnk::triplet_loss in forward
+    mode and under torch.func (its gradient outputs take no tangent)."""
+    generator = torch.Generator().manual_seed(23)
+    a, p, n, t = (torch.randn(6, 5, generator=generator, dtype=torch.float64) for _ in range(4))
+    settings = (1.0, 2.0, 1e-6, True, REDUCTIONS["mean"], DISTANCES["euclidean"], "cpu")
+    with torch.autograd.forward_ad.dual_level():
+        dual = torch.autograd.forward_ad.make_dual(a, t)
+        fused = triplet_loss_with_gradients_op(dual, p, n, None, None, *settings)
+        plain = triplet_loss_op(dual, p, n, None, None, *settings)
+        tangent = torch.autograd.forward_ad.unpack_dual(fused[0]).tangent
+        assert torch.autograd.forward_ad.unpack_dual(fused[1]).tangent is None
+        torch.testing.assert_close(tangent, torch.autograd.forward_ad.unpack_dual(plain).tangent)
+    fused_grad = torch.func.grad(
+        lambda x: triplet_loss_with_gradients_op(x, p, n, None, None, *settings)[0])(a)
+    plain_grad = torch.func.grad(lambda x: triplet_loss_op(x, p, n, None, None, *settings))(a)
+    torch.testing.assert_close(fused_grad, plain_grad)
+
+
 def test_gradients_in_the_forward_only_where_they_pay():
     """The backend that computes them is the cpu's, for a reduced loss whose
     backward will be recorded; not without grad, for reduction none, or on
