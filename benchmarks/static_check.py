@@ -349,7 +349,8 @@ def compile_triton_spec(module: str, index: int, arch: int) -> list[Row]:
                 ASTSource(spec["fn"], spec["signature"], constexprs=spec["constexprs"],
                           attrs=spec["attrs"]),
                 target=GPUTarget("cuda", arch, 32),
-                options={"num_warps": spec["num_warps"], "num_stages": spec["num_stages"]},
+                options={"num_warps": spec["num_warps"], "num_stages": spec["num_stages"],
+                         **({"maxnreg": spec["maxnreg"]} if spec.get("maxnreg") else {})},
             )
     except Exception as error:
         return [Row(spec["name"], f"sm_{arch}", error=f"{type(error).__name__}: {error}",

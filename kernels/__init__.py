@@ -29,12 +29,13 @@ TORCH_TO_TRITON_POINTER = {"float16": "*fp16", "bfloat16": "*bf16", "float32": "
 
 
 def compile_spec(name: str, fn, *, pointers: dict, constexprs: dict, num_warps: int,
-                 num_stages: int = 3, divisible: tuple[str, ...] = (),
-                 tensor_cores: bool = False) -> dict:
+                 num_stages: int = 3, maxnreg: int | None = None,
+                 divisible: tuple[str, ...] = (), tensor_cores: bool = False) -> dict:
     """One static-check compilation: ``pointers`` maps each pointer argument
     to its Triton type ("*fp32", ...); every other non-constexpr argument is
     an i32 scalar. ``divisible`` names the arguments to compile as Triton
-    specialises 16-divisible values at a launch (``attrs``); ``tensor_cores``
+    specialises 16-divisible values at a launch (``attrs``); ``maxnreg``: the
+    register cap the launch passes (None: the compiler's); ``tensor_cores``
     declares that this compilation must run its dots on tensor cores
     (fp16/bf16, or fp32 as TF32): the static check fails it when its SASS has
     no MMA instruction."""
@@ -49,4 +50,5 @@ def compile_spec(name: str, fn, *, pointers: dict, constexprs: dict, num_warps: 
     attrs = {(fn.arg_names.index(arg),): [["tt.divisibility", 16]] for arg in divisible}
     return {"name": name, "fn": fn, "signature": signature, "constexprs": constexprs,
             "attrs": attrs,
-            "num_warps": num_warps, "num_stages": num_stages, "tensor_cores": tensor_cores}
+            "num_warps": num_warps, "num_stages": num_stages, "maxnreg": maxnreg,
+            "tensor_cores": tensor_cores}

@@ -90,6 +90,11 @@ _STYLE_TILE = 32  # the style loss's tile (cnnkernels.ops.gram.STYLE_TILE, for t
 # 32 spilled 8 bytes on sm_80 under Triton 3.6 (the epilogue's target and
 # residual tiles live beside them).
 _STYLE_BLOCK_L = {2: 32, 4: 16, 8: 16}
+# Triton 3.6's ptxas for sm_90a held the style loss to 96 registers and
+# spilled 4 bytes (bf16, residual kept, since the split's shared epilogue);
+# allowed 104 it uses 104, spill-free (the launch and the static check both
+# pass the cap).
+_STYLE_MAXNREG = 104
 # The split forward's tiles (both phases, the Gram's and the style loss's):
 # the style loss's, which compile without spills for every dtype; a split
 # has blocks to spare, so the smaller tile costs no parallelism.
@@ -432,7 +437,8 @@ def style_loss(g, x, target, gram_scale: float, loss_scale: float, partials, res
             x[start:end], target[start:end], r[start:end], partials[start * tiles * tiles:],
             g.C, g.L, *x.stride(), *target.stride(), *r.stride(), gram_scale, KEEP=keep,
             PRECISION=_precision(x.dtype), ACC=acc_type(x.dtype), BLOCK=g.tile,
-            BLOCK_L=_STYLE_BLOCK_L[x.element_size()], num_warps=_NUM_WARPS)
+            BLOCK_L=_STYLE_BLOCK_L[x.element_size()], num_warps=_NUM_WARPS,
+            maxnreg=_STYLE_MAXNREG)
     _sum_partials_kernel[(1,)](partials, out, g.B * tiles * tiles, loss_scale,
                                ACC=acc_type(x.dtype), BLOCK=_REDUCTION_BLOCK,
                                num_warps=_NUM_WARPS)
@@ -491,7 +497,7 @@ def static_check_specs():
                               "gram_scale": "fp32"},
                     constexprs={"KEEP": keep, "PRECISION": precision, "ACC": tl.float32,
                                 "BLOCK": _STYLE_TILE, "BLOCK_L": _STYLE_BLOCK_L[width]},
-                    num_warps=_NUM_WARPS, tensor_cores=tensor_cores))
+                    num_warps=_NUM_WARPS, maxnreg=_STYLE_MAXNREG, tensor_cores=tensor_cores))
             specs.append(compile_spec(
                 f"gram_backward[{dtype},{precision}]", _gram_backward_kernel,
                 pointers={"dg_ptr": ptr, "x_ptr": ptr, "gx_ptr": ptr, "scale": "fp32"},
