@@ -331,10 +331,20 @@ def reverse_mode_only(args) -> bool:
     open (forward mode), not compiling, and a plain call (``plain_call``:
     no transform or mode). An op may then compute its backward's work ahead,
     in the forward's pass over the data (the triplet loss on the cpu)."""
-    return (torch.is_grad_enabled() and forward_ad._current_level < 0
-            and not torch.compiler.is_compiling()
-            and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
-            and plain_call(args))
+    return (forward_ad._current_level < 0 and not torch.compiler.is_compiling()
+            and _differentiated(args) and plain_call(args))
+
+
+def incoming_scalar(grad) -> float | None:
+    """The value of a backward's incoming gradient when reading it costs
+    nothing and records nothing: a 0-d plain cpu tensor (no device sync, no
+    trace or transform: ``plain_call``) while no graph is recorded. Else
+    None. A backward may then fold it into a kernel's scale or skip work it
+    makes unnecessary (a gradient of 1)."""
+    if (grad is None or grad.dim() != 0 or not grad.is_cpu or torch.is_grad_enabled()
+            or not plain_call((grad,))):
+        return None
+    return grad.item()
 
 
 def _register_autocast(op, name: str) -> None:

@@ -77,7 +77,7 @@ from cnnkernels.ops._define import (
     Launch,
     define_op,
     derivatives_needed,
-    plain_call,
+    incoming_scalar,
     save,
 )
 
@@ -522,11 +522,11 @@ def _style_backward(ctx, grad_loss, grad_residual):
     dT = -dR."""
     features, residual = ctx.saved_tensors
     need = ctx.needs_input_grad
-    if (grad_residual is None and not need[1] and grad_loss is not None and grad_loss.is_cpu
-            and not torch.is_grad_enabled() and plain_call((grad_loss,))):
+    loss_grad = incoming_scalar(grad_loss)
+    if grad_residual is None and not need[1] and loss_grad is not None:
         # On the cpu dR's scale is at hand: it goes into the Gram backward's,
         # sparing a pass over the C x C residual (and an op call).
-        scale = ctx.gram_scale * 2 * ctx.loss_scale * grad_loss.item()
+        scale = ctx.gram_scale * 2 * ctx.loss_scale * loss_grad
         return (gram_matrix_backward_op(residual, features, scale, ctx.backend),
                 None, None, None, None, None)
     grad_r = None

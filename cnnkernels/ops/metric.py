@@ -68,7 +68,7 @@ from cnnkernels.ops._define import (
     Family,
     Launch,
     define_op,
-    plain_call,
+    incoming_scalar,
     reverse_mode_only,
     save,
 )
@@ -375,8 +375,7 @@ def _with_gradients_backward(ctx, grad, *_):
     unit, ctx.unit_gradients = ctx.unit_gradients, None
     if grad is None:
         return (None,) * (5 + len(ctx.settings))
-    if (unit is not None and grad.dim() == 0 and grad.is_cpu and not torch.is_grad_enabled()
-            and plain_call((grad,)) and grad.item() == 1.0):
+    if unit is not None and incoming_scalar(grad) == 1.0:
         return _routed(ctx, unit)
     return _triplet_backward(ctx, grad)
 
