@@ -7,6 +7,7 @@ float16/bfloat16 rounding of the cpu backend, the op-level validation."""
 
 import random
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -399,6 +400,60 @@ def test_gather_reads_nan_outside_the_plane(device, backend):
     expected[0, 0, 0, 2:] = float("nan")
     expected[0, 1, 0, 1] = float("nan")
     torch.testing.assert_close(gathered, expected, rtol=0, atol=0, equal_nan=True)
+
+
+def _window_elements(size, out, kernel, stride, padding, dilation):
+    """The input positions along one axis that output o's window holds."""
+    return [[o * stride - padding + i * dilation for i in range(kernel)
+             if 0 <= o * stride - padding + i * dilation < size] for o in range(out)]
+
+
+@pytest.mark.parametrize(("device", "backend"), backend_params())
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("window", [
+    dict(kernel_size=2, stride=2, padding=0, dilation=1),  # disjoint
+    dict(kernel_size=3, stride=2, padding=1, dilation=1),  # overlapping, padded
+    dict(kernel_size=(3, 2), stride=(1, 3), padding=1, dilation=2),  # dilated, column gaps
+], ids=["disjoint", "overlapping", "dilated"])
+def test_max_backward_takes_only_indices_inside_their_window(device, backend, channels_last,
+                                                             window):
+    """The backward given indices directly (a third inside the window, a
+    third anywhere in the plane, a third outside it): an output's gradient
+    goes to its index only when that is an element of its window, summed
+    over windows, on the cpu gather (channels_last) and scatter (planes) and
+    on the GPU. Checked against a loop over the windows in float64."""
+    dtype = torch.float64 if backend != "triton" or device == "cpu" else torch.float32
+    N, C, H, W = 2, 3, 7, 6
+    k, s, p, d = ((v, v) if isinstance(v, int) else v for v in
+                  (window["kernel_size"], window["stride"], window["padding"],
+                   window["dilation"]))
+    rows = _window_elements(H, (H + 2 * p[0] - d[0] * (k[0] - 1) - 1) // s[0] + 1,
+                            k[0], s[0], p[0], d[0])
+    cols = _window_elements(W, (W + 2 * p[1] - d[1] * (k[1] - 1) - 1) // s[1] + 1,
+                            k[1], s[1], p[1], d[1])
+    rng = random.Random(7)
+    indices = torch.empty(N, C, len(rows), len(cols), dtype=torch.int64)
+    for n, c, i, j in np.ndindex(*indices.shape):
+        pick = rng.randrange(3)
+        indices[n, c, i, j] = (rng.choice(rows[i]) * W + rng.choice(cols[j]) if pick == 0 else
+                               rng.randrange(H * W) if pick == 1 else
+                               rng.choice([-1, -H * W, H * W, H * W + 5]))
+    grad_y = torch.randn(indices.shape, dtype=torch.float64)
+    expected = torch.zeros(N, C, H * W, dtype=torch.float64)
+    for n, c, i, j in np.ndindex(*indices.shape):
+        at = int(indices[n, c, i, j])
+        if at in {h * W + w for h in rows[i] for w in cols[j]}:
+            expected[n, c, at] += grad_y[n, c, i, j]
+    x = torch.zeros(N, C, H, W, dtype=dtype, device=device)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+        indices = indices.to(memory_format=torch.channels_last)
+        grad_y = grad_y.to(memory_format=torch.channels_last)
+    grad = max_pool2d_backward_op(grad_y.to(device, dtype), indices.to(device), x, list(k),
+                                  list(s), list(p), list(d), False, backend)
+    tolerance = 0 if dtype == torch.float64 else 1e-6
+    torch.testing.assert_close(grad.double().cpu().reshape(N, C, H * W), expected,
+                               rtol=tolerance, atol=tolerance)
 
 
 def test_third_derivative_of_max_pooling_raises():

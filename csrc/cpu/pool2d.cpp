@@ -18,11 +18,10 @@
 //     each input row summed over its covering output rows. Items: (plane,
 //     block of rows); planes are split only when there are too few for the
 //     threads.
-// Max backward goes through the indices. Disjoint windows (stride >= kernel,
-// no dilation; adaptive windows when the size divides) give every input
-// element at most one window: each input row is built alone (zeroed, then
-// the gradients of its windows placed at their indices), no plane of
-// scratch and any row split among the threads. Overlapping windows: each plane (channels_last: each image's channel
+// Max backward goes through the indices. channels_last with sliding windows
+// (adaptive ones too when the size divides) gathers: each input row is built
+// alone from the windows that hold it, a compare-and-select pass over C per
+// window tap. Otherwise each plane (channels_last: each image's channel
 // block) is zeroed and the gradients scattered at their indices in output
 // order; one item owns the plane, so no atomics. Only an index inside its
 // window counts (as in the GPU gathers): a window with no tap inside the
@@ -51,6 +50,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -501,28 +501,180 @@ Status max_forward(const Pool2dGeometry& g, Tensor4 x, Tensor4 y, Tensor4 indice
 
 // --------------------------------------------------------------- max backward
 
-// Disjoint windows (each input element in at most one window): the output
-// row whose window holds each input row, -1 for none; false when windows
-// overlap. The backward then builds each input row alone: zeros, and every
-// window's gradient placed at its index when that lies in the row (and in
-// the window's columns).
-bool disjoint_row_owners(const Pool2dGeometry& g, std::vector<int64_t>& owner) {
-  const bool disjoint =
-      g.adaptive ? g.H % g.P == 0 && g.W % g.Q == 0
-                 : g.dil_h == 1 && g.dil_w == 1 && g.stride_h >= g.kernel_h &&
-                       g.stride_w >= g.kernel_w;
-  if (!disjoint) return false;
-  owner.resize(g.H);
-  for (int64_t h = 0; h < g.H; ++h) {
-    if (g.adaptive) {
-      owner[h] = h / (g.H / g.P);
-      continue;
-    }
-    const int64_t p = (h + g.pad_h) / g.stride_h;
-    owner[h] = (h + g.pad_h) % g.stride_h < g.kernel_h && p < g.P ? p : -1;
-  }
+// channels_last with sliding windows is gathered: each input row (W x C) is
+// built alone, zeroed, then for each output row whose windows hold it
+// (ascending) and each column tap (descending, so that output columns
+// ascend) the window's gradients are added along C where their index is this
+// element. An element thus sums its windows in (p, q) order, the scatter's
+// order below, so both give the same bits; and only an index inside its
+// window counts, by construction. The inner loop is a contiguous
+// compare-and-select pass over the channels, compiled per instruction set.
+// Cost: one compare-select per window tap of every output, so windows with
+// more than kGatherTaps taps (SPP's 13 x 13) scatter instead. Planes (NCHW)
+// scatter: their rows are too short for per-row passes (measured 3x slower
+// than the scatter on VGG's 28 x 28 maps).
+constexpr size_t kGatherTaps = 32;
+
+// v where keep, else +0: a bitwise select, so that neither the vectorised
+// loop nor its scalar remainder branches on the data.
+template <typename Acc>
+inline Acc kept_or_zero(bool keep, Acc v) {
+  using Bits = std::conditional_t<sizeof(Acc) == 8, uint64_t, uint32_t>;
+  Bits bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  bits &= Bits(0) - Bits(keep);
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
+
+// acc[k] += grad[k] where idx[k] is the position pos. acc never overlaps idx
+// or grad: `omp simd` says so where the restrict qualifiers are lost to
+// inlining.
+template <typename T, typename Acc>
+inline void add_at_argmax(const int64_t* __restrict idx, const T* __restrict grad, int64_t n,
+                          int64_t pos, Acc* __restrict acc) {
+#pragma omp simd
+  for (int64_t k = 0; k < n; ++k) acc[k] += kept_or_zero(idx[k] == pos, to_acc(grad[k]));
+}
+
+// Adaptive windows whose size divides the input are sliding windows (kernel =
+// stride = input / output); true with `sliding` set when g has sliding
+// windows, or such adaptive ones.
+bool sliding_windows(const Pool2dGeometry& g, Pool2dGeometry& sliding) {
+  sliding = g;
+  if (!g.adaptive) return true;
+  if (g.H % g.P != 0 || g.W % g.Q != 0) return false;
+  sliding.adaptive = false;
+  sliding.kernel_h = sliding.stride_h = g.H / g.P;
+  sliding.kernel_w = sliding.stride_w = g.W / g.Q;
+  sliding.pad_h = sliding.pad_w = 0;
+  sliding.dil_h = sliding.dil_w = 1;
   return true;
 }
+
+// One launch of the gather, with what every row reads computed once: the
+// output rows whose windows hold each input row, and the column taps in the
+// order an element sums them.
+struct MaxGather {
+  const Pool2dGeometry& g;
+  Tensor4 grad_y, indices, grad_x;
+  // Input row h's output rows, ascending, at [h * kernel_h, (h + 1) * kernel_h), -1 for none.
+  std::vector<int64_t> row_windows;
+  std::vector<Tap> taps;  // descending offsets: output columns ascend per element
+
+  MaxGather(const Pool2dGeometry& g_, Tensor4 grad_y_, Tensor4 indices_, Tensor4 grad_x_,
+            const Windows& win)
+      : g(g_), grad_y(grad_y_), indices(indices_), grad_x(grad_x_),
+        row_windows(g.H * g.kernel_h, -1), taps(win.col_taps.rbegin(), win.col_taps.rend()) {
+    for (int64_t h = 0; h < g.H; ++h)
+      for (int64_t i = g.kernel_h - 1, k = 0; i >= 0; --i) {
+        const int64_t t = h + g.pad_h - i * g.dil_h;
+        if (t >= 0 && t % g.stride_h == 0 && t / g.stride_h < g.P)
+          row_windows[h * g.kernel_h + k++] = t / g.stride_h;
+      }
+  }
+};
+
+// channels_last: input row h of image n, W x C, into acc (grad_x's row for
+// float types) and then grad_x.
+template <typename T>
+CNNK_VECTOR_CLONES void gather_channels_row(const MaxGather& m, int64_t n, int64_t h,
+                                            acc_t<T>* scratch) {
+  using Acc = acc_t<T>;
+  const Pool2dGeometry& g = m.g;
+  T* dst = static_cast<T*>(m.grad_x.data) + m.grad_x.stride.offset(n, 0, h, 0);
+  Acc* acc = scratch != nullptr ? scratch : reinterpret_cast<Acc*>(dst);
+  std::fill(acc, acc + g.W * g.C, Acc(0));
+  for (int64_t i = 0; i < g.kernel_h; ++i) {
+    const int64_t p = m.row_windows[h * g.kernel_h + i];
+    if (p < 0) break;
+    for (const Tap& tap : m.taps)
+      for (int64_t q = tap.lo; q < tap.hi; ++q) {
+        const int64_t w = q * g.stride_w + tap.off;
+        add_at_argmax(
+            static_cast<const int64_t*>(m.indices.data) + m.indices.stride.offset(n, 0, p, q),
+            static_cast<const T*>(m.grad_y.data) + m.grad_y.stride.offset(n, 0, p, q), g.C,
+            h * g.W + w, acc + w * g.C);
+      }
+  }
+  if (scratch != nullptr)
+    for (int64_t w = 0; w < g.W; ++w)
+      store_row<T>(acc + w * g.C, g.C, dst + w * m.grad_x.stride.w, 1);
+}
+
+template <typename T>
+Status max_backward_gather(const MaxGather& m) {
+  using Acc = acc_t<T>;
+  const Pool2dGeometry& g = m.g;
+  const int64_t taps = static_cast<int64_t>(m.taps.size()) * g.kernel_h;
+  const double work = static_cast<double>(g.N * g.C) *
+                      static_cast<double>(g.H * g.W + g.P * g.Q * taps);
+  const int64_t row_work = g.W + g.Q * taps / g.stride_h + 1;
+  const bool direct = std::is_same_v<T, Acc> && m.grad_x.stride.w == g.C;
+  const int threads = parallel_threads(work, g.N * g.H);
+  const ThreadScratch<Acc> scratch(threads, direct ? 1 : g.W * g.C);
+  if (!scratch.ok()) return Status::out_of_memory;
+  parallel_chunks(threads, g.N * g.H, g.C * row_work, [&](int64_t begin, int64_t end, int t) {
+    for (int64_t item = begin; item < end; ++item)
+      gather_channels_row<T>(m, item / g.H, item % g.H, direct ? nullptr : scratch.of(t));
+  });
+  return Status::ok;
+}
+
+// Any windows, scattered: each plane (channels_last: each image's block of
+// channels) is zeroed and the gradients added at their indices in output
+// order; one item owns the plane, so no atomics. Only an index inside its
+// window counts.
+// Where each output of a plane of unit-step windows sends its gradient:
+// target[k] = idx[k] when that lies in output k's window, else -1. One pass
+// per window row over the whole plane (the windows' first elements, widths
+// and heights computed once per launch), vectorised per instruction set:
+// the scalar test per output doubled the scatter's time, and passes per
+// output row were too short on small maps.
+CNNK_VECTOR_CLONES void window_targets(const int64_t* __restrict idx, int64_t outputs,
+                                       int64_t max_rows, int64_t W,
+                                       const int64_t* __restrict first,
+                                       const int64_t* __restrict width,
+                                       const int64_t* __restrict height,
+                                       int64_t* __restrict target) {
+  for (int64_t k = 0; k < outputs; ++k) target[k] = -1;
+  for (int64_t r = 0; r < max_rows; ++r)
+    for (int64_t k = 0; k < outputs; ++k) {
+      const bool inside = (r < height[k]) & (static_cast<uint64_t>(idx[k] - first[k] - r * W) <
+                                             static_cast<uint64_t>(width[k]));
+      target[k] = inside ? idx[k] : target[k];
+    }
+}
+
+// Dilated windows: the index split into its row and column.
+void dilated_window_targets(const int64_t* idx, int64_t idx_step, int64_t Q, PoolWindow rows,
+                            const Windows& win, const FastDiv& by_width, int64_t H, int64_t W,
+                            int64_t* target) {
+  for (int64_t q = 0; q < Q; ++q) {
+    const int64_t i = idx[q * idx_step];
+    const PoolWindow& cols = win.cols[q];
+    const bool in_plane = static_cast<uint64_t>(i) < static_cast<uint64_t>(H * W);
+    const int64_t h = by_width(in_plane ? i : 0), w = (in_plane ? i : 0) - h * W;
+    const bool inside = in_plane && h >= rows.start && h < rows.end && w >= cols.start &&
+                        w < cols.end && (h - rows.start) % rows.step == 0 &&
+                        (w - cols.start) % cols.step == 0;
+    target[q] = inside ? i : -1;
+  }
+}
+
+// Every output's window, for window_targets: its first element, width and
+// height, row-major over the outputs.
+struct PlaneWindows {
+  std::vector<int64_t> first, width, height;
+  explicit PlaneWindows(const Pool2dGeometry& g, const Windows& win) {
+    for (const PoolWindow& rows : win.rows)
+      for (const PoolWindow& cols : win.cols) {
+        first.push_back(rows.start * g.W + cols.start);
+        width.push_back(std::max<int64_t>(cols.end - cols.start, 0));
+        height.push_back(std::max<int64_t>(rows.end - rows.start, 0));
+      }
+  }
+};
 
 template <typename T>
 Status max_backward_planes(const Pool2dGeometry& g, Tensor4 grad_y, Tensor4 indices,
@@ -532,75 +684,49 @@ Status max_backward_planes(const Pool2dGeometry& g, Tensor4 grad_y, Tensor4 indi
   const int64_t* ip = static_cast<const int64_t*>(indices.data);
   T* gxp = static_cast<T*>(grad_x.data);
   const int64_t planes = g.N * g.C, plane = g.H * g.W;
-  std::vector<int64_t> row_owner;
-  if (disjoint_row_owners(g, row_owner)) {
-    const double work = static_cast<double>(planes) * static_cast<double>(plane);
-    const int threads = parallel_threads(work, planes * g.H);
-    const PlaneItems items(planes, g.H, threads);
-    const bool direct = std::is_same_v<T, Acc> && grad_x.stride.w == 1;
-    const ThreadScratch<Acc> scratch(threads, direct ? 1 : items.block * g.W);
-    if (!scratch.ok()) return Status::out_of_memory;
-    const FastDiv by_width(g.W);
-    parallel_chunks(threads, items.count, items.block * g.W, [&](int64_t begin, int64_t end,
-                                                                 int t) {
-      for (int64_t item = begin; item < end; ++item) {
-        const PlaneItems::Item block = items.at(item, g.C);
-        const int64_t n = block.n, c = block.c, h0 = block.lo, h1 = block.hi;
-        auto row = [&](int64_t h) -> Acc* {
-          return direct ? reinterpret_cast<Acc*>(gxp + grad_x.stride.offset(n, c, h, 0))
-                        : scratch.of(t) + (h - h0) * g.W;
-        };
-        for (int64_t h = h0; h < h1; ++h) std::fill(row(h), row(h) + g.W, Acc(0));
-        // The windows of the block's rows, each index placed when it lies in
-        // the block and in its window (almost always: a predictable branch).
-        int64_t p0 = g.P, p1 = 0;
-        for (int64_t h = h0; h < h1; ++h)
-          if (row_owner[h] >= 0) {
-            p0 = std::min(p0, row_owner[h]);
-            p1 = std::max(p1, row_owner[h] + 1);
-          }
-        for (int64_t p = p0; p < p1; ++p) {
-          const int64_t* irow = ip + indices.stride.offset(n, c, p, 0);
-          const T* grow = gyp + grad_y.stride.offset(n, c, p, 0);
-          for (int64_t q = 0; q < g.Q; ++q) {
-            const int64_t i = irow[q * indices.stride.w];
-            if (i < 0 || i >= plane) continue;
-            const int64_t h = by_width(i), w = i - h * g.W;
-            if (h >= h0 && h < h1 && row_owner[h] == p && w >= win.cols[q].start &&
-                w < win.cols[q].end)
-              row(h)[w] = to_acc(grow[q * grad_y.stride.w]);
-          }
-        }
-        if (!direct)
-          for (int64_t h = h0; h < h1; ++h)
-            store_row<T>(row(h), g.W, gxp + grad_x.stride.offset(n, c, h, 0), grad_x.stride.w);
-      }
-    });
-    return Status::ok;
-  }
   // A scatter per plane, into grad_x itself when it is a dense float plane.
   const bool direct = std::is_same_v<T, Acc> && grad_x.stride.w == 1 && grad_x.stride.h == g.W;
+  const bool dilated = !g.adaptive && (g.dil_h > 1 || g.dil_w > 1);
   const double work = static_cast<double>(planes) * static_cast<double>(plane + g.P * g.Q);
   const int threads = parallel_threads(work, planes);
   const ThreadScratch<Acc> scratch(threads, direct ? 1 : plane);
-  if (!scratch.ok()) return Status::out_of_memory;
+  // Per thread: the plane's targets, and its indices when they are not dense.
+  const int64_t outputs = g.P * g.Q;
+  const bool dense_indices = indices.stride.w == 1 && indices.stride.h == g.Q;
+  const ThreadScratch<int64_t> targets(threads, dense_indices ? outputs : 2 * outputs);
+  if (!scratch.ok() || !targets.ok()) return Status::out_of_memory;
   const FastDiv by_width(g.W);
+  const PlaneWindows windows(g, win);
   parallel_chunks(threads, planes, plane + g.P * g.Q, [&](int64_t begin, int64_t end, int t) {
+    int64_t* target = targets.of(t);
     for (int64_t nc = begin; nc < end; ++nc) {
       const int64_t n = nc / g.C, c = nc % g.C;
       T* dst = gxp + grad_x.stride.offset(n, c, 0, 0);
       Acc* acc = direct ? reinterpret_cast<Acc*>(dst) : scratch.of(t);
       std::fill(acc, acc + plane, Acc(0));
-      for (int64_t p = 0; p < g.P; ++p) {
-        const int64_t* irow = ip + indices.stride.offset(n, c, p, 0);
-        const T* grow = gyp + grad_y.stride.offset(n, c, p, 0);
-        for (int64_t q = 0; q < g.Q; ++q) {
-          const int64_t i = irow[q * indices.stride.w];
-          if (i < 0 || i >= plane) continue;
-          const int64_t h = by_width(i);
-          if (in_window(win.rows[p], h) && in_window(win.cols[q], i - h * g.W))
-            acc[i] += to_acc(grow[q * grad_y.stride.w]);
+      const int64_t* idx = ip + indices.stride.offset(n, c, 0, 0);
+      if (dilated) {
+        for (int64_t p = 0; p < g.P; ++p)
+          dilated_window_targets(idx + p * indices.stride.h, indices.stride.w, g.Q, win.rows[p],
+                                 win, by_width, g.H, g.W, target + p * g.Q);
+      } else {
+        if (!dense_indices) {
+          int64_t* copy = target + outputs;
+          for (int64_t p = 0; p < g.P; ++p)
+            for (int64_t q = 0; q < g.Q; ++q)
+              copy[p * g.Q + q] = idx[p * indices.stride.h + q * indices.stride.w];
+          idx = copy;
         }
+        window_targets(idx, outputs, win.max_rows, g.W, windows.first.data(),
+                       windows.width.data(), windows.height.data(), target);
+      }
+      // A miss adds +0 to acc[0], which leaves it as it is (never -0).
+      for (int64_t p = 0; p < g.P; ++p) {
+        const T* grow = gyp + grad_y.stride.offset(n, c, p, 0);
+        const int64_t* row_target = target + p * g.Q;
+        for (int64_t q = 0; q < g.Q; ++q)
+          acc[std::max<int64_t>(row_target[q], 0)] +=
+              kept_or_zero(row_target[q] >= 0, to_acc(grow[q * grad_y.stride.w]));
       }
       if (!direct)
         for (int64_t h = 0; h < g.H; ++h)
@@ -617,46 +743,6 @@ Status max_backward_channels(const Pool2dGeometry& g, Tensor4 grad_y, Tensor4 in
   const T* gyp = static_cast<const T*>(grad_y.data);
   const int64_t* ip = static_cast<const int64_t*>(indices.data);
   T* gxp = static_cast<T*>(grad_x.data);
-  std::vector<int64_t> row_owner;
-  if (disjoint_row_owners(g, row_owner)) {
-    // Per (n, input row): the row zeroed, then its window row's gradients
-    // placed along C (into grad_x itself for float types).
-    constexpr bool direct = std::is_same_v<T, Acc>;
-    const int64_t items = g.N * g.H;
-    const int threads = parallel_threads(
-        static_cast<double>(items) * static_cast<double>(g.W * g.C), items);
-    const ThreadScratch<Acc> scratch(threads, direct ? 1 : g.W * g.C);
-    if (!scratch.ok()) return Status::out_of_memory;
-    parallel_chunks(threads, items, g.W * g.C, [&](int64_t begin, int64_t end, int t) {
-      for (int64_t item = begin; item < end; ++item) {
-        const int64_t n = item / g.H, h = item % g.H, p = row_owner[h];
-        auto at = [&](int64_t w) -> Acc* {
-          if constexpr (direct)
-            return reinterpret_cast<Acc*>(gxp + grad_x.stride.offset(n, 0, h, w));
-          else
-            return scratch.of(t) + w * g.C;
-        };
-        for (int64_t w = 0; w < g.W; ++w) std::fill(at(w), at(w) + g.C, Acc(0));
-        if (p >= 0)
-          for (int64_t q = 0; q < g.Q; ++q) {
-            const int64_t* idx = ip + indices.stride.offset(n, 0, p, q);
-            const T* grad = gyp + grad_y.stride.offset(n, 0, p, q);
-            const int64_t first = h * g.W + win.cols[q].start, last = h * g.W + win.cols[q].end;
-            // Branch-free: a miss (another row of the window) writes its
-            // current value back to column `first`.
-            for (int64_t c = 0; c < g.C; ++c) {
-              const bool inside = idx[c] >= first && idx[c] < last;
-              Acc* dst = at((inside ? idx[c] : first) - h * g.W) + c;
-              *dst = inside ? to_acc(grad[c]) : *dst;
-            }
-          }
-        if constexpr (!direct)
-          for (int64_t w = 0; w < g.W; ++w)
-            store_row<T>(at(w), g.C, gxp + grad_x.stride.offset(n, 0, h, w), 1);
-      }
-    });
-    return Status::ok;
-  }
   // A scatter per (n, block of channels), into grad_x itself for float
   // types, else into an H x W x block accumulator.
   constexpr bool direct = std::is_same_v<T, Acc>;
@@ -710,9 +796,17 @@ Status max_backward_channels(const Pool2dGeometry& g, Tensor4 grad_y, Tensor4 in
 
 template <typename T>
 Status max_backward(const Pool2dGeometry& g, Tensor4 grad_y, Tensor4 indices, Tensor4 grad_x) {
+  const bool channels = channels_inner(g, {&grad_y, &indices, &grad_x});
+  Pool2dGeometry sliding;
+  if (channels && sliding_windows(g, sliding)) {
+    const Windows win(sliding);
+    const auto row_taps = sliding_taps(g.H, g.P, sliding.kernel_h, sliding.stride_h,
+                                       sliding.pad_h, sliding.dil_h);
+    if (row_taps.size() * win.col_taps.size() <= kGatherTaps)
+      return max_backward_gather<T>(MaxGather(sliding, grad_y, indices, grad_x, win));
+  }
   const Windows win(g);
-  if (channels_inner(g, {&grad_y, &indices, &grad_x}))
-    return max_backward_channels<T>(g, grad_y, indices, grad_x, win);
+  if (channels) return max_backward_channels<T>(g, grad_y, indices, grad_x, win);
   return max_backward_planes<T>(g, grad_y, indices, grad_x, win);
 }
 
