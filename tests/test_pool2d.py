@@ -456,6 +456,22 @@ def test_max_backward_takes_only_indices_inside_their_window(device, backend, ch
                                rtol=tolerance, atol=tolerance)
 
 
+@pytest.mark.parametrize("size", [262, 522], ids=["blocks", "blocks_own_windows"])
+def test_max_backward_of_large_planes_on_the_cpu(size):
+    """The cpu plane scatter runs blocks of about 4096 outputs and builds
+    each block's windows past 2^16 outputs a plane: a 131^2 and a 261^2
+    output plane (overlapping windows: several windows may pick one
+    element) against torch."""
+    x = torch.randn(1, 2, size, size, dtype=torch.float64).round(decimals=1)
+    ours = x.clone().requires_grad_()
+    theirs = x.clone().requires_grad_()
+    grad_y = torch.randn(1, 2, size // 2, size // 2, dtype=torch.float64)
+    with ck.use(backend="cpu"):
+        (grad,) = torch.autograd.grad(ck.max_pool2d(ours, 3, 2, 1), ours, grad_y)
+    (expected,) = torch.autograd.grad(F.max_pool2d(theirs, 3, 2, 1), theirs, grad_y)
+    torch.testing.assert_close(grad, expected, rtol=0, atol=1e-12)
+
+
 def test_third_derivative_of_max_pooling_raises():
     x = torch.randn(1, 1, 4, 4, dtype=torch.float64, requires_grad=True)
     with ck.use(backend="cpu"):

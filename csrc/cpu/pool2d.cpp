@@ -52,6 +52,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -662,19 +663,25 @@ void dilated_window_targets(const int64_t* idx, int64_t idx_step, int64_t Q, Poo
   }
 }
 
-// Every output's window, for window_targets: its first element, width and
-// height, row-major over the outputs.
+// The windows of output rows [p0, p1), for window_targets: each one's first
+// element, width and height, row-major over the outputs.
 struct PlaneWindows {
   std::vector<int64_t> first, width, height;
-  explicit PlaneWindows(const Pool2dGeometry& g, const Windows& win) {
-    for (const PoolWindow& rows : win.rows)
+  PlaneWindows(const Pool2dGeometry& g, const Windows& win, int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p)
       for (const PoolWindow& cols : win.cols) {
-        first.push_back(rows.start * g.W + cols.start);
+        first.push_back(win.rows[p].start * g.W + cols.start);
         width.push_back(std::max<int64_t>(cols.end - cols.start, 0));
-        height.push_back(std::max<int64_t>(rows.end - rows.start, 0));
+        height.push_back(std::max<int64_t>(win.rows[p].end - win.rows[p].start, 0));
       }
   }
 };
+
+// The scatter runs blocks of about kScatterBlock outputs (their targets in
+// L1/L2). Planes of at most kSharedWindows outputs share one PlaneWindows (24
+// bytes an output) for the launch; larger ones build each block's.
+constexpr int64_t kScatterBlock = 4096;
+constexpr int64_t kSharedWindows = int64_t{1} << 16;
 
 template <typename T>
 Status max_backward_planes(const Pool2dGeometry& g, Tensor4 grad_y, Tensor4 indices,
@@ -690,13 +697,14 @@ Status max_backward_planes(const Pool2dGeometry& g, Tensor4 grad_y, Tensor4 indi
   const double work = static_cast<double>(planes) * static_cast<double>(plane + g.P * g.Q);
   const int threads = parallel_threads(work, planes);
   const ThreadScratch<Acc> scratch(threads, direct ? 1 : plane);
-  // Per thread: the plane's targets, and its indices when they are not dense.
-  const int64_t outputs = g.P * g.Q;
+  // Per thread: a block's targets, and its indices when they are not dense.
+  const int64_t block = std::clamp<int64_t>(kScatterBlock / g.Q, 1, g.P);
   const bool dense_indices = indices.stride.w == 1 && indices.stride.h == g.Q;
-  const ThreadScratch<int64_t> targets(threads, dense_indices ? outputs : 2 * outputs);
+  const ThreadScratch<int64_t> targets(threads, (dense_indices ? 1 : 2) * block * g.Q);
   if (!scratch.ok() || !targets.ok()) return Status::out_of_memory;
   const FastDiv by_width(g.W);
-  const PlaneWindows windows(g, win);
+  std::optional<PlaneWindows> shared;
+  if (!dilated && g.P * g.Q <= kSharedWindows) shared.emplace(g, win, 0, g.P);
   parallel_chunks(threads, planes, plane + g.P * g.Q, [&](int64_t begin, int64_t end, int t) {
     int64_t* target = targets.of(t);
     for (int64_t nc = begin; nc < end; ++nc) {
@@ -704,29 +712,35 @@ Status max_backward_planes(const Pool2dGeometry& g, Tensor4 grad_y, Tensor4 indi
       T* dst = gxp + grad_x.stride.offset(n, c, 0, 0);
       Acc* acc = direct ? reinterpret_cast<Acc*>(dst) : scratch.of(t);
       std::fill(acc, acc + plane, Acc(0));
-      const int64_t* idx = ip + indices.stride.offset(n, c, 0, 0);
-      if (dilated) {
-        for (int64_t p = 0; p < g.P; ++p)
-          dilated_window_targets(idx + p * indices.stride.h, indices.stride.w, g.Q, win.rows[p],
-                                 win, by_width, g.H, g.W, target + p * g.Q);
-      } else {
-        if (!dense_indices) {
-          int64_t* copy = target + outputs;
-          for (int64_t p = 0; p < g.P; ++p)
-            for (int64_t q = 0; q < g.Q; ++q)
-              copy[p * g.Q + q] = idx[p * indices.stride.h + q * indices.stride.w];
-          idx = copy;
+      for (int64_t p0 = 0; p0 < g.P; p0 += block) {
+        const int64_t p1 = std::min(g.P, p0 + block), outputs = (p1 - p0) * g.Q;
+        const int64_t* idx = ip + indices.stride.offset(n, c, p0, 0);
+        if (dilated) {
+          for (int64_t p = p0; p < p1; ++p)
+            dilated_window_targets(idx + (p - p0) * indices.stride.h, indices.stride.w, g.Q,
+                                   win.rows[p], win, by_width, g.H, g.W, target + (p - p0) * g.Q);
+        } else {
+          if (!dense_indices) {
+            int64_t* copy = target + outputs;
+            for (int64_t p = 0; p < p1 - p0; ++p)
+              for (int64_t q = 0; q < g.Q; ++q)
+                copy[p * g.Q + q] = idx[p * indices.stride.h + q * indices.stride.w];
+            idx = copy;
+          }
+          std::optional<PlaneWindows> local;
+          const PlaneWindows& windows = shared ? *shared : local.emplace(g, win, p0, p1);
+          const int64_t at = shared ? p0 * g.Q : 0;
+          window_targets(idx, outputs, win.max_rows, g.W, windows.first.data() + at,
+                         windows.width.data() + at, windows.height.data() + at, target);
         }
-        window_targets(idx, outputs, win.max_rows, g.W, windows.first.data(),
-                       windows.width.data(), windows.height.data(), target);
-      }
-      // A miss adds +0 to acc[0], which leaves it as it is (never -0).
-      for (int64_t p = 0; p < g.P; ++p) {
-        const T* grow = gyp + grad_y.stride.offset(n, c, p, 0);
-        const int64_t* row_target = target + p * g.Q;
-        for (int64_t q = 0; q < g.Q; ++q)
-          acc[std::max<int64_t>(row_target[q], 0)] +=
-              kept_or_zero(row_target[q] >= 0, to_acc(grow[q * grad_y.stride.w]));
+        // A miss adds +0 to acc[0], which leaves it as it is (never -0).
+        for (int64_t p = p0; p < p1; ++p) {
+          const T* grow = gyp + grad_y.stride.offset(n, c, p, 0);
+          const int64_t* row_target = target + (p - p0) * g.Q;
+          for (int64_t q = 0; q < g.Q; ++q)
+            acc[std::max<int64_t>(row_target[q], 0)] +=
+                kept_or_zero(row_target[q] >= 0, to_acc(grow[q * grad_y.stride.w]));
+        }
       }
       if (!direct)
         for (int64_t h = 0; h < g.H; ++h)
