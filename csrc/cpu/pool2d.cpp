@@ -622,10 +622,6 @@ Status max_backward_gather(const MaxGather& m) {
   return Status::ok;
 }
 
-// Any windows, scattered: each plane (channels_last: each image's block of
-// channels) is zeroed and the gradients added at their indices in output
-// order; one item owns the plane, so no atomics. Only an index inside its
-// window counts.
 // Where each output of a plane of unit-step windows sends its gradient:
 // target[k] = idx[k] when that lies in output k's window, else -1. One pass
 // per window row over the whole plane (the windows' first elements, widths
@@ -683,6 +679,10 @@ struct PlaneWindows {
 constexpr int64_t kScatterBlock = 4096;
 constexpr int64_t kSharedWindows = int64_t{1} << 16;
 
+// Any windows, scattered: each plane (channels_last: each image's block of
+// channels) is zeroed and the gradients added at their indices in output
+// order; one item owns the plane, so no atomics. Only an index inside its
+// window counts.
 template <typename T>
 Status max_backward_planes(const Pool2dGeometry& g, Tensor4 grad_y, Tensor4 indices,
                            Tensor4 grad_x, const Windows& win) {

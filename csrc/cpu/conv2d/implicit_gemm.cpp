@@ -587,7 +587,9 @@ Status grad_input_stride1(const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y, Te
 // grad_input of a strided convolution: per image and block of a group's
 // input channels, dX_cols[(c, r, s), pq] = W^T[(c, r, s), k] * dY'[k, pq]
 // (the GEMM), scattered into the block's planes (col2im) in a fixed order:
-// pixel blocks, then taps, then pixels.
+// pixel blocks, then taps, then pixels. A task is a block of channels and a
+// group of images: it packs its rows of W^T once for all its images (packed
+// per image, W's strided reads took 2/3 of a ResNet downsample's backward).
 template <typename T, bool Masked>
 Status grad_input_scatter(const Conv2dGeometry& g, const Source<T, Masked>& dy, Tensor4 w,
                           Tensor4 grad_x) {
@@ -595,12 +597,15 @@ Status grad_input_scatter(const Conv2dGeometry& g, const Source<T, Masked>& dy, 
   const gemm::MicroKernel<Acc> mk = gemm::micro_kernel<Acc>();
   const T* wp = static_cast<const T*>(w.data);
   const int64_t Kg = g.K_g(), Cg = g.C_g(), RS = g.R * g.S, G = g.groups;
-  // Channel blocks: about four tasks per thread, at most 576 GEMM rows.
-  const int64_t per_image = std::max<int64_t>(1, (4 * omp_get_max_threads() + g.N * G - 1) /
-                                                     (g.N * G));
-  const int64_t channels = std::clamp<int64_t>((Cg + per_image - 1) / per_image, 1,
+  // Channel blocks of at most 576 GEMM rows, then groups of images, for
+  // about four tasks per thread.
+  const int64_t wanted = 4 * int64_t{omp_get_max_threads()};
+  const int64_t channels = std::clamp<int64_t>(ceil_div(Cg, ceil_div(wanted, G)), 1,
                                                std::max<int64_t>(1, 576 / RS));
-  const int64_t blocks_c = (Cg + channels - 1) / channels;
+  const int64_t blocks_c = ceil_div(Cg, channels);
+  const int64_t images =
+      ceil_div(g.N, std::clamp<int64_t>(ceil_div(wanted, G * blocks_c), 1, g.N));
+  const int64_t image_groups = ceil_div(g.N, images);
   const int64_t rows_pad = round_up(channels * RS, mk.mr);
   const int64_t PQ = g.P * g.Q, block = std::min(PIXEL_BLOCK, PQ);
   const int64_t blocks_p = (PQ + block - 1) / block, cols_pad = round_up(block, mk.nr);
@@ -621,12 +626,12 @@ Status grad_input_scatter(const Conv2dGeometry& g, const Source<T, Masked>& dy, 
   }
   T* gxp = static_cast<T*>(grad_x.data);
   return parallel_tasks<Acc>(
-      g.N * G * blocks_c,
+      image_groups * G * blocks_c,
       cache_lines<Acc>(rows_pad * Kg) + KC * cols_pad + rows_pad * cols_pad +
           channels * g.H * g.W,
       [&](int64_t task, Acc* scratch) {
         const int64_t cb = task % blocks_c, gi = (task / blocks_c) % G;
-        const int64_t n = task / (blocks_c * G);
+        const int64_t n0 = task / (blocks_c * G) * images, n1 = std::min(g.N, n0 + images);
         const int64_t c0 = cb * channels, count = std::min(channels, Cg - c0), rows = count * RS;
         Acc* a = scratch;
         Acc* b = a + cache_lines<Acc>(rows_pad * Kg);
@@ -640,43 +645,50 @@ Status grad_input_scatter(const Conv2dGeometry& g, const Source<T, Masked>& dy, 
                               return to_acc(wp[base + k * wn + tap[i]]);
                             },
                             a + l0 * rows_pad);
-        std::fill(planes, planes + count * g.H * g.W, Acc(0));
-        for (int64_t jb = 0; jb < blocks_p; ++jb) {
-          const int64_t j0 = jb * block, cols = std::min(block, PQ - j0);
-          for (int64_t l0 = 0; l0 < Kg; l0 += KC) {
-            const int64_t kc = std::min(KC, Kg - l0);
-            gather_pixels(pointwise, dy, channel_taps, channel_table.get(), n, gi * Kg, l0, kc,
-                          j0, cols, mk.nr, b, 0);
-            gemm::zero_b_padding(kc, cols, mk.nr, b);
-            gemm::multiply_packed(mk, kc, rows_pad / mk.mr, (cols + mk.nr - 1) / mk.nr,
-                                  a + l0 * rows_pad, b, tile, cols_pad, l0 > 0);
-          }
-          for (int64_t i = 0; i < rows; ++i) {  // col2im
-            const Tap& t = row_table[c0 * RS + i];
-            const int64_t r = t.r, s = t.s;
-            const IndexRange valid_p = t.rows, valid_q = t.cols;
-            Acc* plane = planes + (t.c - c0) * g.H * g.W;
-            const Acc* row = tile + i * cols_pad;
-            for (int64_t j = 0, p = j0 / g.Q, q = j0 % g.Q; j < cols; j += g.Q - q, ++p, q = 0) {
-              const int64_t end = std::min(g.Q, q + cols - j);
-              if (p < valid_p.lo || p >= valid_p.hi) continue;
-              const int64_t lo = std::clamp(valid_q.lo, q, end);
-              const int64_t hi = std::clamp(valid_q.hi, lo, end);
-              Acc* out = plane + conv_input_index(p, r, g.stride_h, g.pad_top, g.dil_h) * g.W +
-                         conv_input_index(lo, s, g.stride_w, g.pad_left, g.dil_w);
-              const Acc* in = row + j + (lo - q);
-              const int64_t step = g.stride_w;
-              for (int64_t e = 0; e < hi - lo; ++e) out[e * step] += in[e];
+        for (int64_t n = n0; n < n1; ++n) {
+          std::fill(planes, planes + count * g.H * g.W, Acc(0));
+          for (int64_t jb = 0; jb < blocks_p; ++jb) {
+            const int64_t j0 = jb * block, cols = std::min(block, PQ - j0);
+            for (int64_t l0 = 0; l0 < Kg; l0 += KC) {
+              const int64_t kc = std::min(KC, Kg - l0);
+              gather_pixels(pointwise, dy, channel_taps, channel_table.get(), n, gi * Kg, l0, kc,
+                            j0, cols, mk.nr, b, 0);
+              gemm::zero_b_padding(kc, cols, mk.nr, b);
+              gemm::multiply_packed(mk, kc, rows_pad / mk.mr, (cols + mk.nr - 1) / mk.nr,
+                                    a + l0 * rows_pad, b, tile, cols_pad, l0 > 0);
+            }
+            for (int64_t i = 0; i < rows; ++i) {  // col2im
+              const Tap& t = row_table[c0 * RS + i];
+              const int64_t r = t.r, s = t.s;
+              const IndexRange valid_p = t.rows, valid_q = t.cols;
+              Acc* plane = planes + (t.c - c0) * g.H * g.W;
+              const Acc* row = tile + i * cols_pad;
+              for (int64_t j = 0, p = j0 / g.Q, q = j0 % g.Q; j < cols; j += g.Q - q, ++p, q = 0) {
+                const int64_t end = std::min(g.Q, q + cols - j);
+                if (p < valid_p.lo || p >= valid_p.hi) continue;
+                const int64_t lo = std::clamp(valid_q.lo, q, end);
+                const int64_t hi = std::clamp(valid_q.hi, lo, end);
+                Acc* out = plane + conv_input_index(p, r, g.stride_h, g.pad_top, g.dil_h) * g.W +
+                           conv_input_index(lo, s, g.stride_w, g.pad_left, g.dil_w);
+                const Acc* in = row + j + (lo - q);
+                const int64_t step = g.stride_w;
+                for (int64_t e = 0; e < hi - lo; ++e) out[e * step] += in[e];
+              }
             }
           }
+          for (int64_t c = 0; c < count; ++c)
+            for (int64_t h = 0; h < g.H; ++h) {
+              T* out = gxp + grad_x.stride.offset(n, gi * Cg + c0 + c, h, 0);
+              const Acc* in = planes + (c * g.H + h) * g.W;
+              if (grad_x.stride.w == 1)
+                for (int64_t iw = 0; iw < g.W; ++iw) out[iw] = from_acc<T>(in[iw]);
+              else
+                for (int64_t iw = 0; iw < g.W; ++iw)
+                  out[iw * grad_x.stride.w] = from_acc<T>(in[iw]);
+            }
         }
-        for (int64_t c = 0; c < count; ++c)
-          for (int64_t h = 0; h < g.H; ++h)
-            for (int64_t iw = 0; iw < g.W; ++iw)
-              gxp[grad_x.stride.offset(n, gi * Cg + c0 + c, h, iw)] =
-                  from_acc<T>(planes[(c * g.H + h) * g.W + iw]);
       },
-      gemm::tile_work(rows_pad, PQ, Kg));
+      images * gemm::tile_work(rows_pad, PQ, Kg));
 }
 
 // Packs A = dY'[k, f] for the group's K/groups rows and reduction indices
