@@ -588,8 +588,12 @@ Status grad_input_stride1(const Conv2dGeometry& g, Tensor4 grad_y, Tensor4 y, Te
 // input channels, dX_cols[(c, r, s), pq] = W^T[(c, r, s), k] * dY'[k, pq]
 // (the GEMM), scattered into the block's planes (col2im) in a fixed order:
 // pixel blocks, then taps, then pixels. A task is a block of channels and a
-// group of images: it packs its rows of W^T once for all its images (packed
-// per image, W's strided reads took 2/3 of a ResNet downsample's backward).
+// group of images: it packs its rows of W^T once for its images, and each
+// image's dY' once. Of the two splits into about four tasks per thread, by
+// images first (W^T packed per image) or by channels first (dY' packed per
+// channel block), the one that packs fewer values runs: W^T per image took
+// 2/3 of ResNet-50's last downsample's backward (2048 x 1024 rows, 7 x 7
+// pixels), dY' per channel block 40% more time on the first (512 x 256, 28 x 28).
 template <typename T, bool Masked>
 Status grad_input_scatter(const Conv2dGeometry& g, const Source<T, Masked>& dy, Tensor4 w,
                           Tensor4 grad_x) {
@@ -597,17 +601,29 @@ Status grad_input_scatter(const Conv2dGeometry& g, const Source<T, Masked>& dy, 
   const gemm::MicroKernel<Acc> mk = gemm::micro_kernel<Acc>();
   const T* wp = static_cast<const T*>(w.data);
   const int64_t Kg = g.K_g(), Cg = g.C_g(), RS = g.R * g.S, G = g.groups;
-  // Channel blocks of at most 576 GEMM rows, then groups of images, for
-  // about four tasks per thread.
-  const int64_t wanted = 4 * int64_t{omp_get_max_threads()};
-  const int64_t channels = std::clamp<int64_t>(ceil_div(Cg, ceil_div(wanted, G)), 1,
-                                               std::max<int64_t>(1, 576 / RS));
-  const int64_t blocks_c = ceil_div(Cg, channels);
-  const int64_t images =
-      ceil_div(g.N, std::clamp<int64_t>(ceil_div(wanted, G * blocks_c), 1, g.N));
-  const int64_t image_groups = ceil_div(g.N, images);
+  // Channel blocks of at most 576 GEMM rows and groups of images, about four
+  // tasks per thread: `split` more channel blocks per (image group, group).
+  const int64_t wanted = 4 * int64_t{omp_get_max_threads()}, PQ = g.P * g.Q;
+  struct Split {
+    int64_t channels, images, packed;
+  };
+  auto split = [&](int64_t image_groups) {
+    const int64_t channels =
+        std::clamp<int64_t>(ceil_div(Cg, ceil_div(wanted, G * image_groups)), 1,
+                            std::max<int64_t>(1, 576 / RS));
+    const int64_t images = ceil_div(g.N, image_groups);
+    return Split{channels, images,
+                 ceil_div(g.N, images) * Cg * RS * Kg + g.N * ceil_div(Cg, channels) * Kg * PQ};
+  };
+  const Split by_images = split(std::min(g.N, ceil_div(wanted, G)));
+  Split by_channels = split(1);
+  by_channels = split(std::clamp<int64_t>(
+      ceil_div(wanted, G * ceil_div(Cg, by_channels.channels)), 1, g.N));
+  const Split chosen = by_images.packed <= by_channels.packed ? by_images : by_channels;
+  const int64_t channels = chosen.channels, images = chosen.images;
+  const int64_t blocks_c = ceil_div(Cg, channels), image_groups = ceil_div(g.N, images);
   const int64_t rows_pad = round_up(channels * RS, mk.mr);
-  const int64_t PQ = g.P * g.Q, block = std::min(PIXEL_BLOCK, PQ);
+  const int64_t block = std::min(PIXEL_BLOCK, PQ);
   const int64_t blocks_p = (PQ + block - 1) / block, cols_pad = round_up(block, mk.nr);
   // grad_y as the input of a 1 x 1 convolution: its taps are the channels k.
   Conv2dGeometry pointwise = g;
